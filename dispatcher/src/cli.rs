@@ -1,0 +1,231 @@
+//! Command-line parsing and the subcommands' output.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dispatcher::lab::{Lab, LabReport};
+use dispatcher::validation::{self, JobPolicy};
+use job_schemas::{Limits, Report, Topology};
+
+/// Exit status: everything fine.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the input has problems (invalid job, bad device file).
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit status: the input could not be read at all.
+pub const EXIT_UNREADABLE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "LAVA-style MultiNode / VM-group test dispatcher"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a job file and print every problem, like a compiler.
+    Validate(ValidateArgs),
+    /// Device types and devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// The job (LAVA v1 JSON).
+    job: PathBuf,
+    /// Device types to check against (default: the ones built into this binary).
+    #[arg(long, value_name = "DIR")]
+    device_types: Option<PathBuf>,
+    /// Directory file:// URLs may point into; repeat for several (default: /).
+    #[arg(long = "file-root", value_name = "DIR")]
+    file_roots: Vec<PathBuf>,
+    /// Largest count for one role.
+    #[arg(long, default_value_t = Limits::default().max_count)]
+    max_count: u64,
+    /// Largest number of nodes in one job.
+    #[arg(long, default_value_t = Limits::default().max_group_size)]
+    max_group_size: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Check device type files in DIR and device files in DIR/devices (or --devices).
+    Check {
+        /// Directory of device type files (*.toml).
+        dir: PathBuf,
+        /// Directory of device files (default: DIR/devices if it exists).
+        #[arg(long, value_name = "DIR")]
+        devices: Option<PathBuf>,
+    },
+}
+
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Devices {
+            command: DevicesCommand::Check { dir, devices },
+        } => devices_check(&dir, devices.as_deref()),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> u8 {
+    let source = args.job.display().to_string();
+    let text = match std::fs::read(&args.job) {
+        Err(err) => {
+            eprintln!("error: cannot read {source}: {err}");
+            return EXIT_UNREADABLE;
+        }
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("error: {source} is not UTF-8 text: {err}");
+                return EXIT_UNREADABLE;
+            }
+        },
+    };
+    let lab = match &args.device_types {
+        Some(dir) => Lab::load(dir, None).map(|(lab, _warnings)| lab),
+        None => Lab::builtin(),
+    };
+    let lab = match lab {
+        Ok(lab) => lab,
+        Err(report) => {
+            eprint!("{}", report.render());
+            eprintln!(
+                "error: the device types are invalid; fix them first (dispatcher devices check)"
+            );
+            return EXIT_UNREADABLE;
+        }
+    };
+    let policy = JobPolicy {
+        limits: Limits {
+            max_count: args.max_count,
+            max_group_size: args.max_group_size,
+        },
+        file_roots: if args.file_roots.is_empty() {
+            JobPolicy::default().file_roots
+        } else {
+            args.file_roots.clone()
+        },
+    };
+    let outcome = validation::validate_job(&text, &lab, &policy);
+    match args.format {
+        Format::Json => print_json(&outcome),
+        Format::Text => match &outcome {
+            Ok(validated) => {
+                let warnings = Report::new(validated.warnings.clone());
+                if !validated.warnings.is_empty() {
+                    eprint!("{}", warnings.render(&source));
+                }
+                println!("{source}: valid ({})", describe(&validated.job));
+            }
+            Err(report) => eprint!("{}", report.render(&source)),
+        },
+    }
+    if outcome.is_ok() {
+        EXIT_OK
+    } else {
+        EXIT_PROBLEMS
+    }
+}
+
+fn print_json(outcome: &Result<job_schemas::Validated, Report>) {
+    let value = match outcome {
+        Ok(validated) => serde_json::json!({
+            "valid": true,
+            "diagnostics": validated.warnings,
+            "job": validated.job,
+        }),
+        Err(report) => serde_json::json!({
+            "valid": false,
+            "diagnostics": report.diagnostics(),
+        }),
+    };
+    println!("{value:#}");
+}
+
+/// "vm_group: 3 nodes (host, server, client)"
+fn describe(job: &job_schemas::Job) -> String {
+    let kind = match job.topology {
+        Topology::Single { .. } => "single device",
+        Topology::DeviceGroup { .. } => "device_group",
+        Topology::VmGroup(_) => "vm_group",
+    };
+    let roles: Vec<String> = job
+        .roles()
+        .iter()
+        .map(|r| {
+            if r.count == 1 {
+                r.name.clone()
+            } else {
+                format!("{} x{}", r.name, r.count)
+            }
+        })
+        .collect();
+    let nodes = job.node_count();
+    format!(
+        "{kind}, {nodes} node{} ({}), {} action{}",
+        if nodes == 1 { "" } else { "s" },
+        roles.join(", "),
+        job.actions.len(),
+        if job.actions.len() == 1 { "" } else { "s" }
+    )
+}
+
+fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
+    let default_devices = dir.join("devices");
+    let devices = devices.or_else(|| {
+        default_devices
+            .is_dir()
+            .then_some(default_devices.as_path())
+    });
+    match Lab::load(dir, devices) {
+        Ok((lab, warnings)) => {
+            print_warnings(&warnings);
+            println!(
+                "ok: {} device type{} ({}), {} device{} ({})",
+                lab.device_types.len(),
+                if lab.device_types.len() == 1 { "" } else { "s" },
+                lab.device_types
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                lab.devices.len(),
+                if lab.devices.len() == 1 { "" } else { "s" },
+                lab.devices.keys().cloned().collect::<Vec<_>>().join(", "),
+            );
+            EXIT_OK
+        }
+        Err(report) => {
+            eprint!("{}", report.render());
+            eprintln!(
+                "{} error(s): the lab configuration is not valid",
+                report.error_count()
+            );
+            EXIT_PROBLEMS
+        }
+    }
+}
+
+fn print_warnings(report: &LabReport) {
+    if !report.files.is_empty() {
+        eprint!("{}", report.render());
+    }
+}

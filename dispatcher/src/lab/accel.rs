@@ -1,0 +1,184 @@
+//! Deciding between KVM and TCG for the machine that will run qemu.
+//!
+//! `/dev/kvm` opening is not enough: some clouds expose a PVM `/dev/kvm` on which stock
+//! guest kernels hang forever. KVM is chosen only when the CPU advertises hardware
+//! virtualization (`vmx`/`svm`), `/dev/kvm` opens read-write, and no PVM module is loaded.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What an admin asks for in a device type or device file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// Detect on the machine that runs qemu.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The accelerator qemu is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// The value for qemu's `-accel`.
+    pub fn as_qemu_arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_qemu_arg())
+    }
+}
+
+/// What was observed on the machine that will run qemu (local or, via SSH, a host device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    /// `/dev/kvm` exists and opens read-write.
+    pub kvm_device_usable: bool,
+    /// The CPU flags include `vmx` or `svm`.
+    pub cpu_has_virtualization: bool,
+    /// The PVM module (`/sys/module/kvm_pvm`) is loaded.
+    pub pvm_loaded: bool,
+}
+
+/// The decision and the reason for it, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelDecision {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+impl HostFacts {
+    /// Observes this machine.
+    pub fn probe_local() -> Self {
+        Self::probe_under(Path::new("/"))
+    }
+
+    /// Observes a machine whose root file system is at `root` (tests use a fake tree).
+    pub fn probe_under(root: &Path) -> Self {
+        let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
+        Self {
+            kvm_device_usable: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(root.join("dev/kvm"))
+                .is_ok(),
+            cpu_has_virtualization: cpu_flags_have_virtualization(&cpuinfo),
+            pvm_loaded: root.join("sys/module/kvm_pvm").exists(),
+        }
+    }
+}
+
+fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .flat_map(|line| line.split_whitespace())
+        .any(|flag| flag == "vmx" || flag == "svm")
+}
+
+/// Decides the accelerator: an explicit choice wins; `auto` picks KVM only when it works.
+pub fn decide(choice: AccelChoice, facts: HostFacts) -> AccelDecision {
+    let (accel, reason) = match choice {
+        AccelChoice::Kvm => (Accel::Kvm, "kvm set in the configuration".to_string()),
+        AccelChoice::Tcg => (Accel::Tcg, "tcg set in the configuration".to_string()),
+        AccelChoice::Auto if facts.pvm_loaded => (
+            Accel::Tcg,
+            "/dev/kvm is PVM (kvm_pvm loaded), on which stock kernels hang".to_string(),
+        ),
+        AccelChoice::Auto if !facts.cpu_has_virtualization => {
+            (Accel::Tcg, "the CPU has no vmx/svm flag".to_string())
+        }
+        AccelChoice::Auto if !facts.kvm_device_usable => (
+            Accel::Tcg,
+            "/dev/kvm is missing or cannot be opened read-write".to_string(),
+        ),
+        AccelChoice::Auto => (
+            Accel::Kvm,
+            "vmx/svm present and /dev/kvm usable".to_string(),
+        ),
+    };
+    AccelDecision { accel, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_root(kvm: bool, flags: &str, pvm: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::write(
+            dir.path().join("proc/cpuinfo"),
+            format!("processor\t: 0\nflags\t\t: fpu sse2 {flags}\n\n"),
+        )
+        .unwrap();
+        if kvm {
+            std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+            std::fs::write(dir.path().join("dev/kvm"), "").unwrap();
+        }
+        if pvm {
+            std::fs::create_dir_all(dir.path().join("sys/module/kvm_pvm")).unwrap();
+        }
+        dir
+    }
+
+    fn auto(kvm: bool, flags: &str, pvm: bool) -> Accel {
+        let root = fake_root(kvm, flags, pvm);
+        decide(AccelChoice::Auto, HostFacts::probe_under(root.path())).accel
+    }
+
+    #[test]
+    fn kvm_only_with_flags_device_and_no_pvm() {
+        assert_eq!(auto(true, "svm", false), Accel::Kvm);
+        assert_eq!(auto(true, "vmx", false), Accel::Kvm);
+        assert_eq!(auto(true, "svm", true), Accel::Tcg, "PVM must give TCG");
+        assert_eq!(auto(true, "hypervisor", false), Accel::Tcg);
+        assert_eq!(auto(false, "svm", false), Accel::Tcg);
+        assert_eq!(auto(true, "svmx", false), Accel::Tcg, "whole flags only");
+    }
+
+    #[test]
+    fn explicit_choice_overrides_detection() {
+        let facts = HostFacts::default();
+        assert_eq!(decide(AccelChoice::Kvm, facts).accel, Accel::Kvm);
+        let good = HostFacts {
+            kvm_device_usable: true,
+            cpu_has_virtualization: true,
+            pvm_loaded: false,
+        };
+        assert_eq!(decide(AccelChoice::Tcg, good).accel, Accel::Tcg);
+    }
+
+    #[test]
+    fn this_machine_is_consistent_with_its_facts() {
+        // On a PVM machine (as in this project's CI) auto must give TCG; elsewhere the
+        // decision must follow what the machine shows.
+        let facts = HostFacts::probe_local();
+        let decision = decide(AccelChoice::Auto, facts);
+        let kvm_ok = facts.kvm_device_usable && facts.cpu_has_virtualization && !facts.pvm_loaded;
+        assert_eq!(
+            decision.accel == Accel::Kvm,
+            kvm_ok,
+            "{decision:?} for {facts:?}"
+        );
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            assert_eq!(decision.accel, Accel::Tcg);
+        }
+    }
+}

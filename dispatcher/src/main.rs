@@ -1,0 +1,23 @@
+//! `dispatcher`: the command line of the LAVA-style VM-group dispatcher.
+//!
+//! Today: offline checks a test writer or lab admin runs before submitting or deploying
+//! (`validate`, `devices check`). Exit codes are part of the interface: 0 fine,
+//! 1 problems found, 2 input unreadable.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DISPATCHER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = cli::Cli::parse();
+    ExitCode::from(cli::run(args))
+}

@@ -1,0 +1,166 @@
+//! The `dispatcher` binary as a user runs it: output and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn dispatcher(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_prints_valid_for_the_seed_example() {
+    let out = dispatcher(&["validate", "tests/jobs/valid/seed-vm-groups.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(": valid"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn validate_prints_all_three_mistakes_with_pointers() {
+    let out = dispatcher(&["validate", "tests/jobs/invalid/three-mistakes.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for pointer in [
+        "/vm_group/vms/1/cont",
+        "/actions/0/command",
+        "/actions/2/parameters/role",
+    ] {
+        assert!(
+            err.contains(&format!("at {pointer}\n")),
+            "{pointer} missing in:\n{err}"
+        );
+    }
+    assert!(err.contains("3 errors"), "{err}");
+}
+
+#[test]
+fn validate_json_output_is_machine_readable() {
+    let out = dispatcher(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/jobs/invalid/three-mistakes.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["diagnostics"].as_array().unwrap().len(), 3);
+    assert_eq!(value["diagnostics"][0]["severity"], "error");
+}
+
+#[test]
+fn validate_exit_2_when_the_file_cannot_be_read() {
+    let out = dispatcher(&["validate", "no/such/job.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read no/such/job.json"));
+}
+
+#[test]
+fn validate_respects_file_roots() {
+    let out = dispatcher(&[
+        "validate",
+        "--file-root",
+        "/srv/lava",
+        "tests/jobs/valid/seed-vm-groups.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("outside the allowed roots"));
+}
+
+#[test]
+fn shipped_device_types_and_devices_pass_the_check() {
+    let out = dispatcher(&["devices", "check", "device-types"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for name in [
+        "kvm",
+        "kvm-arm",
+        "kvm-aarch64",
+        "qemu-host",
+        "ssh-host",
+        "arndale",
+    ] {
+        assert!(stdout.contains(name), "{name} missing: {stdout}");
+    }
+}
+
+#[test]
+fn devices_check_reports_every_problem_with_file_and_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let types = dir.path();
+    std::fs::create_dir(types.join("devices")).unwrap();
+    std::fs::write(
+        types.join("kvm.toml"),
+        std::fs::read_to_string(repo().join("device-types/kvm.toml"))
+            .unwrap()
+            .replace("{memory_mib}", "{memroy_mib}"),
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("ssh-host.toml"),
+        "name = \"ssh-host\"\nkind = \"ssh-host\"\ndescripton = \"typo\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("devices/box-1.toml"),
+        "hostname = \"box-1\"\ndevice_type = \"ssh-hots\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("devices/box-2.toml"),
+        "hostname = \"box-2\"\ndevice_type = \"kvm\"\n[ssh]\naddress = \"h\"\nhost_key = \"SHA256:abc\"\n",
+    )
+    .unwrap();
+    let out = dispatcher(&["devices", "check", types.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for needle in [
+        "kvm.toml at /qemu/args/",
+        "unknown placeholder {memroy_mib}",
+        "ssh-host.toml:3:1",
+        "did you mean \"description\"?",
+        "box-1.toml at /device_type",
+        "unknown device type \"ssh-hots\"",
+        "box-2.toml:5:12",
+        "43 base64 characters",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing in:\n{err}");
+    }
+}
+
+#[test]
+fn builtin_device_types_match_the_shipped_directory() {
+    let mut shipped: Vec<String> = std::fs::read_dir(repo().join("device-types"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    shipped.sort();
+    let mut builtin: Vec<String> = dispatcher::lab::BUILTIN_DEVICE_TYPES
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    builtin.sort();
+    assert_eq!(builtin, shipped);
+    dispatcher::lab::Lab::builtin().unwrap();
+}

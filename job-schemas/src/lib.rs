@@ -1,0 +1,82 @@
+//! The job a test writer submits: LAVA v1 JSON with `device_type`, `device_group` or `vm_group`.
+//!
+//! This crate owns the contract between test writers and the dispatcher:
+//!
+//! * the published JSON Schema (`job-schemas/lava-v1-job.schema.json`, draft 2020-12),
+//!   which editors can use directly;
+//! * the semantic checks a schema cannot express (role references, device types known
+//!   to the lab, image URL policy, limits, LAVA's reserved keys);
+//! * diagnostics in the manner of a compiler: every problem at once, each with its JSON
+//!   pointer, its line and column, what was expected, what was found and a hint;
+//! * the typed [`Job`] model the rest of the system works with once a job is valid.
+//!
+//! It knows nothing of HTTP, databases or devices beyond the [`DeviceCatalog`] the caller
+//! hands in, so the CLI, the HTTP API and tests all validate with the very same code.
+
+mod context;
+mod diagnostic;
+mod locate;
+mod model;
+mod pointer;
+mod schema;
+mod schema_errors;
+mod semantic;
+mod suggest;
+mod urls;
+
+pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
+pub use diagnostic::{Diagnostic, Report, Severity};
+pub use model::{
+    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, NodeKind, ParsePattern,
+    Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
+    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
+};
+pub use schema::JOB_SCHEMA;
+pub use suggest::{did_you_mean, one_of};
+pub use urls::{UrlError, check_url};
+
+use serde_json::Value;
+
+/// A job that passed validation, with the warnings it produced (e.g. ignored actions).
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub job: Job,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validates job text (JSON) and returns the typed job, or a report of every problem.
+///
+/// Parse errors carry line and column; all other diagnostics carry a JSON pointer and,
+/// where the pointer can be found in `text`, its line and column too.
+pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Report> {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(err) => return Err(Report::new(vec![Diagnostic::parse_error(&err)])),
+    };
+    validate_value(&value, ctx)
+        .map_err(|report| report.with_positions(text))
+        .map(|mut validated| {
+            validated.warnings = Report::new(validated.warnings)
+                .with_positions(text)
+                .into_diagnostics();
+            validated
+        })
+}
+
+/// Validates an already parsed job. Diagnostics carry pointers but no line numbers.
+pub fn validate_value(value: &Value, ctx: &ValidationContext) -> Result<Validated, Report> {
+    let mut diagnostics = schema_errors::check(value);
+    diagnostics.extend(semantic::check(value, ctx));
+    diagnostics.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.severity.cmp(&b.severity)));
+    diagnostics.dedup();
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return Err(Report::new(diagnostics));
+    }
+    match model::Job::from_valid_value(value) {
+        Ok(job) => Ok(Validated {
+            job,
+            warnings: diagnostics,
+        }),
+        Err(internal) => Err(Report::new(vec![internal.into_diagnostic()])),
+    }
+}

@@ -1,0 +1,505 @@
+//! The typed job: what the dispatcher works with once a job passed validation.
+//!
+//! Enums make the shapes LAVA allows the only ones representable: a job runs on a single
+//! device, a device group or a VM group, never on two at once; an action is one of the
+//! known commands with that command's parameters.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::diagnostic::Diagnostic;
+use crate::semantic::DEFAULT_HOST_ROLE;
+
+/// The role name of the one node of a single-device job (`device_type` jobs have no roles).
+pub const SINGLE_DEVICE_ROLE: &str = "device";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub name: Option<String>,
+    /// Whole-job timeout in seconds.
+    pub timeout_secs: u64,
+    pub logging_level: LogLevel,
+    pub priority: Priority,
+    pub tags: Vec<String>,
+    pub health_check: bool,
+    pub metadata: serde_json::Map<String, Value>,
+    pub topology: Topology,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    Critical,
+    Error,
+    Warning,
+    #[default]
+    Info,
+    Debug,
+}
+
+/// 0 (lowest) to 100 (highest); LAVA's `low`, `medium`, `high` are 0, 50, 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const LOW: Priority = Priority(0);
+    pub const MEDIUM: Priority = Priority(50);
+    pub const HIGH: Priority = Priority(100);
+
+    pub fn value(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::MEDIUM
+    }
+}
+
+/// Where a job runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Topology {
+    Single {
+        device_type: String,
+        target: Option<String>,
+    },
+    DeviceGroup {
+        roles: Vec<GroupRole>,
+    },
+    VmGroup(VmGroup),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRole {
+    pub role: String,
+    pub count: u32,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub is_slave: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmGroup {
+    pub host_device_type: String,
+    pub host_role: String,
+    pub host_tags: Vec<String>,
+    pub auto_start_vms: bool,
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmSpec {
+    pub device_type: String,
+    pub role: String,
+    pub count: u32,
+    pub image: Option<Url>,
+    /// Commands run on the host: all but the last prepare, the last attaches to the
+    /// console. Empty: launch from the device type's qemu template.
+    pub launch_with: Vec<String>,
+    /// Regular expression for the VM's shell prompt; `None`: the device type's default.
+    pub shell_prompt: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// What kind of node plays a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A device of the lab (single-device or device_group job).
+    Device,
+    /// The host device of a vm_group.
+    VmHost,
+    /// A virtual machine launched on the vm_group host.
+    Vm,
+}
+
+/// One role of a job, in definition order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleSpec {
+    pub name: String,
+    pub device_type: String,
+    pub count: u32,
+    pub kind: NodeKind,
+}
+
+/// One action, routed to a role (`None`: every role).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    pub command: Command,
+    pub role: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    DeployLinaroImage(DeployImage),
+    DeployLinaroKernel(Box<DeployKernel>),
+    BootLinaroImage,
+    LavaTestShell(TestShell),
+    /// Accepted for compatibility and ignored (with a warning at validation).
+    SubmitResults,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployImage {
+    pub image: Url,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployKernel {
+    pub kernel: Url,
+    pub ramdisk: Option<Url>,
+    pub dtb: Option<Url>,
+    pub rootfs: Option<Url>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestShell {
+    pub definitions: Vec<TestDefinitionSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestDefinitionSource {
+    Url(Url),
+    Inline {
+        definition: TestDefinition,
+        parameters: BTreeMap<String, String>,
+    },
+}
+
+/// A test definition in LAVA's format (the same whether inline or fetched as YAML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestDefinition {
+    pub metadata: TestMetadata,
+    #[serde(default)]
+    pub params: BTreeMap<String, ScalarValue>,
+    #[serde(default)]
+    pub install: Option<Steps>,
+    pub run: Steps,
+    #[serde(default)]
+    pub parse: Option<ParsePattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestMetadata {
+    pub name: String,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Steps {
+    #[serde(default)]
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParsePattern {
+    pub pattern: String,
+    #[serde(default)]
+    pub fixupdict: BTreeMap<String, String>,
+}
+
+/// A parameter value as test definitions allow it: string, number or boolean, kept as
+/// the text the shell will see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScalarValue {
+    Text(String),
+    Number(serde_json::Number),
+    Flag(bool),
+}
+
+impl ScalarValue {
+    pub fn as_shell_text(&self) -> String {
+        match self {
+            ScalarValue::Text(s) => s.clone(),
+            ScalarValue::Number(n) => n.to_string(),
+            ScalarValue::Flag(b) => b.to_string(),
+        }
+    }
+}
+
+impl Job {
+    /// Every role in definition order (a single-device job has the one role
+    /// [`SINGLE_DEVICE_ROLE`]).
+    pub fn roles(&self) -> Vec<RoleSpec> {
+        match &self.topology {
+            Topology::Single { device_type, .. } => vec![RoleSpec {
+                name: SINGLE_DEVICE_ROLE.to_string(),
+                device_type: device_type.clone(),
+                count: 1,
+                kind: NodeKind::Device,
+            }],
+            Topology::DeviceGroup { roles } => roles
+                .iter()
+                .map(|r| RoleSpec {
+                    name: r.role.clone(),
+                    device_type: r.device_type.clone(),
+                    count: r.count,
+                    kind: NodeKind::Device,
+                })
+                .collect(),
+            Topology::VmGroup(group) => std::iter::once(RoleSpec {
+                name: group.host_role.clone(),
+                device_type: group.host_device_type.clone(),
+                count: 1,
+                kind: NodeKind::VmHost,
+            })
+            .chain(group.vms.iter().map(|vm| RoleSpec {
+                name: vm.role.clone(),
+                device_type: vm.device_type.clone(),
+                count: vm.count,
+                kind: NodeKind::Vm,
+            }))
+            .collect(),
+        }
+    }
+
+    /// Number of nodes (role instances) the job needs.
+    pub fn node_count(&self) -> u32 {
+        self.roles().iter().map(|r| r.count).sum()
+    }
+
+    /// The actions one role runs, in job order: those naming it and those naming no role.
+    pub fn actions_for<'a>(&'a self, role: &'a str) -> impl Iterator<Item = &'a Action> + 'a {
+        self.actions
+            .iter()
+            .filter(move |a| a.role.as_deref().is_none_or(|r| r == role))
+    }
+
+    /// Builds the typed job from JSON that passed every check. A failure here is a bug
+    /// in the checks, reported as a diagnostic rather than a panic.
+    pub(crate) fn from_valid_value(value: &Value) -> Result<Job, InternalError> {
+        let raw: RawJob = serde_json::from_value(value.clone()).map_err(internal)?;
+        let topology = match (raw.device_type, raw.device_group, raw.vm_group) {
+            (Some(device_type), None, None) => Topology::Single {
+                device_type,
+                target: raw.target,
+            },
+            (None, Some(roles), None) => Topology::DeviceGroup { roles },
+            (None, None, Some(group)) => Topology::VmGroup(group.into_model()),
+            _ => return Err(internal("topology not exactly one of three")),
+        };
+        let actions = raw
+            .actions
+            .into_iter()
+            .map(RawAction::into_model)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Job {
+            name: raw.job_name,
+            timeout_secs: raw.timeout,
+            logging_level: raw.logging_level.unwrap_or_default(),
+            priority: match raw.priority {
+                None => Priority::default(),
+                Some(RawPriority::Named(name)) => match name.as_str() {
+                    "high" => Priority::HIGH,
+                    "low" => Priority::LOW,
+                    _ => Priority::MEDIUM,
+                },
+                Some(RawPriority::Number(n)) => Priority(n.min(100)),
+            },
+            tags: raw.tags,
+            health_check: raw.health_check,
+            metadata: raw.metadata,
+            topology,
+            actions,
+        })
+    }
+}
+
+/// A validated job that still fails to build: a bug in the checks, never user error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InternalError(String);
+
+impl InternalError {
+    pub(crate) fn into_diagnostic(self) -> Diagnostic {
+        Diagnostic::error(
+            "",
+            format!("internal error building the validated job: {}", self.0),
+        )
+        .hint("this is a bug in the dispatcher; please report it with the job")
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> InternalError {
+    InternalError(err.to_string())
+}
+
+#[derive(Deserialize)]
+struct RawJob {
+    job_name: Option<String>,
+    timeout: u64,
+    logging_level: Option<LogLevel>,
+    priority: Option<RawPriority>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    health_check: bool,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+    device_type: Option<String>,
+    target: Option<String>,
+    device_group: Option<Vec<GroupRole>>,
+    vm_group: Option<RawVmGroup>,
+    actions: Vec<RawAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPriority {
+    Named(String),
+    Number(u8),
+}
+
+#[derive(Deserialize)]
+struct RawVmGroup {
+    host: RawHost,
+    auto_start_vms: Option<bool>,
+    vms: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+struct RawHost {
+    device_type: String,
+    role: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawVm {
+    device_type: String,
+    role: String,
+    count: Option<u32>,
+    image: Option<Url>,
+    launch_with: Option<RawLaunchWith>,
+    shell_prompt: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLaunchWith {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawVmGroup {
+    fn into_model(self) -> VmGroup {
+        VmGroup {
+            host_device_type: self.host.device_type,
+            host_role: self
+                .host
+                .role
+                .unwrap_or_else(|| DEFAULT_HOST_ROLE.to_string()),
+            host_tags: self.host.tags,
+            auto_start_vms: self.auto_start_vms.unwrap_or(true),
+            vms: self
+                .vms
+                .into_iter()
+                .map(|vm| VmSpec {
+                    device_type: vm.device_type,
+                    role: vm.role,
+                    count: vm.count.unwrap_or(1),
+                    image: vm.image,
+                    launch_with: match vm.launch_with {
+                        None => Vec::new(),
+                        Some(RawLaunchWith::One(command)) => vec![command],
+                        Some(RawLaunchWith::Many(commands)) => commands,
+                    },
+                    shell_prompt: vm.shell_prompt,
+                    tags: vm.tags,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawAction {
+    command: String,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawTestShell {
+    #[serde(default)]
+    testdef_urls: Vec<Url>,
+    #[serde(default)]
+    testdef_repos: Vec<RawRepo>,
+}
+
+#[derive(Deserialize)]
+struct RawRepo {
+    inline: TestDefinition,
+    #[serde(default)]
+    parameters: BTreeMap<String, ScalarValue>,
+}
+
+impl RawAction {
+    fn into_model(self) -> Result<Action, InternalError> {
+        let role = self
+            .parameters
+            .get("role")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let timeout_secs = self.parameters.get("timeout").and_then(Value::as_u64);
+        let mut params = self.parameters;
+        params.remove("role");
+        params.remove("timeout");
+        let params = Value::Object(params);
+        let command = match self.command.as_str() {
+            "deploy_linaro_image" => {
+                Command::DeployLinaroImage(serde_json::from_value(params).map_err(internal)?)
+            }
+            "deploy_linaro_kernel" => Command::DeployLinaroKernel(Box::new(
+                serde_json::from_value(params).map_err(internal)?,
+            )),
+            "boot_linaro_image" => Command::BootLinaroImage,
+            "lava_test_shell" => {
+                let raw: RawTestShell = serde_json::from_value(params).map_err(internal)?;
+                let definitions = raw
+                    .testdef_urls
+                    .into_iter()
+                    .map(TestDefinitionSource::Url)
+                    .chain(raw.testdef_repos.into_iter().map(|repo| {
+                        TestDefinitionSource::Inline {
+                            definition: repo.inline,
+                            parameters: repo
+                                .parameters
+                                .into_iter()
+                                .map(|(k, v)| (k, v.as_shell_text()))
+                                .collect(),
+                        }
+                    }))
+                    .collect();
+                Command::LavaTestShell(TestShell { definitions })
+            }
+            "submit_results" => Command::SubmitResults,
+            other => return Err(internal(format!("unknown command {other}"))),
+        };
+        Ok(Action {
+            command,
+            role,
+            timeout_secs,
+            metadata: self.metadata,
+        })
+    }
+}

@@ -1,0 +1,569 @@
+//! Checks a schema cannot express: where the job runs, roles and their references,
+//! device types the lab knows, limits, URLs, regular expressions and LAVA's reserved keys.
+//!
+//! These run even when the schema found problems, so a job's every mistake is reported
+//! at once; each check therefore reads the JSON defensively and skips what has the wrong
+//! shape (the schema already reported that).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::context::{DeviceTypeClass, ValidationContext};
+use crate::diagnostic::Diagnostic;
+use crate::{pointer, suggest, urls};
+
+/// Top-level keys LAVA's scheduler writes into sub-jobs itself and refuses from users.
+const RESERVED_KEYS: [&str; 4] = ["target_group", "group_size", "sub_id", "role"];
+
+/// The role a `vm_group` host plays when the job names none.
+pub(crate) const DEFAULT_HOST_ROLE: &str = "host";
+
+pub(crate) fn is_reserved_key(key: &str) -> bool {
+    RESERVED_KEYS.contains(&key)
+}
+
+pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
+    let Some(top) = job.as_object() else {
+        return Vec::new(); // The schema reports "expected object".
+    };
+    let mut out = Vec::new();
+    for key in RESERVED_KEYS.iter().filter(|k| top.contains_key(**k)) {
+        out.push(
+            Diagnostic::error(
+                pointer::push("", key),
+                format!("Reserved parameters found in job data: \"{key}\""),
+            )
+            .hint(format!(
+                "\"{key}\" is set by the dispatcher for each node of a group; remove it"
+            )),
+        );
+    }
+    check_topology(top, &mut out);
+    let roles = collect_roles(job);
+    check_roles(&roles, &mut out);
+    check_counts(job, ctx, &mut out);
+    check_device_types(job, ctx, &mut out);
+    check_actions(job, &roles, ctx, &mut out);
+    check_vms(job, ctx, &mut out);
+    out
+}
+
+fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic>) {
+    let present: Vec<&str> = ["device_type", "device_group", "vm_group"]
+        .into_iter()
+        .filter(|k| top.contains_key(*k))
+        .collect();
+    match present.as_slice() {
+        [] => out.push(
+            Diagnostic::error("", "the job does not say where to run")
+                .expected("exactly one of device_type, device_group or vm_group")
+                .found("none of them"),
+        ),
+        [_] => {}
+        [first, rest @ ..] => {
+            for other in rest {
+                out.push(
+                    Diagnostic::error(
+                        pointer::push("", other),
+                        format!("\"{other}\" cannot be combined with \"{first}\""),
+                    )
+                    .expected("exactly one of device_type, device_group or vm_group")
+                    .found(present.join(", ")),
+                );
+            }
+        }
+    }
+    if top.contains_key("target") && !top.contains_key("device_type") {
+        out.push(
+            Diagnostic::error(
+                "/target",
+                "\"target\" names one device of a single-device job",
+            )
+            .hint("in a device_group or vm_group job, select devices by tags instead"),
+        );
+    }
+    if let Some(Value::Array(group)) = top.get("device_group") {
+        // Only when every count is readable: a missing one is reported by the schema.
+        let counts: Option<Vec<u64>> = group
+            .iter()
+            .map(|r| r.get("count").and_then(Value::as_u64))
+            .collect();
+        if counts.is_some_and(|c| c.iter().sum::<u64>() == 1) {
+            out.push(
+                Diagnostic::error(
+                    "/device_group",
+                    "Only one device requested in a MultiNode job submission.",
+                )
+                .expected("two or more devices in all")
+                .found("1")
+                .hint("use device_type for a single-device job"),
+            );
+        }
+    }
+}
+
+/// Where a role the job defines is defined.
+pub(crate) struct RoleDef {
+    pub pointer: String,
+}
+
+/// Roles in definition order (a role defined twice keeps its first definition).
+pub(crate) struct Roles {
+    pub all: Vec<(String, RoleDef)>,
+}
+
+impl Roles {
+    fn get(&self, name: &str) -> Option<&RoleDef> {
+        self.all.iter().find(|(n, _)| n == name).map(|(_, d)| d)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.all.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+fn collect_roles(job: &Value) -> Roles {
+    let mut all = Vec::new();
+    if let Some(group) = job.get("device_group").and_then(Value::as_array) {
+        for (i, entry) in group.iter().enumerate() {
+            if let Some(role) = entry.get("role").and_then(Value::as_str) {
+                let at = format!("/device_group/{i}/role");
+                all.push((role.to_string(), RoleDef { pointer: at }));
+            }
+        }
+    }
+    if let Some(vm_group) = job.get("vm_group") {
+        if let Some(host) = vm_group.get("host") {
+            let (role, at) = match host.get("role").and_then(Value::as_str) {
+                Some(role) => (role, "/vm_group/host/role"),
+                None => (DEFAULT_HOST_ROLE, "/vm_group/host"),
+            };
+            all.push((role.to_string(), RoleDef { pointer: at.into() }));
+        }
+        for (i, vm) in vms(job) {
+            if let Some(role) = vm.get("role").and_then(Value::as_str) {
+                let at = format!("/vm_group/vms/{i}/role");
+                all.push((role.to_string(), RoleDef { pointer: at }));
+            }
+        }
+    }
+    Roles { all }
+}
+
+fn vms(job: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    job.pointer("/vm_group/vms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+}
+
+fn actions(job: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    job.get("actions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+}
+
+fn check_roles(roles: &Roles, out: &mut Vec<Diagnostic>) {
+    let mut first_seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, def) in &roles.all {
+        if let Some(first) = first_seen.get(name.as_str()) {
+            out.push(
+                Diagnostic::error(&def.pointer, format!("role \"{name}\" is defined twice"))
+                    .expected("a role name used once in the job")
+                    .found(format!("\"{name}\", already defined at {first}"))
+                    .hint("use count for several nodes of one role"),
+            );
+        } else {
+            first_seen.insert(name, &def.pointer);
+        }
+    }
+}
+
+fn check_counts(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    let mut counted: Vec<(String, u64)> = Vec::new();
+    if let Some(group) = job.get("device_group").and_then(Value::as_array) {
+        for (i, entry) in group.iter().enumerate() {
+            if let Some(count) = entry.get("count").and_then(Value::as_u64) {
+                counted.push((format!("/device_group/{i}/count"), count));
+            }
+        }
+    }
+    for (i, vm) in vms(job) {
+        if let Some(count) = vm.get("count").and_then(Value::as_u64) {
+            counted.push((format!("/vm_group/vms/{i}/count"), count));
+        }
+    }
+    let max = ctx.limits.max_count;
+    for (at, count) in &counted {
+        if *count > max {
+            out.push(
+                Diagnostic::error(at, format!("count {count} is over this lab's limit"))
+                    .expected(format!("at most {max}"))
+                    .found(count.to_string()),
+            );
+        }
+    }
+    let vm_total: u64 = vms(job)
+        .map(|(_, vm)| vm.get("count").and_then(Value::as_u64).unwrap_or(1))
+        .sum();
+    let group_total: u64 = job
+        .get("device_group")
+        .and_then(Value::as_array)
+        .map(|g| {
+            g.iter()
+                .filter_map(|r| r.get("count").and_then(Value::as_u64))
+                .sum()
+        })
+        .unwrap_or(0);
+    let total = if job.get("vm_group").is_some() {
+        vm_total + 1
+    } else {
+        group_total
+    };
+    let limit = ctx.limits.max_group_size;
+    if total > limit {
+        let at = if job.get("vm_group").is_some() {
+            "/vm_group/vms"
+        } else {
+            "/device_group"
+        };
+        out.push(
+            Diagnostic::error(
+                at,
+                format!("the group has {total} nodes, over this lab's limit"),
+            )
+            .expected(format!("at most {limit} nodes in one job"))
+            .found(total.to_string()),
+        );
+    }
+}
+
+fn check_device_types(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    let catalog = &ctx.catalog;
+    let mut check = |at: String, name: &str, want: Want| {
+        let fits = |class: DeviceTypeClass| match want {
+            Want::Any => true,
+            Want::Virtual => class == DeviceTypeClass::Virtual,
+            Want::VmHost => {
+                class
+                    == DeviceTypeClass::Host {
+                        virtualization: true,
+                    }
+            }
+        };
+        let candidates = catalog.names_where(fits);
+        match catalog.class(name) {
+            Some(class) if fits(class) => {}
+            Some(_) => out.push(
+                Diagnostic::error(at, format!("device type \"{name}\" cannot be used here"))
+                    .expected(format!(
+                        "{}: {}",
+                        want.describe(),
+                        suggest::one_of(candidates)
+                    ))
+                    .found(format!("\"{name}\"")),
+            ),
+            None => out.push(
+                Diagnostic::error(at, format!("unknown device type \"{name}\""))
+                    .expected(format!(
+                        "{}: {}",
+                        want.describe(),
+                        suggest::one_of(candidates.iter().copied())
+                    ))
+                    .found(format!("\"{name}\""))
+                    .maybe_hint(suggest::did_you_mean(name, candidates.iter().copied())),
+            ),
+        }
+    };
+    if let Some(name) = job.get("device_type").and_then(Value::as_str) {
+        check("/device_type".into(), name, Want::Any);
+    }
+    if let Some(group) = job.get("device_group").and_then(Value::as_array) {
+        for (i, entry) in group.iter().enumerate() {
+            if let Some(name) = entry.get("device_type").and_then(Value::as_str) {
+                check(format!("/device_group/{i}/device_type"), name, Want::Any);
+            }
+        }
+    }
+    if let Some(name) = job
+        .pointer("/vm_group/host/device_type")
+        .and_then(Value::as_str)
+    {
+        check("/vm_group/host/device_type".into(), name, Want::VmHost);
+    }
+    for (i, vm) in vms(job) {
+        if let Some(name) = vm.get("device_type").and_then(Value::as_str) {
+            check(
+                format!("/vm_group/vms/{i}/device_type"),
+                name,
+                Want::Virtual,
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Want {
+    Any,
+    Virtual,
+    VmHost,
+}
+
+impl Want {
+    fn describe(self) -> &'static str {
+        match self {
+            Want::Any => "a device type of this lab",
+            Want::Virtual => "a virtual machine type",
+            Want::VmHost => "a host device type that supports virtualization",
+        }
+    }
+}
+
+/// URL-valued action parameters, by command.
+fn url_parameters(command: &str) -> &'static [&'static str] {
+    match command {
+        "deploy_linaro_image" => &["image"],
+        "deploy_linaro_kernel" => &["kernel", "ramdisk", "dtb", "rootfs"],
+        _ => &[],
+    }
+}
+
+fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    let job_timeout = job.get("timeout").and_then(Value::as_u64);
+    // With two topologies the role checks would only echo that conflict.
+    let single_device = job.get("device_type").is_some()
+        && job.get("device_group").is_none()
+        && job.get("vm_group").is_none();
+    for (i, action) in actions(job) {
+        let at = format!("/actions/{i}");
+        let command = action
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let params = action.get("parameters");
+        if command == "submit_results" {
+            out.push(
+                Diagnostic::warning(pointer::push(&at, "command"), "submit_results is ignored")
+                    .hint("results are kept by the dispatcher: GET /api/v1/jobs/{id}/results"),
+            );
+            continue;
+        }
+        if let Some(role) = params.and_then(|p| p.get("role")).and_then(Value::as_str) {
+            let role_at = format!("{at}/parameters/role");
+            if single_device {
+                out.push(
+                    Diagnostic::error(role_at, "a single-device job has no roles")
+                        .found(format!("\"{role}\""))
+                        .hint("remove \"role\", or use device_group or vm_group"),
+                );
+            } else if roles.get(role).is_none() {
+                out.push(
+                    Diagnostic::error(role_at, format!("no role \"{role}\" in this job"))
+                        .expected(format!("one of {}", suggest::one_of(roles.names())))
+                        .found(format!("\"{role}\""))
+                        .maybe_hint(suggest::did_you_mean(role, roles.names())),
+                );
+            }
+        }
+        for key in url_parameters(command) {
+            if let Some(text) = params.and_then(|p| p.get(*key)).and_then(Value::as_str) {
+                check_url_at(&format!("{at}/parameters/{key}"), text, ctx, out);
+            }
+        }
+        if let (Some(limit), Some(timeout)) = (
+            job_timeout,
+            params
+                .and_then(|p| p.get("timeout"))
+                .and_then(Value::as_u64),
+        ) && timeout > limit
+        {
+            out.push(
+                Diagnostic::warning(
+                    format!("{at}/parameters/timeout"),
+                    "action timeout is longer than the job timeout, which ends the job first",
+                )
+                .expected(format!("at most {limit} (the job timeout)"))
+                .found(timeout.to_string()),
+            );
+        }
+        if command == "lava_test_shell" {
+            check_test_shell(&at, params, ctx, out);
+        }
+    }
+}
+
+fn check_test_shell(
+    at: &str,
+    params: Option<&Value>,
+    ctx: &ValidationContext,
+    out: &mut Vec<Diagnostic>,
+) {
+    let Some(params) = params.filter(|p| p.is_object()) else {
+        return;
+    };
+    let urls = params.get("testdef_urls").and_then(Value::as_array);
+    let repos = params.get("testdef_repos").and_then(Value::as_array);
+    if urls.is_none_or(Vec::is_empty) && repos.is_none_or(Vec::is_empty) {
+        out.push(
+            Diagnostic::error(
+                format!("{at}/parameters"),
+                "lava_test_shell has no test definition",
+            )
+            .expected("a non-empty testdef_urls or testdef_repos"),
+        );
+    }
+    for (j, url) in urls.into_iter().flatten().enumerate() {
+        if let Some(text) = url.as_str() {
+            check_url_at(&format!("{at}/parameters/testdef_urls/{j}"), text, ctx, out);
+        }
+    }
+    for (j, repo) in repos.into_iter().flatten().enumerate() {
+        let pattern_at = format!("{at}/parameters/testdef_repos/{j}/inline/parse/pattern");
+        if let Some(pattern) = repo
+            .pointer("/inline/parse/pattern")
+            .and_then(Value::as_str)
+        {
+            check_parse_pattern(&pattern_at, pattern, out);
+        }
+    }
+}
+
+/// A parse pattern must compile and name the groups results are made of.
+pub(crate) fn check_parse_pattern(at: &str, pattern: &str, out: &mut Vec<Diagnostic>) {
+    match regex::Regex::new(pattern) {
+        Err(err) => out.push(
+            Diagnostic::error(at, "parse pattern is not a valid regular expression")
+                .found(first_line(&err.to_string())),
+        ),
+        Ok(re) => {
+            let names: BTreeSet<&str> = re.capture_names().flatten().collect();
+            for needed in ["test_case_id", "result"] {
+                if !names.contains(needed) {
+                    out.push(
+                        Diagnostic::error(
+                            at,
+                            format!("parse pattern has no group named \"{needed}\""),
+                        )
+                        .expected("named groups (?P<test_case_id>...) and (?P<result>...)"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_url_at(at: &str, text: &str, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    if let Err(err) = urls::check_url(text, &ctx.file_roots) {
+        let roots: Vec<String> = ctx
+            .file_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        let mut d = Diagnostic::error(at, format!("URL refused: {err}"))
+            .expected("file:///absolute/path under an allowed root, http:// or https://")
+            .found(format!("\"{text}\""));
+        if matches!(err, urls::UrlError::OutsideRoots(_)) {
+            d = d.hint(format!("allowed roots: {}", roots.join(", ")));
+        }
+        out.push(d);
+    }
+}
+
+fn check_vms(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    let Some(vm_group) = job.get("vm_group") else {
+        return;
+    };
+    // Which roles get an image from a deploy action, and where.
+    let mut deployed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut roleless_deploys = Vec::new();
+    let mut host_has_test_shell = false;
+    let host_role = vm_group
+        .pointer("/host/role")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_HOST_ROLE);
+    for (i, action) in actions(job) {
+        let command = action
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let role = action.pointer("/parameters/role").and_then(Value::as_str);
+        if command.starts_with("deploy_") {
+            match role {
+                Some(role) => deployed
+                    .entry(role)
+                    .or_default()
+                    .push(format!("/actions/{i}")),
+                None => roleless_deploys.push(format!("/actions/{i}")),
+            }
+        }
+        if command == "lava_test_shell" && role.is_none_or(|r| r == host_role) {
+            host_has_test_shell = true;
+        }
+    }
+    for (i, vm) in vms(job) {
+        let role = vm.get("role").and_then(Value::as_str).unwrap_or_default();
+        let at = format!("/vm_group/vms/{i}");
+        let own_image = vm.get("image").and_then(Value::as_str);
+        if let Some(image) = own_image {
+            check_url_at(&format!("{at}/image"), image, ctx, out);
+            for action_at in deployed
+                .get(role)
+                .into_iter()
+                .flatten()
+                .chain(&roleless_deploys)
+            {
+                out.push(
+                    Diagnostic::error(action_at, format!("a second image for role \"{role}\""))
+                        .expected("one image per VM: its \"image\" or a deploy action, not both")
+                        .found(format!("{at}/image and this deploy action"))
+                        .hint("give the deploy action a \"role\" that is not a VM with an image"),
+                );
+            }
+        } else if !deployed.contains_key(role) && roleless_deploys.is_empty() && !role.is_empty() {
+            out.push(
+                Diagnostic::error(&at, format!("VM role \"{role}\" has no image"))
+                    .expected("\"image\", or a deploy_linaro_image / deploy_linaro_kernel action for this role")
+                    .hint("add \"image\": \"file:///...\" to this VM"),
+            );
+        }
+        if let Some(prompt) = vm.get("shell_prompt").and_then(Value::as_str)
+            && let Err(err) = regex::Regex::new(prompt)
+        {
+            out.push(
+                Diagnostic::error(
+                    format!("{at}/shell_prompt"),
+                    "shell_prompt is not a valid regular expression",
+                )
+                .found(first_line(&err.to_string())),
+            );
+        }
+    }
+    let auto_start = vm_group
+        .get("auto_start_vms")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if !auto_start && !host_has_test_shell {
+        out.push(
+            Diagnostic::error(
+                "/vm_group/auto_start_vms",
+                "with auto_start_vms false the VMs would never start",
+            )
+            .expected(format!(
+                "a lava_test_shell for role \"{host_role}\" that calls lava-start-vms"
+            ))
+            .hint("set auto_start_vms to true, or add a host test shell"),
+        );
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(text)
+        .trim()
+        .to_string()
+}
