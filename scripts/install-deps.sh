@@ -5,6 +5,7 @@ set -euo pipefail
 
 # Each package and why:
 PACKAGES=(
+    openssl   # the coordinator's TLS test makes a throw-away certificate
 )
 
 missing=()

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need (none beyond the Rust toolchain yet); see
-# scripts/install-deps.sh for the list and why each is there.
+# System packages the tests need; see scripts/install-deps.sh for the list and why.
 bash scripts/install-deps.sh
+# LAVA's own client code from Debian, for the coordinator compatibility tests.
+bash scripts/install-lava-clients.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

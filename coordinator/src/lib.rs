@@ -1,6 +1,25 @@
 //! The MultiNode coordinator: the group state every test shell of a job shares
-//! (`lava-send`, `lava-wait`, `lava-wait-all`, `lava-sync`, `lava-start-vms`, ...).
+//! (`lava-send`, `lava-wait`, `lava-wait-all`, `lava-sync`, `lava-network`,
+//! `lava-start-vms`, `lava-wait-for-vms`).
 //!
-//! It will serve the gRPC API defined in `proto/` and LAVA's legacy wire protocol, run
-//! standalone or embedded in the dispatcher. It owns group membership, messages and
-//! barriers; it must not know about devices, images or jobs beyond a group's nodes.
+//! * [`group`]: one group's state and the MultiNode semantics, as pure checks;
+//! * [`store`]: every group, tokens, and waiting (re-checking on change, never polling);
+//! * [`service`]: the gRPC API of `proto/`; [`legacy`]: LAVA's own protocol;
+//! * [`server`]: starting both, standalone (`coordinator` binary) or embedded;
+//! * [`client`]: node and dispatcher clients; [`relay`]: answering console markers.
+//!
+//! It owns groups, messages, barriers and node liveness. It must not know about
+//! devices, images, jobs or consoles beyond a group's node ids and roles.
+
+pub mod auth;
+pub mod client;
+pub mod group;
+pub mod legacy;
+pub mod network;
+pub mod relay;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use client::{AdminClient, ClientError, Credential, GroupView, NodeClient, Target};
+pub use server::{Config, Running, StartError, start};

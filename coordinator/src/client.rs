@@ -1,0 +1,452 @@
+//! Clients of the coordinator: [`NodeClient`] (what a node may do, with its token) and
+//! [`AdminClient`] (what the dispatcher does). Used by the node agent, the dispatcher's
+//! marker relay and tests.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::{self, Deadline};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::group::{Data, Senders};
+pub use crate::store::Credential;
+
+/// Why a client call failed, in the terms a test shell acts on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {endpoint}: {message}")]
+    Unreachable { endpoint: String, message: String },
+    /// Credentials were missing or wrong.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The request itself is wrong (bad message id, unknown role, ...).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A MultiNode call failed: a node it waited for failed or finished, or the group
+    /// was closed.
+    #[error("{0}")]
+    Failed(String),
+    /// A MultiNode call's deadline passed.
+    #[error("{0}")]
+    Timeout(String),
+    #[error("coordinator error: {0}")]
+    Other(String),
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => ClientError::Refused(message),
+            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
+                ClientError::Invalid(message)
+            }
+            Code::FailedPrecondition | Code::Aborted => ClientError::Failed(message),
+            Code::DeadlineExceeded => ClientError::Timeout(message),
+            Code::Unavailable => ClientError::Unreachable {
+                endpoint: String::new(),
+                message,
+            },
+            _ => ClientError::Other(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Inner = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// How to reach the coordinator: its URL and, for `https://`, the CA certificate (PEM)
+/// its certificate must chain to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Target {
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            ca_pem: None,
+        }
+    }
+}
+
+impl From<&str> for Target {
+    fn from(url: &str) -> Self {
+        Target::plain(url)
+    }
+}
+
+impl From<&String> for Target {
+    fn from(url: &String) -> Self {
+        Target::plain(url)
+    }
+}
+
+async fn connect(target: &Target, token: &str) -> Result<Inner, ClientError> {
+    let unreachable = |message: String| ClientError::Unreachable {
+        endpoint: target.url.clone(),
+        message,
+    };
+    let bearer = format!("Bearer {token}").parse().map_err(|_| {
+        ClientError::Invalid("the token has characters a header cannot carry".into())
+    })?;
+    let mut endpoint = Endpoint::from_shared(target.url.clone())
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    if let Some(ca) = &target.ca_pem {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| unreachable(source_chain(&e)))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(source_chain(&e)))?;
+    Ok(CoordinatorClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// A blocking call's request with its deadline, and a transport timeout a little past
+/// it so a vanished coordinator cannot hang the caller forever.
+fn with_deadline<T>(message: T, deadline: Option<SystemTime>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(deadline) = deadline {
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        request.set_timeout(left + Duration::from_secs(5));
+    }
+    request
+}
+
+fn deadline_of(deadline: Option<SystemTime>) -> Option<Deadline> {
+    deadline.map(|d| Deadline {
+        unix_ms: d
+            .duration_since(UNIX_EPOCH)
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(1),
+    })
+}
+
+fn senders(reply: v1::MessageReply) -> Senders {
+    reply
+        .senders
+        .into_iter()
+        .map(|(node, data)| (node, data.data.into_iter().collect()))
+        .collect()
+}
+
+/// The group as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub node_id: String,
+    pub role: String,
+    /// `(node id, role)` in creation order.
+    pub nodes: Vec<(String, String)>,
+}
+
+/// One node's connection: every call is made as this node, with its token.
+#[derive(Clone)]
+pub struct NodeClient {
+    inner: Inner,
+    group_id: String,
+    node_id: String,
+}
+
+impl NodeClient {
+    pub async fn connect(
+        target: impl Into<Target>,
+        group_id: &str,
+        node_id: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            inner: connect(&target.into(), token).await?,
+            group_id: group_id.to_string(),
+            node_id: node_id.to_string(),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub async fn group_info(&mut self) -> Result<GroupView, ClientError> {
+        let r = self
+            .inner
+            .group_info(v1::GroupInfoRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(GroupView {
+            node_id: r.node_id,
+            role: r.role,
+            nodes: r.nodes.into_iter().map(|n| (n.node_id, n.role)).collect(),
+        })
+    }
+
+    pub async fn send(&mut self, message_id: &str, data: Data) -> Result<(), ClientError> {
+        self.inner
+            .send(v1::SendRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+                message_id: message_id.to_string(),
+                data: data.into_iter().collect(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn wait(
+        &mut self,
+        message_id: &str,
+        deadline: Option<SystemTime>,
+    ) -> Result<Senders, ClientError> {
+        let request = v1::WaitRequest {
+            group_id: self.group_id.clone(),
+            node_id: self.node_id.clone(),
+            message_id: message_id.to_string(),
+            deadline: deadline_of(deadline),
+        };
+        Ok(senders(
+            self.inner
+                .wait(with_deadline(request, deadline))
+                .await?
+                .into_inner(),
+        ))
+    }
+
+    pub async fn wait_all(
+        &mut self,
+        message_id: &str,
+        role: Option<&str>,
+        deadline: Option<SystemTime>,
+    ) -> Result<Senders, ClientError> {
+        let request = v1::WaitAllRequest {
+            group_id: self.group_id.clone(),
+            node_id: self.node_id.clone(),
+            message_id: message_id.to_string(),
+            role: role.unwrap_or_default().to_string(),
+            deadline: deadline_of(deadline),
+        };
+        Ok(senders(
+            self.inner
+                .wait_all(with_deadline(request, deadline))
+                .await?
+                .into_inner(),
+        ))
+    }
+
+    pub async fn sync(
+        &mut self,
+        message_id: &str,
+        deadline: Option<SystemTime>,
+    ) -> Result<(), ClientError> {
+        let request = v1::SyncRequest {
+            group_id: self.group_id.clone(),
+            node_id: self.node_id.clone(),
+            message_id: message_id.to_string(),
+            deadline: deadline_of(deadline),
+        };
+        self.inner.sync(with_deadline(request, deadline)).await?;
+        Ok(())
+    }
+
+    pub async fn network_broadcast(&mut self, info: v1::NetworkInfo) -> Result<(), ClientError> {
+        self.inner
+            .network_broadcast(v1::NetworkBroadcastRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+                info: Some(info),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn network_collect(
+        &mut self,
+        role: Option<&str>,
+        deadline: Option<SystemTime>,
+    ) -> Result<BTreeMap<String, v1::NetworkInfo>, ClientError> {
+        let request = v1::NetworkCollectRequest {
+            group_id: self.group_id.clone(),
+            node_id: self.node_id.clone(),
+            role: role.unwrap_or_default().to_string(),
+            deadline: deadline_of(deadline),
+        };
+        Ok(self
+            .inner
+            .network_collect(with_deadline(request, deadline))
+            .await?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .collect())
+    }
+
+    pub async fn start_vms(&mut self, host_ip: &str) -> Result<(), ClientError> {
+        self.inner
+            .start_vms(v1::StartVmsRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+                host_ip: host_ip.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn wait_for_vms(&mut self, deadline: Option<SystemTime>) -> Result<(), ClientError> {
+        let request = v1::WaitForVmsRequest {
+            group_id: self.group_id.clone(),
+            node_id: self.node_id.clone(),
+            deadline: deadline_of(deadline),
+        };
+        self.inner
+            .wait_for_vms(with_deadline(request, deadline))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn finish(&mut self) -> Result<(), ClientError> {
+        self.inner
+            .finish(v1::FinishRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens the node's presence stream; the node is alive while it is held open.
+    pub async fn attach(&mut self) -> Result<tonic::Streaming<v1::GroupEvent>, ClientError> {
+        Ok(self
+            .inner
+            .attach(v1::AttachRequest {
+                group_id: self.group_id.clone(),
+                node_id: self.node_id.clone(),
+            })
+            .await?
+            .into_inner())
+    }
+}
+
+/// The dispatcher's connection, with the admin token.
+#[derive(Clone)]
+pub struct AdminClient {
+    inner: Inner,
+}
+
+impl AdminClient {
+    pub async fn connect(
+        target: impl Into<Target>,
+        admin_token: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            inner: connect(&target.into(), admin_token).await?,
+        })
+    }
+
+    /// Creates a group of `(node id, role)`; returns its id and every node's token.
+    pub async fn create_group(
+        &mut self,
+        group_id: &str,
+        nodes: &[(String, String)],
+    ) -> Result<(String, Vec<Credential>), ClientError> {
+        let r = self
+            .inner
+            .create_group(v1::CreateGroupRequest {
+                group_id: group_id.to_string(),
+                nodes: nodes
+                    .iter()
+                    .map(|(node_id, role)| v1::NodeSpec {
+                        node_id: node_id.clone(),
+                        role: role.clone(),
+                    })
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        let credentials = r
+            .nodes
+            .into_iter()
+            .map(|n| Credential {
+                node_id: n.node_id,
+                role: n.role,
+                token: n.token,
+            })
+            .collect();
+        Ok((r.group_id, credentials))
+    }
+
+    pub async fn fail_node(
+        &mut self,
+        group_id: &str,
+        node_id: &str,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .fail_node(v1::FailNodeRequest {
+                group_id: group_id.to_string(),
+                node_id: node_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close_group(&mut self, group_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .close_group(v1::CloseGroupRequest {
+                group_id: group_id.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn watch_group(
+        &mut self,
+        group_id: &str,
+    ) -> Result<tonic::Streaming<v1::GroupEvent>, ClientError> {
+        Ok(self
+            .inner
+            .watch_group(v1::WatchGroupRequest {
+                group_id: group_id.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+}

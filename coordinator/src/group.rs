@@ -1,0 +1,751 @@
+//! One group's state and the MultiNode semantics, without I/O or waiting.
+//!
+//! Every blocking call is a *check* here: it answers ready, pending (with the nodes it
+//! still waits for) or hopeless (a node it waits for failed or finished without doing
+//! what is waited for). [`crate::store`] re-runs checks when the group changes, so the
+//! semantics live in one place for gRPC and legacy clients alike.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What a node has sent under one message id, by key.
+pub type Data = BTreeMap<String, String>;
+
+/// Every sender's data for one message id, by node id.
+pub type Senders = BTreeMap<String, Data>;
+
+/// The message id `lava-network broadcast` sends under (as in LAVA).
+pub const NETWORK_MESSAGE: &str = "network_info";
+/// Sent by the host to start the VMs (LAVA v1's `lava_vm_start`).
+pub const VM_START_MESSAGE: &str = "lava_vm_start";
+/// Sent by each node of a VM group when it is done (LAVA v1's `lava_vm_stop`).
+pub const VM_STOP_MESSAGE: &str = "lava_vm_stop";
+
+/// Largest message id, key, value and message sizes a node may send.
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Created, not heard from yet.
+    Pending,
+    Active,
+    Finished,
+    Failed,
+}
+
+impl NodeState {
+    fn is_gone(self) -> bool {
+        matches!(self, NodeState::Finished | NodeState::Failed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub role: String,
+    pub state: NodeState,
+    /// Why the node failed.
+    pub reason: Option<String>,
+    /// SHA-256 of the node's token; `None` for legacy groups, which have no tokens.
+    pub token_hash: Option<[u8; 32]>,
+}
+
+/// How the group's membership came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Created by the dispatcher with every node known: the group is complete at once.
+    Fixed,
+    /// LAVA's legacy protocol: nodes register themselves until `size` have.
+    SelfRegistering { size: usize },
+}
+
+/// The result of checking a blocking call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check<T> {
+    Ready(T),
+    /// Still waiting for these nodes (ids; unregistered legacy slots are counted apart).
+    Pending(Missing),
+    /// Will never be satisfied.
+    Hopeless(String),
+}
+
+/// Who a pending call waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Missing {
+    /// The first [`MAX_NAMED`] of the registered nodes still missing, in group order.
+    pub nodes: Vec<String>,
+    /// How many registered nodes are still missing (may exceed `nodes.len()`).
+    pub count: usize,
+    /// Legacy groups: slots no node has registered for yet.
+    pub unregistered: usize,
+    /// How many nodes the call waits for in all.
+    pub of: usize,
+}
+
+/// Most nodes a message names; a group of a thousand is summed up, not listed.
+pub const MAX_NAMED: usize = 16;
+
+/// A request that can never be right, whatever the group does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("node {0} has failed and can make no more calls")]
+    NodeFailed(String),
+    #[error("the group is closed")]
+    Closed,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SyncRound {
+    arrived: BTreeSet<String>,
+    completed: bool,
+    collected: BTreeSet<String>,
+    /// The message each node passed (legacy clients may give one; default the id).
+    messages: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub membership: Membership,
+    nodes: Vec<Node>,
+    index: HashMap<String, usize>,
+    messages: BTreeMap<String, Senders>,
+    syncs: HashMap<String, SyncRound>,
+    /// Legacy `aggregate` bundles, by node.
+    bundles: BTreeMap<String, serde_json::Value>,
+    /// Legacy `clear_group` calls so far.
+    cleared: BTreeSet<String>,
+    closed: bool,
+    /// How many nodes have failed or finished.
+    gone: usize,
+    /// Set by every change a waiting call may care about; see [`Group::take_changed`].
+    changed: bool,
+}
+
+impl Group {
+    /// A dispatcher-created group with every node known.
+    pub fn fixed(id: String, nodes: Vec<Node>) -> Self {
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        Self {
+            id,
+            membership: Membership::Fixed,
+            nodes,
+            index,
+            messages: BTreeMap::new(),
+            syncs: HashMap::new(),
+            bundles: BTreeMap::new(),
+            cleared: BTreeSet::new(),
+            closed: false,
+            gone: 0,
+            changed: false,
+        }
+    }
+
+    /// A legacy group, filled as nodes register.
+    pub fn self_registering(id: String, size: usize) -> Self {
+        Self {
+            membership: Membership::SelfRegistering { size },
+            ..Self::fixed(id, Vec::new())
+        }
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.index.get(id).map(|i| &self.nodes[*i])
+    }
+
+    fn node_mut(&mut self, id: &str) -> Option<&mut Node> {
+        self.index.get(id).map(|i| &mut self.nodes[*i])
+    }
+
+    /// How many nodes the group has when complete.
+    pub fn size(&self) -> usize {
+        match self.membership {
+            Membership::Fixed => self.nodes.len(),
+            Membership::SelfRegistering { size } => size,
+        }
+    }
+
+    fn describe(&self, id: &str) -> String {
+        match self.node(id) {
+            Some(node) => format!("{} ({})", node.id, node.role),
+            None => id.to_string(),
+        }
+    }
+
+    /// Renders "waiting for 2/5: client-3 (client), client-4 (client)".
+    pub fn describe_missing(&self, missing: &Missing) -> String {
+        let mut names: Vec<String> = missing.nodes.iter().map(|n| self.describe(n)).collect();
+        if missing.count > missing.nodes.len() {
+            names.push(format!("and {} more", missing.count - missing.nodes.len()));
+        }
+        if missing.unregistered > 0 {
+            names.push(format!(
+                "{} node(s) not yet registered",
+                missing.unregistered
+            ));
+        }
+        let total = missing.count + missing.unregistered;
+        format!("waiting for {total}/{}: {}", missing.of, names.join(", "))
+    }
+
+    /// Of `expected`, the nodes not `done`: counted, the first few named, and those of
+    /// them that are gone (failed or finished) listed apart. One pass, no copies of
+    /// the group, so a barrier of a thousand nodes stays cheap.
+    fn missing<'a>(
+        &'a self,
+        expected: impl Iterator<Item = &'a Node>,
+        done: impl Fn(&Node) -> bool,
+        unregistered: usize,
+        of: usize,
+    ) -> (Missing, Vec<&'a str>) {
+        let mut missing = Missing {
+            unregistered,
+            of,
+            ..Missing::default()
+        };
+        let mut gone = Vec::new();
+        for node in expected.filter(|n| !done(n)) {
+            missing.count += 1;
+            if missing.nodes.len() < MAX_NAMED {
+                missing.nodes.push(node.id.clone());
+            }
+            if node.state.is_gone() {
+                gone.push(node.id.as_str());
+            }
+        }
+        (missing, gone)
+    }
+
+    /// Pending, or hopeless when a node it waits for is gone.
+    fn pending_or_hopeless<T>(&self, missing: Missing, gone: Vec<&str>) -> Check<T> {
+        if gone.is_empty() {
+            Check::Pending(missing)
+        } else {
+            Check::Hopeless(format!(
+                "{}; {}",
+                self.gone_reasons(gone.into_iter()),
+                self.describe_missing(&missing)
+            ))
+        }
+    }
+
+    /// Registers a legacy node; `Ok(false)` when it was already registered.
+    pub fn register(&mut self, id: &str, role: &str) -> Result<bool, Refusal> {
+        if self.index.contains_key(id) {
+            return Ok(false);
+        }
+        if self.nodes.len() >= self.size() {
+            return Err(Refusal::Invalid(format!(
+                "group {} already has its {} nodes",
+                self.id,
+                self.size()
+            )));
+        }
+        self.index.insert(id.to_string(), self.nodes.len());
+        self.nodes.push(Node {
+            id: id.to_string(),
+            role: role.to_string(),
+            state: NodeState::Active,
+            reason: None,
+            token_hash: None,
+        });
+        self.changed = true;
+        Ok(true)
+    }
+
+    /// Whether every node has registered (always, for fixed groups).
+    pub fn is_complete(&self) -> bool {
+        self.nodes.len() >= self.size()
+    }
+
+    /// Ends the group: every pending and later call fails.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.changed = true;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Notes that a node made a call; refuses calls from failed nodes or closed groups.
+    pub fn touch(&mut self, id: &str) -> Result<Option<NodeState>, Refusal> {
+        if self.closed {
+            return Err(Refusal::Closed);
+        }
+        let node = self
+            .node_mut(id)
+            .ok_or_else(|| Refusal::Invalid(format!("no node {id} in this group")))?;
+        match node.state {
+            NodeState::Failed => Err(Refusal::NodeFailed(id.to_string())),
+            NodeState::Pending => {
+                node.state = NodeState::Active;
+                Ok(Some(NodeState::Active))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Marks a node failed. Returns false when it already was, or had finished.
+    pub fn fail(&mut self, id: &str, reason: &str) -> bool {
+        match self.node_mut(id) {
+            Some(node) if !node.state.is_gone() => {
+                node.state = NodeState::Failed;
+                node.reason = Some(reason.to_string());
+                self.gone += 1;
+                self.changed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks a node finished. Returns false when it already was gone.
+    pub fn finish(&mut self, id: &str) -> bool {
+        match self.node_mut(id) {
+            Some(node) if !node.state.is_gone() => {
+                node.state = NodeState::Finished;
+                self.gone += 1;
+                self.changed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `lava-send`: merges `data` into what `sender` sent under `message_id`.
+    pub fn send(&mut self, sender: &str, message_id: &str, data: Data) -> Result<(), Refusal> {
+        check_message_id(message_id)?;
+        let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "message {message_id} is {size} bytes, over the limit of {MAX_MESSAGE_BYTES}"
+            )));
+        }
+        for key in data.keys() {
+            check_key(key)?;
+        }
+        let senders = self.messages.entry(message_id.to_string()).or_default();
+        let existing = senders.entry(sender.to_string()).or_default();
+        let merged: usize = existing
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + size;
+        if merged > MAX_MESSAGE_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "message {message_id} would grow to {merged} bytes, over the limit of {MAX_MESSAGE_BYTES}"
+            )));
+        }
+        existing.extend(data);
+        self.changed = true;
+        Ok(())
+    }
+
+    pub fn senders(&self, message_id: &str) -> Senders {
+        self.messages.get(message_id).cloned().unwrap_or_default()
+    }
+
+    /// `lava-wait`: ready once anyone has sent `message_id`; hopeless when every other
+    /// node is gone without sending it.
+    pub fn check_wait(&self, caller: &str, message_id: &str) -> Check<Senders> {
+        if let Some(senders) = self.messages.get(message_id).filter(|s| !s.is_empty()) {
+            return Check::Ready(senders.clone());
+        }
+        let unregistered = self.size().saturating_sub(self.nodes.len());
+        let (missing, gone) = self.missing(
+            self.nodes.iter().filter(|n| n.id != caller),
+            |_| false,
+            unregistered,
+            self.size().saturating_sub(1),
+        );
+        if unregistered == 0 && missing.count > 0 && gone.len() == missing.count {
+            return Check::Hopeless(format!(
+                "no node is left that could send it: {}",
+                self.gone_reasons(gone.into_iter())
+            ));
+        }
+        Check::Pending(missing)
+    }
+
+    /// `lava-wait-all`: ready once every other node (of `role`, if given) has sent it.
+    pub fn check_wait_all(
+        &self,
+        caller: &str,
+        message_id: &str,
+        role: Option<&str>,
+    ) -> Result<Check<Senders>, Refusal> {
+        if let Some(role) = role
+            && self.is_complete()
+            && !self.nodes.iter().any(|n| n.role == role)
+        {
+            let roles: BTreeSet<&str> = self.nodes.iter().map(|n| n.role.as_str()).collect();
+            return Err(Refusal::Invalid(format!(
+                "no role \"{role}\" in this group (roles: {})",
+                roles.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let expected: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != caller && role.is_none_or(|r| n.role == r))
+            .collect();
+        // Legacy groups still filling may gain more nodes of the role.
+        let unregistered = if role.is_none() {
+            self.size().saturating_sub(self.nodes.len())
+        } else if self.is_complete() {
+            0
+        } else {
+            1
+        };
+        let senders = self.messages.get(message_id);
+        let sent = |n: &Node| senders.is_some_and(|s| s.contains_key(&n.id));
+        let of = expected.len() + unregistered;
+        let (missing, gone) = self.missing(expected.into_iter(), sent, unregistered, of);
+        if missing.count == 0 && unregistered == 0 {
+            return Ok(Check::Ready(senders.cloned().unwrap_or_default()));
+        }
+        Ok(self.pending_or_hopeless(missing, gone))
+    }
+
+    /// `lava-sync`: arrives at (or re-checks) the barrier `message_id` for `caller`.
+    /// Idempotent: a node that already arrived just checks again, and a node whose reply
+    /// was lost gets it on its retry.
+    pub fn poll_sync(
+        &mut self,
+        caller: &str,
+        message_id: &str,
+        message: Option<serde_json::Value>,
+    ) -> Result<Check<serde_json::Value>, Refusal> {
+        check_message_id(message_id)?;
+        let size = self.size();
+        let round = self.syncs.entry(message_id.to_string()).or_default();
+        if !round.completed && !round.arrived.contains(caller) {
+            round.arrived.insert(caller.to_string());
+            round.messages.insert(
+                caller.to_string(),
+                message.unwrap_or_else(|| serde_json::Value::String(message_id.to_string())),
+            );
+            if round.arrived.len() >= size {
+                round.completed = true;
+                self.changed = true;
+            }
+        }
+        if round.completed && round.arrived.contains(caller) && !round.collected.contains(caller) {
+            round.collected.insert(caller.to_string());
+            let passed = round
+                .messages
+                .get(caller)
+                .cloned()
+                .unwrap_or_else(|| serde_json::Value::String(message_id.to_string()));
+            self.reset_sync_if_passed(message_id);
+            return Ok(Check::Ready(passed));
+        }
+        // Either the barrier is still filling, or the caller passed it and calls again
+        // before everyone else has (then it waits for the id to become free).
+        if round.completed {
+            self.reset_sync_if_passed(message_id);
+        }
+        let Some(round) = self.syncs.get(message_id) else {
+            // Just freed: arrive at the next round.
+            return self.poll_sync(caller, message_id, None);
+        };
+        let (expected_done, completed): (&BTreeSet<String>, bool) = if round.completed {
+            (&round.collected, true)
+        } else {
+            (&round.arrived, false)
+        };
+        let unregistered = size.saturating_sub(self.nodes.len());
+        let (missing, gone) = self.missing(
+            self.nodes.iter(),
+            |n| expected_done.contains(&n.id),
+            unregistered,
+            size,
+        );
+        // Once the barrier is complete, a node that is gone before collecting does not
+        // hold the others up (reset_sync_if_passed counts it as passed).
+        let gone = if completed { Vec::new() } else { gone };
+        Ok(self.pending_or_hopeless(missing, gone))
+    }
+
+    /// Frees a sync id once every node has passed the barrier (or is gone).
+    fn reset_sync_if_passed(&mut self, message_id: &str) {
+        let Some(round) = self.syncs.get(message_id) else {
+            return;
+        };
+        if !round.completed || !self.is_complete() {
+            return;
+        }
+        // Cheap in the common case: nobody gone, so everyone must have collected.
+        let all_passed = if self.gone == 0 {
+            round.collected.len() >= self.nodes.len()
+        } else {
+            self.nodes
+                .iter()
+                .all(|n| round.collected.contains(&n.id) || n.state.is_gone())
+        };
+        if all_passed {
+            self.syncs.remove(message_id);
+            self.changed = true;
+        }
+    }
+
+    /// Whether anything waiters care about changed since the last call; clears the flag.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// `lava-network collect`: the broadcasts of every other node (of `role`).
+    pub fn check_network(
+        &self,
+        caller: &str,
+        role: Option<&str>,
+    ) -> Result<Check<Senders>, Refusal> {
+        self.check_wait_all(caller, NETWORK_MESSAGE, role)
+    }
+
+    /// Legacy `aggregate` (LAVA v1 result bundles): every node hands in its bundle; the
+    /// `.0` node gets all of them once all are in.
+    pub fn aggregate(
+        &mut self,
+        caller: &str,
+        bundle: serde_json::Value,
+        is_first: bool,
+    ) -> Check<serde_json::Value> {
+        self.bundles.insert(caller.to_string(), bundle);
+        self.changed = true;
+        if !is_first {
+            return Check::Ready(serde_json::Value::Null);
+        }
+        if self.bundles.len() >= self.size() {
+            let all: serde_json::Map<String, serde_json::Value> = self
+                .bundles
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return Check::Ready(serde_json::json!({ "bundle": all }));
+        }
+        let unregistered = self.size().saturating_sub(self.nodes.len());
+        let (missing, _) = self.missing(
+            self.nodes.iter(),
+            |n| self.bundles.contains_key(&n.id),
+            unregistered,
+            self.size(),
+        );
+        Check::Pending(missing)
+    }
+
+    /// Legacy `clear_group`: returns true once every registered node has cleared, when
+    /// the group should be dropped.
+    pub fn clear(&mut self, caller: &str) -> bool {
+        self.cleared.insert(caller.to_string());
+        self.finish(caller);
+        self.cleared.len() >= self.nodes.len()
+    }
+
+    fn gone_reasons<'a>(&self, ids: impl Iterator<Item = &'a str>) -> String {
+        ids.map(|id| match self.node(id) {
+            Some(n) if n.state == NodeState::Failed => format!(
+                "{} failed ({})",
+                self.describe(id),
+                n.reason.as_deref().unwrap_or("no reason given")
+            ),
+            _ => format!("{} finished without it", self.describe(id)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// Message ids: non-empty, no `=` or white space (LAVA's rule), bounded.
+pub fn check_message_id(id: &str) -> Result<(), Refusal> {
+    if id.is_empty() {
+        return Err(Refusal::Invalid("message id is empty".into()));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Refusal::Invalid(format!(
+            "message id is over {MAX_ID_LEN} bytes"
+        )));
+    }
+    if id.contains('=') || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Refusal::Invalid(format!(
+            "message id {id:?} may not contain '=' or white space"
+        )));
+    }
+    Ok(())
+}
+
+/// Keys: like LAVA's `\w+`.
+fn check_key(key: &str) -> Result<(), Refusal> {
+    if key.is_empty()
+        || key.len() > MAX_ID_LEN
+        || !key
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Refusal::Invalid(format!(
+            "key {key:?} must be letters, digits, '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(nodes: &[(&str, &str)]) -> Group {
+        Group::fixed(
+            "g".into(),
+            nodes
+                .iter()
+                .map(|(id, role)| Node {
+                    id: id.to_string(),
+                    role: role.to_string(),
+                    state: NodeState::Pending,
+                    reason: None,
+                    token_hash: None,
+                })
+                .collect(),
+        )
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> Data {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn wait_returns_every_sender_and_messages_accumulate() {
+        let mut g = group(&[("s", "server"), ("c", "client")]);
+        assert!(matches!(g.check_wait("c", "ready"), Check::Pending(_)));
+        g.send("s", "ready", data(&[("ip", "1")])).unwrap();
+        g.send("s", "ready", data(&[("port", "80")])).unwrap();
+        let Check::Ready(senders) = g.check_wait("c", "ready") else {
+            panic!()
+        };
+        assert_eq!(senders["s"], data(&[("ip", "1"), ("port", "80")]));
+        // Messages persist: a later wait returns at once.
+        assert!(matches!(g.check_wait("c", "ready"), Check::Ready(_)));
+    }
+
+    #[test]
+    fn wait_all_for_a_role_needs_every_member_not_the_first() {
+        let mut g = group(&[
+            ("s", "server"),
+            ("c1", "client"),
+            ("c2", "client"),
+            ("c3", "client"),
+        ]);
+        g.send("c1", "hello", Data::new()).unwrap();
+        let Ok(Check::Pending(missing)) = g.check_wait_all("s", "hello", Some("client")) else {
+            panic!()
+        };
+        assert_eq!(missing.nodes, ["c2", "c3"]);
+        assert_eq!(
+            g.describe_missing(&missing),
+            "waiting for 2/3: c2 (client), c3 (client)"
+        );
+        g.send("c2", "hello", Data::new()).unwrap();
+        g.send("c3", "hello", Data::new()).unwrap();
+        assert!(matches!(
+            g.check_wait_all("s", "hello", Some("client")),
+            Ok(Check::Ready(_))
+        ));
+        assert!(g.check_wait_all("s", "hello", Some("clients")).is_err());
+    }
+
+    #[test]
+    fn wait_all_without_role_waits_for_every_other_node() {
+        let mut g = group(&[("a", "r"), ("b", "r"), ("c", "r")]);
+        g.send("b", "x", Data::new()).unwrap();
+        let Ok(Check::Pending(missing)) = g.check_wait_all("a", "x", None) else {
+            panic!()
+        };
+        assert_eq!(missing.nodes, ["c"]);
+        g.send("c", "x", Data::new()).unwrap();
+        assert!(matches!(
+            g.check_wait_all("a", "x", None),
+            Ok(Check::Ready(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_node_makes_waits_on_it_hopeless_with_its_name() {
+        let mut g = group(&[("a", "server"), ("b", "client"), ("c", "client")]);
+        g.poll_sync("a", "ready", None).unwrap();
+        g.poll_sync("b", "ready", None).unwrap();
+        assert!(g.fail("c", "connection lost"));
+        let Ok(Check::Hopeless(why)) = g.poll_sync("a", "ready", None) else {
+            panic!()
+        };
+        assert_eq!(
+            why,
+            "c (client) failed (connection lost); waiting for 1/3: c (client)"
+        );
+        let Ok(Check::Hopeless(why)) = g.check_wait_all("a", "x", Some("client")) else {
+            panic!()
+        };
+        assert!(why.contains("c (client) failed"), "{why}");
+        // b can still send, so a plain wait is not hopeless.
+        assert!(matches!(g.check_wait("a", "x"), Check::Pending(_)));
+        assert_eq!(g.touch("c"), Err(Refusal::NodeFailed("c".into())));
+    }
+
+    #[test]
+    fn sync_releases_everyone_and_the_id_is_reusable_after_all_passed() {
+        let mut g = group(&[("a", "r"), ("b", "r")]);
+        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
+        // Re-checking (a retry) does not count twice.
+        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
+        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Ready(_))));
+        // a has not collected yet; b calling again waits for the next round.
+        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Pending(_))));
+        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Ready(_))));
+        // Second round with the same id.
+        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
+        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Ready(_))));
+        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Ready(_))));
+    }
+
+    #[test]
+    fn ids_and_keys_are_checked() {
+        let mut g = group(&[("a", "r"), ("b", "r")]);
+        assert!(g.send("a", "", Data::new()).is_err());
+        assert!(g.send("a", "a=b", Data::new()).is_err());
+        assert!(g.send("a", "x", data(&[("$(touch /tmp/x)", "v")])).is_err());
+        assert!(
+            g.send("a", "x", data(&[("k", &"v".repeat(MAX_MESSAGE_BYTES))]))
+                .is_err()
+        );
+        assert!(
+            g.send("a", "x", data(&[("k", "$(touch /tmp/pwned)")]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn legacy_groups_fill_up_then_refuse_strangers() {
+        let mut g = Group::self_registering("g".into(), 2);
+        assert_eq!(g.register("a", "server"), Ok(true));
+        assert!(!g.is_complete());
+        assert_eq!(g.register("a", "server"), Ok(false));
+        assert_eq!(g.register("b", "client"), Ok(true));
+        assert!(g.is_complete());
+        assert!(g.register("c", "client").is_err());
+        assert!(!g.clear("a"));
+        assert!(g.clear("b"));
+    }
+}

@@ -1,0 +1,228 @@
+//! LAVA's legacy coordinator protocol on its own TCP port, so LAVA dispatchers can use
+//! this coordinator as a drop-in `lava-coordinator`.
+//!
+//! LAVA's clients poll: a blocking request is answered `wait` until its condition holds,
+//! and the client asks again after `poll_delay`. The conditions are the same checks the
+//! gRPC service waits on ([`crate::group`]); only the delivery differs. Legacy groups have
+//! no tokens (LAVA's protocol has none) and live apart from dispatcher groups: a legacy
+//! request can never reach a dispatcher group.
+//!
+//! Frames are read by byte count, with a size limit and a read timeout; anything
+//! malformed gets `nack`, never a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::legacy::{self, FrameError, HEADER_LEN, Request, Response};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::group::{Check, Data, Senders};
+use crate::store::Store;
+
+/// Limits for legacy connections.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyLimits {
+    /// Largest request body accepted.
+    pub max_frame: u64,
+    /// How long a client may take to send its request.
+    pub read_timeout: Duration,
+    /// Connections handled at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for LegacyLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: 1024 * 1024,
+            read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Accepts legacy connections until the task is dropped.
+pub async fn serve(listener: TcpListener, store: Arc<Store>, limits: LegacyLimits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(%err, "legacy accept failed");
+                continue;
+            }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = handle(stream, &store, limits).await {
+                tracing::debug!(%peer, %err, "legacy connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, store: &Store, limits: LegacyLimits) -> std::io::Result<()> {
+    let request = tokio::time::timeout(
+        limits.read_timeout,
+        read_request(&mut stream, limits.max_frame),
+    )
+    .await;
+    let response = match request {
+        Err(_elapsed) => Some(Response::nack()),
+        Ok(Err(ReadError::Io(err))) => return Err(err),
+        Ok(Err(ReadError::Frame(err))) => {
+            tracing::warn!(%err, "legacy request refused");
+            Some(Response::nack())
+        }
+        Ok(Ok(request)) => respond(store, &request),
+    };
+    if let Some(response) = response {
+        stream.write_all(&response.to_frame()).await?;
+    }
+    stream.shutdown().await
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+async fn read_request(stream: &mut TcpStream, limit: u64) -> Result<Request, ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(ReadError::Io)?;
+    let size = legacy::parse_header(&header, limit).map_err(ReadError::Frame)?;
+    // parse_header bounded the size by the limit, so this allocation is bounded too.
+    let size = usize::try_from(size)
+        .map_err(|_| ReadError::Frame(FrameError::TooLarge { size, limit }))?;
+    let mut body = vec![0u8; size];
+    stream.read_exact(&mut body).await.map_err(ReadError::Io)?;
+    Request::decode(&body).map_err(ReadError::Frame)
+}
+
+/// Answers one request; `None` for `complete`, which LAVA closes without a reply.
+pub fn respond(store: &Store, request: &Request) -> Option<Response> {
+    let nack = Some(Response::nack());
+    let (Some(kind), Some(client), Some(group_name)) = (
+        request.request.as_deref(),
+        request.client_name.as_deref(),
+        request.group_name.as_deref(),
+    ) else {
+        return nack;
+    };
+    if client.is_empty() || group_name.is_empty() {
+        return nack;
+    }
+    let Some(cell) = store.legacy_group(group_name, request.group_size()) else {
+        return nack;
+    };
+    let known = cell.lock().node(client).is_some();
+    if !known {
+        let Some(role) = request.role.as_deref().filter(|r| !r.is_empty()) else {
+            return nack;
+        };
+        if cell.update(|g| g.register(client, role)).is_err() {
+            return nack;
+        }
+    }
+    let id = request.message_id();
+    let outcome = match (kind, id.as_deref()) {
+        ("group_data", _) => {
+            let group = cell.lock();
+            if group.is_complete() {
+                let roles = group
+                    .nodes()
+                    .iter()
+                    .map(|n| (n.id.clone(), n.role.clone()))
+                    .collect();
+                return Some(Response::group_data(roles));
+            }
+            return Some(Response::wait());
+        }
+        ("lava_send", Some(id)) => {
+            let data = flatten(request.message.as_ref());
+            return Some(match cell.update(|g| g.send(client, id, data)) {
+                Ok(()) => Response::ack(),
+                Err(_) => Response::nack(),
+            });
+        }
+        ("lava_wait", Some(id)) => cell.update(|g| Ok(senders_json(g.check_wait(client, id)))),
+        ("lava_wait_all", Some(id)) => cell.update(|g| {
+            g.check_wait_all(client, id, request.waitrole.as_deref())
+                .map(senders_json)
+        }),
+        ("lava_sync", Some(id)) => {
+            let message = request
+                .message
+                .clone()
+                .filter(|m| !m.is_null() && m != &Value::Object(Map::new()));
+            cell.update(|g| g.poll_sync(client, id, message))
+        }
+        ("aggregate", _) => {
+            let (Some(bundle), Some(sub_id)) = (request.bundle.clone(), request.sub_id.as_ref())
+            else {
+                return nack;
+            };
+            let is_first = sub_id.as_str().is_some_and(|s| s.ends_with(".0"));
+            cell.update(|g| Ok(g.aggregate(client, bundle, is_first)))
+        }
+        ("clear_group", _) => {
+            if cell.update(|g| g.clear(client)) {
+                store.drop_legacy_group(group_name);
+            }
+            return Some(Response::ack());
+        }
+        ("complete", _) => return None,
+        _ => return nack,
+    };
+    Some(match outcome {
+        Ok(Check::Ready(Value::Null)) => Response::ack(),
+        Ok(Check::Ready(message)) => Response::ack_with(message),
+        Ok(Check::Pending(_)) => Response::wait(),
+        Ok(Check::Hopeless(_)) | Err(_) => Response::nack(),
+    })
+}
+
+/// A LAVA message (a JSON object, or null) as key/value text.
+fn flatten(message: Option<&Value>) -> Data {
+    match message {
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect(),
+        _ => Data::new(),
+    }
+}
+
+fn senders_json(check: Check<Senders>) -> Check<Value> {
+    match check {
+        Check::Ready(senders) => Check::Ready(Value::Object(
+            senders
+                .into_iter()
+                .map(|(node, data)| {
+                    let data: Map<String, Value> = data
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect();
+                    (node, Value::Object(data))
+                })
+                .collect(),
+        )),
+        Check::Pending(missing) => Check::Pending(missing),
+        Check::Hopeless(why) => Check::Hopeless(why),
+    }
+}

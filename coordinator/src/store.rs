@@ -1,0 +1,417 @@
+//! All groups, access control, and the one place calls wait: re-running a group check
+//! whenever the group changes, until it is ready, hopeless or past its deadline.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use proto::v1::{self, group_event};
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+
+use crate::auth;
+use crate::group::{Check, Group, Node, NodeState, Refusal};
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("missing credentials: send 'authorization: Bearer <token>'")]
+    Unauthenticated,
+    #[error("not authorized for {0}")]
+    Denied(String),
+    #[error("no group {0}")]
+    NoSuchGroup(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    /// The call can never succeed: a node it waits for failed or finished.
+    #[error("{0}")]
+    Hopeless(String),
+    #[error("{0}")]
+    Deadline(String),
+    #[error("group {0} already exists")]
+    Exists(String),
+}
+
+impl From<Refusal> for CallError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Invalid(why) => CallError::Invalid(why),
+            other => CallError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// Limits on waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitLimits {
+    /// Used when a call gives no deadline.
+    pub default_wait: Duration,
+    /// No call waits longer than this, whatever deadline it asks for.
+    pub max_wait: Duration,
+}
+
+impl Default for WaitLimits {
+    fn default() -> Self {
+        Self {
+            default_wait: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One group with its change notification and event stream.
+pub struct GroupCell {
+    state: Mutex<Group>,
+    changed: Notify,
+    events: broadcast::Sender<v1::GroupEvent>,
+    seq: std::sync::atomic::AtomicU64,
+    /// Calls blocked right now, so a watcher that arrives late still sees them.
+    waiting: Mutex<BTreeMap<u64, v1::Waiting>>,
+    next_wait: std::sync::atomic::AtomicU64,
+}
+
+/// Removes a blocked call from [`GroupCell::waiting`] however the call ends (including
+/// when its client goes away and the call is dropped).
+struct WaitingGuard<'a> {
+    cell: &'a GroupCell,
+    key: u64,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.cell.waiting).remove(&self.key);
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves its data consistent
+/// before anything that could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl GroupCell {
+    fn new(group: Group) -> Arc<Self> {
+        let (events, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            state: Mutex::new(group),
+            changed: Notify::new(),
+            events,
+            seq: std::sync::atomic::AtomicU64::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
+            next_wait: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The group's state.
+    pub fn lock(&self) -> MutexGuard<'_, Group> {
+        lock(&self.state)
+    }
+
+    /// Runs `f` on the group and wakes waiters if it changed anything they care about.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut group = self.lock();
+        let out = f(&mut group);
+        if group.take_changed() {
+            self.changed.notify_waiters();
+        }
+        out
+    }
+
+    pub fn emit(&self, kind: group_event::Kind) {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(v1::GroupEvent {
+            seq,
+            kind: Some(kind),
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::GroupEvent> {
+        self.events.subscribe()
+    }
+
+    /// The current state of every node and every blocked call, as events (the start of
+    /// a watch).
+    pub fn snapshot(&self) -> Vec<v1::GroupEvent> {
+        let nodes: Vec<group_event::Kind> = self
+            .lock()
+            .nodes()
+            .iter()
+            .map(|n| group_event::Kind::NodeChanged(node_changed(n)))
+            .collect();
+        let waits: Vec<group_event::Kind> = lock(&self.waiting)
+            .values()
+            .cloned()
+            .map(group_event::Kind::Waiting)
+            .collect();
+        nodes
+            .into_iter()
+            .chain(waits)
+            .map(|kind| v1::GroupEvent {
+                seq: 0,
+                kind: Some(kind),
+            })
+            .collect()
+    }
+
+    /// Waits until `check` is ready, hopeless, or `deadline` passes. `call` names the call
+    /// in errors ("lava-sync 'ready'").
+    pub async fn wait_for<T>(
+        &self,
+        caller: &str,
+        call: &str,
+        message_id: &str,
+        deadline: Instant,
+        mut check: impl FnMut(&mut Group) -> Result<Check<T>, Refusal>,
+    ) -> Result<T, CallError> {
+        let label = format!("{call} '{message_id}'");
+        let mut guard: Option<WaitingGuard<'_>> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so a change between check and wait is not lost.
+            notified.as_mut().enable();
+            let outcome = self.update(|group| {
+                if group.is_closed() {
+                    return Err(CallError::Hopeless(format!(
+                        "{label}: the group was closed"
+                    )));
+                }
+                match check(group) {
+                    Ok(Check::Ready(value)) => Ok(Ok(value)),
+                    Ok(Check::Hopeless(why)) => Err(CallError::Hopeless(format!("{label}: {why}"))),
+                    Ok(Check::Pending(missing)) => Ok(Err(missing)),
+                    Err(refusal) => Err(refusal.into()),
+                }
+            })?;
+            let missing = match outcome {
+                Ok(value) => return Ok(value),
+                Err(missing) => missing,
+            };
+            if guard.is_none() {
+                let waiting = v1::Waiting {
+                    node_id: caller.to_string(),
+                    call: call.trim_start_matches("lava-").to_string(),
+                    message_id: message_id.to_string(),
+                    missing: missing.nodes.clone(),
+                    missing_count: u32::try_from(missing.count + missing.unregistered)
+                        .unwrap_or(u32::MAX),
+                };
+                let key = self
+                    .next_wait
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Registered before the event is sent: a watcher subscribing in between
+                // sees it in its snapshot, one subscribed earlier gets the event.
+                lock(&self.waiting).insert(key, waiting.clone());
+                guard = Some(WaitingGuard { cell: self, key });
+                self.emit(group_event::Kind::Waiting(waiting));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let described = self.lock().describe_missing(&missing);
+                    return Err(CallError::Deadline(format!("{label}: deadline passed; {described}")));
+                }
+            }
+        }
+    }
+}
+
+pub fn node_changed(node: &Node) -> v1::NodeChanged {
+    v1::NodeChanged {
+        node_id: node.id.clone(),
+        role: node.role.clone(),
+        state: match node.state {
+            NodeState::Pending => v1::NodeState::Pending,
+            NodeState::Active => v1::NodeState::Active,
+            NodeState::Finished => v1::NodeState::Finished,
+            NodeState::Failed => v1::NodeState::Failed,
+        } as i32,
+        reason: node.reason.clone().unwrap_or_default(),
+    }
+}
+
+/// One node's credentials, as the dispatcher receives them when it creates a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub node_id: String,
+    pub role: String,
+    /// Secret: the coordinator keeps only its hash.
+    pub token: String,
+}
+
+/// Every group the coordinator serves.
+pub struct Store {
+    groups: DashMap<String, Arc<GroupCell>>,
+    legacy: DashMap<String, Arc<GroupCell>>,
+    admin_hash: [u8; 32],
+    pub limits: WaitLimits,
+}
+
+impl Store {
+    pub fn new(admin_token: &str, limits: WaitLimits) -> Self {
+        Self {
+            groups: DashMap::new(),
+            legacy: DashMap::new(),
+            admin_hash: auth::hash(admin_token),
+            limits,
+        }
+    }
+
+    pub fn authorize_admin(&self, token: Option<&str>) -> Result<(), CallError> {
+        let token = token.ok_or(CallError::Unauthenticated)?;
+        if auth::same_hash(&auth::hash(token), &self.admin_hash) {
+            Ok(())
+        } else {
+            Err(CallError::Denied(
+                "dispatcher calls (wrong admin token)".into(),
+            ))
+        }
+    }
+
+    /// The group of a node call, if `token` is that node's token. Unknown groups, unknown
+    /// nodes and wrong tokens get the same answer, so a token tells nothing about others.
+    pub fn authorize_node(
+        &self,
+        token: Option<&str>,
+        group_id: &str,
+        node_id: &str,
+    ) -> Result<Arc<GroupCell>, CallError> {
+        let token = token.ok_or(CallError::Unauthenticated)?;
+        let denied = || CallError::Denied(format!("node {node_id:?} of group {group_id:?}"));
+        let cell = self
+            .groups
+            .get(group_id)
+            .map(|c| c.clone())
+            .ok_or_else(denied)?;
+        let hash = auth::hash(token);
+        let ok = cell
+            .lock()
+            .node(node_id)
+            .and_then(|n| n.token_hash)
+            .is_some_and(|expected| auth::same_hash(&expected, &hash));
+        if ok { Ok(cell) } else { Err(denied()) }
+    }
+
+    /// Creates a dispatcher group; returns each node's token.
+    pub fn create_group(
+        &self,
+        group_id: Option<String>,
+        nodes: Vec<(String, String)>,
+    ) -> Result<(String, Vec<Credential>), CallError> {
+        let group_id = group_id
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if nodes.is_empty() {
+            return Err(CallError::Invalid("a group needs at least one node".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut members = Vec::new();
+        let mut credentials = Vec::new();
+        for (id, role) in nodes {
+            if id.is_empty() || role.is_empty() || !seen.insert(id.clone()) {
+                return Err(CallError::Invalid(format!(
+                    "node ids must be unique and non-empty, roles non-empty (at {id:?})"
+                )));
+            }
+            let token = auth::new_token();
+            members.push(Node {
+                id: id.clone(),
+                role: role.clone(),
+                state: NodeState::Pending,
+                reason: None,
+                token_hash: Some(auth::hash(&token)),
+            });
+            credentials.push(Credential {
+                node_id: id,
+                role,
+                token,
+            });
+        }
+        match self.groups.entry(group_id.clone()) {
+            dashmap::Entry::Occupied(_) => return Err(CallError::Exists(group_id)),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(GroupCell::new(Group::fixed(group_id.clone(), members)));
+            }
+        }
+        Ok((group_id, credentials))
+    }
+
+    pub fn group(&self, group_id: &str) -> Result<Arc<GroupCell>, CallError> {
+        self.groups
+            .get(group_id)
+            .map(|c| c.clone())
+            .ok_or_else(|| CallError::NoSuchGroup(group_id.to_string()))
+    }
+
+    /// Marks a node failed; every call waiting on it fails at once.
+    pub fn fail_node(&self, group_id: &str, node_id: &str, reason: &str) -> Result<(), CallError> {
+        let cell = self.group(group_id)?;
+        fail_in(&cell, node_id, reason);
+        Ok(())
+    }
+
+    pub fn close_group(&self, group_id: &str) -> Result<(), CallError> {
+        let (_, cell) = self
+            .groups
+            .remove(group_id)
+            .ok_or_else(|| CallError::NoSuchGroup(group_id.to_string()))?;
+        cell.update(Group::close);
+        cell.emit(group_event::Kind::GroupClosed(v1::GroupClosed {}));
+        Ok(())
+    }
+
+    /// The legacy group `name`, created with `size` nodes if it does not exist.
+    pub fn legacy_group(&self, name: &str, size: Option<u64>) -> Option<Arc<GroupCell>> {
+        if let Some(cell) = self.legacy.get(name) {
+            return Some(cell.clone());
+        }
+        let size = usize::try_from(size.filter(|s| *s > 0)?).ok()?;
+        Some(
+            self.legacy
+                .entry(name.to_string())
+                .or_insert_with(|| GroupCell::new(Group::self_registering(name.to_string(), size)))
+                .clone(),
+        )
+    }
+
+    pub fn drop_legacy_group(&self, name: &str) {
+        self.legacy.remove(name);
+    }
+
+    /// The instant a call should stop waiting, from its wall-clock deadline.
+    pub fn deadline(&self, deadline: Option<&v1::Deadline>) -> Instant {
+        let now = Instant::now();
+        let wanted = deadline
+            .map(|d| d.unix_ms)
+            .filter(|ms| *ms > 0)
+            .map(|ms| {
+                let at = UNIX_EPOCH + Duration::from_millis(ms);
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(self.limits.default_wait);
+        now + wanted.min(self.limits.max_wait)
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len() + self.legacy.len()
+    }
+}
+
+/// Fails a node in a group and tells watchers.
+pub fn fail_in(cell: &GroupCell, node_id: &str, reason: &str) {
+    let changed = cell.update(|g| {
+        g.fail(node_id, reason)
+            .then(|| g.node(node_id).map(node_changed))
+    });
+    if let Some(Some(event)) = changed {
+        tracing::info!(node = node_id, reason, "node failed");
+        cell.emit(group_event::Kind::NodeChanged(event));
+    }
+}

@@ -1,0 +1,347 @@
+//! The MultiNode API end to end with real processes: the standalone coordinator binary,
+//! and test shells (`sh`) running the node agent's `lava-*` commands over gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
+
+use std::process::{Child, Output};
+
+use coordinator::AdminClient;
+use proto::v1::group_event;
+use system_tests::{CoordinatorProcess, NodeEnv, kill_group};
+
+/// Creates a group on the coordinator and returns each node's environment.
+async fn create_group(
+    coordinator: &CoordinatorProcess,
+    nodes: &[(String, String)],
+    cache_dir: &std::path::Path,
+) -> Vec<NodeEnv> {
+    let mut admin = AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
+        .await
+        .unwrap();
+    let (group_id, credentials) = admin.create_group("", nodes).await.unwrap();
+    credentials
+        .into_iter()
+        .map(|c| NodeEnv {
+            coordinator: coordinator.grpc.clone(),
+            group_id: group_id.clone(),
+            cache: cache_dir.join(format!("{}.cache", c.node_id)),
+            node_id: c.node_id,
+            role: c.role,
+            token: c.token,
+        })
+        .collect()
+}
+
+fn roles(clients: usize) -> Vec<(String, String)> {
+    let mut nodes = vec![
+        ("host".to_string(), "host".to_string()),
+        ("server".to_string(), "server".to_string()),
+    ];
+    nodes.extend((1..=clients).map(|i| (format!("client-{i}"), "client".to_string())));
+    nodes
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the VM-group conversation in a group of `size` nodes: the host starts the VMs,
+/// the server publishes data the clients wait for, the server waits for every client,
+/// everyone syncs, and the host waits for the VMs to finish.
+async fn vm_group_conversation(size: usize) {
+    let coordinator = CoordinatorProcess::start();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let clients = size - 2;
+    let nodes = create_group(&coordinator, &roles(clients), cache_dir.path()).await;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for node in &nodes {
+        let script = match node.role.as_str() {
+            "host" => "set -e
+                lava-start-vms
+                lava-sync up
+                lava-wait-for-vms
+                test \"$(lava-group | wc -l)\" -eq $EXPECTED_SIZE
+                test \"$(lava-role list | tr '\\n' ' ')\" = \"$EXPECTED_ROLES\""
+                .to_string(),
+            "server" => format!(
+                "set -e
+                lava-wait lava_vm_start
+                grep -qx 'host:host_ip=10.0.2.15' \"$LAVA_MULTI_NODE_CACHE\"
+                lava-send ready port=8080 'motd=hello world'
+                {}
+                lava-sync up
+                lava-send lava_vm_stop",
+                if clients > 0 {
+                    "lava-wait-all hello client
+                test \"$(grep -c ':from=client-' \"$LAVA_MULTI_NODE_CACHE\")\" -eq $EXPECTED_CLIENTS"
+                } else {
+                    ""
+                }
+            ),
+            _ => "set -e
+                lava-wait lava_vm_start
+                lava-wait ready
+                grep -qx 'server:port=8080' \"$LAVA_MULTI_NODE_CACHE\"
+                grep -qx 'server:motd=hello world' \"$LAVA_MULTI_NODE_CACHE\"
+                lava-send hello from=$(lava-self)
+                test \"$(lava-role)\" = client
+                lava-sync up
+                lava-send lava_vm_stop"
+                .to_string(),
+        };
+        let expected_roles = if clients > 0 {
+            "host server client "
+        } else {
+            "host server "
+        };
+        let child = node
+            .shell(&script)
+            .env("_LAVA_VM_GROUP_HOST_IP", "10.0.2.15")
+            .env("EXPECTED_SIZE", size.to_string())
+            .env("EXPECTED_CLIENTS", clients.to_string())
+            .env("EXPECTED_ROLES", expected_roles)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((node.node_id.clone(), child));
+    }
+    let outputs: Vec<(String, Output)> = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|(id, child)| (id, child.wait_with_output().unwrap()))
+            .collect()
+    })
+    .await
+    .unwrap();
+    for (id, output) in &outputs {
+        assert!(
+            output.status.success(),
+            "{id} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+    }
+    // Every API call is recorded as a passing test case, LAVA style.
+    let host_out = text(&outputs[0].1.stdout);
+    for case in [
+        "multinode-start-vms-lava_vm_start",
+        "multinode-sync-up",
+        "multinode-wait-for-vms-lava_vm_stop",
+    ] {
+        assert!(
+            host_out.contains(&format!("TEST_CASE_ID={case} RESULT=pass")),
+            "{host_out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_2_does_every_call() {
+    vm_group_conversation(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_16_does_every_call() {
+    vm_group_conversation(16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_256_does_every_call() {
+    vm_group_conversation(256).await;
+}
+
+/// Waits until `count` nodes are blocked in `lava-sync id`, from the group's event stream.
+async fn until_waiting_in_sync(
+    coordinator: &CoordinatorProcess,
+    group_id: &str,
+    id: &str,
+    count: usize,
+) {
+    let mut admin = AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
+        .await
+        .unwrap();
+    let mut events = admin.watch_group(group_id).await.unwrap();
+    let mut waiting = std::collections::BTreeSet::new();
+    while waiting.len() < count {
+        // A bound so a broken node fails the test instead of hanging it.
+        let event = tokio::time::timeout(std::time::Duration::from_secs(120), events.message())
+            .await
+            .expect("nodes never all reached the sync")
+            .unwrap()
+            .expect("event stream ended");
+        if let Some(group_event::Kind::Waiting(w)) = event.kind
+            && w.call == "sync"
+            && w.message_id == id
+        {
+            waiting.insert(w.node_id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_mid_sync_fails_every_waiter_naming_it() {
+    let coordinator = CoordinatorProcess::start();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("client-{i}"), "client".to_string()))
+        .collect();
+    let nodes = create_group(&coordinator, &nodes, cache_dir.path()).await;
+    let mut children = Vec::new();
+    for node in &nodes {
+        // Each node runs attached to the coordinator (as the dispatcher runs test
+        // shells), so its death is noticed without anyone reporting it.
+        let script = if node.node_id == "client-3" {
+            "exec node-agent run -- sh -c 'read never'".to_string()
+        } else {
+            "node-agent run -- lava-sync ready".to_string()
+        };
+        let child = node
+            .shell(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((node.node_id.clone(), child));
+    }
+    until_waiting_in_sync(&coordinator, &nodes[0].group_id, "ready", 4).await;
+    let started = std::time::Instant::now();
+    let (_, victim) = children
+        .iter_mut()
+        .find(|(id, _)| id == "client-3")
+        .unwrap();
+    kill_group(victim);
+    let survivors: Vec<(String, Output)> = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .filter(|(id, _)| id != "client-3")
+            .map(|(id, child)| (id, child.wait_with_output().unwrap()))
+            .collect()
+    })
+    .await
+    .unwrap();
+    eprintln!("waiters failed {:?} after the kill", started.elapsed());
+    for (id, output) in survivors {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{id}: {stderr}");
+        assert!(
+            stderr.contains("lava-sync 'ready': client-3 (client) failed (connection lost)"),
+            "{id}: {stderr}"
+        );
+        assert!(
+            stderr.contains("waiting for 1/5: client-3 (client)"),
+            "{id}: {stderr}"
+        );
+        // Failed because the node died, not because a deadline (300 s) passed.
+        assert!(!stderr.contains("deadline"), "{id}: {stderr}");
+        assert!(text(&output.stdout).contains("TEST_CASE_ID=multinode-sync-ready RESULT=fail"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_dispatcher_reports_failed_releases_the_waiters() {
+    let coordinator = CoordinatorProcess::start();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let nodes = create_group(&coordinator, &roles(2), cache_dir.path()).await;
+    let mut children = Vec::new();
+    for node in nodes.iter().filter(|n| n.node_id != "client-2") {
+        let child = node
+            .shell("lava-wait-all hello client")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    let group_id = nodes[0].group_id.clone();
+    let mut admin = AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
+        .await
+        .unwrap();
+    let mut events = admin.watch_group(&group_id).await.unwrap();
+    let mut waiting = std::collections::BTreeSet::new();
+    while waiting.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(120), events.message())
+            .await
+            .expect("nodes never all waited")
+            .unwrap()
+            .unwrap();
+        if let Some(group_event::Kind::Waiting(w)) = event.kind {
+            waiting.insert(w.node_id);
+        }
+    }
+    admin
+        .fail_node(&group_id, "client-2", "kernel panic on the console")
+        .await
+        .unwrap();
+    for child in children {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("client-2 (client) failed (kernel panic on the console)"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_names_the_nodes_still_missing() {
+    let coordinator = CoordinatorProcess::start();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let nodes = create_group(&coordinator, &roles(2), cache_dir.path()).await;
+    let output = nodes[0]
+        .shell("lava-sync never")
+        .env("LAVA_MULTINODE_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lava-sync 'never': deadline passed; waiting for 3/4: server (server), client-1 (client), client-2 (client)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_and_cross_group_access_are_refused() {
+    let coordinator = CoordinatorProcess::start();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let group_a = create_group(&coordinator, &roles(1), cache_dir.path()).await;
+    let group_b = create_group(&coordinator, &roles(1), cache_dir.path()).await;
+    // A node of group A with its own, valid token, claiming to be in group B.
+    let mut cross = group_a[1].clone();
+    cross.group_id = group_b[1].group_id.clone();
+    // A node of group A claiming to be another node of group A.
+    let mut impostor = group_a[1].clone();
+    impostor.node_id = group_a[2].node_id.clone();
+    let mut wrong = group_a[1].clone();
+    wrong.token = "0".repeat(64);
+    for (what, node) in [
+        ("cross-group", cross),
+        ("other node", impostor),
+        ("wrong token", wrong),
+    ] {
+        let output = node.shell("lava-send x k=v").output().unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{what}: {stderr}");
+        assert!(
+            stderr.contains("refused: not authorized for node"),
+            "{what}: {stderr}"
+        );
+    }
+    // A node token is no admin token.
+    let mut admin = AdminClient::connect(&coordinator.grpc, &group_a[0].token)
+        .await
+        .unwrap();
+    let err = admin
+        .fail_node(&group_a[0].group_id, "server", "x")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    // And the legitimate node still works.
+    let ok = group_a[1].shell("lava-send x k=v").output().unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+}
