@@ -5,7 +5,9 @@ set -euo pipefail
 
 # Each package and why:
 PACKAGES=(
-    openssl   # the coordinator's TLS test makes a throw-away certificate
+    openssl          # the coordinator's TLS test makes a throw-away certificate
+    openssh-server   # ssh-host devices in tests: sshd in a network namespace
+    iproute2         # network namespaces and veth pairs for those test hosts
 )
 
 missing=()

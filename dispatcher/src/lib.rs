@@ -7,5 +7,9 @@
 //! * [`validation`]: job validation against a lab (the schema and checks themselves live
 //!   in the `job-schemas` crate).
 
+pub mod console;
 pub mod lab;
+pub mod ssh;
+pub mod transfer;
 pub mod validation;
+pub mod vm;

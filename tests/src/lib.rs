@@ -176,3 +176,199 @@ pub fn kill_group(child: &mut Child) {
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
 }
+
+/// A real OpenSSH server in a network namespace of its own: an `ssh-host` device as a
+/// lab would have one, with its own address and host key. Everything it started (VMs
+/// included) is killed, and the namespace removed, when dropped.
+pub struct SshHost {
+    pub address: String,
+    pub port: u16,
+    /// The host key's fingerprint, `SHA256:...`.
+    pub fingerprint: String,
+    /// The client key that may log in as root.
+    pub identity: PathBuf,
+    pub netns: String,
+    veth: String,
+    sshd: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SshHost {
+    /// Starts sshd accepting `authorized_key` (a public key file), or a fresh key made
+    /// here when `None` (then [`SshHost::identity`] is its private half).
+    pub fn start(authorized_key: Option<(&Path, &Path)>) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // A /24 of its own per host, from the pid and a counter: tests may run at once.
+        let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 250 + 1;
+        let netns = format!("lava-t{pid}-{n}");
+        let veth = format!("lvt{}x{n}", pid % 100_000);
+        let (host_ip, device_ip) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = |name: &str| dir.path().join(name);
+        let run = |program: &str, args: &[&str]| {
+            let out = Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let hostkey = path("hostkey");
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &hostkey.to_string_lossy(),
+            ],
+        );
+        let (identity, public) = match authorized_key {
+            Some((private, public)) => (private.to_path_buf(), public.to_path_buf()),
+            None => {
+                let client = path("client");
+                run(
+                    "ssh-keygen",
+                    &[
+                        "-q",
+                        "-t",
+                        "ed25519",
+                        "-N",
+                        "",
+                        "-f",
+                        &client.to_string_lossy(),
+                    ],
+                );
+                (client.clone(), client.with_extension("pub"))
+            }
+        };
+        std::fs::copy(&public, path("authorized_keys"))
+            .unwrap_or_else(|e| panic!("authorized_keys: {e}"));
+        let fingerprint = run(
+            "ssh-keygen",
+            &["-lf", &format!("{}.pub", hostkey.display())],
+        )
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+        std::fs::write(
+            path("sshd_config"),
+            format!(
+                "Port 22\nListenAddress {device_ip}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nMaxSessions 100\nAllowStreamLocalForwarding yes\n\
+                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
+                hostkey.display(),
+                path("sshd.pid").display(),
+                path("authorized_keys").display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("sshd_config: {e}"));
+        std::fs::create_dir_all("/run/sshd").unwrap_or_else(|e| panic!("/run/sshd: {e}"));
+        run("ip", &["netns", "add", &netns]);
+        let peer = format!("{veth}p");
+        run(
+            "ip",
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        );
+        run("ip", &["link", "set", &peer, "netns", &netns]);
+        run(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", &veth],
+        );
+        run("ip", &["link", "set", &veth, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{device_ip}/24"),
+                "dev",
+                &peer,
+            ],
+        );
+        run("ip", &["-n", &netns, "link", "set", &peer, "up"]);
+        run("ip", &["-n", &netns, "link", "set", "lo", "up"]);
+        let mut sshd = Command::new("ip")
+            .args(["netns", "exec", &netns, "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .arg(path("sshd_config"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sshd: {e}"));
+        // Ready when it says it listens (it logs to stderr with -e).
+        let stderr = sshd.stderr.take().unwrap_or_else(|| panic!("sshd stderr"));
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Server listening") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("sshd in {netns} exited before listening"),
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Self {
+            address: device_ip,
+            port: 22,
+            fingerprint,
+            identity,
+            netns,
+            veth,
+            sshd,
+            _dir: dir,
+        }
+    }
+
+    /// Commands of the processes running in the host's namespace (sshd, VMs ...).
+    pub fn processes(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output();
+        let pids = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        pids.split_whitespace()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .map(|comm| comm.trim().to_string())
+            .collect()
+    }
+}
+
+impl Drop for SshHost {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output();
+        if let Ok(out) = out {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}

@@ -1,0 +1,368 @@
+//! A device or VM console: every byte logged as it arrives, ANSI escapes stripped for
+//! matching (SeaBIOS resets, `ESC[6n` after busybox prompts, bracketed paste), prompt
+//! detection by regular expression, commands sent and answered with timeouts, and
+//! kernel panics and boot failures recognised as what they are.
+//!
+//! Works over any byte stream: an SSH pty channel, a local qemu's stdio, a test's
+//! in-memory pipe.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use regex::Regex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Lines that mean the machine will never reach a shell.
+const FAILURE_PATTERNS: &[(&str, FailureKind)] = &[
+    ("Kernel panic - not syncing", FailureKind::KernelPanic),
+    ("VFS: Unable to mount root fs", FailureKind::BootFailure),
+    ("No working init found", FailureKind::BootFailure),
+    ("can't find /init", FailureKind::BootFailure),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    KernelPanic,
+    BootFailure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("no match for /{pattern}/ within {after:?}; last output: {tail:?}")]
+    Timeout {
+        pattern: String,
+        after: Duration,
+        tail: String,
+    },
+    #[error("kernel panic on the console: {line}")]
+    KernelPanic { line: String },
+    #[error("boot failure on the console: {line}")]
+    BootFailure { line: String },
+    #[error("the console closed; last output: {tail:?}")]
+    Closed { tail: String },
+    #[error("console I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where raw console bytes go as they arrive (a file per node in the job's log
+/// directory; memory in tests).
+#[derive(Clone, Default)]
+pub struct ConsoleLog {
+    sink: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
+    memory: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ConsoleLog {
+    /// Logs into `writer` (flushed after every chunk, so a crash keeps the log so far).
+    pub fn to_writer(writer: impl Write + Send + 'static) -> Self {
+        Self {
+            sink: Arc::new(Mutex::new(Some(Box::new(writer)))),
+            memory: Arc::default(),
+        }
+    }
+
+    fn record(&self, bytes: &[u8]) {
+        if let Ok(mut sink) = self.sink.lock()
+            && let Some(writer) = sink.as_mut()
+        {
+            let _ = writer.write_all(bytes).and_then(|()| writer.flush());
+            return;
+        }
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.extend_from_slice(bytes);
+        }
+    }
+
+    /// What was logged in memory (when not logging to a writer).
+    pub fn contents(&self) -> Vec<u8> {
+        self.memory.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// Removes terminal escape sequences from a stream of text arriving in pieces.
+#[derive(Debug, Default)]
+pub struct AnsiStripper {
+    state: EscState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum EscState {
+    #[default]
+    Text,
+    /// After ESC.
+    Escape,
+    /// In a CSI sequence (`ESC [`), until a final byte `@`..`~`.
+    Csi,
+    /// In an OSC string (`ESC ]`), until BEL or `ESC \`.
+    Osc,
+    OscEscape,
+}
+
+impl AnsiStripper {
+    pub fn strip(&mut self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            self.state = match (self.state, c) {
+                (EscState::Text, '\x1b') => EscState::Escape,
+                (EscState::Text, '\r') => EscState::Text,
+                (EscState::Text, c) => {
+                    // Other control characters (bells, NULs) are noise too.
+                    if !c.is_control() || c == '\n' || c == '\t' {
+                        out.push(c);
+                    }
+                    EscState::Text
+                }
+                (EscState::Escape, '[') => EscState::Csi,
+                (EscState::Escape, ']') => EscState::Osc,
+                // Two-character sequences: ESC c (reset), ESC 7, ESC =, ESC ( B ...
+                (EscState::Escape, _) => EscState::Text,
+                (EscState::Csi, c) if ('@'..='~').contains(&c) => EscState::Text,
+                (EscState::Csi, _) => EscState::Csi,
+                (EscState::Osc, '\x07') => EscState::Text,
+                (EscState::Osc, '\x1b') => EscState::OscEscape,
+                (EscState::Osc, _) => EscState::Osc,
+                (EscState::OscEscape, _) => EscState::Text,
+            };
+        }
+        out
+    }
+}
+
+/// What a successful [`Console::expect`] matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Stripped text before the match.
+    pub before: String,
+    /// The matched text.
+    pub text: String,
+}
+
+/// A console over a byte stream.
+pub struct Console<S> {
+    stream: S,
+    log: ConsoleLog,
+    stripper: AnsiStripper,
+    /// Stripped text not yet consumed by a match.
+    pending: String,
+    /// Bytes of an incomplete UTF-8 character at the end of the last read.
+    partial: Vec<u8>,
+    failures: Vec<(Regex, FailureKind)>,
+}
+
+/// Stripped text kept for matching at most (older text is dropped, not the log).
+const MAX_PENDING: usize = 1024 * 1024;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
+    pub fn new(stream: S, log: ConsoleLog) -> Self {
+        let failures = FAILURE_PATTERNS
+            .iter()
+            .filter_map(|(p, kind)| {
+                Regex::new(&format!("(?m)^.*{}.*$", regex::escape(p)))
+                    .ok()
+                    .map(|r| (r, *kind))
+            })
+            .collect();
+        Self {
+            stream,
+            log,
+            stripper: AnsiStripper::default(),
+            pending: String::new(),
+            partial: Vec::new(),
+            failures,
+        }
+    }
+
+    pub fn log(&self) -> &ConsoleLog {
+        &self.log
+    }
+
+    /// Waits until `pattern` matches the stripped output, or fails on timeout, panic,
+    /// boot failure or a closed console.
+    pub async fn expect(
+        &mut self,
+        pattern: &Regex,
+        timeout: Duration,
+    ) -> Result<Matched, ConsoleError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = pattern.find(&self.pending) {
+                let matched = Matched {
+                    before: self.pending[..found.start()].to_string(),
+                    text: found.as_str().to_string(),
+                };
+                self.pending.drain(..found.end());
+                return Ok(matched);
+            }
+            for (failure, kind) in &self.failures {
+                if let Some(line) = failure.find(&self.pending) {
+                    let line = line.as_str().trim().to_string();
+                    return Err(match kind {
+                        FailureKind::KernelPanic => ConsoleError::KernelPanic { line },
+                        FailureKind::BootFailure => ConsoleError::BootFailure { line },
+                    });
+                }
+            }
+            let mut buf = [0u8; 8192];
+            let read = match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => {
+                    return Err(ConsoleError::Timeout {
+                        pattern: pattern.as_str().to_string(),
+                        after: timeout,
+                        tail: self.tail(),
+                    });
+                }
+                Ok(read) => read?,
+            };
+            if read == 0 {
+                return Err(ConsoleError::Closed { tail: self.tail() });
+            }
+            self.feed(&buf[..read]);
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.log.record(bytes);
+        self.partial.extend_from_slice(bytes);
+        let valid_up_to = match std::str::from_utf8(&self.partial) {
+            Ok(_) => self.partial.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Invalid bytes: take everything, lossily.
+            Err(_) => self.partial.len(),
+        };
+        let chunk: Vec<u8> = self.partial.drain(..valid_up_to).collect();
+        let text = String::from_utf8_lossy(&chunk);
+        let stripped = self.stripper.strip(&text);
+        self.pending.push_str(&stripped);
+        if self.pending.len() > MAX_PENDING {
+            let cut = self.pending.len() - MAX_PENDING / 2;
+            let cut = (cut..self.pending.len())
+                .find(|i| self.pending.is_char_boundary(*i))
+                .unwrap_or(0);
+            self.pending.drain(..cut);
+        }
+    }
+
+    fn tail(&self) -> String {
+        let start = self.pending.len().saturating_sub(200);
+        let start = (start..=self.pending.len())
+            .find(|i| self.pending.is_char_boundary(*i))
+            .unwrap_or(0);
+        self.pending[start..].to_string()
+    }
+
+    /// Types a line (and a newline) into the console.
+    pub async fn send_line(&mut self, line: &str) -> Result<(), ConsoleError> {
+        self.stream.write_all(line.as_bytes()).await?;
+        self.stream.write_all(b"\n").await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Runs a shell command at a prompt and returns its output (the text between the
+    /// echoed command and the next prompt), with its exit status read back through a
+    /// unique marker so output that looks like a prompt cannot fool it.
+    pub async fn run(
+        &mut self,
+        command: &str,
+        prompt: &Regex,
+        timeout: Duration,
+    ) -> Result<(String, i32), ConsoleError> {
+        let marker = format!(
+            "LAVA-RC-{}",
+            std::process::id() ^ (self.pending.len() as u32)
+        );
+        self.send_line(&format!("{command}; echo {marker}=$?"))
+            .await?;
+        // Skip the echo of the command itself: the marker followed by `=$?` is the echo,
+        // followed by digits is the result.
+        let result = Regex::new(&format!(r"{marker}=(\d+)"))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let matched = self.expect(&result, timeout).await?;
+        let code = result
+            .captures(&matched.text)
+            .and_then(|c| c.get(1))
+            .and_then(|m| m.as_str().parse().ok())
+            .unwrap_or(-1);
+        self.expect(prompt, timeout).await?;
+        // The echoed command line comes first; the command's output follows it.
+        let output = matched
+            .before
+            .split_once('\n')
+            .map_or(String::new(), |(_, rest)| rest.to_string());
+        Ok((output, code))
+    }
+
+    /// The underlying stream, e.g. to close it.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_escapes_even_when_split_across_reads() {
+        let mut s = AnsiStripper::default();
+        let mut out = s.strip("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n");
+        out += &s.strip("guest:/# \x1b[");
+        out += &s.strip("6n");
+        out += &s.strip("\x1b]0;title\x07ok\x1b[?2004h");
+        assert_eq!(out, "SeaBIOS\nguest:/# ok");
+    }
+
+    async fn console_with(script: &'static [&'static [u8]]) -> Console<tokio::io::DuplexStream> {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            for chunk in script {
+                let _ = theirs.write_all(chunk).await;
+            }
+            // Keep the other end open until the test is done reading.
+            let mut sink = Vec::new();
+            let _ = theirs.read_to_end(&mut sink).await;
+        });
+        Console::new(ours, ConsoleLog::default())
+    }
+
+    #[tokio::test]
+    async fn finds_the_prompt_through_noise_and_logs_every_byte() {
+        let mut console = console_with(&[b"\x1bcBooting...\r\n", b"guest:/# \x1b[6n"]).await;
+        let prompt = Regex::new(r"guest:/# $").unwrap();
+        let m = console
+            .expect(&prompt, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(m.before, "Booting...\n");
+        assert_eq!(
+            console.log().contents(),
+            b"\x1bcBooting...\r\nguest:/# \x1b[6n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kernel_panic_is_reported_as_such() {
+        let mut console = console_with(&[b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\r\n"]).await;
+        let err = console
+            .expect(&Regex::new("guest:/# $").unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConsoleError::KernelPanic { ref line } if line.contains("not syncing")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_console_times_out_naming_the_pattern() {
+        let mut console = console_with(&[b"nothing useful"]).await;
+        let err = console
+            .expect(&Regex::new("login:").unwrap(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no match for /login:/"), "{err}");
+        assert!(err.to_string().contains("nothing useful"), "{err}");
+    }
+}

@@ -1,0 +1,179 @@
+//! Putting images on a host device: SFTP upload with many writes in flight, SHA-256
+//! verified on the far side, into a content-addressed cache so the same image is never
+//! sent twice.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::ssh::{SshError, SshSession, shell_quote};
+
+/// Where a host device keeps uploaded images, by SHA-256.
+pub const DEFAULT_REMOTE_CACHE: &str = "/var/lib/lava-dispatcher/cache";
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub sha256: String,
+    /// The image's path on the host (in the cache).
+    pub remote_path: String,
+    pub size: u64,
+    /// Bytes that crossed the link: 0 when the cache already had the image.
+    pub bytes_sent: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("cannot read {path}: {source}")]
+    Local {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("SFTP upload of {path}: {message}")]
+    Sftp { path: String, message: String },
+    #[error("{path} arrived corrupted: SHA-256 {found} on the host, {expected} here")]
+    Corrupted {
+        path: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// SHA-256 of a local file, hex.
+pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
+    let local = |source| TransferError::Local {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(local)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Uploads `local` into `cache_dir` on the host unless an image with the same SHA-256
+/// is already there. `progress` is told the bytes sent so far and the total.
+pub async fn upload_cached(
+    session: &SshSession,
+    local: &Path,
+    cache_dir: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Uploaded, TransferError> {
+    let (sha256, size) = sha256_file(local).await?;
+    let remote_path = format!("{cache_dir}/{sha256}");
+    let sftp_error = |message: String| TransferError::Sftp {
+        path: local.display().to_string(),
+        message,
+    };
+    let sftp = session.sftp().await?;
+    if let Ok(meta) = sftp.metadata(remote_path.clone()).await
+        && meta.size == Some(size)
+    {
+        tracing::info!(image = %local.display(), %remote_path, "image already on the host");
+        progress(size, size);
+        return Ok(Uploaded {
+            sha256,
+            remote_path,
+            size,
+            bytes_sent: 0,
+        });
+    }
+    session
+        .run(
+            &format!("mkdir -p {}", shell_quote(cache_dir)),
+            Duration::from_secs(30),
+        )
+        .await?;
+    // A partial name of our own, renamed only once verified: a crash mid-upload never
+    // leaves a wrong file under the cache name.
+    let partial = format!("{remote_path}.part-{}", std::process::id());
+    let mut remote = sftp
+        .create(partial.clone())
+        .await
+        .map_err(|e| sftp_error(e.to_string()))?;
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(|source| TransferError::Local {
+            path: local.display().to_string(),
+            source,
+        })?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|source| TransferError::Local {
+                path: local.display().to_string(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        remote
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| sftp_error(e.to_string()))?;
+        sent += n as u64;
+        progress(sent, size);
+    }
+    remote
+        .shutdown()
+        .await
+        .map_err(|e| sftp_error(e.to_string()))?;
+    drop(remote);
+    let digest = session
+        .run(
+            &format!("sha256sum {}", shell_quote(&partial)),
+            Duration::from_secs(600),
+        )
+        .await?;
+    let found = digest
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if found != sha256 {
+        let _ = session
+            .exec(
+                &format!("rm -f {}", shell_quote(&partial)),
+                Duration::from_secs(30),
+            )
+            .await;
+        return Err(TransferError::Corrupted {
+            path: local.display().to_string(),
+            expected: sha256,
+            found,
+        });
+    }
+    session
+        .run(
+            &format!(
+                "mv -f {} {}",
+                shell_quote(&partial),
+                shell_quote(&remote_path)
+            ),
+            Duration::from_secs(30),
+        )
+        .await?;
+    tracing::info!(image = %local.display(), %remote_path, bytes = sent, "image uploaded");
+    Ok(Uploaded {
+        sha256,
+        remote_path,
+        size,
+        bytes_sent: sent,
+    })
+}
