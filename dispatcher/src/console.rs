@@ -286,11 +286,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             .and_then(|m| m.as_str().parse().ok())
             .unwrap_or(-1);
         self.expect(prompt, timeout).await?;
-        // The echoed command line comes first; the command's output follows it.
-        let output = matched
-            .before
-            .split_once('\n')
-            .map_or(String::new(), |(_, rest)| rest.to_string());
+        // On a terminal the typed line is echoed first: the output follows it.
+        let echoed = format!("{marker}=$?");
+        let output = match matched.before.find(&echoed) {
+            Some(at) => matched.before[at..]
+                .split_once('\n')
+                .map_or(String::new(), |(_, rest)| rest.to_string()),
+            None => matched.before,
+        };
         Ok((output, code))
     }
 

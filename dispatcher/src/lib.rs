@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod lab;
+pub mod local;
 pub mod ssh;
 pub mod transfer;
 pub mod validation;

@@ -84,6 +84,23 @@ impl HostFacts {
     }
 }
 
+/// A shell command whose output [`HostFacts::from_probe_output`] reads: the same
+/// observations made on another machine (a host device, over SSH).
+pub const PROBE_COMMAND: &str = "{ [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm-usable; \
+    [ -d /sys/module/kvm_pvm ] && echo pvm-loaded; \
+    grep -m1 '^flags' /proc/cpuinfo; } 2>/dev/null; true";
+
+impl HostFacts {
+    /// Reads the output of [`PROBE_COMMAND`].
+    pub fn from_probe_output(output: &str) -> Self {
+        Self {
+            kvm_device_usable: output.lines().any(|l| l.trim() == "kvm-usable"),
+            cpu_has_virtualization: cpu_flags_have_virtualization(output),
+            pvm_loaded: output.lines().any(|l| l.trim() == "pvm-loaded"),
+        }
+    }
+}
+
 fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
     cpuinfo
         .lines()
@@ -151,6 +168,19 @@ mod tests {
         assert_eq!(auto(true, "hypervisor", false), Accel::Tcg);
         assert_eq!(auto(false, "svm", false), Accel::Tcg);
         assert_eq!(auto(true, "svmx", false), Accel::Tcg, "whole flags only");
+    }
+
+    #[test]
+    fn the_probe_command_reads_the_same_facts() {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(PROBE_COMMAND)
+            .output()
+            .unwrap();
+        let remote = HostFacts::from_probe_output(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(remote, HostFacts::probe_local());
+        let parsed = HostFacts::from_probe_output("kvm-usable\nflags\t: fpu svm sse\n");
+        assert!(parsed.kvm_device_usable && parsed.cpu_has_virtualization && !parsed.pvm_loaded);
     }
 
     #[test]
