@@ -6,16 +6,49 @@ set -euo pipefail
 # Each package and why:
 PACKAGES=(
     openssl          # the coordinator's TLS test makes a throw-away certificate
-    openssh-server   # ssh-host devices in tests: sshd in a network namespace
+    openssh-server   # ssh-host devices in tests: sshd in a network namespace (needs /run/sshd)
+    openssh-client   # ssh-keygen for the lab and host keys of build-images.sh; ssh/sftp in checks
     iproute2         # network namespaces and veth pairs for those test hosts
+    debootstrap      # build-images.sh: the host-device VM's Debian root filesystem
+    e2fsprogs        # build-images.sh: mke2fs -d makes the host-device root disk without a loop mount
+    zstd             # build-images.sh: compresses the cached debootstrap tree
 )
+# QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
+# step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that
+# Breaks qemu-system-common (<< 8.0), so a plain `apt-get install qemu-system-x86`
+# would remove qemu-img. Asking for qemu-utils from the release itself, with
+# --allow-downgrades, keeps both.
+QEMU_PACKAGES=(
+    qemu-system-x86  # qemu-system-x86_64: host-device VM and guests
+    qemu-utils       # qemu-img: overlays and image conversion
+)
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    installed "$pkg" || missing+=("$pkg")
 done
+qemu_missing=0
+for pkg in "${QEMU_PACKAGES[@]}"; do
+    installed "$pkg" || qemu_missing=1
+done
+# A qemu-utils that is installed but newer than the release's qemu-system-x86 (the
+# backports case above) only matters when qemu-system-x86 itself is missing, and then
+# qemu_missing is already set.
+
+if [ "${#missing[@]}" -gt 0 ] || [ "$qemu_missing" = 1 ]; then
+    apt-get update -qq
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
-    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [ "$qemu_missing" = 1 ]; then
+    release=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    echo "installing: ${QEMU_PACKAGES[*]} (qemu-utils from $release)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        --allow-downgrades qemu-system-x86 "qemu-utils/$release"
 fi

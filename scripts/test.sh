@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # LAVA's own client code from Debian, for the coordinator compatibility tests.
 bash scripts/install-lava-clients.sh >/dev/null
+# The VM images of the host/VM tests (cached by input hash; the tests would build them
+# on first use too, but here the time shows on its own).
+bash scripts/build-images.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

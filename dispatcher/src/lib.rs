@@ -8,6 +8,7 @@
 //!   in the `job-schemas` crate).
 
 pub mod console;
+pub mod host;
 pub mod lab;
 pub mod local;
 pub mod ssh;

@@ -332,6 +332,12 @@ impl SshHost {
         }
     }
 
+    /// A directory on the host for this test's caches and VM directories; removed with
+    /// the host, so a test leaves no files behind even when it fails.
+    pub fn scratch(&self) -> String {
+        self._dir.path().join("scratch").display().to_string()
+    }
+
     /// Commands of the processes running in the host's namespace (sshd, VMs ...).
     pub fn processes(&self) -> Vec<String> {
         let out = Command::new("ip")
@@ -371,4 +377,62 @@ impl Drop for SshHost {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+/// The images the project builds for its tests (`scripts/build-images.sh`).
+#[derive(Debug, Clone)]
+pub struct TestImages {
+    pub guest_kernel: PathBuf,
+    pub guest_initramfs: PathBuf,
+    /// Regular expression for the guest's shell prompt.
+    pub guest_prompt: String,
+    pub hostdev_kernel: PathBuf,
+    pub hostdev_initramfs: PathBuf,
+    pub hostdev_rootfs: PathBuf,
+    pub hostdev_fingerprint: String,
+    pub hostdev_prompt: String,
+    /// The lab's SSH key, authorized in both images.
+    pub lab_key: PathBuf,
+    pub lab_pubkey: PathBuf,
+}
+
+/// Builds the test images (cached: a second build with the same inputs does nothing)
+/// and reads their manifest.
+pub fn test_images() -> TestImages {
+    static IMAGES: OnceLock<TestImages> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let built = Command::new("bash")
+                .arg(repo_root().join("scripts/build-images.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("build-images.sh: {e}"));
+            assert!(built.status.success(), "scripts/build-images.sh failed");
+            let manifest = String::from_utf8_lossy(&built.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("manifest="))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("build-images.sh printed no manifest"));
+            let text = std::fs::read_to_string(&manifest)
+                .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+            let get = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                    .unwrap_or_else(|| panic!("{name} missing from {}", manifest.display()))
+                    .to_string()
+            };
+            TestImages {
+                guest_kernel: get("guest_kernel").into(),
+                guest_initramfs: get("guest_initramfs").into(),
+                guest_prompt: get("guest_prompt"),
+                hostdev_kernel: get("hostdev_kernel").into(),
+                hostdev_initramfs: get("hostdev_initramfs").into(),
+                hostdev_rootfs: get("hostdev_rootfs").into(),
+                hostdev_fingerprint: get("hostdev_fingerprint"),
+                hostdev_prompt: get("hostdev_prompt"),
+                lab_key: get("lab_key").into(),
+                lab_pubkey: get("lab_pubkey").into(),
+            }
+        })
+        .clone()
 }

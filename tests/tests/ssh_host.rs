@@ -167,7 +167,7 @@ async fn an_image_is_uploaded_once_and_verified() {
     )
     .await
     .unwrap();
-    let cache = format!("/tmp/lava-cache-{}", host.netns);
+    let cache = format!("{}/cache", host.scratch());
     let mut reported = 0;
     let first = transfer::upload_cached(&session, &image, &cache, |sent, _| reported = sent)
         .await

@@ -1,0 +1,138 @@
+//! A `qemu-host` device on real qemu: the project's host-device image booted here under
+//! TCG with `-cpu max` (which exposes SVM), reached over SSH with its pinned host key,
+//! the guest image uploaded into it by SFTP, and a guest launched inside it with nested
+//! KVM and brought to its prompt. Nothing is left running afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
+
+use std::time::Duration;
+
+use dispatcher::console::ConsoleLog;
+use dispatcher::host;
+use dispatcher::lab::Lab;
+use dispatcher::lab::accel::{self, Accel, AccelChoice, HostFacts};
+use dispatcher::lab::device::{HostKeyPolicy, QemuOverrides};
+use dispatcher::ssh::SshTarget;
+use dispatcher::transfer;
+use dispatcher::vm::{self, VmImages, VmPlan};
+use regex::Regex;
+use system_tests::test_images;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
+    let images = test_images();
+    let lab = Lab::builtin().unwrap();
+    let host_type = &lab.device_types["qemu-host"];
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = SshTarget {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+        user: "root".into(),
+        identity: images.lab_key.clone(),
+        host_key: HostKeyPolicy::Fingerprint(images.hostdev_fingerprint.clone()),
+        known_hosts: dir.path().join("known_hosts"),
+    };
+    let overrides = QemuOverrides {
+        kernel: Some(images.hostdev_kernel.clone()),
+        ramdisk: Some(images.hostdev_initramfs.clone()),
+        rootfs: Some(images.hostdev_rootfs.clone()),
+        ..Default::default()
+    };
+    let local_accel = accel::decide(AccelChoice::Auto, HostFacts::probe_local()).accel;
+    let up = host::boot_qemu_host(
+        "qemu-host-test",
+        host_type.qemu.as_ref().unwrap(),
+        &overrides,
+        local_accel,
+        &ssh,
+        dir.path(),
+        &Regex::new(&images.hostdev_prompt).unwrap(),
+        Duration::from_secs(host_type.boot_timeout),
+        ConsoleLog::default(),
+    )
+    .await
+    .unwrap();
+    let qemu_pid = up.local.as_ref().and_then(|p| p.pid()).unwrap();
+
+    // Inside the host device, KVM works (nested, on TCG's emulated SVM).
+    let facts = HostFacts::from_probe_output(
+        &up.ssh
+            .run(accel::PROBE_COMMAND, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let guest_accel = accel::decide(AccelChoice::Auto, facts);
+    assert_eq!(guest_accel.accel, Accel::Kvm, "{guest_accel:?}");
+
+    let cache = transfer::DEFAULT_REMOTE_CACHE;
+    let kernel = transfer::upload_cached(&up.ssh, &images.guest_kernel, cache, |_, _| {})
+        .await
+        .unwrap();
+    let initrd = transfer::upload_cached(&up.ssh, &images.guest_initramfs, cache, |_, _| {})
+        .await
+        .unwrap();
+    assert!(kernel.bytes_sent > 0 && initrd.bytes_sent > 0);
+    let again = transfer::upload_cached(&up.ssh, &images.guest_kernel, cache, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.bytes_sent, 0);
+
+    let template = lab.device_types["kvm"].qemu.clone().unwrap();
+    let plan = VmPlan::from_template(
+        "guest",
+        "/var/lib/lava-dispatcher/vms/guest",
+        &template,
+        guest_accel.accel,
+        &VmImages {
+            kernel: Some(kernel.remote_path.clone()),
+            ramdisk: Some(initrd.remote_path.clone()),
+            ..Default::default()
+        },
+        Some("user,id=n0"),
+        Some("52:54:00:12:34:56"),
+    )
+    .unwrap();
+    let mut guest = vm::launch(&up.ssh, &plan, ConsoleLog::default())
+        .await
+        .unwrap();
+    let prompt = Regex::new(&images.guest_prompt).unwrap();
+    guest
+        .wait_for_prompt(&prompt, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (out, code) = guest
+        .console
+        .run(
+            "grep -c processor /proc/cpuinfo",
+            &prompt,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    guest.stop(&up.ssh).await.unwrap();
+    let left = up
+        .ssh
+        .exec("pgrep -c qemu-system", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        left.stdout_text().trim(),
+        "0",
+        "a guest qemu is still running in the host"
+    );
+    up.shut_down().await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(qemu_pid).unwrap());
+    assert!(
+        nix::sys::signal::kill(pid, None).is_err(),
+        "the host's qemu ({qemu_pid}) is still running"
+    );
+}
