@@ -42,6 +42,46 @@ pub struct VmImages {
     pub rootfs: Option<String>,
 }
 
+/// A VM's network: its own NIC (qemu user networking by default: the VM reaches the
+/// host device at 10.0.2.2 and anything the host reaches, NATed) and, in a group, a
+/// second NIC on the group's LAN where the group's VMs reach each other directly.
+#[derive(Debug, Clone, Default)]
+pub struct VmNetwork {
+    /// `-netdev` of the first NIC, e.g. `user,id=n0`.
+    pub netdev: Option<String>,
+    pub mac: Option<String>,
+    pub lan: Option<GroupLan>,
+}
+
+/// One VM's place on its group's LAN: a qemu multicast socket segment (no bridge, no
+/// root on the host, nothing to clean up), one per group, told apart by port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLan {
+    pub netdev: String,
+    pub mac: String,
+    /// The VM's address on the LAN, with prefix (`10.99.7.2/24`).
+    pub address: String,
+}
+
+impl GroupLan {
+    /// The LAN of group `group` (any number; it picks the port and subnet) for the
+    /// `member`-th VM of the group (from 0).
+    pub fn member(group: u32, member: u8) -> Self {
+        let port = 20_000 + group % 40_000;
+        let subnet = group % 250;
+        Self {
+            netdev: format!("socket,id=n1,mcast=230.0.0.1:{port},localaddr=127.0.0.1"),
+            mac: format!("52:54:00:99:{:02x}:{:02x}", subnet, member),
+            address: format!("10.99.{subnet}.{}/24", u16::from(member) + 2),
+        }
+    }
+
+    /// The address without its prefix.
+    pub fn ip(&self) -> &str {
+        self.address.split('/').next().unwrap_or(&self.address)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error(transparent)]
@@ -69,8 +109,7 @@ impl VmPlan {
         template: &QemuTemplate,
         accel: Accel,
         images: &VmImages,
-        netdev: Option<&str>,
-        mac: Option<&str>,
+        network: &VmNetwork,
     ) -> Result<Self, VmError> {
         let qmp = format!("{workdir}/qmp.sock");
         let mut values = LaunchValues::new(template, accel, name, workdir, &qmp);
@@ -85,9 +124,13 @@ impl VmPlan {
                 values.set(key, value);
             }
         }
-        if let (Some(netdev), Some(mac)) = (netdev, mac) {
-            values.set("netdev", netdev);
-            values.set("mac", mac);
+        if let (Some(netdev), Some(mac)) = (&network.netdev, &network.mac) {
+            values.set("netdev", netdev.as_str());
+            values.set("mac", mac.as_str());
+        }
+        if let Some(lan) = &network.lan {
+            values.set("lan", lan.netdev.as_str());
+            values.set("lan_mac", lan.mac.as_str());
         }
         let argv = template.render(&values)?;
         let uses_qmp = argv.iter().any(|a| a.contains(&qmp));
@@ -216,6 +259,31 @@ impl RunningVm {
             })
     }
 
+    /// Brings up the group LAN inside the VM (its second NIC, `eth1`) from its console.
+    pub async fn configure_lan(&mut self, lan: &GroupLan, prompt: &Regex) -> Result<(), VmError> {
+        let command = format!(
+            "ip link set eth1 up && ip addr add {} dev eth1",
+            lan.address
+        );
+        let (output, code) = self
+            .console
+            .run(&command, prompt, Duration::from_secs(30))
+            .await
+            .map_err(|source| VmError::Console {
+                vm: self.name.clone(),
+                source,
+            })?;
+        if code != 0 {
+            return Err(VmError::Prepare {
+                vm: self.name.clone(),
+                command,
+                status: u32::try_from(code).ok(),
+                stderr: output.trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Stops the VM: QMP `quit` when it has a QMP socket, then TERM and finally KILL to
     /// its process group, then removes its directory. Safe to call on a VM that already
     /// exited.
@@ -267,6 +335,17 @@ async fn qmp_quit(session: &SshSession, socket: &str) -> Result<(), VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_lans_differ_by_group_and_member() {
+        let a = GroupLan::member(7, 0);
+        let b = GroupLan::member(7, 1);
+        let other = GroupLan::member(8, 0);
+        assert_eq!(a.netdev, b.netdev);
+        assert_ne!(a.netdev, other.netdev);
+        assert_ne!(a.mac, b.mac);
+        assert_eq!((a.ip(), b.ip()), ("10.99.7.2", "10.99.7.3"));
+    }
 
     #[test]
     fn launch_with_splits_preparation_from_attach() {

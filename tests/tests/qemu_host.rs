@@ -14,7 +14,7 @@ use dispatcher::lab::accel::{self, Accel, AccelChoice, HostFacts};
 use dispatcher::lab::device::{HostKeyPolicy, QemuOverrides};
 use dispatcher::ssh::SshTarget;
 use dispatcher::transfer;
-use dispatcher::vm::{self, VmImages, VmPlan};
+use dispatcher::vm::{self, VmImages, VmNetwork, VmPlan};
 use regex::Regex;
 use system_tests::test_images;
 
@@ -96,8 +96,11 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
             ramdisk: Some(initrd.remote_path.clone()),
             ..Default::default()
         },
-        Some("user,id=n0"),
-        Some("52:54:00:12:34:56"),
+        &VmNetwork {
+            netdev: Some("user,id=n0".into()),
+            mac: Some("52:54:00:12:34:56".to_string()),
+            lan: None,
+        },
     )
     .unwrap();
     let mut guest = vm::launch(&up.ssh, &plan, ConsoleLog::default())

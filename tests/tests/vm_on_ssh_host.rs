@@ -13,7 +13,7 @@ use dispatcher::lab::accel::{self, AccelChoice, HostFacts};
 use dispatcher::lab::device::HostKeyPolicy;
 use dispatcher::ssh::{SshSession, SshTarget};
 use dispatcher::transfer;
-use dispatcher::vm::{self, VmImages, VmPlan};
+use dispatcher::vm::{self, GroupLan, VmImages, VmNetwork, VmPlan};
 use regex::Regex;
 use system_tests::{SshHost, test_images};
 
@@ -94,8 +94,11 @@ async fn boot_guests(count: usize) {
                 ramdisk: Some(initrd.remote_path.clone()),
                 ..Default::default()
             },
-            Some("user,id=n0"),
-            Some(&format!("52:54:00:12:34:{:02x}", 0x10 + i)),
+            &VmNetwork {
+                netdev: Some("user,id=n0".into()),
+                mac: Some(format!("52:54:00:12:34:{:02x}", 0x10 + i)),
+                lan: Some(GroupLan::member(1, u8::try_from(i).unwrap())),
+            },
         )
         .unwrap();
         launched.push(
@@ -113,6 +116,39 @@ async fn boot_guests(count: usize) {
     for (vm, result) in launched.iter().zip(booted) {
         result.unwrap_or_else(|e| panic!("{}: {e}", vm.name));
     }
+    // The group LAN: every VM reaches the next one directly.
+    for (i, vm) in launched.iter_mut().enumerate() {
+        vm.configure_lan(&GroupLan::member(1, u8::try_from(i).unwrap()), &prompt)
+            .await
+            .unwrap();
+    }
+    for (i, vm) in launched.iter_mut().enumerate() {
+        let peer = GroupLan::member(1, u8::try_from((i + 1) % count).unwrap());
+        let (out, code) = vm
+            .console
+            .run(
+                &format!("ping -c 1 -W 10 {}", peer.ip()),
+                &prompt,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{} cannot reach {}: {out}", vm.name, peer.ip());
+    }
+    // And the host device, through the VM's own NIC.
+    let (banner, _) = launched[0]
+        .console
+        .run(
+            &format!("echo | nc -w 10 {} 22", host.address),
+            &prompt,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(
+        banner.contains("SSH-2.0"),
+        "the guest cannot reach the host: {banner}"
+    );
     for vm in &mut launched {
         let (out, code) = vm
             .console

@@ -24,7 +24,7 @@ pub const ALWAYS_SET: &[&str] = &[
 
 /// Placeholders a launch may leave unset; their groups are then dropped.
 pub const OPTIONAL: &[&str] = &[
-    "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "netdev", "mac",
+    "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "netdev", "mac", "lan", "lan_mac",
 ];
 
 /// The `[qemu]` table of a device type (and, overridden, of a device).
