@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod host;
+pub mod images;
 pub mod lab;
 pub mod local;
 pub mod ssh;

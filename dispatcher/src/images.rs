@@ -1,0 +1,207 @@
+//! Images on the dispatcher's side, before they go to a host: `file://` used in place,
+//! `http(s)://` downloaded once into the image store, `.gz` and `.xz` decompressed once.
+//! The upload to a host ([`crate::transfer`]) is cached separately, by content.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{url}: {message}")]
+    Download { url: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid {format} file: {message}")]
+    Decompress {
+        path: String,
+        format: &'static str,
+        message: String,
+    },
+    #[error("unsupported image URL {0} (expected file://, http:// or https://)")]
+    Scheme(String),
+}
+
+/// The dispatcher's image store: downloads and decompressed copies, by source.
+pub struct ImageStore {
+    dir: PathBuf,
+    client: reqwest::Client,
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A stable file name for a cache entry: a hash of what it comes from, plus the
+/// source's own name so a person can tell what it is.
+fn entry_name(key: &str, name: &str) -> String {
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{name}", &digest[..16])
+}
+
+impl ImageStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, ImageError> {
+        // reqwest is built without a default TLS provider; ring is the one the rest of
+        // the dispatcher uses. Installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("lava-dispatcher/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ImageError::Download {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            dir: dir.into(),
+            client,
+        })
+    }
+
+    /// The local, uncompressed file for an image URL. `progress` hears about downloads
+    /// as `(bytes so far, total if known)`.
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, ImageError> {
+        let local = match url.scheme() {
+            "file" => url
+                .to_file_path()
+                .map_err(|()| ImageError::Scheme(url.to_string()))?,
+            "http" | "https" => self.download(url, progress).await?,
+            _ => return Err(ImageError::Scheme(url.to_string())),
+        };
+        self.decompressed(&local).await
+    }
+
+    async fn download(
+        &self,
+        url: &Url,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, ImageError> {
+        let name = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or("image");
+        let dir = self.dir.join("downloads");
+        let path = dir.join(entry_name(url.as_str(), name));
+        if path.is_file() {
+            tracing::info!(%url, path = %path.display(), "image already downloaded");
+            return Ok(path);
+        }
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io_error(&dir))?;
+        let failed = |message: String| ImageError::Download {
+            url: url.to_string(),
+            message,
+        };
+        let response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed(e.to_string()))?;
+        let total = response.content_length();
+        let partial = path.with_extension(format!("part-{}", std::process::id()));
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(io_error(&partial))?;
+        let mut body = response.bytes_stream();
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| failed(e.to_string()))?;
+            file.write_all(&chunk).await.map_err(io_error(&partial))?;
+            received += chunk.len() as u64;
+            progress(received, total);
+        }
+        file.sync_all().await.map_err(io_error(&partial))?;
+        if let Some(total) = total.filter(|t| *t != received) {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(failed(format!("got {received} of {total} bytes")));
+        }
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(io_error(&path))?;
+        tracing::info!(%url, bytes = received, "image downloaded");
+        Ok(path)
+    }
+
+    /// `path` itself, or its decompressed copy for `.gz` and `.xz`.
+    async fn decompressed(&self, path: &Path) -> Result<PathBuf, ImageError> {
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("gz") => "gzip",
+            Some("xz") => "xz",
+            _ => return Ok(path.to_path_buf()),
+        };
+        let meta = tokio::fs::metadata(path).await.map_err(io_error(path))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let key = format!("{}|{}|{modified}", path.display(), meta.len());
+        let dir = self.dir.join("unpacked");
+        let out = dir.join(entry_name(&key, stem));
+        if out.is_file() {
+            return Ok(out);
+        }
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io_error(&dir))?;
+        let (source, target) = (path.to_path_buf(), out.clone());
+        tokio::task::spawn_blocking(move || decompress(&source, &target, format))
+            .await
+            .map_err(|e| ImageError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(out)
+    }
+}
+
+fn decompress(source: &Path, target: &Path, format: &'static str) -> Result<(), ImageError> {
+    let input = std::fs::File::open(source).map_err(io_error(source))?;
+    let mut reader: Box<dyn Read> = match format {
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        _ => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+    };
+    let partial = target.with_extension(format!("part-{}", std::process::id()));
+    let mut output = std::fs::File::create(&partial).map_err(io_error(&partial))?;
+    if let Err(e) = std::io::copy(&mut reader, &mut output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(ImageError::Decompress {
+            path: source.display().to_string(),
+            format,
+            message: e.to_string(),
+        });
+    }
+    output
+        .flush()
+        .and_then(|()| output.sync_all())
+        .map_err(io_error(&partial))?;
+    std::fs::rename(&partial, target).map_err(io_error(target))?;
+    Ok(())
+}
