@@ -177,6 +177,17 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Makes an ed25519 key pair with no passphrase at `path` (and `path.pub`), with the
+/// real `ssh-keygen`.
+pub fn ssh_keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .unwrap_or_else(|e| panic!("ssh-keygen: {e}"));
+    assert!(status.success(), "ssh-keygen -f {} failed", path.display());
+}
+
 /// A real OpenSSH server in a network namespace of its own: an `ssh-host` device as a
 /// lab would have one, with its own address and host key. Everything it started (VMs
 /// included) is killed, and the namespace removed, when dropped.
@@ -221,34 +232,12 @@ impl SshHost {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let hostkey = path("hostkey");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                &hostkey.to_string_lossy(),
-            ],
-        );
+        ssh_keygen(&hostkey);
         let (identity, public) = match authorized_key {
             Some((private, public)) => (private.to_path_buf(), public.to_path_buf()),
             None => {
                 let client = path("client");
-                run(
-                    "ssh-keygen",
-                    &[
-                        "-q",
-                        "-t",
-                        "ed25519",
-                        "-N",
-                        "",
-                        "-f",
-                        &client.to_string_lossy(),
-                    ],
-                );
+                ssh_keygen(&client);
                 (client.clone(), client.with_extension("pub"))
             }
         };

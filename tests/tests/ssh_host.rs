@@ -9,7 +9,7 @@ use std::time::Duration;
 use dispatcher::lab::device::HostKeyPolicy;
 use dispatcher::ssh::{SshError, SshSession, SshTarget};
 use dispatcher::transfer;
-use system_tests::SshHost;
+use system_tests::{SshHost, ssh_keygen};
 
 fn target(host: &SshHost, policy: HostKeyPolicy, known_hosts: PathBuf) -> SshTarget {
     SshTarget {
@@ -103,12 +103,7 @@ async fn trust_on_first_use_records_the_key_and_refuses_another() {
     // Another machine now answers at that address: a different key is refused.
     let other = tempfile::tempdir().unwrap();
     let key = other.path().join("k");
-    let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    ssh_keygen(&key);
     let other_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let mut fields = other_key.split_whitespace();
     let line = format!(
@@ -134,11 +129,7 @@ async fn nothing_listening_is_unreachable_after_the_patience() {
         user: "root".into(),
         identity: {
             let key = dir.path().join("k");
-            std::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&key)
-                .status()
-                .unwrap();
+            ssh_keygen(&key);
             key
         },
         host_key: HostKeyPolicy::TrustOnFirstUse,

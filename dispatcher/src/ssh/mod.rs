@@ -247,16 +247,32 @@ impl SshSession {
         }
     }
 
-    async fn exec_inner(&self, command: &str) -> Result<Output, SshError> {
-        let mut channel = self
+    /// Opens a session channel running `command`, on a pty when `pty` is set.
+    async fn start(
+        &self,
+        command: &str,
+        pty: bool,
+    ) -> Result<russh::Channel<client::Msg>, SshError> {
+        let channel = self
             .handle
             .channel_open_session()
             .await
             .map_err(|e| self.protocol(e))?;
+        if pty {
+            channel
+                .request_pty(true, "vt100", 200, 50, 0, 0, &[])
+                .await
+                .map_err(|e| self.protocol(e))?;
+        }
         channel
             .exec(true, command)
             .await
             .map_err(|e| self.protocol(e))?;
+        Ok(channel)
+    }
+
+    async fn exec_inner(&self, command: &str) -> Result<Output, SshError> {
+        let mut channel = self.start(command, false).await?;
         let mut output = Output {
             status: None,
             stdout: Vec::new(),
@@ -291,20 +307,7 @@ impl SshSession {
     /// of whatever the command attaches to (a VM's serial console, for qemu
     /// `-serial stdio`). Closing the stream hangs up the pty.
     pub async fn pty(&self, command: &str) -> Result<russh::ChannelStream<client::Msg>, SshError> {
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.protocol(e))?;
-        channel
-            .request_pty(true, "vt100", 200, 50, 0, 0, &[])
-            .await
-            .map_err(|e| self.protocol(e))?;
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| self.protocol(e))?;
-        Ok(channel.into_stream())
+        Ok(self.start(command, true).await?.into_stream())
     }
 
     /// Connects to a Unix socket on the device (OpenSSH's direct-streamlocal), e.g. a
