@@ -13,6 +13,7 @@ pub mod images;
 pub mod lab;
 pub mod local;
 pub mod ssh;
+pub mod states;
 pub mod transfer;
 pub mod validation;
 pub mod vm;
