@@ -14,6 +14,7 @@ pub mod lab;
 pub mod local;
 pub mod ssh;
 pub mod states;
+pub mod testdef;
 pub mod transfer;
 pub mod validation;
 pub mod vm;

@@ -63,6 +63,24 @@ pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Re
         })
 }
 
+/// Validates a test definition (LAVA's test-definition format, as fetched from a
+/// `testdef_urls` entry and parsed from YAML) against the same rules as an inline one.
+pub fn validate_test_definition(value: &Value) -> Result<TestDefinition, Report> {
+    let mut diagnostics = schema_errors::check_test_definition(value);
+    if let Some(pattern) = value.pointer("/parse/pattern").and_then(Value::as_str) {
+        semantic::check_parse_pattern("/parse/pattern", pattern, &mut diagnostics);
+    }
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return Err(Report::new(diagnostics));
+    }
+    serde_json::from_value(value.clone()).map_err(|e| {
+        Report::new(vec![Diagnostic::error(
+            "",
+            format!("not a test definition: {e}"),
+        )])
+    })
+}
+
 /// Validates an already parsed job. Diagnostics carry pointers but no line numbers.
 pub fn validate_value(value: &Value, ctx: &ValidationContext) -> Result<Validated, Report> {
     let mut diagnostics = schema_errors::check(value);

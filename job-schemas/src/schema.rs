@@ -27,6 +27,22 @@ pub(crate) fn validator() -> &'static Validator {
     })
 }
 
+/// A validator for one test definition: the schema's `$defs/testdef`, with the rest of
+/// the schema around it so its references resolve.
+pub(crate) fn testdef_validator() -> &'static Validator {
+    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let mut wrapper = schema().clone();
+        if let Some(map) = wrapper.as_object_mut() {
+            map.retain(|k, _| k == "$schema" || k == "$defs");
+            map.insert("$ref".into(), Value::String("#/$defs/testdef".into()));
+        }
+        // Derived from the embedded schema; a test proves it compiles.
+        #[allow(clippy::expect_used)]
+        jsonschema::draft202012::new(&wrapper).expect("test definition schema compiles")
+    })
+}
+
 /// Follows a keyword location (e.g. `/properties/vm_group/$ref/properties/vms`) through
 /// the schema, resolving local `$ref`s, and returns the schema object it ends in.
 pub(crate) fn node_at<'a>(segments: impl IntoIterator<Item = &'a str>) -> Option<&'static Value> {

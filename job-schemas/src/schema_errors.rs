@@ -15,6 +15,14 @@ pub(crate) fn check(job: &Value) -> Vec<Diagnostic> {
         .collect()
 }
 
+/// Every schema violation in a test definition, as diagnostics.
+pub(crate) fn check_test_definition(testdef: &Value) -> Vec<Diagnostic> {
+    schema::testdef_validator()
+        .iter_errors(testdef)
+        .flat_map(|error| translate(&error))
+        .collect()
+}
+
 fn translate(error: &ValidationError<'_>) -> Vec<Diagnostic> {
     let at = error.instance_path().as_str().to_string();
     let keyword_path = pointer::tokens(error.schema_path().as_str());
