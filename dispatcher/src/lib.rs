@@ -12,6 +12,7 @@ pub mod host;
 pub mod images;
 pub mod lab;
 pub mod local;
+pub mod scheduler;
 pub mod ssh;
 pub mod states;
 pub mod testdef;

@@ -1,0 +1,266 @@
+//! Choosing devices for queued jobs: all of a job's devices at once or none (never
+//! holding some while waiting for others, LAVA's LAVA-1285 starvation), highest
+//! priority first, and a job that has waited too long keeps smaller jobs off the
+//! devices it needs until it gets them.
+//!
+//! Pure: it reads a snapshot of the queue and the devices and returns assignments; the
+//! daemon applies them in one storage transaction.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use crate::states::{DeviceHealth, DeviceState, schedulable};
+
+/// A device as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub hostname: String,
+    pub device_type: String,
+    pub tags: BTreeSet<String>,
+    pub state: DeviceState,
+    pub health: DeviceHealth,
+}
+
+/// One device a job needs (one per node that runs on a device of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub device_type: String,
+    pub tags: BTreeSet<String>,
+    /// A particular device (`target` of a single-device job).
+    pub hostname: Option<String>,
+}
+
+/// A queued job.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub job_id: u64,
+    /// 0 (lowest) to 100.
+    pub priority: u8,
+    /// How long it has been queued.
+    pub waited: Duration,
+    pub needs: Vec<Need>,
+}
+
+/// Devices given to a job: `devices[i]` serves `needs[i]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub job_id: u64,
+    pub devices: Vec<String>,
+}
+
+/// Scheduling policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// After waiting this long a job is starving: devices it could use are given to no
+    /// lower job until it runs.
+    pub starvation: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            starvation: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+fn fits(need: &Need, device: &DeviceView) -> bool {
+    device.device_type == need.device_type
+        && need.tags.is_subset(&device.tags)
+        && need.hostname.as_ref().is_none_or(|h| *h == device.hostname)
+}
+
+/// Assigns devices to as many queued jobs as can run now, in priority order.
+pub fn plan(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Vec<Assignment> {
+    let mut order: Vec<&Request> = queue.iter().collect();
+    // Highest priority first; among equals, the longest waiting.
+    order.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.waited.cmp(&a.waited)));
+    let mut taken: HashSet<usize> = HashSet::new();
+    let mut withheld: HashSet<usize> = HashSet::new();
+    let mut assignments = Vec::new();
+    for request in order {
+        let usable: Vec<usize> = (0..devices.len())
+            .filter(|i| !taken.contains(i) && !withheld.contains(i))
+            .filter(|i| schedulable(devices[*i].state, devices[*i].health))
+            .collect();
+        match match_all(&request.needs, devices, &usable) {
+            Some(chosen) => {
+                taken.extend(chosen.iter().copied());
+                assignments.push(Assignment {
+                    job_id: request.job_id,
+                    devices: chosen
+                        .iter()
+                        .map(|i| devices[*i].hostname.clone())
+                        .collect(),
+                });
+            }
+            None if request.waited >= policy.starvation => {
+                // Keep for it every device it could use, busy or not: as they free up
+                // no smaller job may take them first.
+                for (i, device) in devices.iter().enumerate() {
+                    if request.needs.iter().any(|n| fits(n, device)) {
+                        withheld.insert(i);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    assignments
+}
+
+/// A device for every need, each device used once, or `None` (bipartite matching by
+/// augmenting paths, so overlapping tags cannot make a satisfiable job look stuck).
+fn match_all(needs: &[Need], devices: &[DeviceView], usable: &[usize]) -> Option<Vec<usize>> {
+    let mut owner: Vec<Option<usize>> = vec![None; devices.len()];
+    for need in 0..needs.len() {
+        let mut seen = vec![false; devices.len()];
+        if !augment(need, needs, devices, usable, &mut owner, &mut seen) {
+            return None;
+        }
+    }
+    let mut chosen = vec![0; needs.len()];
+    for (device, need) in owner.iter().enumerate() {
+        if let Some(need) = need {
+            chosen[*need] = device;
+        }
+    }
+    Some(chosen)
+}
+
+fn augment(
+    need: usize,
+    needs: &[Need],
+    devices: &[DeviceView],
+    usable: &[usize],
+    owner: &mut [Option<usize>],
+    seen: &mut [bool],
+) -> bool {
+    // A free device first: move other needs only when none is left.
+    if let Some(&device) = usable
+        .iter()
+        .find(|&&d| owner[d].is_none() && fits(&needs[need], &devices[d]))
+    {
+        owner[device] = Some(need);
+        return true;
+    }
+    for &device in usable {
+        if seen[device] || !fits(&needs[need], &devices[device]) {
+            continue;
+        }
+        seen[device] = true;
+        let free = match owner[device] {
+            None => true,
+            Some(other) => augment(other, needs, devices, usable, owner, seen),
+        };
+        if free {
+            owner[device] = Some(need);
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str, kind: &str, tags: &[&str]) -> DeviceView {
+        DeviceView {
+            hostname: name.into(),
+            device_type: kind.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            state: DeviceState::Idle,
+            health: DeviceHealth::Good,
+        }
+    }
+
+    fn need(kind: &str, tags: &[&str]) -> Need {
+        Need {
+            device_type: kind.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            hostname: None,
+        }
+    }
+
+    fn request(id: u64, priority: u8, waited_min: u64, needs: Vec<Need>) -> Request {
+        Request {
+            job_id: id,
+            priority,
+            waited: Duration::from_secs(waited_min * 60),
+            needs,
+        }
+    }
+
+    #[test]
+    fn a_group_gets_all_its_devices_or_none() {
+        let devices = [device("kvm-01", "kvm", &[]), device("kvm-02", "kvm", &[])];
+        let group = request(1, 50, 0, vec![need("kvm", &[]); 3]);
+        assert!(
+            plan(&[group], &devices, Policy::default()).is_empty(),
+            "2 devices cannot serve 3 nodes"
+        );
+        let pair = request(2, 50, 0, vec![need("kvm", &[]); 2]);
+        let planned = plan(&[pair], &devices, Policy::default());
+        assert_eq!(
+            planned,
+            [Assignment {
+                job_id: 2,
+                devices: vec!["kvm-01".into(), "kvm-02".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn tags_are_matched_without_greedy_dead_ends() {
+        // Greedy would give the untagged need the only usb device first.
+        let devices = [
+            device("a", "arndale", &["usb"]),
+            device("b", "arndale", &[]),
+        ];
+        let job = request(
+            1,
+            50,
+            0,
+            vec![need("arndale", &[]), need("arndale", &["usb"])],
+        );
+        let planned = plan(&[job], &devices, Policy::default());
+        assert_eq!(planned[0].devices, ["b", "a"]);
+    }
+
+    #[test]
+    fn priority_first_and_only_healthy_idle_devices() {
+        let mut devices = vec![device("kvm-01", "kvm", &[]), device("kvm-02", "kvm", &[])];
+        devices[1].health = DeviceHealth::Maintenance;
+        let low = request(1, 10, 60, vec![need("kvm", &[])]);
+        let high = request(2, 90, 0, vec![need("kvm", &[])]);
+        let planned = plan(&[low, high], &devices, Policy::default());
+        assert_eq!(
+            planned,
+            [Assignment {
+                job_id: 2,
+                devices: vec!["kvm-01".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_starving_group_is_not_overtaken_by_small_jobs() {
+        let mut devices = vec![device("kvm-01", "kvm", &[]), device("kvm-02", "kvm", &[])];
+        devices[1].state = DeviceState::Running(7);
+        let big = request(1, 50, 45, vec![need("kvm", &[]); 2]);
+        let small = request(2, 50, 1, vec![need("kvm", &[])]);
+        // Fresh, the big job would let the small one take the free device ...
+        let fresh = Policy {
+            starvation: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            plan(&[big.clone(), small.clone()], &devices, fresh).len(),
+            1
+        );
+        // ... but once starving, the free device waits for it.
+        assert!(plan(&[big.clone(), small], &devices, Policy::default()).is_empty());
+        devices[1].state = DeviceState::Idle;
+        assert_eq!(plan(&[big], &devices, Policy::default())[0].job_id, 1);
+    }
+}
