@@ -10,6 +10,7 @@
 pub mod console;
 pub mod host;
 pub mod images;
+pub mod joblog;
 pub mod lab;
 pub mod local;
 pub mod scheduler;
