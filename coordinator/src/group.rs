@@ -352,10 +352,6 @@ impl Group {
         Ok(())
     }
 
-    pub fn senders(&self, message_id: &str) -> Senders {
-        self.messages.get(message_id).cloned().unwrap_or_default()
-    }
-
     /// `lava-wait`: ready once anyone has sent `message_id`; hopeless when every other
     /// node is gone without sending it.
     pub fn check_wait(&self, caller: &str, message_id: &str) -> Check<Senders> {

@@ -398,10 +398,6 @@ impl Store {
             .unwrap_or(self.limits.default_wait);
         now + wanted.min(self.limits.max_wait)
     }
-
-    pub fn group_count(&self) -> usize {
-        self.groups.len() + self.legacy.len()
-    }
 }
 
 /// Fails a node in a group and tells watchers.

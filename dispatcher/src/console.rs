@@ -296,11 +296,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
         };
         Ok((output, code))
     }
-
-    /// The underlying stream, e.g. to close it.
-    pub fn into_inner(self) -> S {
-        self.stream
-    }
 }
 
 #[cfg(test)]

@@ -29,11 +29,6 @@ impl DeviceCatalog {
         self.types.insert(name.into(), class);
     }
 
-    pub fn with(mut self, name: impl Into<String>, class: DeviceTypeClass) -> Self {
-        self.insert(name, class);
-        self
-    }
-
     pub fn class(&self, name: &str) -> Option<DeviceTypeClass> {
         self.types.get(name).copied()
     }

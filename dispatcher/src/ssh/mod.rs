@@ -224,10 +224,6 @@ impl SshSession {
         })
     }
 
-    pub fn target(&self) -> &SshTarget {
-        &self.target
-    }
-
     fn protocol(&self, err: impl std::fmt::Display) -> SshError {
         SshError::Protocol {
             target: self.target.describe(),
