@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Join};
+use tokio::io::Join;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::console::{Console, ConsoleLog};
@@ -86,18 +86,13 @@ impl LocalProcess {
     /// then KILL after `grace`. Waits until it is gone.
     pub async fn stop(mut self, grace: Duration) {
         if let Some(socket) = &self.qmp_socket
-            && let Ok(Ok(mut stream)) = tokio::time::timeout(
+            && let Ok(Ok(stream)) = tokio::time::timeout(
                 Duration::from_secs(2),
                 tokio::net::UnixStream::connect(socket),
             )
             .await
         {
-            let _ = stream
-                .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-                .await;
-            let mut sink = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+            let _ = crate::vm::send_qmp_quit(stream).await;
         }
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let group = nix::unistd::Pid::from_raw(pid);

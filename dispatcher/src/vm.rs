@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use regex::Regex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::console::{Console, ConsoleError, ConsoleLog};
 use crate::lab::accel::Accel;
@@ -317,16 +317,23 @@ impl RunningVm {
 
 /// Asks qemu to quit through its QMP socket on the host.
 async fn qmp_quit(session: &SshSession, socket: &str) -> Result<(), VmError> {
-    let mut stream = session.unix_socket(socket).await?;
-    let io = |e: std::io::Error| SshError::Protocol {
-        target: socket.to_string(),
-        message: e.to_string(),
-    };
+    let stream = session.unix_socket(socket).await?;
+    send_qmp_quit(stream).await.map_err(|e| {
+        VmError::Ssh(SshError::Protocol {
+            target: socket.to_string(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Speaks QMP's `quit` on a connected QMP socket (local or through SSH) and waits up to
+/// 5 s for qemu to close it, which it does as it exits.
+pub async fn send_qmp_quit<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+) -> std::io::Result<()> {
     stream
         .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-        .await
-        .map_err(io)?;
-    // qemu closes the socket as it exits.
+        .await?;
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
     Ok(())
