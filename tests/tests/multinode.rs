@@ -152,10 +152,12 @@ async fn a_group_of_256_does_every_call() {
     vm_group_conversation(256).await;
 }
 
-/// Waits until `count` nodes are blocked in `lava-sync id`, from the group's event stream.
-async fn until_waiting_in_sync(
+/// Waits until `count` different nodes are blocked in `call` on message `id`, from the
+/// group's event stream.
+async fn until_waiting(
     coordinator: &CoordinatorProcess,
     group_id: &str,
+    call: &str,
     id: &str,
     count: usize,
 ) {
@@ -168,11 +170,11 @@ async fn until_waiting_in_sync(
         // A bound so a broken node fails the test instead of hanging it.
         let event = tokio::time::timeout(std::time::Duration::from_secs(120), events.message())
             .await
-            .expect("nodes never all reached the sync")
+            .expect("nodes never all reached the call")
             .unwrap()
             .expect("event stream ended");
         if let Some(group_event::Kind::Waiting(w)) = event.kind
-            && w.call == "sync"
+            && w.call == call
             && w.message_id == id
         {
             waiting.insert(w.node_id);
@@ -206,7 +208,7 @@ async fn a_node_that_dies_mid_sync_fails_every_waiter_naming_it() {
             .unwrap();
         children.push((node.node_id.clone(), child));
     }
-    until_waiting_in_sync(&coordinator, &nodes[0].group_id, "ready", 4).await;
+    until_waiting(&coordinator, &nodes[0].group_id, "sync", "ready", 4).await;
     let started = std::time::Instant::now();
     let (_, victim) = children
         .iter_mut()
@@ -258,18 +260,7 @@ async fn a_node_the_dispatcher_reports_failed_releases_the_waiters() {
     let mut admin = AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
         .await
         .unwrap();
-    let mut events = admin.watch_group(&group_id).await.unwrap();
-    let mut waiting = std::collections::BTreeSet::new();
-    while waiting.len() < 3 {
-        let event = tokio::time::timeout(std::time::Duration::from_secs(120), events.message())
-            .await
-            .expect("nodes never all waited")
-            .unwrap()
-            .unwrap();
-        if let Some(group_event::Kind::Waiting(w)) = event.kind {
-            waiting.insert(w.node_id);
-        }
-    }
+    until_waiting(&coordinator, &group_id, "wait-all", "hello", 3).await;
     admin
         .fail_node(&group_id, "client-2", "kernel panic on the console")
         .await
