@@ -170,7 +170,7 @@ impl VmPlan {
 /// A VM that is running on a host, with its console.
 pub struct RunningVm {
     pub name: String,
-    pub console: Console<russh::ChannelStream<russh::client::Msg>>,
+    pub console: Console<crate::ssh::PtyStream>,
     /// The process group of the launching session: the VM and anything it started.
     pub process_group: u32,
     workdir: String,

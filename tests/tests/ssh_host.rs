@@ -58,6 +58,52 @@ async fn commands_run_with_status_and_streams_on_one_connection() {
     session.close().await;
 }
 
+/// A console nobody reads (a VM booting while the next one launches) must not stall
+/// the connection it shares with commands.
+#[tokio::test]
+async fn an_unread_console_does_not_stall_the_connection() {
+    use tokio::io::AsyncReadExt;
+
+    let host = SshHost::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = HostKeyPolicy::Fingerprint(host.fingerprint.clone());
+    let session = SshSession::connect(
+        &target(&host, pinned, dir.path().join("kh")),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Far more output than russh queues for a channel (about 100 packets of 32 KiB).
+    let mut console = session
+        .pty("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo END-OF-OUTPUT; sleep 600")
+        .await
+        .unwrap();
+    // While the console is unread, commands on the same connection still complete.
+    for i in 0..5 {
+        let out = session
+            .run(&format!("echo {i}"), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(out, format!("{i}\n"));
+    }
+    // And nothing the console said was lost.
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !String::from_utf8_lossy(&seen[seen.len().saturating_sub(64)..]).contains("END-OF-OUTPUT")
+    {
+        let n = tokio::time::timeout(Duration::from_secs(60), console.read(&mut buf))
+            .await
+            .expect("console output stopped")
+            .unwrap();
+        assert!(n > 0, "console closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let xs = seen.iter().filter(|b| **b == b'x').count();
+    assert_eq!(xs, 20_000_000);
+    drop(console);
+    session.close().await;
+}
+
 #[tokio::test]
 async fn a_host_key_mismatch_is_refused_with_both_fingerprints() {
     let host = SshHost::start(None);

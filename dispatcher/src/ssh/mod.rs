@@ -4,6 +4,9 @@
 //! status and timeouts, ptys for consoles, and SFTP.
 
 pub mod host_key;
+mod pty;
+
+pub use pty::PtyStream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -301,9 +304,10 @@ impl SshSession {
 
     /// Starts `command` on a pty and returns the channel as a byte stream: the console
     /// of whatever the command attaches to (a VM's serial console, for qemu
-    /// `-serial stdio`). Closing the stream hangs up the pty.
-    pub async fn pty(&self, command: &str) -> Result<russh::ChannelStream<client::Msg>, SshError> {
-        Ok(self.start(command, true).await?.into_stream())
+    /// `-serial stdio`). Its output is drained as it arrives, so a console nobody reads
+    /// never stalls the connection ([`PtyStream`]). Dropping the stream hangs up the pty.
+    pub async fn pty(&self, command: &str) -> Result<PtyStream, SshError> {
+        Ok(PtyStream::new(self.start(command, true).await?))
     }
 
     /// Connects to a Unix socket on the device (OpenSSH's direct-streamlocal), e.g. a
