@@ -29,6 +29,9 @@ pub struct Cli {
 enum Command {
     /// Check a job file and print every problem, like a compiler.
     Validate(ValidateArgs),
+    /// Run one job here and now, without a daemon: boot the host, launch the VMs, run
+    /// the test shells, print the results.
+    Run(RunArgs),
     /// Device types and devices.
     Devices {
         #[command(subcommand)]
@@ -57,6 +60,37 @@ struct ValidateArgs {
     format: Format,
 }
 
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The job (LAVA v1 JSON).
+    job: PathBuf,
+    /// Device files (*.toml) of the lab.
+    #[arg(long, value_name = "DIR")]
+    devices: PathBuf,
+    /// Device types (default: the ones built into this binary).
+    #[arg(long, value_name = "DIR")]
+    device_types: Option<PathBuf>,
+    /// The device to run on (default: the first free one that fits).
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+    /// The dispatcher's state: jobs/, images/, known_hosts.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lava-dispatcher")]
+    state_dir: PathBuf,
+    /// The lab's SSH private key, for devices whose file names none.
+    #[arg(long, value_name = "FILE")]
+    lab_key: Option<PathBuf>,
+    /// The static node agent to install on hosts (default: `node-agent-static` next to
+    /// this binary, as scripts/build-node-agent-static.sh leaves it).
+    #[arg(long, value_name = "FILE")]
+    node_agent: Option<PathBuf>,
+    /// The dispatcher's directory on host devices.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lava-dispatcher")]
+    host_dir: String,
+    /// Print the results as JSON instead of the summary.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -78,6 +112,7 @@ enum DevicesCommand {
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Validate(args) => validate(&args),
+        Command::Run(args) => crate::run::run(&args.into()),
         Command::Devices {
             command: DevicesCommand::Check { dir, devices },
         } => devices_check(&dir, devices.as_deref()),
@@ -142,6 +177,24 @@ fn validate(args: &ValidateArgs) -> u8 {
         EXIT_OK
     } else {
         EXIT_PROBLEMS
+    }
+}
+
+impl From<RunArgs> for crate::run::RunRequest {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            job: args.job,
+            devices: args.devices,
+            device_types: args.device_types,
+            device: args.device,
+            state_dir: args.state_dir.clone(),
+            lab_key: args
+                .lab_key
+                .unwrap_or_else(|| args.state_dir.join("keys/lab_ed25519")),
+            node_agent: args.node_agent,
+            host_dir: args.host_dir,
+            json: matches!(args.format, Format::Json),
+        }
     }
 }
 

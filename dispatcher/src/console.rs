@@ -222,6 +222,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
         }
     }
 
+    /// Waits for more output (until `deadline`) and returns every complete line
+    /// received so far, stripped; a partial last line (a prompt, a line still being
+    /// printed) stays for the next call or for [`Console::expect`]. An empty result
+    /// means the read brought no complete line yet.
+    pub async fn read_lines(&mut self, deadline: Instant) -> Result<Vec<String>, ConsoleError> {
+        if !self.pending.contains('\n') {
+            let mut buf = [0u8; 8192];
+            let read = match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => {
+                    return Err(ConsoleError::Timeout {
+                        pattern: "a complete line".into(),
+                        after: deadline.saturating_duration_since(Instant::now()),
+                        tail: self.tail(),
+                    });
+                }
+                Ok(read) => read?,
+            };
+            if read == 0 {
+                return Err(ConsoleError::Closed { tail: self.tail() });
+            }
+            self.feed(&buf[..read]);
+        }
+        let Some(end) = self.pending.rfind('\n') else {
+            return Ok(Vec::new());
+        };
+        let lines = self.pending[..end]
+            .split('\n')
+            .map(str::to_string)
+            .collect();
+        self.pending.drain(..=end);
+        Ok(lines)
+    }
+
+    /// Takes the stripped text not yet consumed (a last line without its newline).
+    pub fn take_rest(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+
     fn feed(&mut self, bytes: &[u8]) {
         self.log.record(bytes);
         self.partial.extend_from_slice(bytes);

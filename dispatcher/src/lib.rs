@@ -13,6 +13,7 @@ pub mod images;
 pub mod joblog;
 pub mod lab;
 pub mod local;
+pub mod runner;
 pub mod scheduler;
 pub mod ssh;
 pub mod states;

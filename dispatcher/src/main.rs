@@ -1,10 +1,12 @@
 //! `dispatcher`: the command line of the LAVA-style VM-group dispatcher.
 //!
-//! Today: offline checks a test writer or lab admin runs before submitting or deploying
-//! (`validate`, `devices check`). Exit codes are part of the interface: 0 fine,
-//! 1 problems found, 2 input unreadable.
+//! Offline checks a test writer or lab admin runs before submitting or deploying
+//! (`validate`, `devices check`), and `run`: one job here and now, without a daemon.
+//! Exit codes are part of the interface: 0 fine, 1 problems found (an invalid job, a
+//! failed test case), 2 input unreadable, 3 a job that ran incomplete.
 
 mod cli;
+mod run;
 
 use std::process::ExitCode;
 

@@ -20,8 +20,16 @@ pub fn install(args: &[String]) -> Result<u8, Failure> {
     let dir = PathBuf::from(dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let me_real = std::fs::canonicalize(&me).unwrap_or_else(|_| me.clone());
     for name in COMMANDS.iter().chain(&["node-agent"]) {
         let link = dir.join(name);
+        // Installing into the agent's own directory must not replace the agent itself
+        // with a link to itself.
+        if std::fs::canonicalize(&link).is_ok_and(|target| target == me_real)
+            && std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink())
+        {
+            continue;
+        }
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&me, &link)
             .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", link.display())))?;

@@ -342,6 +342,18 @@ impl SshHost {
     }
 }
 
+impl SshHost {
+    /// Fails the test if a qemu process runs in the host's namespace.
+    pub fn assert_no_qemu(&self) {
+        let left: Vec<String> = self
+            .processes()
+            .into_iter()
+            .filter(|p| p.starts_with("qemu"))
+            .collect();
+        assert!(left.is_empty(), "qemu left behind: {left:?}");
+    }
+}
+
 impl Drop for SshHost {
     fn drop(&mut self) {
         let out = Command::new("ip")

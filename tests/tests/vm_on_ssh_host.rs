@@ -173,12 +173,7 @@ async fn boot_guests(count: usize) {
     for vm in launched {
         vm.stop(&session).await.unwrap();
     }
-    let left: Vec<String> = host
-        .processes()
-        .into_iter()
-        .filter(|p| p.starts_with("qemu"))
-        .collect();
-    assert!(left.is_empty(), "qemu left behind: {left:?}");
+    host.assert_no_qemu();
     let workdirs = session
         .run(
             &format!("ls {}/vms | wc -l", host.scratch()),

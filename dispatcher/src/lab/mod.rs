@@ -95,13 +95,7 @@ impl Lab {
             }
         }
         if let Some(devices_dir) = devices_dir {
-            let mut sources = Vec::new();
-            collect_toml(devices_dir, &mut sources, &mut report);
-            for (path, text) in &sources {
-                if let Some(d) = parse_file::<Device>(path, text, &mut report) {
-                    lab.add_device(path, d, &mut report);
-                }
-            }
+            lab.add_devices(devices_dir, &mut report);
         }
         if report.has_errors() {
             Err(report)
@@ -125,6 +119,18 @@ impl Lab {
             Err(report)
         } else {
             Ok(lab)
+        }
+    }
+
+    /// The built-in device types plus the device files in `devices_dir`.
+    pub fn load_with_builtin_types(devices_dir: &Path) -> Result<(Lab, LabReport), LabReport> {
+        let mut lab = Lab::builtin()?;
+        let mut report = LabReport::default();
+        lab.add_devices(devices_dir, &mut report);
+        if report.has_errors() {
+            Err(report)
+        } else {
+            Ok((lab, report))
         }
     }
 
@@ -155,6 +161,17 @@ impl Lab {
         report.add(path, problems);
         if !has_errors {
             self.device_types.insert(t.name.clone(), t);
+        }
+    }
+
+    /// Every device file (`*.toml`) in `dir`.
+    fn add_devices(&mut self, dir: &Path, report: &mut LabReport) {
+        let mut sources = Vec::new();
+        collect_toml(dir, &mut sources, report);
+        for (path, text) in &sources {
+            if let Some(d) = parse_file::<Device>(path, text, report) {
+                self.add_device(path, d, report);
+            }
         }
     }
 

@@ -1,0 +1,112 @@
+//! `dispatcher run`: one job, here and now, with the results printed.
+
+use std::path::PathBuf;
+
+use dispatcher::lab::Lab;
+use dispatcher::runner::oneshot::{OneShot, OneShotError, describe_files};
+use dispatcher::states::{Health, TestResult};
+use dispatcher::validation::JobPolicy;
+
+use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
+
+/// What `dispatcher run` was asked.
+pub struct RunRequest {
+    pub job: PathBuf,
+    pub devices: PathBuf,
+    pub device_types: Option<PathBuf>,
+    pub device: Option<String>,
+    pub state_dir: PathBuf,
+    pub lab_key: PathBuf,
+    pub node_agent: Option<PathBuf>,
+    pub host_dir: String,
+    pub json: bool,
+}
+
+/// Exit status: the job ran incomplete (infrastructure, timeout, a node failed).
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+/// Runs the job; exit 0 when it completed with no failed case, 1 when a case failed or
+/// the job is invalid, 2 when an input is unreadable, 3 when the job is incomplete.
+pub fn run(request: &RunRequest) -> u8 {
+    let source = request.job.display().to_string();
+    let text = match std::fs::read_to_string(&request.job) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("error: cannot read {source}: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let types = match &request.device_types {
+        Some(dir) => Lab::load(dir, Some(&request.devices)),
+        None => Lab::load_with_builtin_types(&request.devices),
+    };
+    let lab = match types {
+        Ok((lab, _warnings)) => lab,
+        Err(report) => {
+            eprint!("{}", report.render());
+            eprintln!("error: the lab configuration is not valid");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let node_agent = request.node_agent.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("node-agent-static")))
+            .unwrap_or_else(|| PathBuf::from("node-agent-static"))
+    });
+    if !node_agent.is_file() {
+        eprintln!(
+            "error: no static node agent at {} (build it with scripts/build-node-agent-static.sh, or pass --node-agent)",
+            node_agent.display()
+        );
+        return EXIT_UNREADABLE;
+    }
+    let oneshot = OneShot {
+        lab,
+        device: request.device.clone(),
+        jobs_dir: request.state_dir.join("jobs"),
+        image_store: request.state_dir.join("images"),
+        node_agent,
+        lab_key: request.lab_key.clone(),
+        known_hosts: request.state_dir.join("known_hosts"),
+        host_dir: request.host_dir.clone(),
+        policy: JobPolicy::default(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    match runtime.block_on(oneshot.run(&source, &text)) {
+        Err(OneShotError::Invalid(report)) => {
+            eprint!("{report}");
+            EXIT_PROBLEMS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_UNREADABLE
+        }
+        Ok(ran) => {
+            if request.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ran.report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", ran.report.summary());
+                println!("{}", describe_files(&ran.job_dir));
+            }
+            let failed = ran
+                .report
+                .cases()
+                .any(|(_, case)| case.result == TestResult::Fail);
+            match ran.report.health {
+                Health::Complete if !failed => EXIT_OK,
+                Health::Complete => EXIT_PROBLEMS,
+                Health::Incomplete | Health::Canceled => EXIT_INCOMPLETE,
+            }
+        }
+    }
+}

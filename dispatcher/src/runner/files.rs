@@ -1,0 +1,95 @@
+//! Putting a test shell's files on a node: by SFTP on a host, typed through the serial
+//! console into a VM (which needs no network path from the dispatcher).
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use regex::Regex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::console::Console;
+use crate::ssh::{SshSession, shell_quote};
+
+/// Writes files on the host by SFTP (creating their directories).
+pub async fn write_host_files(
+    session: &SshSession,
+    files: &[(String, String)],
+) -> Result<(), String> {
+    let dirs: std::collections::BTreeSet<String> = files
+        .iter()
+        .filter_map(|(path, _)| Path::new(path).parent().map(|p| p.display().to_string()))
+        .collect();
+    let mkdir = dirs
+        .iter()
+        .map(|d| shell_quote(d))
+        .collect::<Vec<_>>()
+        .join(" ");
+    session
+        .run(&format!("mkdir -p {mkdir}"), Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let sftp = session.sftp().await.map_err(|e| e.to_string())?;
+    for (path, content) in files {
+        let mut file = sftp
+            .create(path.clone())
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        file.write_all(content.as_bytes())
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        file.shutdown().await.map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Largest piece of base64 typed in one console line: well under the 4 KiB a
+/// terminal's line discipline holds for one line.
+const CONSOLE_CHUNK: usize = 768;
+
+/// Writes a file through a shell on a console: base64 typed in pieces, then decoded.
+/// Works on any shell with `base64` (busybox has it), with no network to the VM.
+pub async fn write_console_file<S: AsyncRead + AsyncWrite + Unpin>(
+    console: &mut Console<S>,
+    prompt: &Regex,
+    path: &str,
+    content: &str,
+) -> Result<(), String> {
+    let encoded = BASE64_STANDARD.encode(content.as_bytes());
+    let quoted = shell_quote(path);
+    let staging = shell_quote(&format!("{path}.b64"));
+    let dir = shell_quote(
+        &Path::new(path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into()),
+    );
+    checked(console, prompt, &format!("mkdir -p {dir} && : > {staging}")).await?;
+    for chunk in encoded.as_bytes().chunks(CONSOLE_CHUNK) {
+        let chunk = String::from_utf8_lossy(chunk);
+        checked(console, prompt, &format!("echo {chunk} >> {staging}")).await?;
+    }
+    checked(
+        console,
+        prompt,
+        &format!("base64 -d {staging} > {quoted} && rm -f {staging}"),
+    )
+    .await
+}
+
+/// Runs a command at the console's prompt; fails unless it exits 0.
+async fn checked<S: AsyncRead + AsyncWrite + Unpin>(
+    console: &mut Console<S>,
+    prompt: &Regex,
+    command: &str,
+) -> Result<(), String> {
+    let (output, code) = console
+        .run(command, prompt, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!("`{command}` exited with {code}: {}", output.trim()))
+    }
+}

@@ -1,0 +1,154 @@
+//! The nodes of a vm_group job: who they are (ids as `lava-self` prints them), which
+//! images each VM boots, and which test shells each node runs, all read from the typed
+//! job before anything is started.
+
+use job_schemas::{Command, Job, TestShell, VmGroup, VmSpec};
+use url::Url;
+
+/// One VM of the group.
+#[derive(Debug, Clone)]
+pub struct VmNode {
+    /// Unique in the group: the role, or `role-N` (from 1) when the role has several.
+    pub id: String,
+    pub role: String,
+    /// Its index among the group's VMs (its place on the group LAN).
+    pub index: u8,
+    pub spec: VmSpec,
+    pub images: ImageUrls,
+}
+
+/// What a VM boots, as the job gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageUrls {
+    pub kernel: Option<Url>,
+    pub ramdisk: Option<Url>,
+    pub dtb: Option<Url>,
+    pub image: Option<Url>,
+    pub rootfs: Option<Url>,
+}
+
+impl ImageUrls {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `(name, url)` of every image given.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Url)> {
+        [
+            ("kernel", &self.kernel),
+            ("ramdisk", &self.ramdisk),
+            ("dtb", &self.dtb),
+            ("image", &self.image),
+            ("rootfs", &self.rootfs),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| url.as_ref().map(|u| (name, u)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("node id {0:?} is used twice (a role named like another role's numbered node)")]
+    DuplicateNode(String),
+    #[error("a vm_group has at most 250 VMs, this one has {0}")]
+    TooManyVms(usize),
+}
+
+/// A vm_group job's nodes.
+#[derive(Debug, Clone)]
+pub struct GroupPlan {
+    pub host_id: String,
+    pub host_role: String,
+    pub vms: Vec<VmNode>,
+}
+
+impl GroupPlan {
+    pub fn new(job: &Job, group: &VmGroup) -> Result<Self, PlanError> {
+        let mut vms = Vec::new();
+        for spec in &group.vms {
+            let images = images_for(job, &spec.role, spec.image.as_ref());
+            for i in 0..spec.count {
+                let id = if spec.count == 1 {
+                    spec.role.clone()
+                } else {
+                    format!("{}-{}", spec.role, i + 1)
+                };
+                let index =
+                    u8::try_from(vms.len()).map_err(|_| PlanError::TooManyVms(vms.len()))?;
+                vms.push(VmNode {
+                    id,
+                    role: spec.role.clone(),
+                    index,
+                    spec: spec.clone(),
+                    images: images.clone(),
+                });
+            }
+        }
+        if vms.len() > 250 {
+            return Err(PlanError::TooManyVms(vms.len()));
+        }
+        let plan = Self {
+            host_id: group.host_role.clone(),
+            host_role: group.host_role.clone(),
+            vms,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, _) in plan.members() {
+            if !seen.insert(id.clone()) {
+                return Err(PlanError::DuplicateNode(id));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// `(node id, role)` of every node, host first: the coordinator group.
+    pub fn members(&self) -> Vec<(String, String)> {
+        std::iter::once((self.host_id.clone(), self.host_role.clone()))
+            .chain(self.vms.iter().map(|v| (v.id.clone(), v.role.clone())))
+            .collect()
+    }
+
+    /// `lava-group`'s output: lines of `node<TAB>role`.
+    pub fn group_listing(&self) -> String {
+        self.members()
+            .iter()
+            .map(|(id, role)| format!("{id}\t{role}\n"))
+            .collect()
+    }
+}
+
+/// The images a VM role boots: its deploy actions (the last of each kind wins), else
+/// the `image` of its vm_group entry.
+fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls {
+    let mut images = ImageUrls::default();
+    for action in job
+        .actions
+        .iter()
+        .filter(|a| a.role.as_deref() == Some(role))
+    {
+        match &action.command {
+            Command::DeployLinaroImage(deploy) => images.image = Some(deploy.image.clone()),
+            Command::DeployLinaroKernel(deploy) => {
+                images.kernel = Some(deploy.kernel.clone());
+                images.ramdisk = deploy.ramdisk.clone();
+                images.dtb = deploy.dtb.clone();
+                images.rootfs = deploy.rootfs.clone();
+            }
+            _ => {}
+        }
+    }
+    if images.is_empty() {
+        images.image = spec_image.cloned();
+    }
+    images
+}
+
+/// The test shells a role runs, in job order, with their timeouts (seconds).
+pub fn test_shells<'a>(job: &'a Job, role: &'a str) -> Vec<(&'a TestShell, Option<u64>)> {
+    job.actions_for(role)
+        .filter_map(|a| match &a.command {
+            Command::LavaTestShell(shell) => Some((shell, a.timeout_secs)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! Running one job here and now, without a daemon (`dispatcher run`): the lab is
+//! loaded, the job validated, a free host device of the right type picked, a
+//! coordinator embedded for the job's group, the job run, and its log and results
+//! written to the job's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::joblog::JobLog;
+use crate::lab::Lab;
+use crate::lab::device::Device;
+use crate::validation::{self, JobPolicy};
+use job_schemas::{Report, Topology};
+
+use super::report::JobReport;
+use super::{Coordination, RunSettings, run_job};
+
+/// Where a one-shot run finds its lab and keeps its files.
+#[derive(Debug, Clone)]
+pub struct OneShot {
+    pub lab: Lab,
+    /// A device to use; `None`: the first device of the host's type with every tag.
+    pub device: Option<String>,
+    /// Parent of the job's directory.
+    pub jobs_dir: PathBuf,
+    pub image_store: PathBuf,
+    pub node_agent: PathBuf,
+    pub lab_key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub host_dir: String,
+    pub policy: JobPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OneShotError {
+    #[error("the job is not valid:\n{0}")]
+    Invalid(String),
+    #[error("no device can run this job: {0}")]
+    NoDevice(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the embedded coordinator: {0}")]
+    Coordinator(String),
+}
+
+/// The outcome of a one-shot run: the report, and where its files are.
+pub struct Ran {
+    pub report: JobReport,
+    pub job_dir: PathBuf,
+}
+
+impl OneShot {
+    pub async fn run(&self, source: &str, text: &str) -> Result<Ran, OneShotError> {
+        let validated = validation::validate_job(text, &self.lab, &self.policy)
+            .map_err(|report: Report| OneShotError::Invalid(report.render(source)))?;
+        let job = validated.job;
+        let host = self.pick_host(&job)?;
+        let job_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let job_dir = self.jobs_dir.join(job_id.to_string());
+        std::fs::create_dir_all(&job_dir).map_err(|source| OneShotError::Io {
+            what: format!("cannot create {}", job_dir.display()),
+            source,
+        })?;
+        std::fs::write(job_dir.join("job.json"), text).map_err(|source| OneShotError::Io {
+            what: "cannot keep the job definition".into(),
+            source,
+        })?;
+        let log = JobLog::open(&job_dir.join("job.log"), 64 * 1024 * 1024).map_err(|source| {
+            OneShotError::Io {
+                what: "cannot open the job log".into(),
+                source,
+            }
+        })?;
+        let admin_token = hex_token();
+        let coordinator = coordinator::start(coordinator::Config::new(
+            ([127, 0, 0, 1], 0).into(),
+            admin_token,
+        ))
+        .await
+        .map_err(|e| OneShotError::Coordinator(e.to_string()))?;
+        let coordination = Coordination {
+            store: coordinator.store(),
+            url: format!("http://{}", coordinator.grpc_addr),
+        };
+        let settings = RunSettings {
+            job_id,
+            work_dir: job_dir.clone(),
+            image_store: self.image_store.clone(),
+            node_agent: self.node_agent.clone(),
+            lab_key: self.lab_key.clone(),
+            known_hosts: self.known_hosts.clone(),
+            host_dir: self.host_dir.clone(),
+        };
+        let report = run_job(&job, &self.lab, &host, &coordination, &settings, &log).await;
+        coordinator.shutdown().await;
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(job_dir.join("results.json"), json).map_err(|source| OneShotError::Io {
+            what: "cannot write results.json".into(),
+            source,
+        })?;
+        Ok(Ran { report, job_dir })
+    }
+
+    /// The host device for a vm_group job.
+    fn pick_host(&self, job: &job_schemas::Job) -> Result<Device, OneShotError> {
+        let Topology::VmGroup(group) = &job.topology else {
+            return Err(OneShotError::NoDevice(
+                "only vm_group jobs run in this version".into(),
+            ));
+        };
+        let fits = |d: &&Device| {
+            d.device_type == group.host_device_type
+                && group.host_tags.iter().all(|t| d.tags.contains(t))
+        };
+        match &self.device {
+            Some(name) => {
+                let device = self.lab.devices.get(name).ok_or_else(|| {
+                    OneShotError::NoDevice(format!("no device named {name} in the lab"))
+                })?;
+                if fits(&device) {
+                    Ok(device.clone())
+                } else {
+                    Err(OneShotError::NoDevice(format!(
+                        "{name} is a {} with tags {:?}; the job needs a {} with tags {:?}",
+                        device.device_type, device.tags, group.host_device_type, group.host_tags
+                    )))
+                }
+            }
+            None => self
+                .lab
+                .devices
+                .values()
+                .find(fits)
+                .cloned()
+                .ok_or_else(|| {
+                    OneShotError::NoDevice(format!(
+                        "the lab has no {} device with tags {:?}",
+                        group.host_device_type, group.host_tags
+                    ))
+                }),
+        }
+    }
+}
+
+/// A random token for the embedded coordinator's admin calls (it never leaves this
+/// process, but the gRPC port is open to the machine).
+fn hex_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The job directory's files, for messages.
+pub fn describe_files(job_dir: &Path) -> String {
+    format!(
+        "log: {}\nresults: {}",
+        job_dir.join("job.log").display(),
+        job_dir.join("results.json").display()
+    )
+}

@@ -1,0 +1,207 @@
+//! What a finished job reports: its outcome, each node's outcome and test results, as
+//! JSON for CI and as a terminal summary (`role.case -- PASS` per line).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::states::{ErrorClass, Health, Outcome, TestResult};
+
+/// One test case, as reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseReport {
+    /// The test definition's name.
+    pub suite: String,
+    pub case: String,
+    pub result: TestResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<String>,
+}
+
+/// How one node's pipeline ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Every action ran.
+    Done,
+    /// An action failed; the rest did not run.
+    Failed {
+        class: ErrorClass,
+        /// The pipeline action that failed (`boot`, `test`, ...).
+        action: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub role: String,
+    #[serde(flatten)]
+    pub status: NodeStatus,
+    pub results: Vec<CaseReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobReport {
+    pub job_id: u64,
+    pub job_name: Option<String>,
+    pub health: Health,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<ErrorClass>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_secs: f64,
+    pub nodes: Vec<NodeReport>,
+}
+
+impl JobReport {
+    /// The job's outcome from its nodes': complete when every node ran every action
+    /// (failed test cases are results, not an incomplete job); otherwise incomplete,
+    /// with the class and message of the first node that failed for a reason of its
+    /// own. A node that failed only because a peer did is not the cause, so
+    /// infrastructure and timeout failures are preferred over test ones.
+    pub fn outcome_of(nodes: &[NodeReport]) -> Outcome {
+        let failures = nodes.iter().filter_map(|n| match &n.status {
+            NodeStatus::Failed {
+                class,
+                action,
+                message,
+            } => Some((
+                *class,
+                format!("{} ({}): {action}: {message}", n.node, n.role),
+            )),
+            NodeStatus::Done => None,
+        });
+        let rank = |class: &ErrorClass| match class {
+            ErrorClass::Infrastructure => 0,
+            ErrorClass::Timeout => 1,
+            ErrorClass::Job => 2,
+            ErrorClass::Test => 3,
+            ErrorClass::Canceled => 4,
+        };
+        match failures.min_by_key(|(class, _)| rank(class)) {
+            None => Outcome::complete(),
+            Some((ErrorClass::Canceled, message)) => Outcome::canceled(message),
+            Some((class, message)) => Outcome::incomplete(class, message),
+        }
+    }
+
+    /// Every case of every node.
+    pub fn cases(&self) -> impl Iterator<Item = (&NodeReport, &CaseReport)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.results.iter().map(move |c| (n, c)))
+    }
+
+    /// The terminal summary: one line per case, then one per failed node, then the job.
+    pub fn summary(&self) -> String {
+        let mut text = String::new();
+        for (node, case) in self.cases() {
+            let result = match case.result {
+                TestResult::Pass => "PASS",
+                TestResult::Fail => "FAIL",
+                TestResult::Skip => "SKIP",
+                TestResult::Unknown => "UNKNOWN",
+            };
+            let measured = match (&case.measurement, &case.units) {
+                (Some(m), Some(u)) => format!(" ({m} {u})"),
+                (Some(m), None) => format!(" ({m})"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                text,
+                "{}.{}.{} -- {result}{measured}",
+                node.node, case.suite, case.case
+            );
+        }
+        for node in &self.nodes {
+            if let NodeStatus::Failed {
+                class,
+                action,
+                message,
+            } = &node.status
+            {
+                let _ = writeln!(
+                    text,
+                    "{} ({}): {action} failed [{}]: {message}",
+                    node.node,
+                    node.role,
+                    class_name(*class)
+                );
+            }
+        }
+        let passed = self
+            .cases()
+            .filter(|(_, c)| c.result == TestResult::Pass)
+            .count();
+        let failed = self
+            .cases()
+            .filter(|(_, c)| c.result == TestResult::Fail)
+            .count();
+        let health = match self.health {
+            Health::Complete => "complete",
+            Health::Incomplete => "incomplete",
+            Health::Canceled => "canceled",
+        };
+        let _ = write!(
+            text,
+            "job {}: {health} in {:.1} s: {passed} passed, {failed} failed",
+            self.job_id, self.duration_secs
+        );
+        if let (Some(class), Some(error)) = (self.error_class, &self.error) {
+            let _ = write!(text, "\n  [{}] {error}", class_name(class));
+        }
+        text.push('\n');
+        text
+    }
+}
+
+pub fn class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Infrastructure => "infrastructure",
+        ErrorClass::Job => "job",
+        ErrorClass::Test => "test",
+        ErrorClass::Timeout => "timeout",
+        ErrorClass::Canceled => "canceled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, status: NodeStatus) -> NodeReport {
+        NodeReport {
+            node: name.into(),
+            role: "r".into(),
+            status,
+            results: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_cause_is_preferred_over_its_consequences() {
+        let failed = |class| NodeStatus::Failed {
+            class,
+            action: "test".into(),
+            message: "m".into(),
+        };
+        let nodes = [
+            node("a", failed(ErrorClass::Test)),
+            node("b", failed(ErrorClass::Infrastructure)),
+            node("c", NodeStatus::Done),
+        ];
+        let outcome = JobReport::outcome_of(&nodes);
+        assert_eq!(outcome.health, Health::Incomplete);
+        let (class, message) = outcome.error.unwrap();
+        assert_eq!(class, ErrorClass::Infrastructure);
+        assert!(message.starts_with("b (r): test"), "{message}");
+        assert_eq!(
+            JobReport::outcome_of(&[node("c", NodeStatus::Done)]).health,
+            Health::Complete
+        );
+    }
+}

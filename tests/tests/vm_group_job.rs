@@ -1,0 +1,252 @@
+//! Whole vm_group jobs through `dispatcher run`, on real qemu: an `ssh-host` device
+//! (sshd in a network namespace), the guest image deployed to it, VMs launched there,
+//! test shells in host and guests talking through the coordinator, results read back,
+//! and nothing left running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use system_tests::{SshHost, TestImages, binary, jobs_dir, repo_root, test_images};
+
+/// The static node agent the dispatcher installs on hosts.
+fn static_node_agent() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/build-node-agent-static.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build-node-agent-static.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A job from `tests/jobs/e2e/`, with the test images filled in.
+fn job(name: &str, images: &TestImages, host_type: &str, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(jobs_dir().join("e2e").join(name)).unwrap();
+    let text = text
+        .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
+        .replace(
+            "@GUEST_INITRD@",
+            &images.guest_initramfs.display().to_string(),
+        )
+        .replace("@HOST_TYPE@", host_type);
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The lab of one ssh-host device: the given host, the lab key, its pinned host key.
+fn ssh_host_lab(host: &SshHost, dir: &Path) -> PathBuf {
+    let devices = dir.join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    std::fs::write(
+        devices.join("ssh-host-01.toml"),
+        format!(
+            "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
+             port = {}\nidentity_file = \"{}\"\nhost_key = \"{}\"\n",
+            host.address,
+            host.port,
+            host.identity.display(),
+            host.fingerprint
+        ),
+    )
+    .unwrap();
+    devices
+}
+
+/// Runs `dispatcher run` and returns its JSON report and exit status.
+fn dispatcher_run(job: &Path, devices: &Path, state: &Path, host_dir: &str) -> (Value, i32) {
+    let out = Command::new(binary("dispatcher"))
+        .arg("run")
+        .arg(job)
+        .arg("--devices")
+        .arg(devices)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--host-dir")
+        .arg(host_dir)
+        .arg("--node-agent")
+        .arg(static_node_agent())
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.code().unwrap_or(-1))
+}
+
+/// `node.suite.case -> result` of every case in a report.
+fn results(report: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for node in report["nodes"].as_array().unwrap() {
+        for case in node["results"].as_array().unwrap() {
+            found.push((
+                format!(
+                    "{}.{}.{}",
+                    node["node"].as_str().unwrap(),
+                    case["suite"].as_str().unwrap(),
+                    case["case"].as_str().unwrap()
+                ),
+                case["result"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn the_seed_job_runs_end_to_end_on_an_ssh_host() {
+    let (report, status, _host) = run_on_ssh_host("seed-vm-group.json");
+    let found = results(&report);
+    let failed: Vec<&(String, String)> = found.iter().filter(|(_, r)| r != "pass").collect();
+    assert!(
+        failed.is_empty(),
+        "cases not passing: {failed:?}\n{report:#}"
+    );
+    for case in [
+        "client.client-side.ping-server",
+        "client.client-side.sync-all-up",
+        "host.host-side.host-shell",
+        "host.host-side.sees-group",
+        "host.host-side.sync-all-up",
+        "server.server-side.lan-address",
+        "server.server-side.sync-all-up",
+        // The node agent reports its MultiNode calls as cases, as LAVA does.
+        "client.client-side.multinode-wait-server-ready",
+        "server.server-side.multinode-send-server-ready",
+    ] {
+        assert!(
+            found.iter().any(|(name, _)| name == case),
+            "{case} missing from {found:?}"
+        );
+    }
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+}
+
+/// Runs an e2e job on a fresh ssh-host; returns the report, the exit status and the
+/// host (to look at what is left on it).
+fn run_on_ssh_host(name: &str) -> (Value, i32, SshHost) {
+    let images = test_images();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(name, &images, "ssh-host", dir.path());
+    let devices = ssh_host_lab(&host, dir.path());
+    let (report, status) =
+        dispatcher_run(&job, &devices, &dir.path().join("state"), &host.scratch());
+    assert_no_vm_left(&host);
+    (report, status, host)
+}
+
+fn assert_no_vm_left(host: &SshHost) {
+    host.assert_no_qemu();
+    let jobs = Path::new(&host.scratch()).join("jobs");
+    let leftovers = std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "job directories left on the host");
+}
+
+fn result_of(report: &Value, case: &str) -> Option<String> {
+    results(report)
+        .into_iter()
+        .find(|(name, _)| name == case)
+        .map(|(_, result)| result)
+}
+
+#[test]
+fn vms_started_by_the_host_and_a_host_shell_after_they_closed() {
+    let (report, status, _host) = run_on_ssh_host("auto-start-false.json");
+    for case in [
+        "host.start-vms.started",
+        "host.start-vms.guest-ran-before-wait",
+        "host.start-vms.vms-done",
+        "guest.guest.guest-booted",
+        // The second host shell ran after the VM was stopped.
+        "host.after-vms.vms-gone",
+    ] {
+        assert_eq!(
+            result_of(&report, case).as_deref(),
+            Some("pass"),
+            "{case}: {report:#}"
+        );
+    }
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn three_clients_of_one_role_reach_the_server_with_wait_all() {
+    let (report, status, _host) = run_on_ssh_host("three-clients.json");
+    assert_eq!(
+        result_of(&report, "server.server.heard-all-clients").as_deref(),
+        Some("pass"),
+        "{report:#}"
+    );
+    assert_eq!(
+        result_of(&report, "server.server.three-values").as_deref(),
+        Some("pass"),
+        "{report:#}"
+    );
+    for client in ["client-1", "client-2", "client-3"] {
+        assert_eq!(
+            result_of(&report, &format!("{client}.client.sent")).as_deref(),
+            Some("pass"),
+            "{report:#}"
+        );
+    }
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn a_failing_case_fails_in_a_complete_job() {
+    let (report, status, _host) = run_on_ssh_host("failing-case.json");
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(
+        result_of(&report, "guest.checks.broken").as_deref(),
+        Some("fail")
+    );
+    assert_eq!(
+        result_of(&report, "guest.checks.works").as_deref(),
+        Some("pass")
+    );
+    let timing = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["results"].as_array().unwrap())
+        .find(|c| c["case"] == "timing")
+        .unwrap();
+    assert_eq!(
+        (timing["measurement"].as_f64(), timing["units"].as_str()),
+        (Some(1.5), Some("s"))
+    );
+    assert_eq!(status, 1, "a failed case makes `dispatcher run` exit 1");
+}
+
+#[test]
+fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others() {
+    let (report, status, _host) = run_on_ssh_host("guest-never-boots.json");
+    assert_eq!(report["health"], "incomplete", "{report:#}");
+    assert_eq!(report["error_class"], "infrastructure", "{report:#}");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("guest") && error.contains("kernel panic"),
+        "{error}"
+    );
+    // The peers' sync failed at once, naming the guest, instead of at the job timeout.
+    for node in ["host", "peer"] {
+        assert_eq!(
+            result_of(&report, &format!("{node}.{node}.sync-failed-fast")).as_deref(),
+            Some("pass"),
+            "{report:#}"
+        );
+    }
+    assert_eq!(status, 3);
+}
