@@ -17,6 +17,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod ssh;
 pub mod states;
+pub mod store;
 pub mod testdef;
 pub mod transfer;
 pub mod validation;
