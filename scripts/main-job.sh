@@ -14,8 +14,15 @@ bash scripts/install-deps.sh
 cargo build --quiet --locked --bin dispatcher
 AGENT=$(bash scripts/build-node-agent-static.sh)
 MANIFEST=$(bash scripts/build-images.sh | sed -n 's/^manifest=//p')
-# shellcheck disable=SC1090
-. "$MANIFEST"
+# name=value lines; values may hold shell syntax (prompt regexes), so read, not source.
+get() { sed -n "s/^$1=//p" "$MANIFEST"; }
+lab_key=$(get lab_key)
+hostdev_fingerprint=$(get hostdev_fingerprint)
+hostdev_kernel=$(get hostdev_kernel)
+hostdev_initramfs=$(get hostdev_initramfs)
+hostdev_rootfs=$(get hostdev_rootfs)
+guest_kernel=$(get guest_kernel)
+guest_initramfs=$(get guest_initramfs)
 
 STATE=${LAVA_STATE_DIR:-$PWD/.cache/main-job}
 mkdir -p "$STATE/devices"

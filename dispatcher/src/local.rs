@@ -105,6 +105,16 @@ impl LocalProcess {
             }
             // Whatever else the group started goes too.
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait().await;
+            // The group's other members are not our children, so nothing tells us when
+            // they are gone: ask until the group is empty (a killed process takes a
+            // moment to die), for a bounded time.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while nix::sys::signal::killpg(group, None).is_ok()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         let _ = self.child.wait().await;
         tracing::info!(name = %self.name, "local process stopped");

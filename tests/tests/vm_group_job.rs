@@ -11,14 +11,23 @@ use std::process::Command;
 use serde_json::Value;
 use system_tests::{SshHost, TestImages, binary, jobs_dir, repo_root, test_images};
 
-/// The static node agent the dispatcher installs on hosts.
+/// The static node agent the dispatcher installs on hosts (built once per test run).
 fn static_node_agent() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/build-node-agent-static.sh"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "build-node-agent-static.sh failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(repo_root().join("scripts/build-node-agent-static.sh"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "build-node-agent-static.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
 }
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in.
@@ -249,4 +258,65 @@ fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others()
         );
     }
     assert_eq!(status, 3);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The seed job on a `qemu-host` device: the dispatcher boots the host-device VM here,
+/// and the guests run inside it with nested KVM.
+#[test]
+fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("seed-vm-group.json", &images, "qemu-host", dir.path());
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    std::fs::write(
+        devices.join("qemu-host-01.toml"),
+        format!(
+            "hostname = \"qemu-host-01\"\ndevice_type = \"qemu-host\"\n\n[ssh]\naddress = \"127.0.0.1\"\n\
+             port = {}\nidentity_file = \"{}\"\nhost_key = \"{}\"\n\n[qemu]\nkernel = \"{}\"\n\
+             ramdisk = \"{}\"\nrootfs = \"{}\"\n",
+            free_port(),
+            images.lab_key.display(),
+            images.hostdev_fingerprint,
+            images.hostdev_kernel.display(),
+            images.hostdev_initramfs.display(),
+            images.hostdev_rootfs.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    let found = results(&report);
+    assert!(
+        found.iter().all(|(_, r)| r == "pass") && found.len() >= 7,
+        "{report:#}"
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    // The host-device VM itself is gone: its console log ends and no qemu runs with
+    // this job's host directory.
+    let host_dir = state.join("jobs");
+    let job_dir = std::fs::read_dir(&host_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pgrep = Command::new("pgrep")
+        .arg("-f")
+        .arg(job_dir.join("host").display().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&pgrep.stdout).trim().is_empty(),
+        "the host-device VM still runs"
+    );
 }
