@@ -42,6 +42,34 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The static node agent (`scripts/build-node-agent-static.sh`), built once per test
+/// binary; what the dispatcher installs on hosts and the guest image carries.
+pub fn static_node_agent() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(repo_root().join("scripts/build-node-agent-static.sh"))
+                .output()
+                .unwrap_or_else(|e| panic!("build-node-agent-static.sh: {e}"));
+            assert!(
+                out.status.success(),
+                "build-node-agent-static.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// A directory with the node agent installed as `lava-*` links, to put first in PATH.
 pub fn lava_bin_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();

@@ -16,15 +16,7 @@ use dispatcher::ssh::SshTarget;
 use dispatcher::transfer;
 use dispatcher::vm::{self, VmImages, VmNetwork, VmPlan};
 use regex::Regex;
-use system_tests::test_images;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use system_tests::{free_port, test_images};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {

@@ -5,20 +5,11 @@
 
 use std::process::Command;
 
-use system_tests::repo_root;
+use system_tests::static_node_agent;
 
 #[test]
 fn the_static_node_agent_runs_in_an_empty_root() {
-    let built = Command::new("bash")
-        .arg(repo_root().join("scripts/build-node-agent-static.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let binary = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let binary = static_node_agent();
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(&binary, root.path().join("node-agent")).unwrap();
     std::os::unix::fs::symlink("node-agent", root.path().join("lava-self")).unwrap();

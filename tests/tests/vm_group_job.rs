@@ -9,26 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use system_tests::{SshHost, TestImages, binary, jobs_dir, repo_root, test_images};
-
-/// The static node agent the dispatcher installs on hosts (built once per test run).
-fn static_node_agent() -> PathBuf {
-    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            let out = Command::new("bash")
-                .arg(repo_root().join("scripts/build-node-agent-static.sh"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "build-node-agent-static.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        })
-        .clone()
-}
+use system_tests::{
+    SshHost, TestImages, binary, free_port, jobs_dir, static_node_agent, test_images,
+};
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in.
 fn job(name: &str, images: &TestImages, host_type: &str, dir: &Path) -> PathBuf {
@@ -258,14 +241,6 @@ fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others()
         );
     }
     assert_eq!(status, 3);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The seed job on a `qemu-host` device: the dispatcher boots the host-device VM here,
