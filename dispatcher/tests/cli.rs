@@ -164,3 +164,42 @@ fn builtin_device_types_match_the_shipped_directory() {
     assert_eq!(builtin, shipped);
     dispatcher::lab::Lab::builtin().unwrap();
 }
+
+/// `dispatcher run` refuses what it cannot run before touching any device, saying why.
+#[test]
+fn run_explains_an_invalid_job_and_a_lab_without_a_fitting_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    let agent = dir.path().join("node-agent");
+    std::fs::write(&agent, b"").unwrap();
+    let state = dir.path().join("state");
+    let run = |job: &str| {
+        dispatcher(&[
+            "run",
+            job,
+            "--devices",
+            devices.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-agent",
+            agent.to_str().unwrap(),
+        ])
+    };
+    let out = run("tests/jobs/invalid/three-mistakes.json");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/vm_group/vms/1/cont"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run("tests/jobs/valid/vm-group-auto-start-false.json");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the lab has no ssh-host device"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing was started or written for a job that could not run.
+    assert!(!state.join("jobs").exists());
+}

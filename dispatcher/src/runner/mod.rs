@@ -510,7 +510,7 @@ impl GroupRun<'_> {
                     &mut relay,
                     &definitions
                         .iter()
-                        .map(|(d, _)| d.clone_parts())
+                        .map(|(d, _)| d.reader())
                         .collect::<Result<Vec<_>, _>>()?,
                     timeout,
                     self.log,
@@ -624,7 +624,7 @@ impl GroupRun<'_> {
                     &mut relay,
                     &definitions
                         .iter()
-                        .map(|(d, _)| d.clone_parts())
+                        .map(|(d, _)| d.reader())
                         .collect::<Result<Vec<_>, _>>()?,
                     self.shell_timeout(timeout),
                     self.log,
@@ -903,7 +903,8 @@ struct PreparedDefinition {
 }
 
 impl PreparedDefinition {
-    fn clone_parts(&self) -> Result<Definition, Failure> {
+    /// The shell driver's view of this definition: its run id, name and result reader.
+    fn reader(&self) -> Result<Definition, Failure> {
         Ok(Definition {
             run_id: self.run_id.clone(),
             name: self.name.clone(),
