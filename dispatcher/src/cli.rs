@@ -7,6 +7,8 @@ use dispatcher::lab::{Lab, LabReport};
 use dispatcher::validation::{self, JobPolicy};
 use job_schemas::{Limits, Report, Topology};
 
+use crate::remote::{self, Simple};
+
 /// Exit status: everything fine.
 pub const EXIT_OK: u8 = 0;
 /// Exit status: the input has problems (invalid job, bad device file).
@@ -36,6 +38,87 @@ enum Command {
     Devices {
         #[command(subcommand)]
         command: DevicesCommand,
+    },
+    /// Run the daemon: HTTP API, queue, scheduler, jobs, embedded coordinator.
+    Serve {
+        /// The daemon's configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Submit a job to a daemon.
+    Submit {
+        job: PathBuf,
+        /// Print the job's log as it runs, then its results.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A job's state, timings and nodes.
+    Status {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A job's log.
+    Logs {
+        id: u64,
+        /// Keep printing lines until the job ends.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a job (a running one is stopped and cleaned up).
+    Cancel {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A job's results.
+    Results {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The daemon's URL.
+    #[arg(
+        long,
+        env = "LAVA_DISPATCHER_URL",
+        default_value = "http://127.0.0.1:8079"
+    )]
+    server: String,
+    /// An API token (dispatcher token create).
+    #[arg(long, env = "LAVA_DISPATCHER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl From<ServerArgs> for crate::remote::Server {
+    fn from(args: ServerArgs) -> Self {
+        Self {
+            url: args.server,
+            token: args.token,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; it is printed once, the daemon keeps only its hash.
+    Create {
+        name: String,
+        /// The daemon's configuration (for its database).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -107,6 +190,11 @@ enum DevicesCommand {
         #[arg(long, value_name = "DIR")]
         devices: Option<PathBuf>,
     },
+    /// The devices of a daemon, with their state and health.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 pub fn run(cli: Cli) -> u8 {
@@ -116,6 +204,22 @@ pub fn run(cli: Cli) -> u8 {
         Command::Devices {
             command: DevicesCommand::Check { dir, devices },
         } => devices_check(&dir, devices.as_deref()),
+        Command::Devices {
+            command: DevicesCommand::List { server },
+        } => remote::simple(&server.into(), Simple::Devices),
+        Command::Serve { config } => crate::serve::serve(&config),
+        Command::Submit {
+            job,
+            follow,
+            server,
+        } => remote::submit(&server.into(), &job, follow),
+        Command::Status { id, server } => remote::simple(&server.into(), Simple::Status(id)),
+        Command::Results { id, server } => remote::simple(&server.into(), Simple::Results(id)),
+        Command::Cancel { id, server } => remote::simple(&server.into(), Simple::Cancel(id)),
+        Command::Logs { id, follow, server } => remote::logs(&server.into(), id, follow),
+        Command::Token {
+            command: TokenCommand::Create { name, config },
+        } => crate::serve::token_create(&config, &name),
     }
 }
 

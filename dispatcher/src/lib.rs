@@ -8,6 +8,7 @@
 //!   in the `job-schemas` crate).
 
 pub mod console;
+pub mod daemon;
 pub mod host;
 pub mod images;
 pub mod joblog;

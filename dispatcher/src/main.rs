@@ -1,12 +1,17 @@
 //! `dispatcher`: the command line of the LAVA-style VM-group dispatcher.
 //!
 //! Offline checks a test writer or lab admin runs before submitting or deploying
-//! (`validate`, `devices check`), and `run`: one job here and now, without a daemon.
+//! (`validate`, `devices check`); `run`: one job here and now, without a daemon;
+//! `serve`: the daemon; `submit`, `status`, `logs`, `cancel`, `results`, `devices
+//! list`: its HTTP API from the command line; `token create`.
 //! Exit codes are part of the interface: 0 fine, 1 problems found (an invalid job, a
-//! failed test case), 2 input unreadable, 3 a job that ran incomplete.
+//! failed test case), 2 input unreadable, 3 a job that ran incomplete, 4 the daemon
+//! could not be reached or refused.
 
 mod cli;
+mod remote;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 

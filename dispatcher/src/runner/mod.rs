@@ -67,6 +67,21 @@ pub struct RunSettings {
     pub known_hosts: PathBuf,
     /// The dispatcher's directory on host devices (job directories, the image cache).
     pub host_dir: String,
+    /// Becomes `true` when the job is canceled: the pipelines stop and everything is
+    /// cleaned up as after a timeout.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves when `cancel` becomes true (never, if its sender is gone without saying so).
+pub async fn canceled(mut cancel: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The coordinator the job's group lives in (embedded in this process).
@@ -288,7 +303,14 @@ impl GroupRun<'_> {
         };
         let up = {
             let _section = self.log.section(Some(&self.plan.host_id), "boot");
-            host_device::bring_up_host(host, host_type, self.settings, self.log).await
+            tokio::select! {
+                up = host_device::bring_up_host(host, host_type, self.settings, self.log) => up,
+                () = canceled(self.settings.cancel.clone()) => Err(Failure::new(
+                    ErrorClass::Canceled,
+                    "boot",
+                    "the job was canceled",
+                )),
+            }
         };
         let up = match up {
             Ok(up) => up,
@@ -329,12 +351,23 @@ impl GroupRun<'_> {
                 }
             }
         };
-        if tokio::time::timeout_at(deadline, pipelines).await.is_err() {
-            self.log.line(
-                Level::Error,
-                None,
-                format!("the job timeout of {} s passed", self.job.timeout_secs),
-            );
+        let cut_short = tokio::select! {
+            ended = tokio::time::timeout_at(deadline, pipelines) => match ended {
+                Ok(()) => None,
+                Err(_) => Some(Failure::new(
+                    ErrorClass::Timeout,
+                    "job",
+                    format!("the job timeout of {} s passed", self.job.timeout_secs),
+                )),
+            },
+            () = canceled(self.settings.cancel.clone()) => Some(Failure::new(
+                ErrorClass::Canceled,
+                "job",
+                "the job was canceled",
+            )),
+        };
+        if let Some(failure) = &cut_short {
+            self.log.line(Level::Error, None, failure.message.as_str());
         }
         {
             let _section = self.log.section(None, "finalize");
@@ -347,15 +380,10 @@ impl GroupRun<'_> {
             .into_iter()
             .map(|(node, role)| {
                 finished.get(&node).cloned().unwrap_or_else(|| {
-                    failed_report(
-                        &node,
-                        &role,
-                        &Failure::new(
-                            ErrorClass::Timeout,
-                            "job",
-                            format!("the job timeout of {} s passed", self.job.timeout_secs),
-                        ),
-                    )
+                    let failure = cut_short.clone().unwrap_or_else(|| {
+                        Failure::infra("job", "the node's pipeline did not report")
+                    });
+                    failed_report(&node, &role, &failure)
                 })
             })
             .collect()

@@ -96,6 +96,8 @@ impl OneShot {
             lab_key: self.lab_key.clone(),
             known_hosts: self.known_hosts.clone(),
             host_dir: self.host_dir.clone(),
+            // A one-shot run is stopped by stopping the process.
+            cancel: tokio::sync::watch::channel(false).1,
         };
         let report = run_job(&job, &self.lab, &host, &coordination, &settings, &log).await;
         coordinator.shutdown().await;

@@ -1,0 +1,362 @@
+//! The HTTP API (JSON, `/api/v1`): jobs submitted, listed, followed, canceled; devices
+//! listed and their health set. Writes need `Authorization: Token <secret>` (tokens
+//! made with `dispatcher token create`); reads too unless `public_reads` is set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Shared;
+use crate::joblog;
+use crate::states::{DeviceHealth, JobEvent, JobState};
+use crate::store::StoreError;
+use crate::validation;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.config.max_job_bytes;
+    Router::new()
+        .route("/api/v1/jobs", post(submit).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/log", get(log))
+        .route("/api/v1/jobs/{id}/results", get(results))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{hostname}/health", put(set_health))
+        .route("/api/v1/device-types", get(device_types))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+/// An error answer: a status and `{"error": message}` (plus details where there are).
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        let status = match err {
+            StoreError::NoSuchJob(_) | StoreError::NoSuchDevice(_) => StatusCode::NOT_FOUND,
+            StoreError::Illegal { .. } => StatusCode::CONFLICT,
+            StoreError::UnknownState(_) | StoreError::BadPriority(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Checks the request's token; reads pass without one when reads are public.
+fn authorize(shared: &Shared, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    if !write && shared.config.public_reads {
+        return Ok(());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Token "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this needs an `Authorization: Token <secret>` header (dispatcher token create)",
+        ));
+    };
+    match shared.store.check_token(token)? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
+    }
+}
+
+async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorize(&shared, &headers, true)?;
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the job is not UTF-8: {e}"),
+        )
+    })?;
+    let validated = match validation::validate_job(text, &shared.lab, &shared.policy) {
+        Ok(validated) => validated,
+        Err(report) => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({
+                    "error": format!("the job is not valid: {} problem(s)", report.error_count()),
+                    "diagnostics": report.diagnostics(),
+                    "report": report.render("job"),
+                }),
+            });
+        }
+    };
+    let job = &validated.job;
+    let id = shared
+        .store
+        .submit(job.name.as_deref(), text, job.priority.value())?;
+    shared.wake.notify_one();
+    let nodes: Vec<Value> = node_ids(job)
+        .into_iter()
+        .map(|(node, role)| json!({ "node": node, "role": role }))
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "id": id, "nodes": nodes, "warnings": validated.warnings })),
+    )
+        .into_response())
+}
+
+/// `(node id, role)` of every node the job will have.
+fn node_ids(job: &job_schemas::Job) -> Vec<(String, String)> {
+    if let job_schemas::Topology::VmGroup(group) = &job.topology
+        && let Ok(plan) = crate::runner::nodes::GroupPlan::new(job, group)
+    {
+        return plan.members();
+    }
+    job.roles()
+        .iter()
+        .flat_map(|r| {
+            (0..r.count).map(move |i| {
+                let node = if r.count == 1 {
+                    r.name.clone()
+                } else {
+                    format!("{}-{}", r.name, i + 1)
+                };
+                (node, r.name.clone())
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list_jobs(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    let jobs: Vec<Value> = shared
+        .store
+        .jobs(query.state.as_deref())?
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.id, "name": j.name, "priority": j.priority, "state": j.state,
+                "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "jobs": jobs })).into_response())
+}
+
+fn job_record(shared: &Shared, id: u64) -> Result<crate::store::JobRecord, ApiError> {
+    shared
+        .store
+        .job(id)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("there is no job {id}")))
+}
+
+async fn job(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    let record = job_record(&shared, id)?;
+    let nodes = record
+        .results
+        .as_ref()
+        .and_then(|r| r.get("nodes"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok(axum::Json(json!({
+        "id": record.id,
+        "name": record.name,
+        "priority": record.priority,
+        "state": record.state,
+        "submitted_at": record.submitted_at,
+        "started_at": record.started_at,
+        "ended_at": record.ended_at,
+        "nodes": nodes,
+    }))
+    .into_response())
+}
+
+async fn results(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    let record = job_record(&shared, id)?;
+    Ok(
+        axum::Json(json!({ "id": id, "state": record.state, "results": record.results }))
+            .into_response(),
+    )
+}
+
+async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> ApiResult {
+    authorize(&shared, &headers, true)?;
+    let state = shared.store.apply(id, JobEvent::CancelRequested)?;
+    if matches!(state, JobState::Canceling) {
+        shared.cancel_running(id);
+    }
+    shared.wake.notify_one();
+    Ok(axum::Json(json!({ "id": id, "state": state })).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    /// `1`: keep the response open and send lines as they are written, until the job ends.
+    #[serde(default)]
+    follow: Option<u8>,
+    /// The first line to send (0-based).
+    #[serde(default)]
+    from: Option<usize>,
+}
+
+/// How often a followed log is looked at for new lines.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+async fn log(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    job_record(&shared, id)?;
+    let path = shared.config.job_dir(id).join("job.log");
+    let from = query.from.unwrap_or(0);
+    let follow = query.follow == Some(1);
+    let stream = futures::stream::unfold(
+        (shared, path, from, false),
+        move |(shared, path, next, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // Finished first, then read: a line written just before the end is not lost.
+                let finished = shared
+                    .store
+                    .job(id)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|j| j.state.is_finished());
+                let lines = joblog::read(&path, next).unwrap_or_default();
+                if !lines.is_empty() {
+                    let count = lines.len();
+                    let text: String = lines
+                        .iter()
+                        .filter_map(|l| serde_json::to_string(l).ok())
+                        .map(|l| l + "\n")
+                        .collect();
+                    return Some((
+                        Ok::<Bytes, std::io::Error>(Bytes::from(text)),
+                        (shared, path, next + count, !follow),
+                    ));
+                }
+                if !follow || finished {
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+            }
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    let devices: Vec<Value> = shared
+        .store
+        .devices()?
+        .into_iter()
+        .map(|d| {
+            let tags = shared
+                .lab
+                .devices
+                .get(&d.hostname)
+                .map(|l| l.tags.clone())
+                .unwrap_or_default();
+            json!({
+                "hostname": d.hostname, "device_type": d.device_type,
+                "state": d.state, "health": d.health, "tags": tags,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "devices": devices })).into_response())
+}
+
+#[derive(Deserialize)]
+struct HealthBody {
+    health: DeviceHealth,
+}
+
+async fn set_health(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(hostname): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&shared, &headers, true)?;
+    let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"health\": \"good|unknown|bad|maintenance|retired\"}}: {e}"),
+        )
+    })?;
+    shared.store.set_device_health(&hostname, wanted.health)?;
+    shared.wake.notify_one();
+    Ok(axum::Json(json!({ "hostname": hostname, "health": wanted.health })).into_response())
+}
+
+async fn device_types(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    let types: Vec<Value> = shared
+        .lab
+        .device_types
+        .values()
+        .map(|t| {
+            json!({
+                "name": t.name, "kind": t.kind.as_str(), "description": t.description,
+                "arch": t.arch, "virtualization": t.virtualization,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "device_types": types })).into_response())
+}

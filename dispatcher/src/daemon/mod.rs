@@ -1,0 +1,385 @@
+//! The dispatcher daemon (`dispatcher serve`): the lab's devices, the job queue in the
+//! store, the HTTP API, the scheduler, and the jobs it runs, with the coordinator
+//! embedded in the same process.
+//!
+//! The scheduler runs when something changes (a job submitted or ended, a device's
+//! health set), never on a timer: it reads the queue and the devices from the store,
+//! asks [`crate::scheduler::plan`] which jobs get which devices, reserves each job's
+//! devices all at once in one transaction, and starts the job. A restart loses nothing
+//! submitted: queued jobs stay queued, and jobs that were running end `incomplete`
+//! ("dispatcher restarted"), their devices back in the pool.
+
+pub mod api;
+pub mod config;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use job_schemas::{Job, Topology};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::joblog::{JobLog, Level};
+use crate::lab::Lab;
+use crate::runner::{self, Coordination, RunSettings};
+use crate::scheduler::{self, Need, Request};
+use crate::states::{ErrorClass, Outcome};
+use crate::store::{Store, StoreError};
+use crate::validation::{self, JobPolicy};
+pub use config::DaemonConfig;
+
+/// Largest job log kept, in bytes.
+const LOG_LIMIT: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("the lab configuration is not valid:\n{0}")]
+    Lab(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("the embedded coordinator: {0}")]
+    Coordinator(String),
+}
+
+/// What the API handlers, the scheduler and the job tasks share.
+pub struct Shared {
+    pub config: DaemonConfig,
+    pub lab: Lab,
+    pub store: Store,
+    pub coordination: Coordination,
+    pub policy: JobPolicy,
+    /// Wakes the scheduler.
+    pub wake: Notify,
+    /// Cancel switches of the jobs running now.
+    running: Mutex<HashMap<u64, watch::Sender<bool>>>,
+}
+
+impl Shared {
+    /// Asks a running job to stop; `false` when it is not running here.
+    pub fn cancel_running(&self, job_id: u64) -> bool {
+        let running = self.running.lock().map(|r| r.get(&job_id).cloned());
+        match running {
+            Ok(Some(switch)) => switch.send(true).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// A started daemon.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+    coordinator: coordinator::Running,
+}
+
+impl Daemon {
+    /// Loads the lab, opens the store (recovering from a restart), starts the embedded
+    /// coordinator, the HTTP API and the scheduler.
+    pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
+        let lab = match &config.device_types {
+            Some(dir) => Lab::load(dir, Some(&config.devices)),
+            None => Lab::load_with_builtin_types(&config.devices),
+        }
+        .map(|(lab, _warnings)| lab)
+        .map_err(|report| DaemonError::Lab(report.render()))?;
+        for dir in [config.state_dir.clone(), config.jobs_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Io {
+                what: format!("cannot create {}", dir.display()),
+                source,
+            })?;
+        }
+        let store = Store::open(&config.database())?;
+        let devices: Vec<(String, String)> = lab
+            .devices
+            .values()
+            .map(|d| (d.hostname.clone(), d.device_type.clone()))
+            .collect();
+        store.sync_devices(&devices)?;
+        for job in store.recover_after_restart()? {
+            tracing::warn!(
+                job,
+                "ended as incomplete: the dispatcher restarted while it ran"
+            );
+        }
+        let coordinator = coordinator::start(coordinator::Config::new(
+            config.coordinator_listen,
+            hex::encode(rand::random::<[u8; 32]>()),
+        ))
+        .await
+        .map_err(|e| DaemonError::Coordinator(e.to_string()))?;
+        let coordination = Coordination {
+            store: coordinator.store(),
+            url: format!("http://{}", coordinator.grpc_addr),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+            what: "listening socket".into(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            config,
+            lab,
+            store,
+            coordination,
+            policy: JobPolicy::default(),
+            wake: Notify::new(),
+            running: Mutex::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let router = api::router(shared.clone());
+        let mut server_stop = stopped.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "the HTTP API stopped");
+            }
+        });
+        let scheduler = tokio::spawn(schedule_forever(shared.clone(), stopped));
+        tracing::info!(%addr, "dispatcher daemon listening");
+        Ok(Daemon {
+            addr,
+            shared,
+            stop,
+            server,
+            scheduler,
+            coordinator,
+        })
+    }
+
+    /// Graceful shutdown: no new requests or jobs, running jobs canceled and cleaned
+    /// up (their VMs stopped), queued jobs kept for the next start.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let switches: Vec<watch::Sender<bool>> = self
+            .shared
+            .running
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        for switch in &switches {
+            let _ = switch.send(true);
+        }
+        // Each job task removes its switch when it has cleaned up and recorded its end.
+        for switch in switches {
+            switch.closed().await;
+        }
+        let _ = self.scheduler.await;
+        let _ = self.server.await;
+        self.coordinator.shutdown().await;
+    }
+}
+
+async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        if let Err(err) = schedule_once(&shared) {
+            tracing::error!(%err, "scheduling failed");
+        }
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// The devices a job needs: the host of a vm_group (its VMs run there), one device per
+/// node otherwise.
+pub fn needs(job: &Job) -> Vec<Need> {
+    let tags = |t: &[String]| t.iter().cloned().collect::<BTreeSet<String>>();
+    match &job.topology {
+        Topology::VmGroup(group) => vec![Need {
+            device_type: group.host_device_type.clone(),
+            tags: tags(&group.host_tags),
+            hostname: None,
+        }],
+        Topology::Single {
+            device_type,
+            target,
+        } => vec![Need {
+            device_type: device_type.clone(),
+            tags: tags(&job.tags),
+            hostname: target.clone(),
+        }],
+        Topology::DeviceGroup { roles } => roles
+            .iter()
+            .flat_map(|r| {
+                (0..r.count).map(|_| Need {
+                    device_type: r.device_type.clone(),
+                    tags: tags(&r.tags),
+                    hostname: None,
+                })
+            })
+            .collect(),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One scheduling pass: every job that can get all its devices now starts.
+fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
+    let queued = shared.store.jobs(Some("submitted"))?;
+    let mut jobs = HashMap::new();
+    let mut requests = Vec::new();
+    for record in queued {
+        let job = match validation::validate_job(&record.definition, &shared.lab, &shared.policy) {
+            Ok(validated) => validated.job,
+            Err(report) => {
+                // The lab changed under a queued job: it can never run as written.
+                let message = format!(
+                    "the job no longer fits the lab:\n{}",
+                    report.render(&format!("job {}", record.id))
+                );
+                shared
+                    .store
+                    .apply(record.id, crate::states::JobEvent::CancelRequested)?;
+                tracing::warn!(job = record.id, %message, "queued job dropped");
+                continue;
+            }
+        };
+        requests.push(Request {
+            job_id: record.id,
+            priority: record.priority,
+            waited: Duration::from_secs(
+                u64::try_from(now_secs() - record.submitted_at).unwrap_or(0),
+            ),
+            needs: needs(&job),
+        });
+        jobs.insert(record.id, job);
+    }
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let devices: Vec<_> = shared
+        .store
+        .devices()?
+        .into_iter()
+        .map(|d| {
+            let tags = shared
+                .lab
+                .devices
+                .get(&d.hostname)
+                .map(|l| l.tags.iter().cloned().collect())
+                .unwrap_or_default();
+            d.into_view(tags)
+        })
+        .collect();
+    for assignment in scheduler::plan(&requests, &devices, scheduler::Policy::default()) {
+        let Some(job) = jobs.remove(&assignment.job_id) else {
+            continue;
+        };
+        shared
+            .store
+            .reserve(assignment.job_id, &assignment.devices)?;
+        let (switch, cancel) = watch::channel(false);
+        if let Ok(mut running) = shared.running.lock() {
+            running.insert(assignment.job_id, switch);
+        }
+        tokio::spawn(run_job(
+            shared.clone(),
+            assignment.job_id,
+            job,
+            assignment.devices,
+            cancel,
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one job on its reserved devices and records how it ended.
+async fn run_job(
+    shared: Arc<Shared>,
+    job_id: u64,
+    job: Job,
+    devices: Vec<String>,
+    cancel: watch::Receiver<bool>,
+) {
+    let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel).await;
+    let (outcome, results) = match outcome {
+        Ok(report) => {
+            let outcome = runner::report::JobReport::outcome_of(&report.nodes);
+            (outcome, serde_json::to_value(&report).ok())
+        }
+        Err(outcome) => (outcome, None),
+    };
+    match shared.store.finish(job_id, &outcome, results.as_ref()) {
+        Ok(state) => tracing::info!(job = job_id, %state, "job ended"),
+        Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
+    }
+    if let Ok(mut running) = shared.running.lock() {
+        running.remove(&job_id);
+    }
+    shared.wake.notify_one();
+}
+
+async fn run_job_inner(
+    shared: &Shared,
+    job_id: u64,
+    job: &Job,
+    devices: &[String],
+    cancel: watch::Receiver<bool>,
+) -> Result<runner::report::JobReport, Outcome> {
+    let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
+    shared
+        .store
+        .start(job_id)
+        .map_err(|e| infra(format!("cannot start: {e}")))?;
+    let job_dir = shared.config.job_dir(job_id);
+    std::fs::create_dir_all(&job_dir)
+        .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;
+    let log = JobLog::open(&job_dir.join("job.log"), LOG_LIMIT)
+        .map_err(|e| infra(format!("cannot open the job log: {e}")))?;
+    log.line(
+        Level::Info,
+        None,
+        format!("job {job_id} running on {}", devices.join(", ")),
+    );
+    let host = devices
+        .first()
+        .and_then(|d| shared.lab.devices.get(d))
+        .ok_or_else(|| infra("no device was reserved for the job".into()))?;
+    let settings = RunSettings {
+        job_id,
+        work_dir: job_dir,
+        image_store: shared.config.state_dir.join("images"),
+        node_agent: shared.config.node_agent.clone(),
+        lab_key: shared.config.lab_key.clone(),
+        known_hosts: shared.config.state_dir.join("known_hosts"),
+        host_dir: shared.config.host_dir.clone(),
+        cancel,
+    };
+    Ok(runner::run_job(
+        job,
+        &shared.lab,
+        host,
+        &shared.coordination,
+        &settings,
+        &log,
+    )
+    .await)
+}

@@ -1,0 +1,78 @@
+//! `dispatcher serve` and `dispatcher token create`: the daemon's process side.
+
+use std::path::Path;
+
+use dispatcher::daemon::{Daemon, DaemonConfig};
+use dispatcher::store::Store;
+
+use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
+
+/// Runs the daemon until SIGINT or SIGTERM, then shuts it down gracefully (running
+/// jobs canceled and cleaned up, queued jobs kept).
+pub fn serve(config: &Path) -> u8 {
+    let config = match DaemonConfig::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    runtime.block_on(async {
+        let daemon = match Daemon::start(config).await {
+            Ok(daemon) => daemon,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return EXIT_PROBLEMS;
+            }
+        };
+        // Tests and scripts read the address from here (the port may be 0 in the file).
+        println!("listening on http://{}", daemon.addr);
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        eprintln!("shutting down: canceling running jobs, keeping queued ones");
+        daemon.shutdown().await;
+        EXIT_OK
+    })
+}
+
+/// Makes an API token in the daemon's database and prints it (once).
+pub fn token_create(config: &Path, name: &str) -> u8 {
+    let config = match DaemonConfig::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
+        eprintln!("error: cannot create {}: {err}", config.state_dir.display());
+        return EXIT_UNREADABLE;
+    }
+    match Store::open(&config.database()).and_then(|store| store.create_token(name)) {
+        Ok(token) => {
+            println!("{token}");
+            EXIT_OK
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_PROBLEMS
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The daemon as a lab runs it: `dispatcher serve` as a real process with its SQLite
+//! database, its HTTP API spoken over real sockets (and by the `dispatcher` CLI), jobs
+//! scheduled onto an `ssh-host` device (sshd in a network namespace) and run on real
+//! qemu; and a daemon killed mid-job that, restarted, has lost nothing submitted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use system_tests::{SshHost, binary, jobs_dir, repo_root, static_node_agent, test_images};
+
+/// A `dispatcher serve` process; killed when dropped.
+struct Daemon {
+    child: Child,
+    url: String,
+    /// Kept open: the daemon must never write into a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(binary("dispatcher"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            _stdout: stdout,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A lab of one ssh-host device and a daemon configuration for it.
+struct Lab {
+    host: SshHost,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let images = test_images();
+        let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("devices");
+        std::fs::create_dir_all(&devices).unwrap();
+        std::fs::write(
+            devices.join("ssh-host-01.toml"),
+            format!(
+                "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
+                 host_key = \"{}\"\n",
+                host.address, host.fingerprint
+            ),
+        )
+        .unwrap();
+        let config = dir.path().join("dispatcher.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
+                 node_agent = \"{}\"\nhost_dir = \"{}\"\nmax_job_bytes = 65536\n",
+                dir.path().join("state").display(),
+                devices.display(),
+                images.lab_key.display(),
+                static_node_agent().display(),
+                host.scratch()
+            ),
+        )
+        .unwrap();
+        Self { host, dir, config }
+    }
+
+    fn token(&self) -> String {
+        let out = Command::new(binary("dispatcher"))
+            .args(["token", "create", "ci", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The seed job with this machine's test images.
+    fn seed_job(&self) -> String {
+        let images = test_images();
+        std::fs::read_to_string(jobs_dir().join("e2e/seed-vm-group.json"))
+            .unwrap()
+            .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
+            .replace(
+                "@GUEST_INITRD@",
+                &images.guest_initramfs.display().to_string(),
+            )
+            .replace("@HOST_TYPE@", "ssh-host")
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the body (chunked bodies decoded
+/// loosely: enough for JSON and NDJSON answers).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Token {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    // The server may close the connection before reading a body it refuses.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json_of(body: &str) -> Value {
+    // A chunked body: the JSON object between the chunk-size lines.
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    serde_json::from_str(&body[start..end]).unwrap_or(Value::Null)
+}
+
+fn dispatcher_cli(daemon: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("dispatcher"))
+        .args(args)
+        .env("LAVA_DISPATCHER_URL", &daemon.url)
+        .env("LAVA_DISPATCHER_TOKEN", token)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+
+    let (status, _) = http(&addr, "GET", "/api/v1/devices", None, b"");
+    assert_eq!(status, 401, "reads need a token unless public_reads is set");
+    let (status, _) = http(&addr, "GET", "/api/v1/devices", Some("wrong"), b"");
+    assert_eq!(status, 401);
+    let (status, body) = http(&addr, "GET", "/api/v1/devices", Some(&token), b"");
+    assert_eq!(status, 200, "{body}");
+    let devices = json_of(&body);
+    assert_eq!(devices["devices"][0]["hostname"], "ssh-host-01", "{body}");
+    assert_eq!(devices["devices"][0]["state"]["state"], "idle", "{body}");
+
+    let invalid = std::fs::read(jobs_dir().join("invalid/three-mistakes.json")).unwrap();
+    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &invalid);
+    assert_eq!(status, 400, "{body}");
+    let pointers: Vec<String> = json_of(&body)["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["pointer"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        pointers.iter().any(|p| p == "/vm_group/vms/1/cont"),
+        "{pointers:?}"
+    );
+    assert!(pointers.len() >= 3, "every problem at once: {pointers:?}");
+
+    let huge = vec![b' '; 100_000];
+    let (status, _) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &huge);
+    assert_eq!(status, 413, "a job past max_job_bytes");
+
+    let job = lab.dir.path().join("seed.json");
+    std::fs::write(&job, lab.seed_job()).unwrap();
+    let out = dispatcher_cli(
+        &daemon,
+        &token,
+        &["submit", job.to_str().unwrap(), "--follow"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("client.client-side.ping-server -- PASS")
+            && stdout.contains("server.server-side.sync-all-up -- PASS"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[server] info: start: boot"),
+        "the log was followed: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+
+    let (status, body) = http(&addr, "GET", "/api/v1/jobs/1", Some(&token), b"");
+    assert_eq!(status, 200);
+    let job = json_of(&body);
+    assert_eq!(job["state"]["state"], "finished", "{body}");
+    assert_eq!(job["state"]["health"], "complete", "{body}");
+    let (_, body) = http(&addr, "GET", "/api/v1/devices", Some(&token), b"");
+    assert_eq!(
+        json_of(&body)["devices"][0]["state"]["state"],
+        "idle",
+        "{body}"
+    );
+    lab.host.assert_no_qemu();
+}
+
+/// Reads a followed log until a line contains `needle`.
+fn follow_until(addr: &str, token: &str, job: u64, needle: &str) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/jobs/{job}/log?follow=1 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Token {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the log ended before {needle:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[test]
+fn a_restarted_daemon_loses_no_job_and_leaves_no_vm() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    let job = lab.seed_job();
+    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let first = json_of(&body)["id"].as_u64().unwrap();
+    // One device: the second job waits in the queue.
+    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let second = json_of(&body)["id"].as_u64().unwrap();
+    // The first job's VMs are up and its test shells running.
+    follow_until(
+        &addr,
+        &token,
+        first,
+        "\"node\":\"client\",\"msg\":\"start: test\"",
+    );
+    let (_, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{second}"),
+        Some(&token),
+        b"",
+    );
+    assert_eq!(json_of(&body)["state"]["state"], "submitted", "{body}");
+
+    daemon.kill();
+    // The VMs were attached to the daemon's SSH session: with it gone, sshd hangs up
+    // their consoles and they stop. Nothing announces that, so look, for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lab.host.processes().iter().any(|p| p.starts_with("qemu")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.host.assert_no_qemu();
+
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    let (_, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{first}"),
+        Some(&token),
+        b"",
+    );
+    let state = json_of(&body)["state"].clone();
+    assert_eq!(state["state"], "finished", "{body}");
+    assert_eq!(state["health"], "incomplete", "{body}");
+    assert_eq!(state["error"][0], "infrastructure", "{body}");
+    assert_eq!(state["error"][1], "dispatcher restarted", "{body}");
+    // The queued job survived the restart and now runs to the end.
+    let out = dispatcher_cli(&daemon, &token, &["logs", &second.to_string(), "--follow"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{second}"),
+        Some(&token),
+        b"",
+    );
+    let state = json_of(&body)["state"].clone();
+    assert_eq!(state["health"], "complete", "{body}");
+    lab.host.assert_no_qemu();
+}
