@@ -340,3 +340,65 @@ fn a_restarted_daemon_loses_no_job_and_leaves_no_vm() {
     assert_eq!(state["health"], "complete", "{body}");
     lab.host.assert_no_qemu();
 }
+
+fn job_state(addr: &str, token: &str, id: u64) -> Value {
+    let (_, body) = http(addr, "GET", &format!("/api/v1/jobs/{id}"), Some(token), b"");
+    json_of(&body)["state"].clone()
+}
+
+#[test]
+fn cancel_and_a_graceful_shutdown_stop_running_jobs_and_keep_the_queue() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    let job = lab.seed_job();
+    let submit = || {
+        let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
+        assert_eq!(status, 201, "{body}");
+        json_of(&body)["id"].as_u64().unwrap()
+    };
+    let (first, second) = (submit(), submit());
+    follow_until(
+        &addr,
+        &token,
+        first,
+        "\"node\":\"client\",\"msg\":\"start: test\"",
+    );
+    let out = dispatcher_cli(&daemon, &token, &["cancel", &first.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `logs --follow` returns once the job has ended.
+    let out = dispatcher_cli(&daemon, &token, &["logs", &first.to_string(), "--follow"]);
+    assert!(out.status.success());
+    let state = job_state(&addr, &token, first);
+    assert_eq!(state["health"], "canceled", "{state}");
+    lab.host.assert_no_qemu();
+
+    // The device is free again: the second job runs; a third waits behind it.
+    follow_until(
+        &addr,
+        &token,
+        second,
+        "\"node\":\"client\",\"msg\":\"start: test\"",
+    );
+    let third = submit();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut daemon = daemon;
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "a graceful shutdown exits 0: {status}");
+    lab.host.assert_no_qemu();
+
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    assert_eq!(job_state(&addr, &token, second)["health"], "canceled");
+    let state = job_state(&addr, &token, third);
+    assert!(
+        ["submitted", "scheduled", "running"].contains(&state["state"].as_str().unwrap_or("")),
+        "the queued job is kept: {state}"
+    );
+}
