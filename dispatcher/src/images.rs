@@ -124,7 +124,7 @@ impl ImageStore {
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| failed(e.to_string()))?;
         let total = response.content_length();
-        let partial = path.with_extension(format!("part-{}", std::process::id()));
+        let partial = path.with_extension(partial_suffix());
         let mut file = tokio::fs::File::create(&partial)
             .await
             .map_err(io_error(&partial))?;
@@ -182,13 +182,26 @@ impl ImageStore {
     }
 }
 
+/// A name for a file being written, unique to this writer: concurrent fetches of the
+/// same image (two nodes of one job, two jobs) each write their own and the last
+/// rename wins with identical content.
+pub(crate) fn partial_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "part-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn decompress(source: &Path, target: &Path, format: &'static str) -> Result<(), ImageError> {
     let input = std::fs::File::open(source).map_err(io_error(source))?;
     let mut reader: Box<dyn Read> = match format {
         "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
         _ => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
     };
-    let partial = target.with_extension(format!("part-{}", std::process::id()));
+    let partial = target.with_extension(partial_suffix());
     let mut output = std::fs::File::create(&partial).map_err(io_error(&partial))?;
     if let Err(e) = std::io::copy(&mut reader, &mut output) {
         let _ = std::fs::remove_file(&partial);

@@ -7,6 +7,8 @@
 //! daemon applies them in one storage transaction.
 
 use std::collections::{BTreeSet, HashSet};
+
+use job_schemas::Topology;
 use std::time::Duration;
 
 use crate::states::{DeviceHealth, DeviceState, schedulable};
@@ -61,6 +63,37 @@ impl Default for Policy {
         Self {
             starvation: Duration::from_secs(30 * 60),
         }
+    }
+}
+
+/// The devices a job needs: the host of a vm_group (its VMs run there), one device per
+/// node otherwise.
+pub fn needs(job: &job_schemas::Job) -> Vec<Need> {
+    let tags = |t: &[String]| t.iter().cloned().collect::<BTreeSet<String>>();
+    match &job.topology {
+        Topology::VmGroup(group) => vec![Need {
+            device_type: group.host_device_type.clone(),
+            tags: tags(&group.host_tags),
+            hostname: None,
+        }],
+        Topology::Single {
+            device_type,
+            target,
+        } => vec![Need {
+            device_type: device_type.clone(),
+            tags: tags(&job.tags),
+            hostname: target.clone(),
+        }],
+        Topology::DeviceGroup { roles } => roles
+            .iter()
+            .flat_map(|r| {
+                (0..r.count).map(|_| Need {
+                    device_type: r.device_type.clone(),
+                    tags: tags(&r.tags),
+                    hostname: None,
+                })
+            })
+            .collect(),
     }
 }
 

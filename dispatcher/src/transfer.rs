@@ -99,7 +99,7 @@ pub async fn upload_cached(
         .await?;
     // A partial name of our own, renamed only once verified: a crash mid-upload never
     // leaves a wrong file under the cache name.
-    let partial = format!("{remote_path}.part-{}", std::process::id());
+    let partial = format!("{remote_path}.{}", crate::images::partial_suffix());
     let mut remote = sftp
         .create(partial.clone())
         .await

@@ -76,6 +76,14 @@ impl GroupLan {
         }
     }
 
+    /// The shell command that brings the LAN up inside the VM (its second NIC, `eth1`).
+    pub fn up_command(&self) -> String {
+        format!(
+            "ip link set eth1 up && ip addr add {} dev eth1",
+            self.address
+        )
+    }
+
     /// The address without its prefix.
     pub fn ip(&self) -> &str {
         self.address.split('/').next().unwrap_or(&self.address)
@@ -261,10 +269,7 @@ impl RunningVm {
 
     /// Brings up the group LAN inside the VM (its second NIC, `eth1`) from its console.
     pub async fn configure_lan(&mut self, lan: &GroupLan, prompt: &Regex) -> Result<(), VmError> {
-        let command = format!(
-            "ip link set eth1 up && ip addr add {} dev eth1",
-            lan.address
-        );
+        let command = lan.up_command();
         let (output, code) = self
             .console
             .run(&command, prompt, Duration::from_secs(30))

@@ -196,7 +196,7 @@ fn run_explains_an_invalid_job_and_a_lab_without_a_fitting_device() {
     let out = run("tests/jobs/valid/vm-group-auto-start-false.json");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("the lab has no ssh-host device"),
+        text(&out.stderr).contains("the job needs ssh-host; the lab has no devices"),
         "{}",
         text(&out.stderr)
     );

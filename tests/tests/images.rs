@@ -127,3 +127,24 @@ async fn http_images_download_once_and_compressed_images_unpack_once() {
         "{err}"
     );
 }
+
+/// Two nodes of one job fetching the same compressed image at once both get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_of_one_image_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.img");
+    std::fs::write(&raw, vec![7u8; 4 << 20]).unwrap();
+    let status = Command::new("gzip").arg("-k").arg(&raw).status().unwrap();
+    assert!(status.success());
+    let store = ImageStore::new(dir.path().join("store")).unwrap();
+    let url = Url::from_file_path(dir.path().join("disk.img.gz")).unwrap();
+    let fetches = (0..4).map(|_| store.fetch(&url, |_, _| {}));
+    let paths: Vec<_> = futures::future::join_all(fetches)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for path in &paths {
+        assert_eq!(std::fs::read(path).unwrap().len(), 4 << 20);
+    }
+}

@@ -154,20 +154,17 @@ fn result_of(report: &Value, case: &str) -> Option<String> {
 #[test]
 fn vms_started_by_the_host_and_a_host_shell_after_they_closed() {
     let (report, status, _host) = run_on_ssh_host("auto-start-false.json");
-    for case in [
-        "host.start-vms.started",
-        "host.start-vms.guest-ran-before-wait",
-        "host.start-vms.vms-done",
-        "guest.guest.guest-booted",
-        // The second host shell ran after the VM was stopped.
-        "host.after-vms.vms-gone",
-    ] {
-        assert_eq!(
-            result_of(&report, case).as_deref(),
-            Some("pass"),
-            "{case}: {report:#}"
-        );
-    }
+    assert_passed(
+        &report,
+        &[
+            "host.start-vms.started",
+            "host.start-vms.guest-ran-before-wait",
+            "host.start-vms.vms-done",
+            "guest.guest.guest-booted",
+            // The second host shell ran after the VM was stopped.
+            "host.after-vms.vms-gone",
+        ],
+    );
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(status, 0);
 }
@@ -278,20 +275,73 @@ fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
     assert_eq!(status, 0);
     // The host-device VM itself is gone: its console log ends and no qemu runs with
     // this job's host directory.
-    let host_dir = state.join("jobs");
-    let job_dir = std::fs::read_dir(&host_dir)
+    let job_dir = only_job_dir(&state);
+    assert_nothing_runs_from(&job_dir.join("host"), "the host-device VM still runs");
+}
+
+/// (e) A device_group job of two `kvm` devices: VMs the dispatcher starts on its own
+/// machine, talking through the coordinator and over their shared LAN.
+#[test]
+fn a_device_group_of_two_kvm_devices_runs_here() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("device-group-two-kvm.json", &images, "kvm", dir.path());
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    for name in ["kvm-01", "kvm-02"] {
+        std::fs::write(
+            devices.join(format!("{name}.toml")),
+            format!("hostname = \"{name}\"\ndevice_type = \"kvm\"\n"),
+        )
+        .unwrap();
+    }
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "server.server.synced",
+            "client.client.ping-server",
+            "client.client.synced",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    // Both VMs are gone: no qemu runs with this job's directory on its command line.
+    assert_nothing_runs_from(&only_job_dir(&state), "a VM of the job still runs");
+}
+
+/// Fails unless every case named passed.
+fn assert_passed(report: &Value, cases: &[&str]) {
+    for case in cases {
+        assert_eq!(
+            result_of(report, case).as_deref(),
+            Some("pass"),
+            "{case}: {report:#}"
+        );
+    }
+}
+
+/// The one job directory under `state/jobs`.
+fn only_job_dir(state: &Path) -> PathBuf {
+    std::fs::read_dir(state.join("jobs"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
-        .path();
+        .path()
+}
+
+/// Fails if a process runs with `dir` on its command line (a VM of the job: its QMP
+/// socket lives there).
+fn assert_nothing_runs_from(dir: &Path, what: &str) {
     let pgrep = Command::new("pgrep")
         .arg("-f")
-        .arg(job_dir.join("host").display().to_string())
+        .arg(dir.display().to_string())
         .output()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&pgrep.stdout).trim().is_empty(),
-        "the host-device VM still runs"
+        "{what}"
     );
 }

@@ -136,19 +136,7 @@ fn node_ids(job: &job_schemas::Job) -> Vec<(String, String)> {
     {
         return plan.members();
     }
-    job.roles()
-        .iter()
-        .flat_map(|r| {
-            (0..r.count).map(move |i| {
-                let node = if r.count == 1 {
-                    r.name.clone()
-                } else {
-                    format!("{}-{}", r.name, i + 1)
-                };
-                (node, r.name.clone())
-            })
-        })
-        .collect()
+    crate::runner::nodes::role_members(job)
 }
 
 #[derive(Deserialize)]

@@ -12,19 +12,19 @@
 pub mod api;
 pub mod config;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use job_schemas::{Job, Topology};
+use job_schemas::Job;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::joblog::{JobLog, Level};
 use crate::lab::Lab;
 use crate::runner::{self, Coordination, RunSettings};
-use crate::scheduler::{self, Need, Request};
+use crate::scheduler::{self, Request};
 use crate::states::{ErrorClass, Outcome};
 use crate::store::{Store, StoreError};
 use crate::validation::{self, JobPolicy};
@@ -203,37 +203,6 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
     }
 }
 
-/// The devices a job needs: the host of a vm_group (its VMs run there), one device per
-/// node otherwise.
-pub fn needs(job: &Job) -> Vec<Need> {
-    let tags = |t: &[String]| t.iter().cloned().collect::<BTreeSet<String>>();
-    match &job.topology {
-        Topology::VmGroup(group) => vec![Need {
-            device_type: group.host_device_type.clone(),
-            tags: tags(&group.host_tags),
-            hostname: None,
-        }],
-        Topology::Single {
-            device_type,
-            target,
-        } => vec![Need {
-            device_type: device_type.clone(),
-            tags: tags(&job.tags),
-            hostname: target.clone(),
-        }],
-        Topology::DeviceGroup { roles } => roles
-            .iter()
-            .flat_map(|r| {
-                (0..r.count).map(|_| Need {
-                    device_type: r.device_type.clone(),
-                    tags: tags(&r.tags),
-                    hostname: None,
-                })
-            })
-            .collect(),
-    }
-}
-
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -268,7 +237,7 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
             waited: Duration::from_secs(
                 u64::try_from(now_secs() - record.submitted_at).unwrap_or(0),
             ),
-            needs: needs(&job),
+            needs: scheduler::needs(&job),
         });
         jobs.insert(record.id, job);
     }
@@ -359,10 +328,17 @@ async fn run_job_inner(
         None,
         format!("job {job_id} running on {}", devices.join(", ")),
     );
-    let host = devices
-        .first()
-        .and_then(|d| shared.lab.devices.get(d))
-        .ok_or_else(|| infra("no device was reserved for the job".into()))?;
+    let devices: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            shared
+                .lab
+                .devices
+                .get(d)
+                .cloned()
+                .ok_or_else(|| infra(format!("device {d} left the lab")))
+        })
+        .collect::<Result<_, _>>()?;
     let settings = RunSettings {
         job_id,
         work_dir: job_dir,
@@ -376,7 +352,7 @@ async fn run_job_inner(
     Ok(runner::run_job(
         job,
         &shared.lab,
-        host,
+        &devices,
         &shared.coordination,
         &settings,
         &log,

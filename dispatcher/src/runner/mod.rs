@@ -17,6 +17,8 @@
 //! waiting for it fail at once too, naming it. Whatever happens, every VM started is
 //! stopped and the job's directory on the host removed before the report is returned.
 
+mod context;
+mod device_group;
 mod files;
 mod host_device;
 pub mod nodes;
@@ -30,13 +32,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use coordinator::group::{VM_START_MESSAGE, VM_STOP_MESSAGE};
-use coordinator::relay::Relay;
 use coordinator::store::Store;
-use coordinator::{NodeClient, Target};
-use job_schemas::{Job, TestDefinitionSource, TestShell, Topology, VmGroup};
+use job_schemas::{Job, Topology, VmGroup};
 use regex::Regex;
 
-use crate::console::{Console, ConsoleLog};
+use crate::console::Console;
 use crate::images::ImageStore;
 use crate::joblog::{JobLog, Level};
 use crate::lab::Lab;
@@ -44,12 +44,11 @@ use crate::lab::accel::{self, HostFacts};
 use crate::lab::device::Device;
 use crate::ssh::{SshSession, shell_quote};
 use crate::states::ErrorClass;
-use crate::testdef::{self, ResultParser};
 use crate::transfer;
 use crate::vm::{self, GroupLan, RunningVm, VmImages, VmNetwork, VmPlan};
+use context::{GroupContext, case_reports, failed_report, shell_failure};
 use nodes::{GroupPlan, VmNode};
-use report::{CaseReport, JobReport, NodeReport, NodeStatus};
-use shell::{Definition, DefinitionResults};
+use report::{JobReport, NodeReport};
 
 /// Where a run keeps its files, and what it puts on devices.
 #[derive(Debug, Clone)]
@@ -114,35 +113,36 @@ impl Failure {
     }
 }
 
-/// Runs a job on the devices given to it and reports how it went. Only vm_group jobs
-/// run today; other topologies are reported incomplete, class `job`, saying so.
+/// Runs a job on the devices given to it (one per need, in `scheduler::needs` order: a
+/// vm_group's host; a device per node otherwise) and reports how it went.
 pub async fn run_job(
     job: &Job,
     lab: &Lab,
-    host: &Device,
+    devices: &[Device],
     coordination: &Coordination,
     settings: &RunSettings,
     log: &JobLog,
 ) -> JobReport {
     let started = std::time::Instant::now();
-    let nodes = match &job.topology {
-        Topology::VmGroup(group) => {
+    let nodes = match (&job.topology, devices.first()) {
+        (Topology::VmGroup(group), Some(host)) => {
             run_vm_group(job, group, lab, host, coordination, settings, log).await
         }
-        Topology::Single { .. } | Topology::DeviceGroup { .. } => job
-            .roles()
-            .iter()
-            .map(|role| NodeReport {
-                node: role.name.clone(),
-                role: role.name.clone(),
-                status: NodeStatus::Failed {
-                    class: ErrorClass::Job,
-                    action: "schedule".into(),
-                    message: "only vm_group jobs can run in this version".into(),
-                },
-                results: Vec::new(),
-            })
-            .collect(),
+        (Topology::Single { .. } | Topology::DeviceGroup { .. }, _)
+            if devices.len() == nodes::role_members(job).len() =>
+        {
+            run_device_group(job, lab, devices, coordination, settings, log).await
+        }
+        _ => fail_all_roles(
+            job,
+            Failure::infra(
+                "schedule",
+                format!(
+                    "{} device(s) were given to the job, which needs others",
+                    devices.len()
+                ),
+            ),
+        ),
     };
     let outcome = JobReport::outcome_of(&nodes);
     let (error_class, error) = match outcome.error {
@@ -170,23 +170,23 @@ pub async fn run_job(
     report
 }
 
-/// Everything the pipelines of one vm_group job share.
+/// A vm_group job: its host, its VMs, and what their pipelines share.
 struct GroupRun<'a> {
-    job: &'a Job,
+    ctx: GroupContext<'a>,
     group: &'a VmGroup,
     plan: GroupPlan,
-    lab: &'a Lab,
-    settings: &'a RunSettings,
-    log: &'a JobLog,
-    coordination: &'a Coordination,
-    group_id: String,
-    clients: BTreeMap<String, NodeClient>,
     /// The job's directory on the host.
     job_dir: String,
     /// Process groups of the VMs launched, for the last-resort cleanup.
     launched: Arc<Mutex<Vec<u32>>>,
-    /// Reports of nodes whose pipeline ended, by node id.
-    finished: Arc<Mutex<BTreeMap<String, NodeReport>>>,
+}
+
+impl<'a> std::ops::Deref for GroupRun<'a> {
+    type Target = GroupContext<'a>;
+
+    fn deref(&self) -> &GroupContext<'a> {
+        &self.ctx
+    }
 }
 
 async fn run_vm_group(
@@ -202,48 +202,11 @@ async fn run_vm_group(
         Ok(plan) => plan,
         Err(err) => return fail_all_roles(job, Failure::new(ErrorClass::Job, "plan", err)),
     };
-    let members = plan.members();
-    let group_id = format!("job-{}", settings.job_id);
-    let credentials = match coordination
-        .store
-        .create_group(Some(group_id.clone()), members.clone())
-    {
-        Ok((_, credentials)) => credentials,
-        Err(err) => return fail_all(&plan, Failure::infra("plan", format!("coordinator: {err}"))),
-    };
-    let mut clients = BTreeMap::new();
-    for credential in credentials {
-        match NodeClient::connect(
-            Target::plain(&coordination.url),
-            &group_id,
-            &credential.node_id,
-            &credential.token,
-        )
-        .await
-        {
-            Ok(client) => {
-                clients.insert(credential.node_id, client);
-            }
-            Err(err) => {
-                let _ = coordination.store.close_group(&group_id);
-                return fail_all(&plan, Failure::infra("plan", format!("coordinator: {err}")));
-            }
-        }
-    }
-    let run = GroupRun {
-        job,
-        group,
-        plan,
-        lab,
-        settings,
-        log,
-        coordination,
-        group_id: group_id.clone(),
-        clients,
-        job_dir: format!("{}/jobs/{}", settings.host_dir, settings.job_id),
-        launched: Arc::default(),
-        finished: Arc::default(),
-    };
+    let ctx =
+        match GroupContext::create(job, lab, settings, log, coordination, plan.members()).await {
+            Ok(ctx) => ctx,
+            Err(failure) => return fail_all_roles(job, failure),
+        };
     log.line(
         Level::Info,
         None,
@@ -252,20 +215,72 @@ async fn run_vm_group(
             settings.job_id,
             host.hostname,
             host.device_type,
-            run.plan.vms.len(),
-            run.plan
-                .vms
+            plan.vms.len(),
+            plan.vms
                 .iter()
                 .map(|v| v.id.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     );
+    let run = GroupRun {
+        ctx,
+        group,
+        plan,
+        job_dir: format!("{}/jobs/{}", settings.host_dir, settings.job_id),
+        launched: Arc::default(),
+    };
     let reports = run.run(host).await;
-    let _ = coordination.store.close_group(&group_id);
+    run.close();
     reports
 }
 
+/// A device_group (or single-device) job: a node per device.
+async fn run_device_group(
+    job: &Job,
+    lab: &Lab,
+    devices: &[Device],
+    coordination: &Coordination,
+    settings: &RunSettings,
+    log: &JobLog,
+) -> Vec<NodeReport> {
+    let members = nodes::role_members(job);
+    let ctx = match GroupContext::create(job, lab, settings, log, coordination, members).await {
+        Ok(ctx) => ctx,
+        Err(failure) => return fail_all_roles(job, failure),
+    };
+    let group_nodes: Vec<device_group::DeviceNode> = ctx
+        .members
+        .iter()
+        .zip(devices)
+        .enumerate()
+        .map(|(index, ((id, role), device))| device_group::DeviceNode {
+            id: id.clone(),
+            role: role.clone(),
+            index: u8::try_from(index).unwrap_or(u8::MAX),
+            device,
+        })
+        .collect();
+    log.line(
+        Level::Info,
+        None,
+        format!(
+            "job {}: {}",
+            settings.job_id,
+            group_nodes
+                .iter()
+                .map(|n| format!("{} on {}", n.id, n.device.hostname))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let cut_short = ctx.until_done(device_group::run(&ctx, &group_nodes)).await;
+    let reports = ctx.reports(cut_short);
+    ctx.close();
+    reports
+}
+
+/// Every role failed with `failure` (no group could be formed).
 fn fail_all_roles(job: &Job, failure: Failure) -> Vec<NodeReport> {
     job.roles()
         .iter()
@@ -273,33 +288,14 @@ fn fail_all_roles(job: &Job, failure: Failure) -> Vec<NodeReport> {
         .collect()
 }
 
-fn fail_all(plan: &GroupPlan, failure: Failure) -> Vec<NodeReport> {
-    plan.members()
-        .iter()
-        .map(|(node, role)| failed_report(node, role, &failure))
-        .collect()
-}
-
-fn failed_report(node: &str, role: &str, failure: &Failure) -> NodeReport {
-    NodeReport {
-        node: node.to_string(),
-        role: role.to_string(),
-        status: NodeStatus::Failed {
-            class: failure.class,
-            action: failure.action.to_string(),
-            message: failure.message.clone(),
-        },
-        results: Vec::new(),
-    }
-}
-
 impl GroupRun<'_> {
     async fn run(&self, host: &Device) -> Vec<NodeReport> {
         let Some(host_type) = self.lab.device_types.get(&host.device_type) else {
-            return fail_all(
-                &self.plan,
-                Failure::infra("boot", format!("unknown device type {}", host.device_type)),
-            );
+            self.fail_all(&Failure::infra(
+                "boot",
+                format!("unknown device type {}", host.device_type),
+            ));
+            return self.reports(None);
         };
         let up = {
             let _section = self.log.section(Some(&self.plan.host_id), "boot");
@@ -320,10 +316,10 @@ impl GroupRun<'_> {
                     Some(&self.plan.host_id),
                     failure.message.as_str(),
                 );
-                return fail_all(&self.plan, failure);
+                self.fail_all(&failure);
+                return self.reports(None);
             }
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.job.timeout_secs);
         let pipelines = async {
             let prepared = {
                 let _section = self.log.section(Some(&self.plan.host_id), "deploy");
@@ -336,9 +332,7 @@ impl GroupRun<'_> {
                         Some(&self.plan.host_id),
                         failure.message.as_str(),
                     );
-                    for (node, role) in self.plan.members() {
-                        self.record(failed_report(&node, &role, &failure));
-                    }
+                    self.fail_all(&failure);
                 }
                 Ok(deployed) => {
                     let vms = futures::future::join_all(
@@ -351,74 +345,13 @@ impl GroupRun<'_> {
                 }
             }
         };
-        let cut_short = tokio::select! {
-            ended = tokio::time::timeout_at(deadline, pipelines) => match ended {
-                Ok(()) => None,
-                Err(_) => Some(Failure::new(
-                    ErrorClass::Timeout,
-                    "job",
-                    format!("the job timeout of {} s passed", self.job.timeout_secs),
-                )),
-            },
-            () = canceled(self.settings.cancel.clone()) => Some(Failure::new(
-                ErrorClass::Canceled,
-                "job",
-                "the job was canceled",
-            )),
-        };
-        if let Some(failure) = &cut_short {
-            self.log.line(Level::Error, None, failure.message.as_str());
-        }
+        let cut_short = self.until_done(pipelines).await;
         {
             let _section = self.log.section(None, "finalize");
             self.clean_host(&up.ssh).await;
             host_device::shut_down_host(up, host, self.log).await;
         }
-        let finished = self.finished.lock().map(|f| f.clone()).unwrap_or_default();
-        self.plan
-            .members()
-            .into_iter()
-            .map(|(node, role)| {
-                finished.get(&node).cloned().unwrap_or_else(|| {
-                    let failure = cut_short.clone().unwrap_or_else(|| {
-                        Failure::infra("job", "the node's pipeline did not report")
-                    });
-                    failed_report(&node, &role, &failure)
-                })
-            })
-            .collect()
-    }
-
-    fn record(&self, report: NodeReport) {
-        if let NodeStatus::Failed {
-            message, action, ..
-        } = &report.status
-        {
-            // Peers waiting for this node fail now, naming it, instead of at their
-            // deadline.
-            let _ = self.coordination.store.fail_node(
-                &self.group_id,
-                &report.node,
-                &format!("{action}: {message}"),
-            );
-        }
-        if let Ok(mut finished) = self.finished.lock() {
-            finished.insert(report.node.clone(), report);
-        }
-    }
-
-    fn client(&self, node: &str) -> Result<NodeClient, Failure> {
-        self.clients
-            .get(node)
-            .cloned()
-            .ok_or_else(|| Failure::infra("plan", format!("no coordinator client for {node}")))
-    }
-
-    fn relay(&self, node: &str) -> Result<Relay, Failure> {
-        Ok(Relay::new(
-            self.client(node)?,
-            Duration::from_secs(self.job.timeout_secs),
-        ))
+        self.reports(cut_short)
     }
 
     /// The node agent and every VM image onto the host; the accelerator its VMs get.
@@ -518,7 +451,13 @@ impl GroupRun<'_> {
                 let _section = self.log.section(Some(node), "test");
                 let dir = format!("{}/tests/{index}", self.job_dir);
                 let definitions = self.definitions(shell, index).await?;
-                let files = self.scripts(node, &self.plan.host_role, &definitions, &dir, true);
+                let files = self.scripts(
+                    node,
+                    &self.plan.host_role,
+                    &definitions,
+                    &dir,
+                    Some(&self.job_dir),
+                );
                 files::write_host_files(session, &files)
                     .await
                     .map_err(|e| Failure::infra("test", e))?;
@@ -569,41 +508,6 @@ impl GroupRun<'_> {
             .map_err(|e| Failure::new(ErrorClass::Test, "wait-for-vms", e))
     }
 
-    async fn finish_node(
-        &self,
-        node: &str,
-        role: &str,
-        outcome: Result<(), Failure>,
-        results: Vec<CaseReport>,
-    ) {
-        let status = match outcome {
-            Ok(()) => {
-                if let Ok(mut client) = self.client(node) {
-                    let _ = client.finish().await;
-                }
-                NodeStatus::Done
-            }
-            Err(failure) => {
-                self.log.line(
-                    Level::Error,
-                    Some(node),
-                    format!("{} failed: {}", failure.action, failure.message),
-                );
-                NodeStatus::Failed {
-                    class: failure.class,
-                    action: failure.action.to_string(),
-                    message: failure.message,
-                }
-            }
-        };
-        self.record(NodeReport {
-            node: node.to_string(),
-            role: role.to_string(),
-            status,
-            results,
-        });
-    }
-
     /// One VM: wait for the start signal, boot, test shells, stop.
     async fn vm_pipeline(&self, session: &SshSession, vm: &VmNode, deployed: &Deployed) {
         let node = vm.id.as_str();
@@ -628,45 +532,9 @@ impl GroupRun<'_> {
             let Some(guest) = running.as_mut() else {
                 return Err(Failure::infra("boot", "the VM is gone"));
             };
-            let mut relay = self.relay(node)?;
-            for (index, (shell, timeout)) in nodes::test_shells(self.job, &vm.role)
-                .into_iter()
-                .enumerate()
-            {
-                let _section = self.log.section(Some(node), "test");
-                let dir = format!("/tmp/lava-{}/tests/{index}", self.settings.job_id);
-                let definitions = self.definitions(shell, index).await?;
-                let files = self.scripts(node, &vm.role, &definitions, &dir, false);
-                for (path, content) in &files {
-                    files::write_console_file(&mut guest.console, &prompt, path, content)
-                        .await
-                        .map_err(|e| Failure::infra("test", format!("cannot write {path}: {e}")))?;
-                }
-                guest
-                    .console
-                    .send_line(&shell::run_command(&format!("{dir}/run.sh")))
-                    .await
-                    .map_err(|e| Failure::infra("test", e))?;
-                let outcome = shell::drive(
-                    &mut guest.console,
-                    &mut relay,
-                    &definitions
-                        .iter()
-                        .map(|(d, _)| d.reader())
-                        .collect::<Result<Vec<_>, _>>()?,
-                    self.shell_timeout(timeout),
-                    self.log,
-                    node,
-                )
-                .await
-                .map_err(shell_failure)?;
-                results.extend(case_reports(outcome.results));
-                guest
-                    .console
-                    .expect(&prompt, Duration::from_secs(60))
-                    .await
-                    .map_err(|e| Failure::infra("test", e))?;
-            }
+            results = self
+                .console_shells(&mut guest.console, &prompt, node, &vm.role)
+                .await?;
             Ok(())
         }
         .await;
@@ -782,124 +650,6 @@ impl GroupRun<'_> {
         }
     }
 
-    /// The definitions of one test shell, fetched and checked, with their scripts.
-    async fn definitions(
-        &self,
-        shell: &TestShell,
-        shell_index: usize,
-    ) -> Result<Vec<(PreparedDefinition, String)>, Failure> {
-        let mut prepared = Vec::new();
-        for (index, source) in shell.definitions.iter().enumerate() {
-            let (definition, parameters) = match source {
-                TestDefinitionSource::Inline {
-                    definition,
-                    parameters,
-                } => (definition.clone(), parameters.clone()),
-                TestDefinitionSource::Url(url) => {
-                    let store = ImageStore::new(&self.settings.image_store)
-                        .map_err(|e| Failure::infra("test", e))?;
-                    let path = store.fetch(url, |_, _| {}).await.map_err(|e| {
-                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
-                    })?;
-                    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
-                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
-                    })?;
-                    let definition = testdef::from_yaml(url.as_str(), &text)
-                        .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
-                    (definition, BTreeMap::new())
-                }
-            };
-            let name = definition.metadata.name.clone();
-            let run_id = format!("{shell_index}.{index}_{}", sanitize(&name));
-            let script = testdef::script(&definition, &parameters, &run_id);
-            prepared.push((
-                PreparedDefinition {
-                    run_id,
-                    name,
-                    definition,
-                },
-                script,
-            ));
-        }
-        Ok(prepared)
-    }
-
-    /// The files of one test shell: each definition's script and `run.sh`, which sets
-    /// the node's environment and runs them in order.
-    fn scripts(
-        &self,
-        node: &str,
-        role: &str,
-        definitions: &[(PreparedDefinition, String)],
-        dir: &str,
-        on_host: bool,
-    ) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("LAVA_JOB_ID", self.settings.job_id.to_string()),
-            ("LAVA_NODE_ID", node.to_string()),
-            ("LAVA_NODE_ROLE", role.to_string()),
-            ("LAVA_GROUP", self.plan.group_listing()),
-            ("LAVA_MULTINODE_TRANSPORT", "marker".to_string()),
-            ("LAVA_MULTINODE_TIMEOUT", self.job.timeout_secs.to_string()),
-        ];
-        if on_host {
-            // VMs reach their host at qemu user networking's gateway.
-            env.push(("_LAVA_VM_GROUP_HOST_IP", "10.0.2.2".to_string()));
-            env.push((
-                "LAVA_MULTI_NODE_CACHE",
-                format!("{}/multinode-cache.txt", self.job_dir),
-            ));
-            env.push((
-                "LAVA_MULTI_NODE_NETWORK_CACHE",
-                format!("{}/multinode-network-cache.txt", self.job_dir),
-            ));
-        }
-        let mut run = String::from("#!/bin/sh\n");
-        for (key, value) in &env {
-            run.push_str(&format!("export {key}={}\n", shell_quote(value)));
-        }
-        if on_host {
-            run.push_str(&format!(
-                "export PATH={}:\"$PATH\"\n",
-                shell_quote(&format!("{}/bin", self.job_dir))
-            ));
-        }
-        let mut files = Vec::new();
-        for (definition, script) in definitions {
-            let path = format!("{dir}/{}.sh", definition.run_id);
-            run.push_str(&format!("sh {}\n", shell_quote(&path)));
-            files.push((path, script.clone()));
-        }
-        files.push((format!("{dir}/run.sh"), run));
-        files
-    }
-
-    fn shell_timeout(&self, action_timeout: Option<u64>) -> Duration {
-        Duration::from_secs(action_timeout.unwrap_or(self.job.timeout_secs))
-    }
-
-    fn console_log(&self, node: &str) -> ConsoleLog {
-        let path = self.settings.work_dir.join(format!("console-{node}.log"));
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
-            Ok(file) => ConsoleLog::to_writer(file),
-            Err(err) => {
-                self.log.line(
-                    Level::Warning,
-                    Some(node),
-                    format!(
-                        "cannot write {}: {err}; console kept in memory",
-                        path.display()
-                    ),
-                );
-                ConsoleLog::default()
-            }
-        }
-    }
-
     /// Last resort after the pipelines: kills any VM process group still there (a
     /// pipeline cut short by the job timeout did not stop its VM) and removes the
     /// job's directory on the host.
@@ -921,63 +671,4 @@ impl GroupRun<'_> {
 struct Deployed {
     images: BTreeMap<String, VmImages>,
     facts: HostFacts,
-}
-
-/// A definition ready to run: its run id and what its results are read with.
-struct PreparedDefinition {
-    run_id: String,
-    name: String,
-    definition: job_schemas::TestDefinition,
-}
-
-impl PreparedDefinition {
-    /// The shell driver's view of this definition: its run id, name and result reader.
-    fn reader(&self) -> Result<Definition, Failure> {
-        Ok(Definition {
-            run_id: self.run_id.clone(),
-            name: self.name.clone(),
-            parser: ResultParser::new(Some(&self.definition)).map_err(|e| {
-                Failure::new(
-                    ErrorClass::Job,
-                    "test",
-                    format!("{}: parse pattern: {e}", self.name),
-                )
-            })?,
-        })
-    }
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn shell_failure(err: shell::ShellError) -> Failure {
-    match err {
-        shell::ShellError::Timeout { .. } => Failure::new(ErrorClass::Timeout, "test", err),
-        shell::ShellError::Console(_) => Failure::infra("test", err),
-    }
-}
-
-fn case_reports(results: Vec<DefinitionResults>) -> Vec<CaseReport> {
-    results
-        .into_iter()
-        .flat_map(|d| {
-            let suite = d.name;
-            d.cases.into_iter().map(move |c| CaseReport {
-                suite: suite.clone(),
-                case: c.name,
-                result: c.result,
-                measurement: c.measurement,
-                units: c.units,
-            })
-        })
-        .collect()
 }

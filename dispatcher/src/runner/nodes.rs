@@ -119,7 +119,7 @@ impl GroupPlan {
 
 /// The images a VM role boots: its deploy actions (the last of each kind wins), else
 /// the `image` of its vm_group entry.
-fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls {
+pub fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls {
     let mut images = ImageUrls::default();
     for action in job
         .actions
@@ -149,6 +149,24 @@ pub fn test_shells<'a>(job: &'a Job, role: &'a str) -> Vec<(&'a TestShell, Optio
         .filter_map(|a| match &a.command {
             Command::LavaTestShell(shell) => Some((shell, a.timeout_secs)),
             _ => None,
+        })
+        .collect()
+}
+
+/// `(node id, role)` of every node of a job that is not a vm_group: the role, or
+/// `role-N` (from 1) when the role has several nodes, in role order.
+pub fn role_members(job: &Job) -> Vec<(String, String)> {
+    job.roles()
+        .iter()
+        .flat_map(|r| {
+            (0..r.count).map(move |i| {
+                let node = if r.count == 1 {
+                    r.name.clone()
+                } else {
+                    format!("{}-{}", r.name, i + 1)
+                };
+                (node, r.name.clone())
+            })
         })
         .collect()
 }

@@ -1,5 +1,5 @@
 //! Running one job here and now, without a daemon (`dispatcher run`): the lab is
-//! loaded, the job validated, a free host device of the right type picked, a
+//! loaded, the job validated, its devices picked as the scheduler would, a
 //! coordinator embedded for the job's group, the job run, and its log and results
 //! written to the job's directory.
 
@@ -9,8 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::joblog::JobLog;
 use crate::lab::Lab;
 use crate::lab::device::Device;
+use crate::scheduler::{self, DeviceView, Request};
+use crate::states::{DeviceHealth, DeviceState};
 use crate::validation::{self, JobPolicy};
-use job_schemas::{Report, Topology};
+use job_schemas::Report;
 
 use super::report::JobReport;
 use super::{Coordination, RunSettings, run_job};
@@ -57,7 +59,7 @@ impl OneShot {
         let validated = validation::validate_job(text, &self.lab, &self.policy)
             .map_err(|report: Report| OneShotError::Invalid(report.render(source)))?;
         let job = validated.job;
-        let host = self.pick_host(&job)?;
+        let devices = self.pick_devices(&job)?;
         let job_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -99,7 +101,7 @@ impl OneShot {
             // A one-shot run is stopped by stopping the process.
             cancel: tokio::sync::watch::channel(false).1,
         };
-        let report = run_job(&job, &self.lab, &host, &coordination, &settings, &log).await;
+        let report = run_job(&job, &self.lab, &devices, &coordination, &settings, &log).await;
         coordinator.shutdown().await;
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(job_dir.join("results.json"), json).map_err(|source| OneShotError::Io {
@@ -109,44 +111,66 @@ impl OneShot {
         Ok(Ran { report, job_dir })
     }
 
-    /// The host device for a vm_group job.
-    fn pick_host(&self, job: &job_schemas::Job) -> Result<Device, OneShotError> {
-        let Topology::VmGroup(group) = &job.topology else {
-            return Err(OneShotError::NoDevice(
-                "only vm_group jobs run in this version".into(),
-            ));
-        };
-        let fits = |d: &&Device| {
-            d.device_type == group.host_device_type
-                && group.host_tags.iter().all(|t| d.tags.contains(t))
-        };
-        match &self.device {
-            Some(name) => {
-                let device = self.lab.devices.get(name).ok_or_else(|| {
-                    OneShotError::NoDevice(format!("no device named {name} in the lab"))
-                })?;
-                if fits(&device) {
-                    Ok(device.clone())
-                } else {
-                    Err(OneShotError::NoDevice(format!(
-                        "{name} is a {} with tags {:?}; the job needs a {} with tags {:?}",
-                        device.device_type, device.tags, group.host_device_type, group.host_tags
-                    )))
-                }
+    /// Devices for the job, as the daemon's scheduler would pick them from an idle
+    /// lab (`--device` narrows the first need to that device).
+    fn pick_devices(&self, job: &job_schemas::Job) -> Result<Vec<Device>, OneShotError> {
+        let mut needs = scheduler::needs(job);
+        if let (Some(name), Some(first)) = (&self.device, needs.first_mut()) {
+            if !self.lab.devices.contains_key(name) {
+                return Err(OneShotError::NoDevice(format!(
+                    "no device named {name} in the lab"
+                )));
             }
-            None => self
-                .lab
-                .devices
-                .values()
-                .find(fits)
-                .cloned()
-                .ok_or_else(|| {
-                    OneShotError::NoDevice(format!(
-                        "the lab has no {} device with tags {:?}",
-                        group.host_device_type, group.host_tags
-                    ))
-                }),
+            first.hostname = Some(name.clone());
         }
+        let views: Vec<DeviceView> = self
+            .lab
+            .devices
+            .values()
+            .map(|d| DeviceView {
+                hostname: d.hostname.clone(),
+                device_type: d.device_type.clone(),
+                tags: d.tags.iter().cloned().collect(),
+                state: DeviceState::Idle,
+                health: DeviceHealth::Good,
+            })
+            .collect();
+        let request = Request {
+            job_id: 0,
+            priority: 0,
+            waited: std::time::Duration::ZERO,
+            needs: needs.clone(),
+        };
+        let plan = scheduler::plan(&[request], &views, scheduler::Policy::default());
+        let Some(assignment) = plan.first() else {
+            let wanted: Vec<String> = needs
+                .iter()
+                .map(|n| match &n.hostname {
+                    Some(h) => format!("{h} ({})", n.device_type),
+                    None if n.tags.is_empty() => n.device_type.clone(),
+                    None => format!("{} with tags {:?}", n.device_type, n.tags),
+                })
+                .collect();
+            return Err(OneShotError::NoDevice(format!(
+                "the job needs {}; the lab has {}",
+                wanted.join(", "),
+                if self.lab.devices.is_empty() {
+                    "no devices".to_string()
+                } else {
+                    self.lab
+                        .devices
+                        .values()
+                        .map(|d| format!("{} ({})", d.hostname, d.device_type))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        };
+        Ok(assignment
+            .devices
+            .iter()
+            .filter_map(|d| self.lab.devices.get(d).cloned())
+            .collect())
     }
 }
 

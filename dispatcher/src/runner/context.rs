@@ -1,0 +1,455 @@
+//! What every node pipeline of one job shares, whatever the job's shape: the job, the
+//! lab, where files go, the log, the coordinator group with a client per node, the
+//! reports of nodes that ended; and the steps all shapes use (test definitions, their
+//! scripts, test shells on a console, recording a node's end).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordinator::relay::Relay;
+use coordinator::{NodeClient, Target};
+use job_schemas::{Job, TestDefinitionSource, TestShell};
+use regex::Regex;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::report::{CaseReport, NodeReport, NodeStatus};
+use super::shell::{self, Definition, DefinitionResults};
+use super::{Coordination, Failure, RunSettings, canceled, files, nodes};
+use crate::console::{Console, ConsoleLog};
+use crate::images::ImageStore;
+use crate::joblog::{JobLog, Level};
+use crate::lab::Lab;
+use crate::ssh::shell_quote;
+use crate::states::ErrorClass;
+use crate::testdef::{self, ResultParser};
+
+pub struct GroupContext<'a> {
+    pub job: &'a Job,
+    pub lab: &'a Lab,
+    pub settings: &'a RunSettings,
+    pub log: &'a JobLog,
+    pub coordination: &'a Coordination,
+    pub group_id: String,
+    /// `(node id, role)` of every node, in report order.
+    pub members: Vec<(String, String)>,
+    clients: BTreeMap<String, NodeClient>,
+    /// Reports of nodes whose pipeline ended, by node id.
+    finished: Arc<Mutex<BTreeMap<String, NodeReport>>>,
+}
+
+impl<'a> GroupContext<'a> {
+    /// Creates the job's coordinator group and a client for each node.
+    pub async fn create(
+        job: &'a Job,
+        lab: &'a Lab,
+        settings: &'a RunSettings,
+        log: &'a JobLog,
+        coordination: &'a Coordination,
+        members: Vec<(String, String)>,
+    ) -> Result<GroupContext<'a>, Failure> {
+        let group_id = format!("job-{}", settings.job_id);
+        let (_, credentials) = coordination
+            .store
+            .create_group(Some(group_id.clone()), members.clone())
+            .map_err(|e| Failure::infra("plan", format!("coordinator: {e}")))?;
+        let mut clients = BTreeMap::new();
+        for credential in credentials {
+            match NodeClient::connect(
+                Target::plain(&coordination.url),
+                &group_id,
+                &credential.node_id,
+                &credential.token,
+            )
+            .await
+            {
+                Ok(client) => {
+                    clients.insert(credential.node_id, client);
+                }
+                Err(err) => {
+                    let _ = coordination.store.close_group(&group_id);
+                    return Err(Failure::infra("plan", format!("coordinator: {err}")));
+                }
+            }
+        }
+        Ok(Self {
+            job,
+            lab,
+            settings,
+            log,
+            coordination,
+            group_id,
+            members,
+            clients,
+            finished: Arc::default(),
+        })
+    }
+
+    /// Ends the coordinator group.
+    pub fn close(&self) {
+        let _ = self.coordination.store.close_group(&self.group_id);
+    }
+
+    /// `lava-group`'s output: lines of `node<TAB>role`.
+    pub fn listing(&self) -> String {
+        self.members
+            .iter()
+            .map(|(id, role)| format!("{id}\t{role}\n"))
+            .collect()
+    }
+
+    /// Runs `pipelines` until they end, the job timeout passes or the job is canceled;
+    /// says which, when they were cut short.
+    pub async fn until_done(&self, pipelines: impl Future<Output = ()>) -> Option<Failure> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.job.timeout_secs);
+        let cut_short = tokio::select! {
+            ended = tokio::time::timeout_at(deadline, pipelines) => match ended {
+                Ok(()) => None,
+                Err(_) => Some(Failure::new(
+                    ErrorClass::Timeout,
+                    "job",
+                    format!("the job timeout of {} s passed", self.job.timeout_secs),
+                )),
+            },
+            () = canceled(self.settings.cancel.clone()) => Some(Failure::new(
+                ErrorClass::Canceled,
+                "job",
+                "the job was canceled",
+            )),
+        };
+        if let Some(failure) = &cut_short {
+            self.log.line(Level::Error, None, failure.message.as_str());
+        }
+        cut_short
+    }
+
+    /// Every node's report, in member order; a node whose pipeline never reported was
+    /// cut short by `cut_short`.
+    pub fn reports(&self, cut_short: Option<Failure>) -> Vec<NodeReport> {
+        let finished = self.finished.lock().map(|f| f.clone()).unwrap_or_default();
+        self.members
+            .iter()
+            .map(|(node, role)| {
+                finished.get(node).cloned().unwrap_or_else(|| {
+                    let failure = cut_short.clone().unwrap_or_else(|| {
+                        Failure::infra("job", "the node's pipeline did not report")
+                    });
+                    failed_report(node, role, &failure)
+                })
+            })
+            .collect()
+    }
+
+    /// Every node failed with `failure` (nothing could start).
+    pub fn fail_all(&self, failure: &Failure) {
+        for (node, role) in &self.members {
+            self.record(failed_report(node, role, failure));
+        }
+    }
+
+    /// The test shells of `role` on a console at a shell `prompt`: files typed in,
+    /// each shell run and driven to its end, the prompt back after each.
+    pub async fn console_shells<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        console: &mut Console<S>,
+        prompt: &Regex,
+        node: &str,
+        role: &str,
+    ) -> Result<Vec<CaseReport>, Failure> {
+        let mut results = Vec::new();
+        let mut relay = self.relay(node)?;
+        for (index, (shell, timeout)) in nodes::test_shells(self.job, role).into_iter().enumerate()
+        {
+            let _section = self.log.section(Some(node), "test");
+            let dir = format!("/tmp/lava-{}/tests/{index}", self.settings.job_id);
+            let definitions = self.definitions(shell, index).await?;
+            let files = self.scripts(node, role, &definitions, &dir, None);
+            for (path, content) in &files {
+                files::write_console_file(console, prompt, path, content)
+                    .await
+                    .map_err(|e| Failure::infra("test", format!("cannot write {path}: {e}")))?;
+            }
+            console
+                .send_line(&shell::run_command(&format!("{dir}/run.sh")))
+                .await
+                .map_err(|e| Failure::infra("test", e))?;
+            let outcome = shell::drive(
+                console,
+                &mut relay,
+                &definitions
+                    .iter()
+                    .map(|(d, _)| d.reader())
+                    .collect::<Result<Vec<_>, _>>()?,
+                self.shell_timeout(timeout),
+                self.log,
+                node,
+            )
+            .await
+            .map_err(shell_failure)?;
+            results.extend(case_reports(outcome.results));
+            console
+                .expect(prompt, Duration::from_secs(60))
+                .await
+                .map_err(|e| Failure::infra("test", e))?;
+        }
+        Ok(results)
+    }
+
+    pub fn record(&self, report: NodeReport) {
+        if let NodeStatus::Failed {
+            message, action, ..
+        } = &report.status
+        {
+            // Peers waiting for this node fail now, naming it, instead of at their
+            // deadline.
+            let _ = self.coordination.store.fail_node(
+                &self.group_id,
+                &report.node,
+                &format!("{action}: {message}"),
+            );
+        }
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.insert(report.node.clone(), report);
+        }
+    }
+
+    pub fn client(&self, node: &str) -> Result<NodeClient, Failure> {
+        self.clients
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Failure::infra("plan", format!("no coordinator client for {node}")))
+    }
+
+    pub fn relay(&self, node: &str) -> Result<Relay, Failure> {
+        Ok(Relay::new(
+            self.client(node)?,
+            Duration::from_secs(self.job.timeout_secs),
+        ))
+    }
+
+    pub async fn finish_node(
+        &self,
+        node: &str,
+        role: &str,
+        outcome: Result<(), Failure>,
+        results: Vec<CaseReport>,
+    ) {
+        let status = match outcome {
+            Ok(()) => {
+                if let Ok(mut client) = self.client(node) {
+                    let _ = client.finish().await;
+                }
+                NodeStatus::Done
+            }
+            Err(failure) => {
+                self.log.line(
+                    Level::Error,
+                    Some(node),
+                    format!("{} failed: {}", failure.action, failure.message),
+                );
+                NodeStatus::Failed {
+                    class: failure.class,
+                    action: failure.action.to_string(),
+                    message: failure.message,
+                }
+            }
+        };
+        self.record(NodeReport {
+            node: node.to_string(),
+            role: role.to_string(),
+            status,
+            results,
+        });
+    }
+
+    /// The definitions of one test shell, fetched and checked, with their scripts.
+    pub async fn definitions(
+        &self,
+        shell: &TestShell,
+        shell_index: usize,
+    ) -> Result<Vec<(PreparedDefinition, String)>, Failure> {
+        let mut prepared = Vec::new();
+        for (index, source) in shell.definitions.iter().enumerate() {
+            let (definition, parameters) = match source {
+                TestDefinitionSource::Inline {
+                    definition,
+                    parameters,
+                } => (definition.clone(), parameters.clone()),
+                TestDefinitionSource::Url(url) => {
+                    let store = ImageStore::new(&self.settings.image_store)
+                        .map_err(|e| Failure::infra("test", e))?;
+                    let path = store.fetch(url, |_, _| {}).await.map_err(|e| {
+                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
+                    })?;
+                    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
+                    })?;
+                    let definition = testdef::from_yaml(url.as_str(), &text)
+                        .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
+                    (definition, BTreeMap::new())
+                }
+            };
+            let name = definition.metadata.name.clone();
+            let run_id = format!("{shell_index}.{index}_{}", sanitize(&name));
+            let script = testdef::script(&definition, &parameters, &run_id);
+            prepared.push((
+                PreparedDefinition {
+                    run_id,
+                    name,
+                    definition,
+                },
+                script,
+            ));
+        }
+        Ok(prepared)
+    }
+
+    /// The files of one test shell: each definition's script and `run.sh`, which sets
+    /// the node's environment and runs them in order.
+    pub fn scripts(
+        &self,
+        node: &str,
+        role: &str,
+        definitions: &[(PreparedDefinition, String)],
+        dir: &str,
+        host_job_dir: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("LAVA_JOB_ID", self.settings.job_id.to_string()),
+            ("LAVA_NODE_ID", node.to_string()),
+            ("LAVA_NODE_ROLE", role.to_string()),
+            ("LAVA_GROUP", self.listing()),
+            ("LAVA_MULTINODE_TRANSPORT", "marker".to_string()),
+            ("LAVA_MULTINODE_TIMEOUT", self.job.timeout_secs.to_string()),
+        ];
+        if let Some(job_dir) = host_job_dir {
+            // VMs reach their host at qemu user networking's gateway.
+            env.push(("_LAVA_VM_GROUP_HOST_IP", "10.0.2.2".to_string()));
+            env.push((
+                "LAVA_MULTI_NODE_CACHE",
+                format!("{job_dir}/multinode-cache.txt"),
+            ));
+            env.push((
+                "LAVA_MULTI_NODE_NETWORK_CACHE",
+                format!("{job_dir}/multinode-network-cache.txt"),
+            ));
+        }
+        let mut run = String::from("#!/bin/sh\n");
+        for (key, value) in &env {
+            run.push_str(&format!("export {key}={}\n", shell_quote(value)));
+        }
+        if let Some(job_dir) = host_job_dir {
+            run.push_str(&format!(
+                "export PATH={}:\"$PATH\"\n",
+                shell_quote(&format!("{job_dir}/bin"))
+            ));
+        }
+        let mut files = Vec::new();
+        for (definition, script) in definitions {
+            let path = format!("{dir}/{}.sh", definition.run_id);
+            run.push_str(&format!("sh {}\n", shell_quote(&path)));
+            files.push((path, script.clone()));
+        }
+        files.push((format!("{dir}/run.sh"), run));
+        files
+    }
+
+    pub fn shell_timeout(&self, action_timeout: Option<u64>) -> Duration {
+        Duration::from_secs(action_timeout.unwrap_or(self.job.timeout_secs))
+    }
+
+    pub fn console_log(&self, node: &str) -> ConsoleLog {
+        let path = self.settings.work_dir.join(format!("console-{node}.log"));
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(file) => ConsoleLog::to_writer(file),
+            Err(err) => {
+                self.log.line(
+                    Level::Warning,
+                    Some(node),
+                    format!(
+                        "cannot write {}: {err}; console kept in memory",
+                        path.display()
+                    ),
+                );
+                ConsoleLog::default()
+            }
+        }
+    }
+}
+
+/// A definition ready to run: its run id and what its results are read with.
+pub struct PreparedDefinition {
+    run_id: String,
+    name: String,
+    definition: job_schemas::TestDefinition,
+}
+
+impl PreparedDefinition {
+    /// The shell driver's view of this definition: its run id, name and result reader.
+    pub fn reader(&self) -> Result<Definition, Failure> {
+        Ok(Definition {
+            run_id: self.run_id.clone(),
+            name: self.name.clone(),
+            parser: ResultParser::new(Some(&self.definition)).map_err(|e| {
+                Failure::new(
+                    ErrorClass::Job,
+                    "test",
+                    format!("{}: parse pattern: {e}", self.name),
+                )
+            })?,
+        })
+    }
+}
+
+pub fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn shell_failure(err: shell::ShellError) -> Failure {
+    match err {
+        shell::ShellError::Timeout { .. } => Failure::new(ErrorClass::Timeout, "test", err),
+        shell::ShellError::Console(_) => Failure::infra("test", err),
+    }
+}
+
+pub fn case_reports(results: Vec<DefinitionResults>) -> Vec<CaseReport> {
+    results
+        .into_iter()
+        .flat_map(|d| {
+            let suite = d.name;
+            d.cases.into_iter().map(move |c| CaseReport {
+                suite: suite.clone(),
+                case: c.name,
+                result: c.result,
+                measurement: c.measurement,
+                units: c.units,
+            })
+        })
+        .collect()
+}
+
+pub fn failed_report(node: &str, role: &str, failure: &Failure) -> NodeReport {
+    NodeReport {
+        node: node.to_string(),
+        role: role.to_string(),
+        status: NodeStatus::Failed {
+            class: failure.class,
+            action: failure.action.to_string(),
+            message: failure.message.clone(),
+        },
+        results: Vec::new(),
+    }
+}
