@@ -402,3 +402,98 @@ fn cancel_and_a_graceful_shutdown_stop_running_jobs_and_keep_the_queue() {
         "the queued job is kept: {state}"
     );
 }
+
+/// Processes whose command line mentions `dir` (the VMs of a job: their QMP sockets
+/// live in its directory).
+fn processes_under(dir: &Path) -> String {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(dir.display().to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// VMs the daemon ran on its own machine outlive a crash; the restarted daemon stops
+/// them through their QMP sockets.
+#[test]
+fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    for name in ["kvm-01", "kvm-02"] {
+        std::fs::write(
+            devices.join(format!("{name}.toml")),
+            format!("hostname = \"{name}\"\ndevice_type = \"kvm\"\n"),
+        )
+        .unwrap();
+    }
+    let state = dir.path().join("state");
+    let config = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
+             node_agent = \"{}\"\npublic_reads = true\n",
+            state.display(),
+            devices.display(),
+            images.lab_key.display(),
+            static_node_agent().display(),
+        ),
+    )
+    .unwrap();
+    let token = String::from_utf8_lossy(
+        &Command::new(binary("dispatcher"))
+            .args(["token", "create", "ci", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let job = std::fs::read_to_string(jobs_dir().join("e2e/device-group-two-kvm.json"))
+        .unwrap()
+        .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
+        .replace(
+            "@GUEST_INITRD@",
+            &images.guest_initramfs.display().to_string(),
+        )
+        // Keep the server busy so the job is still running when the daemon dies.
+        .replace(
+            "lava-sync done && lava-test-case synced",
+            "sleep 600; lava-sync done && lava-test-case synced",
+        );
+    let daemon = Daemon::start(&config);
+    let addr = daemon.addr();
+    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let id = json_of(&body)["id"].as_u64().unwrap();
+    follow_until(
+        &addr,
+        &token,
+        id,
+        "\"node\":\"server\",\"msg\":\"start: test\"",
+    );
+    daemon.kill();
+    let job_dir = state.join("jobs").join(id.to_string());
+    assert!(
+        !processes_under(&job_dir).is_empty(),
+        "the job's VMs should still run after the crash"
+    );
+    let daemon = Daemon::start(&config);
+    // The restarted daemon told them to quit before it listened; they take a moment
+    // to exit, which nothing announces: look, for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !processes_under(&job_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_under(&job_dir),
+        "",
+        "VMs left by the crash still run"
+    );
+    let state = job_state(&daemon.addr(), &token, id);
+    assert_eq!(state["error"][1], "dispatcher restarted", "{state}");
+}

@@ -112,6 +112,7 @@ impl Daemon {
                 job,
                 "ended as incomplete: the dispatcher restarted while it ran"
             );
+            quit_local_vms(&config.job_dir(job)).await;
         }
         let coordinator = coordinator::start(coordinator::Config::new(
             config.coordinator_listen,
@@ -185,6 +186,28 @@ impl Daemon {
         let _ = self.scheduler.await;
         let _ = self.server.await;
         self.coordinator.shutdown().await;
+    }
+}
+
+/// VMs this machine ran for a job cut short by a crash (a qemu-host's qemu, a kvm
+/// device's VM) outlive the dispatcher: each has a QMP socket in the job's directory,
+/// so each is told to quit there. (VMs on a remote host stopped with the SSH session
+/// they were attached to.)
+async fn quit_local_vms(job_dir: &std::path::Path) {
+    let mut sockets = vec![job_dir.join("host").join("qmp.sock")];
+    if let Ok(vms) = std::fs::read_dir(job_dir.join("vms")) {
+        sockets.extend(vms.flatten().map(|vm| vm.path().join("qmp.sock")));
+    }
+    for socket in sockets.into_iter().filter(|s| s.exists()) {
+        let connected = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::UnixStream::connect(&socket),
+        )
+        .await;
+        if let Ok(Ok(stream)) = connected {
+            tracing::warn!(socket = %socket.display(), "stopping a VM left by the crash");
+            let _ = crate::vm::send_qmp_quit(stream).await;
+        }
     }
 }
 
