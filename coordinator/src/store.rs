@@ -342,6 +342,11 @@ impl Store {
         Ok((group_id, credentials))
     }
 
+    /// How many groups exist now (for the dispatcher's metrics).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     pub fn group(&self, group_id: &str) -> Result<Arc<GroupCell>, CallError> {
         self.groups
             .get(group_id)

@@ -8,6 +8,7 @@ use dispatcher::validation::{self, JobPolicy};
 use job_schemas::{Limits, Report, Topology};
 
 use crate::remote::{self, Simple};
+use dispatcher::runner::formats::ResultsFormat;
 
 /// Exit status: everything fine.
 pub const EXIT_OK: u8 = 0;
@@ -78,6 +79,9 @@ enum Command {
     /// A job's results.
     Results {
         id: u64,
+        /// JSON, JUnit XML or TAP.
+        #[arg(long, value_enum, default_value_t = ResultsArg::Json)]
+        format: ResultsArg,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -169,9 +173,29 @@ struct RunArgs {
     /// The dispatcher's directory on host devices.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lava-dispatcher")]
     host_dir: String,
-    /// Print the results as JSON instead of the summary.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    /// How to print the results: the summary, or JSON, JUnit XML or TAP.
+    #[arg(long, value_enum, default_value_t = ResultsArg::Text)]
+    format: ResultsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ResultsArg {
+    Text,
+    Json,
+    Junit,
+    Tap,
+}
+
+impl ResultsArg {
+    /// `None`: the terminal summary.
+    fn format(self) -> Option<ResultsFormat> {
+        match self {
+            Self::Text => None,
+            Self::Json => Some(ResultsFormat::Json),
+            Self::Junit => Some(ResultsFormat::Junit),
+            Self::Tap => Some(ResultsFormat::Tap),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -214,7 +238,10 @@ pub fn run(cli: Cli) -> u8 {
             server,
         } => remote::submit(&server.into(), &job, follow),
         Command::Status { id, server } => remote::simple(&server.into(), Simple::Status(id)),
-        Command::Results { id, server } => remote::simple(&server.into(), Simple::Results(id)),
+        Command::Results { id, format, server } => match format.format() {
+            None | Some(ResultsFormat::Json) => remote::simple(&server.into(), Simple::Results(id)),
+            Some(format) => remote::results_as(&server.into(), id, format),
+        },
         Command::Cancel { id, server } => remote::simple(&server.into(), Simple::Cancel(id)),
         Command::Logs { id, follow, server } => remote::logs(&server.into(), id, follow),
         Command::Token {
@@ -297,7 +324,7 @@ impl From<RunArgs> for crate::run::RunRequest {
                 .unwrap_or_else(|| args.state_dir.join("keys/lab_ed25519")),
             node_agent: args.node_agent,
             host_dir: args.host_dir,
-            json: matches!(args.format, Format::Json),
+            format: args.format.format(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use dispatcher::runner::formats::ResultsFormat;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -270,6 +271,40 @@ pub enum Simple {
     Results(u64),
     Devices,
     Cancel(u64),
+}
+
+/// `results ID --format junit|tap`: the text as the daemon renders it.
+pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
+    let Some(runtime) = runtime() else {
+        return EXIT_SERVER;
+    };
+    let name = match format {
+        ResultsFormat::Junit => "junit",
+        ResultsFormat::Tap => "tap",
+        ResultsFormat::Json => "json",
+    };
+    runtime.block_on(async {
+        let request = match server.request(
+            reqwest::Method::GET,
+            &format!("jobs/{id}/results?format={name}"),
+        ) {
+            Ok(request) => request,
+            Err(failure) => return report(failure),
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return report(Failure::Unreachable(format!("{}: {e}", server.url))),
+        };
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            print!("{text}");
+            EXIT_OK
+        } else {
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            report(Failure::Refused(status.as_u16(), body))
+        }
+    })
 }
 
 /// `logs ID [--follow]`.

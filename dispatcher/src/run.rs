@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use dispatcher::lab::Lab;
+use dispatcher::runner::formats::ResultsFormat;
 use dispatcher::runner::oneshot::{OneShot, OneShotError, describe_files};
 use dispatcher::states::{Health, TestResult};
 use dispatcher::validation::JobPolicy;
@@ -19,7 +20,8 @@ pub struct RunRequest {
     pub lab_key: PathBuf,
     pub node_agent: Option<PathBuf>,
     pub host_dir: String,
-    pub json: bool,
+    /// `None`: the terminal summary.
+    pub format: Option<ResultsFormat>,
 }
 
 /// Exit status: the job ran incomplete (infrastructure, timeout, a node failed).
@@ -89,11 +91,8 @@ pub fn run(request: &RunRequest) -> u8 {
             EXIT_UNREADABLE
         }
         Ok(ran) => {
-            if request.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&ran.report).unwrap_or_default()
-                );
+            if let Some(format) = request.format {
+                println!("{}", format.render(&ran.report).trim_end());
             } else {
                 print!("{}", ran.report.summary());
                 println!("{}", describe_files(&ran.job_dir));

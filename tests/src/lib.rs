@@ -465,3 +465,67 @@ pub fn test_images() -> TestImages {
         })
         .clone()
 }
+
+/// Reads JUnit XML with Python's own XML parser: `(testcase name, outcome)` of every
+/// case, outcome `pass`, `failure`, `error` or `skipped`.
+pub fn parse_junit(xml: &str) -> Vec<(String, String)> {
+    let script = r#"
+import sys, xml.etree.ElementTree as ET
+root = ET.fromstring(sys.stdin.read())
+assert root.tag == "testsuites", root.tag
+for suite in root.findall("testsuite"):
+    cases = suite.findall("testcase")
+    assert int(suite.get("tests")) == len(cases), suite.get("name")
+    for case in cases:
+        kinds = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+        print(case.get("classname") + "." + case.get("name"), kinds[0] if kinds else "pass")
+"#;
+    let lines = run_with_stdin("python3", &["-c", script], xml);
+    lines
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
+        .collect()
+}
+
+/// Reads TAP with Perl's TAP::Parser: `(passed, failed, skipped, plan is good)`.
+pub fn parse_tap(tap: &str) -> (usize, usize, usize, bool) {
+    let script = r#"
+use TAP::Parser;
+my $tap = do { local $/; <STDIN> };
+my $p = TAP::Parser->new({ tap => $tap });
+while (my $r = $p->next) {}
+printf "%d %d %d %d\n", scalar($p->passed), scalar($p->failed), scalar($p->skipped),
+    ($p->is_good_plan && !$p->parse_errors) ? 1 : 0;
+"#;
+    let out = run_with_stdin("perl", &["-e", script], tap);
+    let n: Vec<usize> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 4, "TAP::Parser said: {out}");
+    (n[0], n[1], n[2], n[3] == 1)
+}
+
+fn run_with_stdin(program: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} rejected the input: {}\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

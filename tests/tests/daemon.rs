@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use system_tests::{SshHost, binary, jobs_dir, repo_root, static_node_agent, test_images};
+use system_tests::{
+    SshHost, binary, jobs_dir, parse_junit, parse_tap, repo_root, static_node_agent, test_images,
+};
 
 /// A `dispatcher serve` process; killed when dropped.
 struct Daemon {
@@ -249,6 +251,30 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
         "{body}"
     );
     lab.host.assert_no_qemu();
+
+    // Results as JUnit and TAP, from the CLI, read by independent parsers.
+    let junit = dispatcher_cli(&daemon, &token, &["results", "1", "--format", "junit"]);
+    let cases = parse_junit(&String::from_utf8_lossy(&junit.stdout));
+    assert!(
+        cases.len() >= 7 && cases.iter().all(|(_, o)| o == "pass"),
+        "{cases:?}"
+    );
+    let tap = dispatcher_cli(&daemon, &token, &["results", "1", "--format", "tap"]);
+    let (passed, failed, _, good_plan) = parse_tap(&String::from_utf8_lossy(&tap.stdout));
+    assert_eq!((passed, failed, good_plan), (cases.len(), 0, true));
+
+    let (status, body) = http(&addr, "GET", "/healthz", None, b"");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, metrics) = http(&addr, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    for line in [
+        "dispatcher_jobs{state=\"finished\"} 1",
+        "dispatcher_jobs_finished{health=\"complete\"} 1",
+        "dispatcher_queue_length 0",
+        "dispatcher_devices{state=\"idle\",health=\"unknown\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 }
 
 /// Reads a followed log until a line contains `needle`.

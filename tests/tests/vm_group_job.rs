@@ -10,7 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, TestImages, binary, free_port, jobs_dir, static_node_agent, test_images,
+    SshHost, TestImages, binary, free_port, jobs_dir, parse_junit, parse_tap, static_node_agent,
+    test_images,
 };
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in.
@@ -126,6 +127,12 @@ fn the_seed_job_runs_end_to_end_on_an_ssh_host() {
 /// Runs an e2e job on a fresh ssh-host; returns the report, the exit status and the
 /// host (to look at what is left on it).
 fn run_on_ssh_host(name: &str) -> (Value, i32, SshHost) {
+    let (report, status, host, _state) = run_on_ssh_host_keeping(name);
+    (report, status, host)
+}
+
+/// As [`run_on_ssh_host`], also keeping the dispatcher's state directory.
+fn run_on_ssh_host_keeping(name: &str) -> (Value, i32, SshHost, tempfile::TempDir) {
     let images = test_images();
     let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +141,7 @@ fn run_on_ssh_host(name: &str) -> (Value, i32, SshHost) {
     let (report, status) =
         dispatcher_run(&job, &devices, &dir.path().join("state"), &host.scratch());
     assert_no_vm_left(&host);
-    (report, status, host)
+    (report, status, host, dir)
 }
 
 fn assert_no_vm_left(host: &SshHost) {
@@ -195,7 +202,8 @@ fn three_clients_of_one_role_reach_the_server_with_wait_all() {
 
 #[test]
 fn a_failing_case_fails_in_a_complete_job() {
-    let (report, status, _host) = run_on_ssh_host("failing-case.json");
+    let (report, status, _host, dir) = run_on_ssh_host_keeping("failing-case.json");
+    let state = dir.path().join("state");
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(
         result_of(&report, "guest.checks.broken").as_deref(),
@@ -217,6 +225,18 @@ fn a_failing_case_fails_in_a_complete_job() {
         (Some(1.5), Some("s"))
     );
     assert_eq!(status, 1, "a failed case makes `dispatcher run` exit 1");
+    // The same results as JUnit XML and TAP, read back by independent parsers.
+    let job_dir = only_job_dir(&state);
+    let junit = parse_junit(&std::fs::read_to_string(job_dir.join("results.xml")).unwrap());
+    assert!(
+        junit.contains(&("guest.checks.broken".to_string(), "failure".to_string()))
+            && junit.contains(&("guest.checks.works".to_string(), "pass".to_string())),
+        "{junit:?}"
+    );
+    let (passed, failed, _, good_plan) =
+        parse_tap(&std::fs::read_to_string(job_dir.join("results.tap")).unwrap());
+    assert_eq!((failed, good_plan), (1, true));
+    assert_eq!(passed + failed, junit.len());
 }
 
 #[test]

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use crate::joblog;
+use crate::runner::formats::ResultsFormat;
+use crate::runner::report::JobReport;
 use crate::states::{DeviceHealth, JobEvent, JobState};
 use crate::store::StoreError;
 use crate::validation;
@@ -31,6 +33,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
         .route("/api/v1/device-types", get(device_types))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
@@ -197,17 +201,49 @@ async fn job(
     .into_response())
 }
 
+#[derive(Deserialize)]
+struct ResultsQuery {
+    /// `json` (default), `junit` or `tap`.
+    format: Option<String>,
+}
+
 async fn results(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<u64>,
+    Query(query): Query<ResultsQuery>,
 ) -> ApiResult {
     authorize(&shared, &headers, false)?;
     let record = job_record(&shared, id)?;
-    Ok(
-        axum::Json(json!({ "id": id, "state": record.state, "results": record.results }))
-            .into_response(),
+    let format = match query.format.as_deref() {
+        None | Some("json") => None,
+        Some(name) => Some(ResultsFormat::parse(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown results format {name:?}: expected json, junit or tap"),
+            )
+        })?),
+    };
+    let Some(format) = format else {
+        return Ok(axum::Json(
+            json!({ "id": id, "state": record.state, "results": record.results }),
+        )
+        .into_response());
+    };
+    let report: JobReport = record
+        .results
+        .and_then(|r| serde_json::from_value(r).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job {id} has no results yet (it is {})", record.state),
+            )
+        })?;
+    Ok((
+        [(header::CONTENT_TYPE, format.content_type())],
+        format.render(&report),
     )
+        .into_response())
 }
 
 async fn cancel(
@@ -347,4 +383,87 @@ async fn device_types(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         })
         .collect();
     Ok(axum::Json(json!({ "device_types": types })).into_response())
+}
+
+/// `GET /healthz`: 200 when the database answers.
+async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
+    shared.store.jobs(Some("running"))?;
+    Ok("ok\n".into_response())
+}
+
+/// `GET /metrics`: Prometheus text format. Public, like `/healthz`: counts only.
+async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_jobs Jobs in the database by state."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_jobs gauge");
+    let jobs = shared.store.jobs(None)?;
+    for state in ["submitted", "scheduled", "running", "canceling", "finished"] {
+        let n = jobs.iter().filter(|j| j.state.name() == state).count();
+        let _ = writeln!(text, "dispatcher_jobs{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_jobs_finished Finished jobs by health."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_jobs_finished gauge");
+    for health in ["complete", "incomplete", "canceled"] {
+        let n = jobs
+            .iter()
+            .filter(|j| match &j.state {
+                JobState::Finished(outcome) => {
+                    serde_json::to_value(outcome.health).ok() == Some(json!(health))
+                }
+                _ => false,
+            })
+            .count();
+        let _ = writeln!(text, "dispatcher_jobs_finished{{health=\"{health}\"}} {n}");
+    }
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_queue_length Jobs waiting for devices."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_queue_length gauge");
+    let queued = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Submitted)
+        .count();
+    let _ = writeln!(text, "dispatcher_queue_length {queued}");
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_devices Devices by state and health."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_devices gauge");
+    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for device in shared.store.devices()? {
+        let state = serde_json::to_value(device.state)
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let health = serde_json::to_value(device.health)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *counts.entry((state, health)).or_default() += 1;
+    }
+    for ((state, health), n) in counts {
+        let _ = writeln!(
+            text,
+            "dispatcher_devices{{state=\"{state}\",health=\"{health}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_coordinator_groups MultiNode groups alive."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_coordinator_groups gauge");
+    let _ = writeln!(
+        text,
+        "dispatcher_coordinator_groups {}",
+        shared.coordination.store.group_count()
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

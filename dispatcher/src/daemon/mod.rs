@@ -314,6 +314,9 @@ async fn run_job(
     let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel).await;
     let (outcome, results) = match outcome {
         Ok(report) => {
+            if let Err(err) = runner::write_results(&shared.config.job_dir(job_id), &report) {
+                tracing::warn!(job = job_id, %err, "cannot write the result files");
+            }
             let outcome = runner::report::JobReport::outcome_of(&report.nodes);
             (outcome, serde_json::to_value(&report).ok())
         }

@@ -20,6 +20,7 @@
 mod context;
 mod device_group;
 mod files;
+pub mod formats;
 mod host_device;
 pub mod nodes;
 pub mod oneshot;
@@ -69,6 +70,20 @@ pub struct RunSettings {
     /// Becomes `true` when the job is canceled: the pipelines stop and everything is
     /// cleaned up as after a timeout.
     pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Writes a finished job's results into its directory in every format
+/// (`results.json`, `results.xml`, `results.tap`).
+pub fn write_results(dir: &std::path::Path, report: &JobReport) -> std::io::Result<()> {
+    use formats::ResultsFormat;
+    for format in [
+        ResultsFormat::Json,
+        ResultsFormat::Junit,
+        ResultsFormat::Tap,
+    ] {
+        std::fs::write(dir.join(format.file_name()), format.render(report))?;
+    }
+    Ok(())
 }
 
 /// Resolves when `cancel` becomes true (never, if its sender is gone without saying so).

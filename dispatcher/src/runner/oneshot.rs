@@ -103,9 +103,8 @@ impl OneShot {
         };
         let report = run_job(&job, &self.lab, &devices, &coordination, &settings, &log).await;
         coordinator.shutdown().await;
-        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(job_dir.join("results.json"), json).map_err(|source| OneShotError::Io {
-            what: "cannot write results.json".into(),
+        super::write_results(&job_dir, &report).map_err(|source| OneShotError::Io {
+            what: "cannot write the results".into(),
             source,
         })?;
         Ok(Ran { report, job_dir })

@@ -3,12 +3,12 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::states::{ErrorClass, Health, Outcome, TestResult};
 
 /// One test case, as reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseReport {
     /// The test definition's name.
     pub suite: String,
@@ -21,7 +21,7 @@ pub struct CaseReport {
 }
 
 /// How one node's pipeline ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Every action ran.
@@ -35,7 +35,7 @@ pub enum NodeStatus {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
     pub node: String,
     pub role: String,
@@ -44,7 +44,7 @@ pub struct NodeReport {
     pub results: Vec<CaseReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     pub job_id: u64,
     pub job_name: Option<String>,
