@@ -13,6 +13,8 @@ PACKAGES=(
     e2fsprogs        # build-images.sh: mke2fs -d makes the host-device root disk without a loop mount
     zstd             # build-images.sh: compresses the cached debootstrap tree
     xz-utils         # the image tests make .xz images with the real xz
+    chromium         # the web page tests: headless, DOM and screenshots
+    fonts-dejavu-core # readable screenshots
     perl             # TAP::Parser (perl-modules) reads the TAP results in tests
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a

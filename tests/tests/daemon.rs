@@ -173,6 +173,53 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(&body[start..end]).unwrap_or(Value::Null)
 }
 
+/// Headless Chromium (Debian's) on a page of the daemon: the DOM after the page's
+/// scripts ran for `millis`, and a screenshot kept under `target/test-artifacts/`.
+fn chromium(url: &str, millis: u32, screenshot: &str) -> String {
+    let artifacts = repo_root().join("target").join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1280,1000",
+    ];
+    // Virtual time: the page's fetches and timers run as if `millis` passed, then the
+    // DOM is taken (a followed log keeps its request open; the budget still ends).
+    let timeout = format!("--virtual-time-budget={millis}");
+    let shot = Command::new("timeout")
+        .args(["120", "chromium"])
+        .args(flags)
+        .arg(&timeout)
+        .arg(format!(
+            "--screenshot={}",
+            artifacts.join(screenshot).display()
+        ))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let dom = Command::new("timeout")
+        .args(["120", "chromium"])
+        .args(flags)
+        .arg(&timeout)
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
 fn dispatcher_cli(daemon: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary("dispatcher"))
         .args(args)
@@ -262,6 +309,31 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
     let tap = dispatcher_cli(&daemon, &token, &["results", "1", "--format", "tap"]);
     let (passed, failed, _, good_plan) = parse_tap(&String::from_utf8_lossy(&tap.stdout));
     assert_eq!((passed, failed, good_plan), (cases.len(), 0, true));
+
+    // The web page shows the finished job: its group, its log, its results.
+    let page = chromium(
+        &format!("{}/?token={token}#/job/1", daemon.url),
+        5000,
+        "job-finished.png",
+    );
+    assert!(page.contains("id=\"results-table\""), "{page}");
+    assert!(
+        page.contains("ping-server") && page.contains("class=\"pass\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-node=\"client\""),
+        "the group diagram: {page}"
+    );
+    let list = chromium(
+        &format!("{}/?token={token}#/", daemon.url),
+        3000,
+        "jobs.png",
+    );
+    assert!(
+        list.contains("ssh-host-01") && list.contains("#/job/1"),
+        "{list}"
+    );
 
     let (status, body) = http(&addr, "GET", "/healthz", None, b"");
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -502,6 +574,19 @@ fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
         id,
         "\"node\":\"server\",\"msg\":\"start: test\"",
     );
+    // The web page follows the running job's log live, every node interleaved.
+    let page = chromium(
+        &format!("{}/?token={token}#/job/{id}", daemon.url),
+        4000,
+        "job-running.png",
+    );
+    for node in ["server", "client"] {
+        assert!(
+            page.contains(&format!(">{node}</span>")),
+            "no live log lines of {node}: {page}"
+        );
+    }
+    assert!(page.contains("id=\"job-state\">running<"), "{page}");
     daemon.kill();
     let job_dir = state.join("jobs").join(id.to_string());
     assert!(

@@ -33,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
         .route("/api/v1/device-types", get(device_types))
+        .route("/", get(web_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
@@ -188,6 +189,14 @@ async fn job(
         .and_then(|r| r.get("nodes"))
         .cloned()
         .unwrap_or(Value::Null);
+    // The nodes the job has (or will have), for the web page's group diagram.
+    let members: Vec<Value> =
+        validation::validate_job(&record.definition, &shared.lab, &shared.policy)
+            .map(|v| node_ids(&v.job))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(node, role)| json!({ "node": node, "role": role }))
+            .collect();
     Ok(axum::Json(json!({
         "id": record.id,
         "name": record.name,
@@ -197,6 +206,7 @@ async fn job(
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "nodes": nodes,
+        "members": members,
     }))
     .into_response())
 }
@@ -466,4 +476,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         shared.coordination.store.group_count()
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The web page: one self-contained file (no CDN, no build step) built into the binary.
+/// It reads the same API with the token it was opened with (`/?token=...`).
+async fn web_page() -> Response {
+    axum::response::Html(include_str!("web/index.html")).into_response()
 }
