@@ -67,6 +67,9 @@ enum Command {
         /// Keep printing lines until the job ends.
         #[arg(long)]
         follow: bool,
+        /// Only this node's lines (`host`, `server`, `client-2` ...).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -243,7 +246,12 @@ pub fn run(cli: Cli) -> u8 {
             Some(format) => remote::results_as(&server.into(), id, format),
         },
         Command::Cancel { id, server } => remote::simple(&server.into(), Simple::Cancel(id)),
-        Command::Logs { id, follow, server } => remote::logs(&server.into(), id, follow),
+        Command::Logs {
+            id,
+            follow,
+            node,
+            server,
+        } => remote::logs(&server.into(), id, follow, node.as_deref()),
         Command::Token {
             command: TokenCommand::Create { name, config },
         } => crate::serve::token_create(&config, &name),

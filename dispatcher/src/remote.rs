@@ -77,7 +77,7 @@ impl Server {
 
     /// Prints the job log's lines from `from`, following it until the job ends when
     /// asked; returns how many lines were printed.
-    async fn print_log(&self, id: u64, follow: bool) -> Result<usize, Failure> {
+    async fn print_log(&self, id: u64, follow: bool, node: Option<&str>) -> Result<usize, Failure> {
         let path = format!("jobs/{id}/log?follow={}", u8::from(follow));
         let response = self
             .request(reqwest::Method::GET, &path)?
@@ -93,33 +93,68 @@ impl Server {
         let mut stream = response.bytes_stream();
         let mut pending = Vec::new();
         let mut printed = 0;
+        let mut painter = Painter::for_stdout();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Failure::Unreachable(e.to_string()))?;
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(line) = serde_json::from_slice::<Value>(&line) {
-                    println!("{}", render_log_line(&line));
-                    printed += 1;
+                let Ok(line) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                if node.is_some_and(|wanted| line["node"].as_str() != Some(wanted)) {
+                    continue;
                 }
+                println!("{}", painter.render(&line));
+                printed += 1;
             }
         }
         Ok(printed)
     }
 }
 
-/// `12:00:01.234 [server] info: start: boot`
-fn render_log_line(line: &Value) -> String {
-    let time = line["dt"].as_str().unwrap_or("").get(11..23).unwrap_or("");
-    let node = line["node"]
-        .as_str()
-        .map(|n| format!(" [{n}]"))
-        .unwrap_or_default();
-    format!(
-        "{time}{node} {}: {}",
-        line["lvl"].as_str().unwrap_or("?"),
-        line["msg"].as_str().unwrap_or("")
-    )
+/// Renders log lines as `12:00:01.234 [server] info: start: boot`, each node in a colour
+/// of its own when the output is a terminal, so interleaved nodes stay apart.
+struct Painter {
+    colour: bool,
+    nodes: Vec<String>,
+}
+
+/// ANSI colours for nodes, in the order nodes first appear.
+const NODE_COLOURS: [u8; 6] = [36, 32, 33, 35, 34, 31];
+
+impl Painter {
+    fn for_stdout() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn render(&mut self, line: &Value) -> String {
+        let time = line["dt"].as_str().unwrap_or("").get(11..23).unwrap_or("");
+        let node = match line["node"].as_str() {
+            None => String::new(),
+            Some(name) if self.colour => {
+                let index = match self.nodes.iter().position(|n| n == name) {
+                    Some(index) => index,
+                    None => {
+                        self.nodes.push(name.to_string());
+                        self.nodes.len() - 1
+                    }
+                };
+                let code = NODE_COLOURS[index % NODE_COLOURS.len()];
+                format!(" \x1b[1;{code}m[{name}]\x1b[0m")
+            }
+            Some(name) => format!(" [{name}]"),
+        };
+        format!(
+            "{time}{node} {}: {}",
+            line["lvl"].as_str().unwrap_or("?"),
+            line["msg"].as_str().unwrap_or("")
+        )
+    }
 }
 
 fn report(failure: Failure) -> u8 {
@@ -182,7 +217,7 @@ pub fn submit(server: &Server, job: &Path, follow: bool) -> u8 {
         if !follow {
             return EXIT_OK;
         }
-        if let Err(failure) = server.print_log(id, true).await {
+        if let Err(failure) = server.print_log(id, true, None).await {
             return report(failure);
         }
         match server.get(&format!("jobs/{id}/results")).await {
@@ -308,12 +343,12 @@ pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
 }
 
 /// `logs ID [--follow]`.
-pub fn logs(server: &Server, id: u64, follow: bool) -> u8 {
+pub fn logs(server: &Server, id: u64, follow: bool, node: Option<&str>) -> u8 {
     let Some(runtime) = runtime() else {
         return EXIT_SERVER;
     };
     runtime.block_on(async {
-        match server.print_log(id, follow).await {
+        match server.print_log(id, follow, node).await {
             Ok(_) => EXIT_OK,
             Err(failure) => report(failure),
         }

@@ -436,6 +436,23 @@ fn a_restarted_daemon_loses_no_job_and_leaves_no_vm() {
     );
     let state = json_of(&body)["state"].clone();
     assert_eq!(state["health"], "complete", "{body}");
+    // The followed log had every node interleaved, and it ended with the job.
+    let followed = String::from_utf8_lossy(&out.stdout);
+    for node in ["[host]", "[server]", "[client]"] {
+        assert!(followed.contains(node), "{node} missing from:\n{followed}");
+    }
+    assert!(followed.contains("job finished: Complete"), "{followed}");
+    let one = dispatcher_cli(
+        &daemon,
+        &token,
+        &["logs", &second.to_string(), "--node", "client"],
+    );
+    let err = String::from_utf8_lossy(&one.stderr).into_owned();
+    let one = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        one.lines().count() > 5 && one.lines().all(|l| l.contains(" [client] ")),
+        "{one}{err}"
+    );
     lab.host.assert_no_qemu();
 }
 
