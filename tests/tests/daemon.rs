@@ -335,6 +335,25 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
         "{list}"
     );
 
+    // Each node's raw console, downloadable; nothing outside the job's directory.
+    let (status, console) = http(
+        &addr,
+        "GET",
+        "/api/v1/jobs/1/console/server",
+        Some(&token),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(console.contains("LAVA_TEST_SHELL_DONE"), "{console}");
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/api/v1/jobs/1/console/..%2Fjob.json",
+        Some(&token),
+        b"",
+    );
+    assert!(status == 400 || status == 404, "{status}");
+
     let (status, body) = http(&addr, "GET", "/healthz", None, b"");
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, metrics) = http(&addr, "GET", "/metrics", None, b"");

@@ -29,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/log", get(log))
         .route("/api/v1/jobs/{id}/results", get(results))
+        .route("/api/v1/jobs/{id}/console/{node}", get(console))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
@@ -482,4 +483,38 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
 /// It reads the same API with the token it was opened with (`/?token=...`).
 async fn web_page() -> Response {
     axum::response::Html(include_str!("web/index.html")).into_response()
+}
+
+/// `GET /api/v1/jobs/ID/console/NODE`: the node's raw console, every byte as it came
+/// (escape sequences included), as far as it got.
+async fn console(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((id, node)): Path<(u64, String)>,
+) -> ApiResult {
+    authorize(&shared, &headers, false)?;
+    job_record(&shared, id)?;
+    // Node ids are role names with an optional `-N`: nothing that could leave the
+    // job's directory.
+    if node.is_empty()
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{node:?} is not a node name"),
+        ));
+    }
+    let path = shared
+        .config
+        .job_dir(id)
+        .join(format!("console-{node}.log"));
+    let bytes = tokio::fs::read(&path).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {id} has no console log for {node}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
