@@ -34,6 +34,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
         .route("/api/v1/device-types", get(device_types))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/", get(web_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -517,4 +518,45 @@ async fn console(
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// The API's OpenAPI description (kept equal to the routes above by a test).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every route the router serves is described in openapi.json with the same
+    /// methods, and nothing else is: read from this file's own `.route(...)` lines.
+    #[test]
+    fn the_openapi_description_matches_the_routes() {
+        let source = include_str!("api.rs");
+        let mut served = BTreeSet::new();
+        for line in source
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(".route(\""))
+        {
+            let path = line.split('"').nth(1).unwrap_or_default().to_string();
+            for method in ["get", "post", "put", "delete"] {
+                if line.contains(&format!("{method}(")) {
+                    served.insert((path.clone(), method.to_string()));
+                }
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap_or_default();
+        let mut described = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                described.insert((path.clone(), method.clone()));
+            }
+        }
+        assert!(served.len() >= 14, "{served:?}");
+        assert_eq!(served, described);
+    }
 }
