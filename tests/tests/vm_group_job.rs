@@ -96,7 +96,12 @@ fn results(report: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn the_seed_job_runs_end_to_end_on_an_ssh_host() {
-    let (report, status, _host) = run_on_ssh_host("seed-vm-group.json");
+    let (report, status, _host, dir) = run_on_ssh_host_keeping("seed-vm-group.json");
+    // The log shows transfers as they go and who each MultiNode wait waited for.
+    let log =
+        std::fs::read_to_string(only_job_dir(&dir.path().join("state")).join("job.log")).unwrap();
+    assert!(log.contains("kernel upload: 100%"), "{log}");
+    assert!(log.contains("lava-sync 'all-up' waits for"), "{log}");
     let found = results(&report);
     let failed: Vec<&(String, String)> = found.iter().filter(|(_, r)| r != "pass").collect();
     assert!(

@@ -25,6 +25,68 @@ use crate::ssh::shell_quote;
 use crate::states::ErrorClass;
 use crate::testdef::{self, ResultParser};
 
+/// Logs every MultiNode wait as it starts, with the nodes it waits for, so a log reader
+/// sees who holds a group up (the coordinator reports each wait once). Ends with the
+/// group.
+async fn log_waits(
+    mut events: tokio::sync::broadcast::Receiver<proto::v1::GroupEvent>,
+    log: JobLog,
+) {
+    use proto::v1::group_event::Kind;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) => match event.kind {
+                Some(Kind::Waiting(wait)) => log.line(
+                    Level::Info,
+                    Some(&wait.node_id),
+                    format!(
+                        "lava-{} '{}' waits for {}: {}",
+                        wait.call,
+                        wait.message_id,
+                        wait.missing_count,
+                        wait.missing.join(", ")
+                    ),
+                ),
+                Some(Kind::GroupClosed(_)) => return,
+                _ => {}
+            },
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// A progress callback for a transfer (`done`, `total` bytes) that logs each quarter
+/// once, so a long upload or download shows in the log as it goes.
+pub fn progress_logger(
+    log: &JobLog,
+    node: &str,
+    what: &str,
+) -> impl FnMut(u64, Option<u64>) + use<> {
+    let (log, node, what) = (log.clone(), node.to_string(), what.to_string());
+    let mut logged = 0u64;
+    move |done, total| {
+        let Some(total) = total.filter(|t| *t > 0) else {
+            return;
+        };
+        let quarter = (done.min(total) * 4) / total;
+        if quarter > logged {
+            logged = quarter;
+            log.line(
+                Level::Info,
+                Some(&node),
+                format!(
+                    "{what}: {}% ({:.1} of {:.1} MiB)",
+                    quarter * 25,
+                    done as f64 / 1_048_576.0,
+                    total as f64 / 1_048_576.0
+                ),
+            );
+        }
+    }
+}
+
 pub struct GroupContext<'a> {
     pub job: &'a Job,
     pub lab: &'a Lab,
@@ -72,6 +134,9 @@ impl<'a> GroupContext<'a> {
                     return Err(Failure::infra("plan", format!("coordinator: {err}")));
                 }
             }
+        }
+        if let Ok(cell) = coordination.store.group(&group_id) {
+            tokio::spawn(log_waits(cell.subscribe(), log.clone()));
         }
         Ok(Self {
             job,

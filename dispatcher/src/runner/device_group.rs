@@ -117,7 +117,9 @@ async fn boot(
         ImageStore::new(&ctx.settings.image_store).map_err(|e| Failure::infra("boot", e))?;
     let images = nodes::images_for(ctx.job, &node.role, None);
     for (kind, url) in images.iter() {
-        let local = store.fetch(url, |_, _| {}).await.map_err(|e| {
+        let download =
+            super::context::progress_logger(ctx.log, &node.id, &format!("{kind} download"));
+        let local = store.fetch(url, download).await.map_err(|e| {
             Failure::new(ErrorClass::Job, "boot", format!("{} {kind}: {e}", node.id))
         })?;
         values.set(kind, local.display().to_string());

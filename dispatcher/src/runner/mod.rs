@@ -384,7 +384,12 @@ impl GroupRun<'_> {
             )
             .await
             .map_err(|e| Failure::infra("deploy", e))?;
-        let agent = transfer::upload_cached(session, &self.settings.node_agent, &cache, |_, _| {})
+        let mut progress =
+            context::progress_logger(self.log, &self.plan.host_id, "node agent upload");
+        let agent =
+            transfer::upload_cached(session, &self.settings.node_agent, &cache, |done, total| {
+                progress(done, Some(total))
+            })
             .await
             .map_err(|e| Failure::infra("deploy", format!("node agent: {e}")))?;
         session
@@ -414,14 +419,21 @@ impl GroupRun<'_> {
                 let remote = match uploaded.get(url.as_str()) {
                     Some(remote) => remote.clone(),
                     None => {
-                        let local = store.fetch(url, |_, _| {}).await.map_err(|e| {
+                        let download =
+                            context::progress_logger(self.log, &vm.id, &format!("{kind} download"));
+                        let local = store.fetch(url, download).await.map_err(|e| {
                             Failure::new(
                                 ErrorClass::Job,
                                 "deploy",
                                 format!("{} {kind}: {e}", vm.id),
                             )
                         })?;
-                        let sent = transfer::upload_cached(session, &local, &cache, |_, _| {})
+                        let mut upload =
+                            context::progress_logger(self.log, &vm.id, &format!("{kind} upload"));
+                        let sent =
+                            transfer::upload_cached(session, &local, &cache, |done, total| {
+                                upload(done, Some(total))
+                            })
                             .await
                             .map_err(|e| {
                                 Failure::infra("deploy", format!("{} {kind}: {e}", vm.id))
