@@ -347,6 +347,14 @@ impl Store {
         self.groups.len()
     }
 
+    /// How many calls are blocked in a wait now, over every group (for metrics).
+    pub fn waiter_count(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|cell| lock(&cell.waiting).len())
+            .sum()
+    }
+
     pub fn group(&self, group_id: &str) -> Result<Arc<GroupCell>, CallError> {
         self.groups
             .get(group_id)

@@ -13,6 +13,9 @@ use crate::ssh::{SshError, SshSession, shell_quote};
 /// Where a host device keeps uploaded images, by SHA-256.
 pub const DEFAULT_REMOTE_CACHE: &str = "/var/lib/lava-dispatcher/cache";
 
+/// Bytes sent to hosts by every upload of this process (for metrics).
+pub static BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What an upload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uploaded {
@@ -128,6 +131,7 @@ pub async fn upload_cached(
             .await
             .map_err(|e| sftp_error(e.to_string()))?;
         sent += n as u64;
+        BYTES_SENT.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         progress(sent, size);
     }
     remote

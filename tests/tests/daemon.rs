@@ -363,9 +363,16 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
         "dispatcher_jobs_finished{health=\"complete\"} 1",
         "dispatcher_queue_length 0",
         "dispatcher_devices{state=\"idle\",health=\"unknown\"} 1",
+        "dispatcher_coordinator_waiters 0",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatcher_transfer_bytes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 1_000_000, "the images went to the host: {metrics}");
 }
 
 /// Reads a followed log until a line contains `needle`.

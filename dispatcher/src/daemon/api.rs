@@ -477,6 +477,26 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         "dispatcher_coordinator_groups {}",
         shared.coordination.store.group_count()
     );
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_coordinator_waiters MultiNode calls blocked now."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_coordinator_waiters gauge");
+    let _ = writeln!(
+        text,
+        "dispatcher_coordinator_waiters {}",
+        shared.coordination.store.waiter_count()
+    );
+    let _ = writeln!(
+        text,
+        "# HELP dispatcher_transfer_bytes_total Image and agent bytes sent to hosts."
+    );
+    let _ = writeln!(text, "# TYPE dispatcher_transfer_bytes_total counter");
+    let _ = writeln!(
+        text,
+        "dispatcher_transfer_bytes_total {}",
+        crate::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
