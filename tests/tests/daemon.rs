@@ -220,6 +220,13 @@ fn chromium(url: &str, millis: u32, screenshot: &str) -> String {
     String::from_utf8_lossy(&dom.stdout).into_owned()
 }
 
+/// Submits a job over the API; returns its id.
+fn submit_job(addr: &str, token: &str, job: &str) -> u64 {
+    let (status, body) = http(addr, "POST", "/api/v1/jobs", Some(token), job.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    json_of(&body)["id"].as_u64().unwrap()
+}
+
 fn dispatcher_cli(daemon: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary("dispatcher"))
         .args(args)
@@ -400,13 +407,9 @@ fn a_restarted_daemon_loses_no_job_and_leaves_no_vm() {
     let daemon = Daemon::start(&lab.config);
     let addr = daemon.addr();
     let job = lab.seed_job();
-    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
-    assert_eq!(status, 201, "{body}");
-    let first = json_of(&body)["id"].as_u64().unwrap();
+    let first = submit_job(&addr, &token, &job);
     // One device: the second job waits in the queue.
-    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
-    assert_eq!(status, 201, "{body}");
-    let second = json_of(&body)["id"].as_u64().unwrap();
+    let second = submit_job(&addr, &token, &job);
     // The first job's VMs are up and its test shells running.
     follow_until(
         &addr,
@@ -494,11 +497,7 @@ fn cancel_and_a_graceful_shutdown_stop_running_jobs_and_keep_the_queue() {
     let daemon = Daemon::start(&lab.config);
     let addr = daemon.addr();
     let job = lab.seed_job();
-    let submit = || {
-        let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
-        assert_eq!(status, 201, "{body}");
-        json_of(&body)["id"].as_u64().unwrap()
-    };
+    let submit = || submit_job(&addr, &token, &job);
     let (first, second) = (submit(), submit());
     follow_until(
         &addr,
@@ -608,9 +607,7 @@ fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
         );
     let daemon = Daemon::start(&config);
     let addr = daemon.addr();
-    let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), job.as_bytes());
-    assert_eq!(status, 201, "{body}");
-    let id = json_of(&body)["id"].as_u64().unwrap();
+    let id = submit_job(&addr, &token, &job);
     follow_until(
         &addr,
         &token,

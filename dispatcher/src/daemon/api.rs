@@ -343,12 +343,7 @@ async fn devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiRe
         .devices()?
         .into_iter()
         .map(|d| {
-            let tags = shared
-                .lab
-                .devices
-                .get(&d.hostname)
-                .map(|l| l.tags.clone())
-                .unwrap_or_default();
+            let tags = shared.tags_of(&d.hostname);
             json!({
                 "hostname": d.hostname, "device_type": d.device_type,
                 "state": d.state, "health": d.health, "tags": tags,

@@ -64,6 +64,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A device's tags, as its lab file gives them (the store keeps state, not tags).
+    pub fn tags_of(&self, hostname: &str) -> Vec<String> {
+        self.lab
+            .devices
+            .get(hostname)
+            .map(|d| d.tags.clone())
+            .unwrap_or_default()
+    }
+
     /// Asks a running job to stop; `false` when it is not running here.
     pub fn cancel_running(&self, job_id: u64) -> bool {
         let running = self.running.lock().map(|r| r.get(&job_id).cloned());
@@ -272,12 +281,7 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
         .devices()?
         .into_iter()
         .map(|d| {
-            let tags = shared
-                .lab
-                .devices
-                .get(&d.hostname)
-                .map(|l| l.tags.iter().cloned().collect())
-                .unwrap_or_default();
+            let tags = shared.tags_of(&d.hostname).into_iter().collect();
             d.into_view(tags)
         })
         .collect();
