@@ -46,12 +46,28 @@ pub enum TransferError {
     },
 }
 
-/// SHA-256 of a local file, hex.
+/// Digests of local files already hashed, by path, size and modification time: a daemon
+/// uploads the same images job after job, and hashing 512 MiB takes half a second.
+type DigestKey = (std::path::PathBuf, u64, std::time::SystemTime);
+static DIGESTS: std::sync::Mutex<std::collections::BTreeMap<DigestKey, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// SHA-256 of a local file, hex, and its size; remembered until the file changes.
 pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
     let local = |source| TransferError::Local {
         path: path.display().to_string(),
         source,
     };
+    let meta = tokio::fs::metadata(path).await.map_err(local)?;
+    let key = meta
+        .modified()
+        .ok()
+        .map(|modified| (path.to_path_buf(), meta.len(), modified));
+    if let Some(key) = &key
+        && let Some(digest) = DIGESTS.lock().ok().and_then(|d| d.get(key).cloned())
+    {
+        return Ok((digest, meta.len()));
+    }
     let mut file = tokio::fs::File::open(path).await.map_err(local)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -64,7 +80,15 @@ pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    let digest = hex::encode(hasher.finalize());
+    // Only what was read whole is remembered: a file that grew while being read is
+    // hashed again next time.
+    if let Some(key) = key.filter(|(_, len, _)| *len == size)
+        && let Ok(mut digests) = DIGESTS.lock()
+    {
+        digests.insert(key, digest.clone());
+    }
+    Ok((digest, size))
 }
 
 /// Uploads `local` into `cache_dir` on the host unless an image with the same SHA-256
@@ -180,4 +204,33 @@ pub async fn upload_cached(
         size,
         bytes_sent: sent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sha256_file;
+
+    #[tokio::test]
+    async fn a_digest_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        std::fs::write(&path, b"abc").unwrap();
+        let (first, size) = sha256_file(&path).await.unwrap();
+        assert_eq!(
+            (first.as_str(), size),
+            (
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                3
+            )
+        );
+        assert_eq!(sha256_file(&path).await.unwrap().0, first);
+        // Other content (and size): a new digest, not the remembered one.
+        std::fs::write(&path, b"abcd").unwrap();
+        let (changed, size) = sha256_file(&path).await.unwrap();
+        assert_eq!(size, 4);
+        assert_eq!(
+            changed,
+            "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
+        );
+    }
 }
