@@ -371,6 +371,29 @@ impl SshHost {
 }
 
 impl SshHost {
+    /// The lab's device file for this host (`ssh-host-01`, its host key pinned) in
+    /// `dir/devices`; returns that directory. `with_identity`: the file names the key to
+    /// log in with, else the dispatcher's lab key is used.
+    pub fn device_files(&self, dir: &Path, with_identity: bool) -> PathBuf {
+        let devices = dir.join("devices");
+        std::fs::create_dir_all(&devices).unwrap_or_else(|e| panic!("{}: {e}", devices.display()));
+        let identity = if with_identity {
+            format!("identity_file = \"{}\"\n", self.identity.display())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            devices.join("ssh-host-01.toml"),
+            format!(
+                "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
+                 port = {}\n{identity}host_key = \"{}\"\n",
+                self.address, self.port, self.fingerprint
+            ),
+        )
+        .unwrap_or_else(|e| panic!("ssh-host-01.toml: {e}"));
+        devices
+    }
+
     /// Fails the test if a qemu process runs in the host's namespace.
     pub fn assert_no_qemu(&self) {
         let left: Vec<String> = self
@@ -528,4 +551,18 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab's device files for stand-alone `kvm` devices named `names`, in `dir/devices`.
+pub fn kvm_devices(dir: &Path, names: &[&str]) -> PathBuf {
+    let devices = dir.join("devices");
+    std::fs::create_dir_all(&devices).unwrap_or_else(|e| panic!("{}: {e}", devices.display()));
+    for name in names {
+        std::fs::write(
+            devices.join(format!("{name}.toml")),
+            format!("hostname = \"{name}\"\ndevice_type = \"kvm\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("{name}.toml: {e}"));
+    }
+    devices
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, binary, jobs_dir, parse_junit, parse_tap, repo_root, static_node_agent, test_images,
+    SshHost, binary, jobs_dir, kvm_devices, parse_junit, parse_tap, repo_root, static_node_agent,
+    test_images,
 };
 
 /// A `dispatcher serve` process; killed when dropped.
@@ -79,17 +80,8 @@ impl Lab {
         let images = test_images();
         let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
         let dir = tempfile::tempdir().unwrap();
-        let devices = dir.path().join("devices");
-        std::fs::create_dir_all(&devices).unwrap();
-        std::fs::write(
-            devices.join("ssh-host-01.toml"),
-            format!(
-                "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
-                 host_key = \"{}\"\n",
-                host.address, host.fingerprint
-            ),
-        )
-        .unwrap();
+        // No identity in the device file: the daemon's lab key is used.
+        let devices = host.device_files(dir.path(), false);
         let config = dir.path().join("dispatcher.toml");
         std::fs::write(
             &config,
@@ -187,37 +179,28 @@ fn chromium(url: &str, millis: u32, screenshot: &str) -> String {
     ];
     // Virtual time: the page's fetches and timers run as if `millis` passed, then the
     // DOM is taken (a followed log keeps its request open; the budget still ends).
-    let timeout = format!("--virtual-time-budget={millis}");
-    let shot = Command::new("timeout")
-        .args(["120", "chromium"])
-        .args(flags)
-        .arg(&timeout)
-        .arg(format!(
-            "--screenshot={}",
-            artifacts.join(screenshot).display()
-        ))
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let dom = Command::new("timeout")
-        .args(["120", "chromium"])
-        .args(flags)
-        .arg(&timeout)
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        dom.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
-    String::from_utf8_lossy(&dom.stdout).into_owned()
+    let budget = format!("--virtual-time-budget={millis}");
+    let run = |mode: String| {
+        let out = Command::new("timeout")
+            .args(["120", "chromium"])
+            .args(flags)
+            .arg(&budget)
+            .arg(mode)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(format!(
+        "--screenshot={}",
+        artifacts.join(screenshot).display()
+    ));
+    String::from_utf8_lossy(&run("--dump-dom".to_string())).into_owned()
 }
 
 /// Submits a job over the API; returns its id.
@@ -560,15 +543,7 @@ fn processes_under(dir: &Path) -> String {
 fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
     let images = test_images();
     let dir = tempfile::tempdir().unwrap();
-    let devices = dir.path().join("devices");
-    std::fs::create_dir_all(&devices).unwrap();
-    for name in ["kvm-01", "kvm-02"] {
-        std::fs::write(
-            devices.join(format!("{name}.toml")),
-            format!("hostname = \"{name}\"\ndevice_type = \"kvm\"\n"),
-        )
-        .unwrap();
-    }
+    let devices = kvm_devices(dir.path(), &["kvm-01", "kvm-02"]);
     let state = dir.path().join("state");
     let config = dir.path().join("dispatcher.toml");
     std::fs::write(

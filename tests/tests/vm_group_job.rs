@@ -10,8 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, TestImages, binary, free_port, jobs_dir, parse_junit, parse_tap, static_node_agent,
-    test_images,
+    SshHost, TestImages, binary, free_port, jobs_dir, kvm_devices, parse_junit, parse_tap,
+    static_node_agent, test_images,
 };
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in.
@@ -27,25 +27,6 @@ fn job(name: &str, images: &TestImages, host_type: &str, dir: &Path) -> PathBuf 
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The lab of one ssh-host device: the given host, the lab key, its pinned host key.
-fn ssh_host_lab(host: &SshHost, dir: &Path) -> PathBuf {
-    let devices = dir.join("devices");
-    std::fs::create_dir_all(&devices).unwrap();
-    std::fs::write(
-        devices.join("ssh-host-01.toml"),
-        format!(
-            "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
-             port = {}\nidentity_file = \"{}\"\nhost_key = \"{}\"\n",
-            host.address,
-            host.port,
-            host.identity.display(),
-            host.fingerprint
-        ),
-    )
-    .unwrap();
-    devices
 }
 
 /// Runs `dispatcher run` and returns its JSON report and exit status.
@@ -142,7 +123,7 @@ fn run_on_ssh_host_keeping(name: &str) -> (Value, i32, SshHost, tempfile::TempDi
     let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
     let dir = tempfile::tempdir().unwrap();
     let job = job(name, &images, "ssh-host", dir.path());
-    let devices = ssh_host_lab(&host, dir.path());
+    let devices = host.device_files(dir.path(), true);
     let (report, status) =
         dispatcher_run(&job, &devices, &dir.path().join("state"), &host.scratch());
     assert_no_vm_left(&host);
@@ -311,15 +292,7 @@ fn a_device_group_of_two_kvm_devices_runs_here() {
     let images = test_images();
     let dir = tempfile::tempdir().unwrap();
     let job = job("device-group-two-kvm.json", &images, "kvm", dir.path());
-    let devices = dir.path().join("devices");
-    std::fs::create_dir_all(&devices).unwrap();
-    for name in ["kvm-01", "kvm-02"] {
-        std::fs::write(
-            devices.join(format!("{name}.toml")),
-            format!("hostname = \"{name}\"\ndevice_type = \"kvm\"\n"),
-        )
-        .unwrap();
-    }
+    let devices = kvm_devices(dir.path(), &["kvm-01", "kvm-02"]);
     let state = dir.path().join("state");
     let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
     assert_passed(

@@ -18,7 +18,7 @@ use super::Shared;
 use crate::joblog;
 use crate::runner::formats::ResultsFormat;
 use crate::runner::report::JobReport;
-use crate::states::{DeviceHealth, JobEvent, JobState};
+use crate::states::{DeviceHealth, Health, JobEvent, JobState};
 use crate::store::StoreError;
 use crate::validation;
 
@@ -400,99 +400,106 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
 
 /// `GET /metrics`: Prometheus text format. Public, like `/healthz`: counts only.
 async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
-    use std::fmt::Write as _;
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_jobs Jobs in the database by state."
-    );
-    let _ = writeln!(text, "# TYPE dispatcher_jobs gauge");
     let jobs = shared.store.jobs(None)?;
-    for state in ["submitted", "scheduled", "running", "canceling", "finished"] {
-        let n = jobs.iter().filter(|j| j.state.name() == state).count();
-        let _ = writeln!(text, "dispatcher_jobs{{state=\"{state}\"}} {n}");
-    }
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_jobs_finished Finished jobs by health."
+    let mut text = String::new();
+    family(
+        &mut text,
+        "dispatcher_jobs gauge",
+        "Jobs in the database by state.",
+        ["submitted", "scheduled", "running", "canceling", "finished"].map(|state| {
+            let n = jobs.iter().filter(|j| j.state.name() == state).count();
+            (format!("state=\"{state}\""), n as u64)
+        }),
     );
-    let _ = writeln!(text, "# TYPE dispatcher_jobs_finished gauge");
-    for health in ["complete", "incomplete", "canceled"] {
-        let n = jobs
-            .iter()
-            .filter(|j| match &j.state {
-                JobState::Finished(outcome) => {
-                    serde_json::to_value(outcome.health).ok() == Some(json!(health))
-                }
-                _ => false,
-            })
-            .count();
-        let _ = writeln!(text, "dispatcher_jobs_finished{{health=\"{health}\"}} {n}");
-    }
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_queue_length Jobs waiting for devices."
+    family(
+        &mut text,
+        "dispatcher_jobs_finished gauge",
+        "Finished jobs by health.",
+        [
+            ("complete", Health::Complete),
+            ("incomplete", Health::Incomplete),
+            ("canceled", Health::Canceled),
+        ]
+        .map(|(name, health)| {
+            let n = jobs
+                .iter()
+                .filter(|j| matches!(&j.state, JobState::Finished(o) if o.health == health))
+                .count();
+            (format!("health=\"{name}\""), n as u64)
+        }),
     );
-    let _ = writeln!(text, "# TYPE dispatcher_queue_length gauge");
     let queued = jobs
         .iter()
         .filter(|j| j.state == JobState::Submitted)
         .count();
-    let _ = writeln!(text, "dispatcher_queue_length {queued}");
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_devices Devices by state and health."
+    family(
+        &mut text,
+        "dispatcher_queue_length gauge",
+        "Jobs waiting for devices.",
+        [(String::new(), queued as u64)],
     );
-    let _ = writeln!(text, "# TYPE dispatcher_devices gauge");
-    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    let mut devices: std::collections::BTreeMap<String, u64> = Default::default();
     for device in shared.store.devices()? {
-        let state = serde_json::to_value(device.state)
-            .ok()
-            .and_then(|v| v["state"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        let health = serde_json::to_value(device.health)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *counts.entry((state, health)).or_default() += 1;
-    }
-    for ((state, health), n) in counts {
-        let _ = writeln!(
-            text,
-            "dispatcher_devices{{state=\"{state}\",health=\"{health}\"}} {n}"
+        // The names the API shows: the serde names of the state and health.
+        let state = serde_json::to_value(device.state).unwrap_or_default();
+        let health = serde_json::to_value(device.health).unwrap_or_default();
+        let labels = format!(
+            "state=\"{}\",health=\"{}\"",
+            state["state"].as_str().unwrap_or_default(),
+            health.as_str().unwrap_or_default()
         );
+        *devices.entry(labels).or_default() += 1;
     }
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_coordinator_groups MultiNode groups alive."
+    family(
+        &mut text,
+        "dispatcher_devices gauge",
+        "Devices by state and health.",
+        devices,
     );
-    let _ = writeln!(text, "# TYPE dispatcher_coordinator_groups gauge");
-    let _ = writeln!(
-        text,
-        "dispatcher_coordinator_groups {}",
-        shared.coordination.store.group_count()
+    let coordinator = &shared.coordination.store;
+    family(
+        &mut text,
+        "dispatcher_coordinator_groups gauge",
+        "MultiNode groups alive.",
+        [(String::new(), coordinator.group_count() as u64)],
     );
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_coordinator_waiters MultiNode calls blocked now."
+    family(
+        &mut text,
+        "dispatcher_coordinator_waiters gauge",
+        "MultiNode calls blocked now.",
+        [(String::new(), coordinator.waiter_count() as u64)],
     );
-    let _ = writeln!(text, "# TYPE dispatcher_coordinator_waiters gauge");
-    let _ = writeln!(
-        text,
-        "dispatcher_coordinator_waiters {}",
-        shared.coordination.store.waiter_count()
-    );
-    let _ = writeln!(
-        text,
-        "# HELP dispatcher_transfer_bytes_total Image and agent bytes sent to hosts."
-    );
-    let _ = writeln!(text, "# TYPE dispatcher_transfer_bytes_total counter");
-    let _ = writeln!(
-        text,
-        "dispatcher_transfer_bytes_total {}",
-        crate::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed)
+    family(
+        &mut text,
+        "dispatcher_transfer_bytes_total counter",
+        "Image and agent bytes sent to hosts.",
+        [(
+            String::new(),
+            crate::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+        )],
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// One metric family in Prometheus text format: `name_and_type` is "name gauge", each
+/// sample is its labels (`a="b",c="d"`, or empty) and value.
+fn family(
+    text: &mut String,
+    name_and_type: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    use std::fmt::Write as _;
+    let name = name_and_type.split(' ').next().unwrap_or_default();
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name_and_type}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(text, "{name} {value}");
+        } else {
+            let _ = writeln!(text, "{name}{{{labels}}} {value}");
+        }
+    }
 }
 
 /// The web page: one self-contained file (no CDN, no build step) built into the binary.

@@ -206,8 +206,10 @@ impl<'a> GroupContext<'a> {
             .collect()
     }
 
-    /// Every node failed with `failure` (nothing could start).
-    pub fn fail_all(&self, failure: &Failure) {
+    /// Every node failed with `failure` (nothing could start), logged against `blamed`.
+    pub fn fail_all(&self, blamed: &str, failure: &Failure) {
+        self.log
+            .line(Level::Error, Some(blamed), failure.message.as_str());
         for (node, role) in &self.members {
             self.record(failed_report(node, role, failure));
         }

@@ -306,10 +306,10 @@ fn fail_all_roles(job: &Job, failure: Failure) -> Vec<NodeReport> {
 impl GroupRun<'_> {
     async fn run(&self, host: &Device) -> Vec<NodeReport> {
         let Some(host_type) = self.lab.device_types.get(&host.device_type) else {
-            self.fail_all(&Failure::infra(
-                "boot",
-                format!("unknown device type {}", host.device_type),
-            ));
+            self.fail_all(
+                &self.plan.host_id,
+                &Failure::infra("boot", format!("unknown device type {}", host.device_type)),
+            );
             return self.reports(None);
         };
         let up = {
@@ -326,12 +326,7 @@ impl GroupRun<'_> {
         let up = match up {
             Ok(up) => up,
             Err(failure) => {
-                self.log.line(
-                    Level::Error,
-                    Some(&self.plan.host_id),
-                    failure.message.as_str(),
-                );
-                self.fail_all(&failure);
+                self.fail_all(&self.plan.host_id, &failure);
                 return self.reports(None);
             }
         };
@@ -341,14 +336,7 @@ impl GroupRun<'_> {
                 self.deploy(&up.ssh).await
             };
             match prepared {
-                Err(failure) => {
-                    self.log.line(
-                        Level::Error,
-                        Some(&self.plan.host_id),
-                        failure.message.as_str(),
-                    );
-                    self.fail_all(&failure);
-                }
+                Err(failure) => self.fail_all(&self.plan.host_id, &failure),
                 Ok(deployed) => {
                     let vms = futures::future::join_all(
                         self.plan
