@@ -31,6 +31,15 @@ pub struct LegacyLimits {
     pub read_timeout: Duration,
     /// Connections handled at once; more wait to be accepted.
     pub max_connections: usize,
+    /// How long a blocking request (`group_data`, `lava_wait`, `lava_wait_all`,
+    /// `lava_sync`) is held open before it is answered `wait`. LAVA's client has no
+    /// socket timeout and simply blocks on its read, so a held request is answered the
+    /// moment its condition holds instead of up to `poll_delay` (3 s as Debian ships it)
+    /// later. Requests without `poll_delay` (one-shot clients) are never held. Zero
+    /// answers at once, as LAVA's own coordinator does. The cost: LAVA's
+    /// client counts its timeout in polls, so a condition that never holds times it out
+    /// after about `(hold + poll_delay) / poll_delay` times its timeout in wall time.
+    pub hold: Duration,
 }
 
 impl Default for LegacyLimits {
@@ -38,7 +47,8 @@ impl Default for LegacyLimits {
         Self {
             max_frame: 1024 * 1024,
             read_timeout: Duration::from_secs(30),
-            max_connections: 1024,
+            max_connections: 4096,
+            hold: Duration::from_secs(10),
         }
     }
 }
@@ -80,7 +90,7 @@ async fn handle(mut stream: TcpStream, store: &Store, limits: LegacyLimits) -> s
             tracing::warn!(%err, "legacy request refused");
             Some(Response::nack())
         }
-        Ok(Ok(request)) => respond(store, &request),
+        Ok(Ok(request)) => respond_held(store, &request, limits.hold).await,
     };
     if let Some(response) = response {
         stream.write_all(&response.to_frame()).await?;
@@ -106,6 +116,41 @@ async fn read_request(stream: &mut TcpStream, limit: u64) -> Result<Request, Rea
     let mut body = vec![0u8; size];
     stream.read_exact(&mut body).await.map_err(ReadError::Io)?;
     Request::decode(&body).map_err(ReadError::Frame)
+}
+
+/// Answers one request, holding a `wait` answer for up to `hold` while re-checking on
+/// every change of the group (never by polling). Re-asking is safe: every blocking
+/// request is idempotent for the asking client.
+async fn respond_held(store: &Store, request: &Request, hold: Duration) -> Option<Response> {
+    let first = respond(store, request);
+    let is_wait = |r: &Option<Response>| r.as_ref().is_some_and(Response::is_wait);
+    // Only a client that will ask again is held; a one-shot client (LAVA's status.py
+    // health check) gets LAVA's immediate answer.
+    if hold.is_zero() || request.poll_delay.is_none() || !is_wait(&first) {
+        return first;
+    }
+    let Some(cell) = request
+        .group_name
+        .as_deref()
+        .and_then(|name| store.legacy_group(name, None))
+    else {
+        return first;
+    };
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let notified = cell.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so a change between check and wait is not lost.
+        notified.as_mut().enable();
+        let response = respond(store, request);
+        if !is_wait(&response) {
+            return response;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => return response,
+        }
+    }
 }
 
 /// Answers one request; `None` for `complete`, which LAVA closes without a reply.

@@ -122,6 +122,11 @@ impl GroupCell {
         out
     }
 
+    /// Completes at the group's next change that a blocked call may care about.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     pub fn emit(&self, kind: group_event::Kind) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // No receivers is fine: nobody is watching.

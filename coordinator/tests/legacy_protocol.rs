@@ -4,15 +4,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A coordinator that answers `wait` at once, as LAVA's own does, so each replayed frame
+/// gets LAVA's exact reply.
 async fn server() -> coordinator::Running {
+    server_holding(Duration::ZERO).await
+}
+
+async fn server_holding(hold: Duration) -> coordinator::Running {
     let mut config =
         coordinator::Config::new("127.0.0.1:0".parse().unwrap(), "admin-token-for-tests");
     config.legacy_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.legacy.hold = hold;
     coordinator::start(config).await.unwrap()
 }
 
@@ -57,6 +65,50 @@ fn lava(request: &str, client: &str, role: &str, extra: Value) -> Value {
 
 async fn ask(addr: SocketAddr, body: Value) -> Option<Value> {
     parse(&raw(addr, &frame(&body)).await)
+}
+
+#[tokio::test]
+async fn a_held_request_is_answered_when_its_condition_holds() {
+    // An hour of hold: only the other node's request can end these, never a `wait`.
+    let running = server_holding(Duration::from_secs(3600)).await;
+    let addr = running.legacy_addr.unwrap();
+    let sync = |client: &str| {
+        lava(
+            "lava_sync",
+            client,
+            "r",
+            json!({"group_size": 2, "messageID": "round"}),
+        )
+    };
+    // A one-shot client (no poll_delay, like LAVA's status.py) is answered at once.
+    let mut one_shot = lava(
+        "lava_wait",
+        "a.0",
+        "r",
+        json!({"group_size": 2, "messageID": "x"}),
+    );
+    one_shot.as_object_mut().unwrap().remove("poll_delay");
+    assert_eq!(ask(addr, one_shot).await, Some(json!({"response": "wait"})));
+    let first = tokio::spawn(ask(addr, sync("a.0")));
+    let passed = Some(json!({"response": "ack", "message": "round"}));
+    assert_eq!(ask(addr, sync("b.1")).await, passed);
+    assert_eq!(first.await.unwrap(), passed);
+
+    let waiting = tokio::spawn(ask(
+        addr,
+        lava("lava_wait_all", "b.1", "r", json!({"messageID": "m"})),
+    ));
+    let send = lava(
+        "lava_send",
+        "a.0",
+        "r",
+        json!({"messageID": "m", "message": {"k": "v"}}),
+    );
+    assert_eq!(ask(addr, send).await, Some(json!({"response": "ack"})));
+    assert_eq!(
+        waiting.await.unwrap(),
+        Some(json!({"response": "ack", "message": {"a.0": {"k": "v"}}}))
+    );
 }
 
 #[tokio::test]

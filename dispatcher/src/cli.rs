@@ -126,6 +126,10 @@ enum TokenCommand {
         /// The daemon's configuration (for its database).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// The token may only read (jobs, logs, results, devices): no submit, cancel or
+        /// health changes.
+        #[arg(long)]
+        read_only: bool,
     },
 }
 
@@ -253,8 +257,13 @@ pub fn run(cli: Cli) -> u8 {
             server,
         } => remote::logs(&server.into(), id, follow, node.as_deref()),
         Command::Token {
-            command: TokenCommand::Create { name, config },
-        } => crate::serve::token_create(&config, &name),
+            command:
+                TokenCommand::Create {
+                    name,
+                    config,
+                    read_only,
+                },
+        } => crate::serve::token_create(&config, &name, read_only),
     }
 }
 

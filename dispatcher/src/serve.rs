@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use dispatcher::daemon::{Daemon, DaemonConfig};
-use dispatcher::store::Store;
+use dispatcher::store::{Store, TokenScope};
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
 
@@ -53,7 +53,7 @@ pub fn serve(config: &Path) -> u8 {
 }
 
 /// Makes an API token in the daemon's database and prints it (once).
-pub fn token_create(config: &Path, name: &str) -> u8 {
+pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     let config = match DaemonConfig::load(config) {
         Ok(config) => config,
         Err(err) => {
@@ -65,7 +65,12 @@ pub fn token_create(config: &Path, name: &str) -> u8 {
         eprintln!("error: cannot create {}: {err}", config.state_dir.display());
         return EXIT_UNREADABLE;
     }
-    match Store::open(&config.database()).and_then(|store| store.create_token(name)) {
+    let scope = if read_only {
+        TokenScope::ReadOnly
+    } else {
+        TokenScope::ReadWrite
+    };
+    match Store::open(&config.database()).and_then(|store| store.create_scoped_token(name, scope)) {
         Ok(token) => {
             println!("{token}");
             EXIT_OK

@@ -65,6 +65,10 @@ const MIGRATIONS: &[&str] = &[
         sha256 TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL
     );",
+    // 2: the scheduler's view of the queue from the index alone (a row's later columns
+    // sit behind its definition, in overflow pages); tokens that may only read.
+    "CREATE INDEX jobs_queue ON jobs (state, id, priority, submitted_at);
+    ALTER TABLE tokens ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The message of jobs that were cut short by a dispatcher restart.
@@ -117,6 +121,23 @@ pub struct JobRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub results: Option<serde_json::Value>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// Read jobs, logs, results and devices; submit, cancel and set health.
+    ReadWrite,
+    /// Read only: for dashboards and CI jobs that only fetch results.
+    ReadOnly,
+}
+
+/// A queued job as the scheduler needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub id: u64,
+    pub priority: u8,
+    pub submitted_at: i64,
 }
 
 /// A device as stored (its tags live in the lab files, not here).
@@ -231,6 +252,23 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The queue, oldest first, without the job definitions: what a scheduling pass
+    /// reads every time (definitions are read once per job, see [`Store::job`]).
+    pub fn queue(&self) -> Result<Vec<Queued>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, priority, submitted_at FROM jobs WHERE state = 'submitted' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Queued {
+                id: row.get(0)?,
+                priority: row.get(1)?,
+                submitted_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Applies `event` to job `id` and returns the new state. Finishing frees the job's
     /// devices. (To schedule a job use [`Store::reserve`], which also takes devices.)
     pub fn apply(&self, id: u64, event: JobEvent) -> Result<JobState, StoreError> {
@@ -279,6 +317,19 @@ impl Store {
         results: Option<&serde_json::Value>,
     ) -> Result<JobState, StoreError> {
         self.write(|tx| {
+            // An infrastructure failure leaves the job's devices not known to be good
+            // (LAVA's "unknown"): still schedulable, but an admin sees which devices
+            // had trouble. Set before the transition releases them.
+            if matches!(outcome.error, Some((ErrorClass::Infrastructure, _))) {
+                tx.execute(
+                    "UPDATE devices SET health = ?2 WHERE job_id = ?1 AND health = ?3",
+                    params![
+                        job_id,
+                        enum_text(&DeviceHealth::Unknown)?,
+                        enum_text(&DeviceHealth::Good)?
+                    ],
+                )?;
+            }
             let state = transition(tx, job_id, JobEvent::Ended(outcome.clone()))?;
             let results = results.map(serde_json::to_string).transpose()?;
             tx.execute(
@@ -388,13 +439,23 @@ impl Store {
         Ok(())
     }
 
-    /// A new API token named `name`. The secret is returned once and never stored:
-    /// only its SHA-256 is, so a copy of the database grants nothing.
+    /// A new API token named `name` that may do anything.
     pub fn create_token(&self, name: &str) -> Result<String, StoreError> {
+        self.create_scoped_token(name, TokenScope::ReadWrite)
+    }
+
+    /// A new API token named `name` with `scope`. The secret is returned once and never
+    /// stored: only its SHA-256 is, so a copy of the database grants nothing.
+    pub fn create_scoped_token(&self, name: &str, scope: TokenScope) -> Result<String, StoreError> {
         let secret = hex::encode(rand::random::<[u8; 32]>());
         let inserted = self.lock().execute(
-            "INSERT INTO tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)",
-            params![name, sha256_hex(&secret), now()],
+            "INSERT INTO tokens (name, sha256, created_at, read_only) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                name,
+                sha256_hex(&secret),
+                now(),
+                scope == TokenScope::ReadOnly
+            ],
         );
         match inserted {
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
@@ -410,15 +471,27 @@ impl Store {
 
     /// The name of the token `token`, or `None` if it is not one of ours.
     pub fn check_token(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let name = self
+        Ok(self.token_scope(token)?.map(|(name, _)| name))
+    }
+
+    /// The name and scope of the token `token`, or `None` if it is not one of ours.
+    pub fn token_scope(&self, token: &str) -> Result<Option<(String, TokenScope)>, StoreError> {
+        let found = self
             .lock()
             .query_row(
-                "SELECT name FROM tokens WHERE sha256 = ?1",
+                "SELECT name, read_only FROM tokens WHERE sha256 = ?1",
                 [sha256_hex(token)],
-                |row| row.get(0),
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
             )
             .optional()?;
-        Ok(name)
+        Ok(found.map(|(name, read_only)| {
+            let scope = if read_only {
+                TokenScope::ReadOnly
+            } else {
+                TokenScope::ReadWrite
+            };
+            (name, scope)
+        }))
     }
 }
 
@@ -797,7 +870,7 @@ mod tests {
         let mode: String = raw
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
-        assert_eq!((version, mode.as_str()), (1, "wal"));
+        assert_eq!((version, mode.as_str()), (2, "wal"));
     }
 
     #[test]
@@ -805,11 +878,11 @@ mod tests {
         let (_dir, path, store) = temp_store();
         drop(store);
         let raw = Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 2).unwrap();
+        raw.pragma_update(None, "user_version", 3).unwrap();
         drop(raw);
         assert!(matches!(
             Store::open(&path),
-            Err(StoreError::SchemaTooNew { found: 2, known: 1 })
+            Err(StoreError::SchemaTooNew { found: 3, known: 2 })
         ));
     }
 
@@ -900,6 +973,71 @@ mod tests {
             store.set_device_health("zz", DeviceHealth::Bad),
             Err(StoreError::NoSuchDevice(ref h)) if h == "zz"
         ));
+    }
+
+    #[test]
+    fn an_infrastructure_failure_leaves_its_devices_unknown() {
+        let (_dir, _path, store) = temp_store();
+        store.sync_devices(&lab(&["kvm-01", "kvm-02"])).unwrap();
+        for host in ["kvm-01", "kvm-02"] {
+            store.set_device_health(host, DeviceHealth::Good).unwrap();
+        }
+        let health = |store: &Store, host: &str| {
+            store
+                .devices()
+                .unwrap()
+                .into_iter()
+                .find(|d| d.hostname == host)
+                .map(|d| (d.state, d.health))
+                .unwrap()
+        };
+        let failed = store.submit(None, "{}", 50).unwrap();
+        store.reserve(failed, &hosts(&["kvm-01"])).unwrap();
+        store.start(failed).unwrap();
+        store
+            .finish(
+                failed,
+                &Outcome::incomplete(ErrorClass::Infrastructure, "host lost"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            health(&store, "kvm-01"),
+            (DeviceState::Idle, DeviceHealth::Unknown)
+        );
+        // A test failure says nothing about the device.
+        let test_failed = store.submit(None, "{}", 50).unwrap();
+        store.reserve(test_failed, &hosts(&["kvm-02"])).unwrap();
+        store.start(test_failed).unwrap();
+        store
+            .finish(
+                test_failed,
+                &Outcome::incomplete(ErrorClass::Test, "a case failed"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            health(&store, "kvm-02"),
+            (DeviceState::Idle, DeviceHealth::Good)
+        );
+    }
+
+    #[test]
+    fn a_read_only_token_says_so() {
+        let (_dir, _path, store) = temp_store();
+        let reader = store
+            .create_scoped_token("dashboard", TokenScope::ReadOnly)
+            .unwrap();
+        let writer = store.create_token("ci").unwrap();
+        assert_eq!(
+            store.token_scope(&reader).unwrap(),
+            Some(("dashboard".to_string(), TokenScope::ReadOnly))
+        );
+        assert_eq!(
+            store.token_scope(&writer).unwrap(),
+            Some(("ci".to_string(), TokenScope::ReadWrite))
+        );
+        assert_eq!(store.token_scope("nope").unwrap(), None);
     }
 
     #[test]

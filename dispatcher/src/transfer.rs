@@ -163,9 +163,15 @@ pub async fn upload_cached(
         .await
         .map_err(|e| sftp_error(e.to_string()))?;
     drop(remote);
+    // OpenSSL's SHA-256 uses the CPU's SHA instructions where coreutils' does not (7x
+    // faster here); `sha256sum` is the fallback every host has.
+    let quoted = shell_quote(&partial);
     let digest = session
         .run(
-            &format!("sha256sum {}", shell_quote(&partial)),
+            &format!(
+                "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r {quoted}; \
+                 else sha256sum {quoted}; fi"
+            ),
             Duration::from_secs(600),
         )
         .await?;

@@ -62,6 +62,9 @@ pub struct Request {
     pub waitrole: Option<String>,
     pub bundle: Option<Value>,
     pub sub_id: Option<Value>,
+    /// Sent by LAVA's MultinodeProtocol, which asks again after a `wait`; one-shot
+    /// clients such as LAVA's status.py leave it out.
+    pub poll_delay: Option<Value>,
 }
 
 impl Request {
@@ -117,6 +120,11 @@ impl Response {
 
     pub fn wait() -> Self {
         Self::bare("wait")
+    }
+
+    /// Whether this is a `wait`: ask again later.
+    pub fn is_wait(&self) -> bool {
+        self.response == "wait"
     }
 
     pub fn ack_with(message: Value) -> Self {

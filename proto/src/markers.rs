@@ -197,6 +197,8 @@ pub fn parse_reply(line: &str, api: &str) -> Option<Result<Reply, MarkerError>> 
 #[derive(Debug, Default)]
 pub struct Scanner {
     pending: String,
+    /// The start of a UTF-8 character cut by the end of the last read.
+    partial: Vec<u8>,
 }
 
 /// Longest a marker line may grow before the scanner gives up on it (a node printing
@@ -210,7 +212,17 @@ impl Scanner {
 
     /// Feeds console output; returns every complete call marker found, in order.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Result<Call, MarkerError>> {
-        self.pending.push_str(&String::from_utf8_lossy(bytes));
+        // A read may end inside a character: its first bytes wait for the rest, so
+        // text outside ASCII survives any split (found by fuzzing).
+        let mut bytes_now = std::mem::take(&mut self.partial);
+        bytes_now.extend_from_slice(bytes);
+        let complete = match std::str::from_utf8(&bytes_now) {
+            Ok(_) => bytes_now.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes_now.len(),
+        };
+        self.partial = bytes_now.split_off(complete);
+        self.pending.push_str(&String::from_utf8_lossy(&bytes_now));
         let mut found = Vec::new();
         loop {
             let Some(start) = self.pending.find(PREFIX) else {
@@ -347,6 +359,23 @@ mod tests {
         assert_eq!(
             parse_call("SYNC"),
             Err(MarkerError::MissingId("SYNC".into()))
+        );
+    }
+
+    #[test]
+    fn a_character_split_across_reads_survives() {
+        let line = format!("{PREFIX}<LAVA_SEND id k=caf\u{e9}>\n");
+        let bytes = line.as_bytes();
+        let cut = line.find('\u{e9}').unwrap_or(0) + 1; // inside the two bytes of 'é'
+        let mut scanner = Scanner::new();
+        let mut found = scanner.feed(&bytes[..cut]);
+        found.extend(scanner.feed(&bytes[cut..]));
+        assert_eq!(
+            found,
+            vec![Ok(Call::Send {
+                id: "id".into(),
+                data: vec![("k".into(), "caf\u{e9}".into())],
+            })]
         );
     }
 

@@ -20,6 +20,12 @@ errors; `status` exits with status.py's own code):
   frames --host H --port P [--no-check]
       one raw framed request of each type (and some malformed ones), prints the raw
       replies as JSON and checks them against what Debian's lava-coordinator answers.
+  barrier --host H --port P --nodes N --rounds R [--poll-delays 3,1] [--deadline S]
+      N MultinodeProtocol clients (threads) in one fresh group: the group_data start
+      barrier, then R lava_sync rounds per poll delay. Each round starts with every
+      client released at once and ends when the last has its reply. Prints JSON
+      {"setup_s", "rounds_s": {delay: [...]}, "connection_errors": {delay: n},
+      "gave_up"}; --give-up S stops after S seconds with what was measured.
   reference --port P
       runs Debian's lava-coordinator daemon itself in the foreground (for replays).
   selftest
@@ -606,14 +612,126 @@ def cmd_frames(args):
     return 1 if failures else 0
 
 
+# --------------------------------------------------------------------------- barrier
+
+
+def cmd_barrier(args):
+    """Barrier latency as a LAVA MultiNode job sees it: N dispatchers' protocol objects.
+
+    One group and one start barrier (polled every second), then --rounds lava_sync
+    rounds for each poll delay in --poll-delays, in that order."""
+    import_lava()
+    import resource
+    from lava_dispatcher.protocols.multinode import MultinodeProtocol
+
+    delays = [int(d) for d in args.poll_delays.split(",") if d]
+    phase = {"delay": None}
+    # LAVA's client logs each connection the coordinator resets (then treats it as a
+    # `wait`); count those, per poll delay, instead of printing a traceback for each.
+    resets = {}
+
+    class CountResets(logging.Handler):
+        def emit(self, record):
+            if "socket error" in record.getMessage():
+                resets[phase["delay"]] = resets.get(phase["delay"], 0) + 1
+
+    logger = logging.getLogger("dispatcher")
+    logger.addHandler(CountResets())
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    # One socket per client at a time, plus Python's own: N may exceed the default 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.nodes * 2 + 64
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    threading.stack_size(512 * 1024)
+    group = str(uuid.uuid4())
+    base_id = "%d" % (int(time.time() * 1000) % 10**9)
+    ids = ["%s.%d" % (base_id, i) for i in range(args.nodes)]
+    roles = {i: "node" for i in ids}
+    start_line = threading.Barrier(args.nodes + 1)
+    finish_line = threading.Barrier(args.nodes + 1)
+    ended = [0.0] * args.nodes
+    errors = []
+    total = args.rounds * len(delays)
+    with tempfile.TemporaryDirectory(prefix="lava-barrier-") as tmp:
+        conf = write_conf(tmp, args.host, args.port, poll_delay=1)
+        protos = []
+        for sub_id, job_id in enumerate(ids):
+            params = {"protocols": {MultinodeProtocol.name: {
+                "target_group": group, "role": "node", "group_size": args.nodes,
+                "sub_id": sub_id, "roles": roles, "timeout": {"seconds": args.deadline}}}}
+            proto = MultinodeProtocol(params, job_id)
+            proto.set_up = types.MethodType(with_conf_path(MultinodeProtocol.set_up, conf), proto)
+            protos.append(proto)
+
+        def node(index):
+            proto = protos[index]
+            try:
+                proto.set_up()
+                start_line.wait()
+                for r in range(total):
+                    start_line.wait()  # the main thread set this round's poll delay
+                    reply = proto({"request": "lava_sync", "messageID": "round-%d" % r,
+                                   "timeout": args.deadline})
+                    ended[index] = time.monotonic()
+                    if reply == "nack":
+                        errors.append("node %d: round %d nacked" % (index, r))
+                    finish_line.wait()
+            except BaseException as exc:  # report, and let the others go on
+                errors.append("node %d: %s: %s" % (index, type(exc).__name__, exc))
+                start_line.abort()
+                finish_line.abort()
+
+        threads = [threading.Thread(target=node, args=(i,), daemon=True) for i in range(args.nodes)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        rounds = {str(d): [] for d in delays}
+        setup = None
+
+        def report(gave_up):
+            print(json.dumps({"nodes": args.nodes, "setup_s": setup, "rounds_s": rounds,
+                              "connection_errors": {str(d): resets.get(d, 0) for d in delays},
+                              "gave_up": gave_up, "errors": errors[:10]}))
+            sys.stdout.flush()
+
+        def give_up():
+            # Whatever was measured so far, then out: LAVA's clients may be stuck in
+            # TCP retries for minutes (see "connection_errors").
+            report(True)
+            os._exit(0)
+
+        if args.give_up:
+            watchdog = threading.Timer(args.give_up, give_up)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            start_line.wait(timeout=args.deadline)  # everyone is past group_data
+            setup = time.monotonic() - began
+            for r in range(total):
+                delay = delays[r // args.rounds]
+                phase["delay"] = delay
+                for proto in protos:
+                    proto.settings["poll_delay"] = delay
+                start_line.wait(timeout=args.deadline)
+                released = time.monotonic()
+                finish_line.wait(timeout=args.deadline)
+                rounds[str(delay)].append(max(ended) - released)
+        except threading.BrokenBarrierError:
+            errors.append("a barrier broke (a client failed or --deadline passed)")
+        report(False)
+    os._exit(1 if errors else 0)  # daemon threads may be blocked in LAVA's poll loop
+
+
 # --------------------------------------------------------------------------- reference / selftest
 
 
-def reference_cmd(conf, logfile="-"):
+def reference_cmd(conf, logfile="-", loglevel="DEBUG"):
     script = lava_root() / "usr" / "bin" / "lava-coordinator"
     if not script.is_file():
         die("%s missing; %s" % (script, INSTALL_HINT))
-    return [sys.executable, str(script), "--config", conf, "--logfile", logfile, "--loglevel", "DEBUG"]
+    return [sys.executable, str(script), "--config", conf, "--logfile", logfile, "--loglevel", loglevel]
 
 
 def reference_env():
@@ -627,7 +745,7 @@ def cmd_reference(args):
     """Debian's lava-coordinator in the foreground; it binds 0.0.0.0:PORT whatever the host."""
     import_lava()
     conf = write_conf(str(lava_root().parent), "localhost", args.port)
-    os.execve(sys.executable, reference_cmd(conf), reference_env())
+    os.execve(sys.executable, reference_cmd(conf, loglevel=args.loglevel), reference_env())
 
 
 def free_port():
@@ -708,15 +826,25 @@ def main():
     sp = sub.add_parser("frames", help="raw framed requests and replies")
     hostport(sp)
     sp.add_argument("--no-check", action="store_true", help="print only, do not compare")
+    sp = sub.add_parser("barrier", help="lava_sync rounds across N LAVA clients")
+    hostport(sp)
+    sp.add_argument("--nodes", type=int, required=True)
+    sp.add_argument("--rounds", type=int, default=5, help="rounds per poll delay")
+    sp.add_argument("--poll-delays", default="3",
+                    help="comma-separated seconds between polls after a 'wait' (Debian ships 3)")
+    sp.add_argument("--deadline", type=int, default=600, help="seconds any one step may take")
+    sp.add_argument("--give-up", type=float, default=0,
+                    help="after this many seconds, report the rounds so far and stop (0: never)")
     sp = sub.add_parser("reference", help="run Debian's lava-coordinator in the foreground")
     sp.add_argument("--port", type=int, default=3079)
+    sp.add_argument("--loglevel", default="DEBUG", help="DEBUG, INFO, WARNING or ERROR")
     sp = sub.add_parser("selftest", help="status, pair and frames against Debian's lava-coordinator")
     sp.add_argument("--port", type=int, default=0, help="default: a free loopback port")
     sp.add_argument("--poll-delay", type=float, default=1)
     sp.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     return {"status": cmd_status, "pair": cmd_pair, "frames": cmd_frames,
-            "reference": cmd_reference, "selftest": cmd_selftest}[args.cmd](args)
+            "barrier": cmd_barrier, "reference": cmd_reference, "selftest": cmd_selftest}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -355,8 +355,17 @@ impl SshHost {
         self._dir.path().join("scratch").display().to_string()
     }
 
-    /// Commands of the processes running in the host's namespace (sshd, VMs ...).
-    pub fn processes(&self) -> Vec<String> {
+    /// Process ids in the host's namespace whose command name starts with `comm`.
+    pub fn pids_of(&self, comm: &str) -> Vec<i32> {
+        self.pids_and_names()
+            .into_iter()
+            .filter(|(_, name)| name.starts_with(comm))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Every process in the host's namespace: id and command name.
+    fn pids_and_names(&self) -> Vec<(i32, String)> {
         let out = Command::new("ip")
             .args(["netns", "pids", &self.netns])
             .output();
@@ -364,8 +373,37 @@ impl SshHost {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         pids.split_whitespace()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-            .map(|comm| comm.trim().to_string())
+            .filter_map(|pid| pid.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                Some((pid, comm.trim().to_string()))
+            })
+            .collect()
+    }
+
+    /// Cuts every SSH connection to the host (kills each session's sshd; the listener
+    /// stays, so new connections work): what a network drop looks like to the client.
+    pub fn drop_connections(&self) -> usize {
+        let listener = i32::try_from(self.sshd.id()).unwrap_or(0);
+        let sessions: Vec<i32> = self
+            .pids_of("sshd")
+            .into_iter()
+            .filter(|pid| *pid != listener)
+            .collect();
+        for pid in &sessions {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        sessions.len()
+    }
+
+    /// Commands of the processes running in the host's namespace (sshd, VMs ...).
+    pub fn processes(&self) -> Vec<String> {
+        self.pids_and_names()
+            .into_iter()
+            .map(|(_, name)| name)
             .collect()
     }
 }
@@ -375,6 +413,12 @@ impl SshHost {
     /// `dir/devices`; returns that directory. `with_identity`: the file names the key to
     /// log in with, else the dispatcher's lab key is used.
     pub fn device_files(&self, dir: &Path, with_identity: bool) -> PathBuf {
+        self.device_file(dir, "ssh-host-01", with_identity)
+    }
+
+    /// Like [`SshHost::device_files`], for a device named `hostname` (a lab of several
+    /// hosts writes one file each into the same directory).
+    pub fn device_file(&self, dir: &Path, hostname: &str, with_identity: bool) -> PathBuf {
         let devices = dir.join("devices");
         std::fs::create_dir_all(&devices).unwrap_or_else(|e| panic!("{}: {e}", devices.display()));
         let identity = if with_identity {
@@ -383,14 +427,14 @@ impl SshHost {
             String::new()
         };
         std::fs::write(
-            devices.join("ssh-host-01.toml"),
+            devices.join(format!("{hostname}.toml")),
             format!(
-                "hostname = \"ssh-host-01\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
+                "hostname = \"{hostname}\"\ndevice_type = \"ssh-host\"\n\n[ssh]\naddress = \"{}\"\n\
                  port = {}\n{identity}host_key = \"{}\"\n",
                 self.address, self.port, self.fingerprint
             ),
         )
-        .unwrap_or_else(|e| panic!("ssh-host-01.toml: {e}"));
+        .unwrap_or_else(|e| panic!("{hostname}.toml: {e}"));
         devices
     }
 
@@ -429,6 +473,27 @@ impl Drop for SshHost {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+/// Writes `dir/dispatcher.toml` for a daemon whose lab is the device files in
+/// `devices`, on hosts that share `host`'s scratch directory, with `extra` TOML lines
+/// appended; returns its path.
+pub fn daemon_config(dir: &Path, devices: &Path, host: &SshHost, extra: &str) -> PathBuf {
+    let config = dir.join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
+             node_agent = \"{}\"\nhost_dir = \"{}\"\n{extra}",
+            dir.join("state").display(),
+            devices.display(),
+            test_images().lab_key.display(),
+            static_node_agent().display(),
+            host.scratch()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    config
 }
 
 /// The images the project builds for its tests (`scripts/build-images.sh`).

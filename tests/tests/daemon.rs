@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, binary, jobs_dir, kvm_devices, parse_junit, parse_tap, repo_root, static_node_agent,
-    test_images,
+    SshHost, binary, daemon_config, jobs_dir, kvm_devices, parse_junit, parse_tap, repo_root,
+    static_node_agent, test_images,
 };
 
 /// A `dispatcher serve` process; killed when dropped.
@@ -68,40 +68,50 @@ impl Drop for Daemon {
     }
 }
 
-/// A lab of one ssh-host device and a daemon configuration for it.
+/// A lab of ssh-host devices (`ssh-host-01` ...) and a daemon configuration for it.
 struct Lab {
     host: SshHost,
+    /// Hosts after the first (`ssh-host-02` ...), alive as long as the lab.
+    _more_hosts: Vec<SshHost>,
     dir: tempfile::TempDir,
     config: PathBuf,
 }
 
 impl Lab {
     fn new() -> Self {
+        Self::with_hosts(1)
+    }
+
+    fn with_hosts(count: usize) -> Self {
         let images = test_images();
-        let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+        let start = || SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+        let host = start();
+        let more_hosts: Vec<SshHost> = (1..count).map(|_| start()).collect();
         let dir = tempfile::tempdir().unwrap();
         // No identity in the device file: the daemon's lab key is used.
         let devices = host.device_files(dir.path(), false);
-        let config = dir.path().join("dispatcher.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
-                 node_agent = \"{}\"\nhost_dir = \"{}\"\nmax_job_bytes = 65536\n",
-                dir.path().join("state").display(),
-                devices.display(),
-                images.lab_key.display(),
-                static_node_agent().display(),
-                host.scratch()
-            ),
-        )
-        .unwrap();
-        Self { host, dir, config }
+        for (i, more) in more_hosts.iter().enumerate() {
+            more.device_file(dir.path(), &format!("ssh-host-{:02}", i + 2), false);
+        }
+        let config = daemon_config(dir.path(), &devices, &host, "max_job_bytes = 65536\n");
+        Self {
+            host,
+            _more_hosts: more_hosts,
+            dir,
+            config,
+        }
     }
 
     fn token(&self) -> String {
+        self.token_with(&["ci"])
+    }
+
+    /// `dispatcher token create ARGS`: the new token.
+    fn token_with(&self, args: &[&str]) -> String {
         let out = Command::new(binary("dispatcher"))
-            .args(["token", "create", "ci", "--config"])
+            .args(["token", "create"])
+            .args(args)
+            .arg("--config")
             .arg(&self.config)
             .output()
             .unwrap();
@@ -240,21 +250,35 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
     let invalid = std::fs::read(jobs_dir().join("invalid/three-mistakes.json")).unwrap();
     let (status, body) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &invalid);
     assert_eq!(status, 400, "{body}");
-    let pointers: Vec<String> = json_of(&body)["diagnostics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["pointer"].as_str().map(str::to_string))
-        .collect();
+    let found = pointers(&body);
     assert!(
-        pointers.iter().any(|p| p == "/vm_group/vms/1/cont"),
-        "{pointers:?}"
+        found.iter().any(|p| p == "/vm_group/vms/1/cont"),
+        "{found:?}"
     );
-    assert!(pointers.len() >= 3, "every problem at once: {pointers:?}");
+    assert!(found.len() >= 3, "every problem at once: {found:?}");
 
     let huge = vec![b' '; 100_000];
     let (status, _) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &huge);
     assert_eq!(status, 413, "a job past max_job_bytes");
+
+    // A read-only token reads, and may neither submit, cancel nor set health.
+    let reader = lab.token_with(&["dashboard", "--read-only"]);
+    let (status, body) = http(&addr, "GET", "/api/v1/devices", Some(&reader), b"");
+    assert_eq!(status, 200, "{body}");
+    let seed = lab.seed_job();
+    for (method, path, body) in [
+        ("POST", "/api/v1/jobs", seed.as_bytes()),
+        ("POST", "/api/v1/jobs/1/cancel", &b""[..]),
+        (
+            "PUT",
+            "/api/v1/devices/ssh-host-01/health",
+            &br#"{"health":"bad"}"#[..],
+        ),
+    ] {
+        let (status, answer) = http(&addr, method, path, Some(&reader), body);
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer.contains("token dashboard is read-only"), "{answer}");
+    }
 
     let job = lab.dir.path().join("seed.json");
     std::fs::write(&job, lab.seed_job()).unwrap();
@@ -622,4 +646,503 @@ fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
     );
     let state = job_state(&daemon.addr(), &token, id);
     assert_eq!(state["error"][1], "dispatcher restarted", "{state}");
+}
+
+/// A tiny deterministic generator (xorshift), so a failure names a reproducible case.
+struct Cases(u64);
+
+impl Cases {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A value of another JSON type than `original`.
+fn wrong_type(original: &Value, pick: usize) -> Value {
+    let candidates = [
+        Value::from(42),
+        Value::from("text"),
+        Value::Array(vec![]),
+        serde_json::json!({}),
+        Value::Null,
+        Value::Bool(true),
+    ];
+    let same = |v: &Value| {
+        std::mem::discriminant(v) == std::mem::discriminant(original)
+            || (v.is_number() && original.is_number())
+    };
+    let others: Vec<&Value> = candidates.iter().filter(|v| !same(v)).collect();
+    others[pick % others.len()].clone()
+}
+
+/// The pointers of a 400 answer's diagnostics.
+fn pointers(answer: &str) -> Vec<String> {
+    json_of(answer)["diagnostics"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["pointer"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// 1,000 bad jobs: bytes that are not JSON, cut-off JSON, nesting thousands deep, wrong
+/// types, missing and unknown fields, invalid UTF-8, bodies past the size limit. Each
+/// gets a 4xx whose body names the problem (and, for a job that parses, where); the
+/// daemon stays up and stores none of them.
+#[test]
+fn a_thousand_malformed_jobs_get_clear_4xx_answers() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    let seed_text = lab.seed_job();
+    let seed: Value = serde_json::from_str(&seed_text).unwrap();
+    let typed = [
+        "/job_name",
+        "/timeout",
+        "/vm_group",
+        "/vm_group/host",
+        "/vm_group/host/device_type",
+        "/vm_group/host/role",
+        "/vm_group/auto_start_vms",
+        "/vm_group/vms",
+        "/vm_group/vms/0",
+        "/vm_group/vms/0/role",
+        "/vm_group/vms/0/shell_prompt",
+        "/actions",
+        "/actions/0/command",
+        "/actions/0/parameters",
+    ];
+    let required = [
+        ("", "actions"),
+        ("", "timeout"),
+        ("/vm_group", "host"),
+        ("/vm_group", "vms"),
+        ("/vm_group/host", "device_type"),
+        ("/vm_group/vms/0", "device_type"),
+        ("/actions/0", "command"),
+    ];
+    let mut cases = Cases(0x2545_F491_4F6C_DD1D);
+    let mut by_kind = [0usize; 8];
+    for i in 0..1000 {
+        let kind = i % 8;
+        by_kind[kind] += 1;
+        // What the answer must show: a status and a text (or pointer) in its body.
+        let (body, status_wanted, must_name): (Vec<u8>, u16, String) = match kind {
+            0 => {
+                let len = 1 + cases.below(200);
+                let bytes = (0..len).map(|_| (cases.next() >> 24) as u8).collect();
+                (bytes, 400, String::new())
+            }
+            1 => {
+                let cut = 1 + cases.below(seed_text.len() - 2);
+                (seed_text.as_bytes()[..cut].to_vec(), 400, "line".into())
+            }
+            2 => {
+                let depth = 200 + cases.below(5000);
+                let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                (text.into_bytes(), 400, String::new())
+            }
+            3 => {
+                let pointer = typed[cases.below(typed.len())];
+                let mut job = seed.clone();
+                let original = job.pointer(pointer).unwrap().clone();
+                *job.pointer_mut(pointer).unwrap() = wrong_type(&original, cases.below(6));
+                (job.to_string().into_bytes(), 400, pointer.to_string())
+            }
+            4 => {
+                let (parent, key) = required[cases.below(required.len())];
+                let mut job = seed.clone();
+                job.pointer_mut(parent)
+                    .unwrap()
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(key);
+                (job.to_string().into_bytes(), 400, key.to_string())
+            }
+            5 => {
+                let mut job = seed.clone();
+                let key = format!("bogus_{i}");
+                job["vm_group"][&key] = Value::from(1);
+                (
+                    job.to_string().into_bytes(),
+                    400,
+                    format!("/vm_group/{key}"),
+                )
+            }
+            6 => {
+                let mut job = seed_text.clone().into_bytes();
+                job.extend(std::iter::repeat_n(b' ', 65_536 + cases.below(100_000)));
+                (job, 413, String::new())
+            }
+            _ => {
+                let mut job = seed_text.clone().into_bytes();
+                let at = seed_text.find("vm-groups").unwrap();
+                job[at] = 0xff;
+                (job, 400, "UTF-8".into())
+            }
+        };
+        let (status, answer) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &body);
+        assert_eq!(status, status_wanted, "case {i} (kind {kind}): {answer}");
+        if status == 400 {
+            let error = json_of(&answer)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(!error.is_empty(), "case {i}: no error text in {answer}");
+            if kind == 3 || kind == 5 {
+                let found = pointers(&answer);
+                assert!(
+                    found.iter().any(|p| p == &must_name),
+                    "case {i}: {must_name} not among {found:?}"
+                );
+            } else if !must_name.is_empty() {
+                assert!(
+                    answer.contains(&must_name),
+                    "case {i}: {must_name:?} not in {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(by_kind.iter().sum::<usize>(), 1000);
+    let (status, _) = http(&addr, "GET", "/healthz", None, b"");
+    assert_eq!(status, 200, "the daemon is still up");
+    let (status, body) = http(&addr, "GET", "/api/v1/jobs", Some(&token), b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body)["jobs"].as_array().map(Vec::len),
+        Some(0),
+        "no bad job was stored: {body}"
+    );
+}
+
+/// The limits in the daemon's configuration apply to submitted jobs, each refusal
+/// naming the limit and where the job crosses it.
+#[test]
+fn configured_limits_refuse_jobs_past_them() {
+    let lab = Lab::new();
+    let mut config = std::fs::read_to_string(&lab.config).unwrap();
+    config.push_str("max_group_size = 2\nmax_count = 1\n");
+    std::fs::write(&lab.config, config).unwrap();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    // The seed job: a host and two VMs, three nodes.
+    let (status, answer) = http(
+        &addr,
+        "POST",
+        "/api/v1/jobs",
+        Some(&token),
+        lab.seed_job().as_bytes(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        pointers(&answer).contains(&"/vm_group/vms".to_string()),
+        "{answer}"
+    );
+    assert!(answer.contains("at most 2 nodes in one job"), "{answer}");
+    let mut job: Value = serde_json::from_str(&lab.seed_job()).unwrap();
+    job["vm_group"]["vms"][0]["count"] = Value::from(2);
+    let (status, answer) = http(
+        &addr,
+        "POST",
+        "/api/v1/jobs",
+        Some(&token),
+        job.to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        pointers(&answer)
+            .iter()
+            .any(|p| p == "/vm_group/vms/0/count"),
+        "{answer}"
+    );
+}
+
+/// The whole log of a job, followed until the job ends: its lines, in order.
+fn follow_to_end(addr: &str, token: &str, job: u64) -> Vec<Value> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/jobs/{job}/log?follow=1 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Token {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let (head, mut rest) = (
+        String::from_utf8_lossy(&answer[..split]),
+        &answer[split + 4..],
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The log streams with chunked encoding: undo it before splitting lines.
+    let mut body = Vec::new();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+    } else {
+        body.extend_from_slice(rest);
+    }
+    String::from_utf8_lossy(&body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+        .collect()
+}
+
+/// The job's id from a log line `job ID running on DEVICE`, and the device.
+fn running_on(line: &Value) -> Option<(u64, String)> {
+    let msg = line["msg"].as_str()?.strip_prefix("job ")?;
+    let (id, device) = msg.split_once(" running on ")?;
+    Some((id.parse().ok()?, device.to_string()))
+}
+
+/// Waits (bounded) until no qemu runs on the host: a VM whose console was hung up stops
+/// on its own, and nothing announces it.
+fn until_no_qemu(host: &SshHost) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host.pids_of("qemu").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    host.assert_no_qemu();
+}
+
+/// After a fault: the job ended incomplete with `class`, its host directory is gone,
+/// no VM is left, and the device is back in the pool (health `unknown` after an
+/// `infrastructure` failure).
+fn assert_fault_handled(lab: &Lab, addr: &str, token: &str, job: u64, class: &str) -> Value {
+    let state = job_state(addr, token, job);
+    assert_eq!(state["state"], "finished", "{state}");
+    assert_eq!(state["health"], "incomplete", "{state}");
+    assert_eq!(state["error"][0], class, "{state}");
+    until_no_qemu(&lab.host);
+    let job_dir = Path::new(&lab.host.scratch())
+        .join("jobs")
+        .join(job.to_string());
+    assert!(!job_dir.exists(), "{} left on the host", job_dir.display());
+    let (_, body) = http(addr, "GET", "/api/v1/devices", Some(token), b"");
+    let device = json_of(&body)["devices"][0].clone();
+    // Back in the pool: idle, or already running the next queued job.
+    assert!(
+        device["state"]["state"] == "idle" || device["state"]["job"] != job,
+        "{body}"
+    );
+    // The device was marked good before the job (mark_good): an infrastructure
+    // failure leaves it unknown, any other failure says nothing about it.
+    let health = if class == "infrastructure" {
+        "unknown"
+    } else {
+        "good"
+    };
+    assert_eq!(device["health"], health, "{body}");
+    state
+}
+
+/// An admin marks the lab's device good.
+fn mark_good(addr: &str, token: &str) {
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/api/v1/devices/ssh-host-01/health",
+        Some(token),
+        br#"{"health":"good"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A VM's qemu killed mid-test: the job fails naming that VM, the other nodes' MultiNode
+/// calls are released by the failure (not by their timeouts), and everything is cleaned.
+#[test]
+fn a_killed_vm_fails_the_job_and_releases_its_group() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    mark_good(&addr, &token);
+    let job = submit_job(&addr, &token, &lab.seed_job());
+    follow_until(
+        &addr,
+        &token,
+        job,
+        "\"node\":\"client\",\"msg\":\"start: test\"",
+    );
+    let qemus = lab.host.pids_of("qemu");
+    assert_eq!(qemus.len(), 2, "two VMs run");
+    for pid in &qemus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let log = follow_to_end(&addr, &token, job);
+    let state = assert_fault_handled(&lab, &addr, &token, job, "infrastructure");
+    let error = state["error"][1].as_str().unwrap_or_default();
+    assert!(
+        error.contains("VM lava-") && error.contains("the console closed"),
+        "{state}"
+    );
+    // The host was waiting in lava-sync for the VMs: the failure released it.
+    assert!(
+        released(&log, "host", "lava-sync"),
+        "the host's lava-sync was not released by the failure: {log:#?}"
+    );
+}
+
+/// Whether `node`'s `call` failed because another node failed (not by its deadline).
+fn released(log: &[Value], node: &str, call: &str) -> bool {
+    log.iter().any(|l| {
+        l["node"] == node
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("{call}: ")) && m.contains(" failed ("))
+    })
+}
+
+/// The SSH connection to the host cut mid-test: the job ends incomplete saying so, the
+/// dispatcher reconnects to clean the host, and the next job runs normally.
+#[test]
+fn a_dropped_ssh_connection_fails_the_job_and_the_next_one_runs() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    mark_good(&addr, &token);
+    let job = submit_job(&addr, &token, &lab.seed_job());
+    let next = submit_job(&addr, &token, &lab.seed_job());
+    follow_until(
+        &addr,
+        &token,
+        job,
+        "\"node\":\"client\",\"msg\":\"start: test\"",
+    );
+    assert!(lab.host.drop_connections() > 0, "a session to cut");
+    let log = follow_to_end(&addr, &token, job);
+    assert_fault_handled(&lab, &addr, &token, job, "infrastructure");
+    assert!(
+        log.iter()
+            .any(|l| l["msg"] == "the SSH connection to ssh-host-01 was lost"),
+        "the log does not say the connection was lost: {log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("cleaning over a new one"))),
+        "{log:#?}"
+    );
+    follow_to_end(&addr, &token, next);
+    assert_eq!(job_state(&addr, &token, next)["health"], "complete");
+}
+
+/// A test shell that hangs past its action's timeout: the job ends `timeout`, naming
+/// the action, and the nodes waiting for the hung one are released.
+#[test]
+fn a_hung_test_shell_times_out_and_releases_the_group() {
+    let lab = Lab::new();
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    mark_good(&addr, &token);
+    let mut job: Value = serde_json::from_str(&lab.seed_job()).unwrap();
+    let host_test = job
+        .pointer_mut("/actions/2/parameters")
+        .unwrap()
+        .as_object_mut()
+        .unwrap();
+    host_test.insert("timeout".into(), Value::from(20));
+    *job.pointer_mut("/actions/2/parameters/testdef_repos/0/inline/run/steps")
+        .unwrap() = serde_json::json!(["sleep 3600"]);
+    let id = submit_job(&addr, &token, &job.to_string());
+    let log = follow_to_end(&addr, &token, id);
+    let state = assert_fault_handled(&lab, &addr, &token, id, "timeout");
+    assert!(
+        state["error"][1]
+            .as_str()
+            .is_some_and(|e| e.contains("host")),
+        "the error names the hung node: {state}"
+    );
+    // Both VMs were waiting in lava-sync for the host: its failure released them.
+    for vm in ["server", "client"] {
+        assert!(
+            released(&log, vm, "lava-sync"),
+            "{vm} not released: {log:#?}"
+        );
+    }
+}
+
+/// 200 jobs submitted at once to a lab of 4 devices: every job runs exactly once and
+/// completes, no device ever holds two jobs at a time, and 50 clients following the
+/// last job's log (through its whole wait in the queue) each get all of it.
+#[test]
+fn two_hundred_jobs_on_four_devices_each_run_once() {
+    let lab = Lab::with_hosts(4);
+    let token = lab.token();
+    let daemon = Daemon::start(&lab.config);
+    let addr = daemon.addr();
+    // The VM is a shell its launch_with starts on the host: the jobs are about the
+    // queue, not about booting (its image is uploaded, and cached, all the same).
+    let job = std::fs::read_to_string(jobs_dir().join("e2e/shell-vm.json"))
+        .unwrap()
+        .replace(
+            "@GUEST_KERNEL@",
+            &test_images().guest_kernel.display().to_string(),
+        );
+    let ids: Vec<u64> = (0..200).map(|_| submit_job(&addr, &token, &job)).collect();
+    let last = ids[ids.len() - 1];
+    let followers: Vec<_> = (0..50)
+        .map(|_| {
+            let (addr, token) = (addr.clone(), token.clone());
+            std::thread::spawn(move || follow_to_end(&addr, &token, last))
+        })
+        .collect();
+    // Per device: (first log time, last log time, job) of every job it ran.
+    let mut runs: std::collections::BTreeMap<String, Vec<(String, String, u64)>> =
+        std::collections::BTreeMap::new();
+    for &id in &ids {
+        let log = follow_to_end(&addr, &token, id);
+        let state = job_state(&addr, &token, id);
+        assert_eq!(state["health"], "complete", "job {id}: {state}\n{log:#?}");
+        let starts: Vec<(u64, String)> = log.iter().filter_map(running_on).collect();
+        assert_eq!(starts.len(), 1, "job {id} ran once: {starts:?}");
+        assert_eq!(starts[0].0, id);
+        let time = |line: &Value| line["dt"].as_str().unwrap_or_default().to_string();
+        runs.entry(starts[0].1.clone()).or_default().push((
+            time(&log[0]),
+            time(&log[log.len() - 1]),
+            id,
+        ));
+    }
+    assert_eq!(runs.len(), 4, "every device took jobs: {:?}", runs.keys());
+    for (device, spans) in &mut runs {
+        // RFC 3339 times of one format sort as they happened.
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{device} ran two jobs at once: {pair:?}"
+            );
+        }
+    }
+    let whole = follow_to_end(&addr, &token, last);
+    for follower in followers {
+        assert_eq!(follower.join().unwrap(), whole, "a follower missed lines");
+    }
 }

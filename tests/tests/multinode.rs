@@ -336,3 +336,70 @@ async fn wrong_tokens_and_cross_group_access_are_refused() {
     let ok = group_a[1].shell("lava-send x k=v").output().unwrap();
     assert!(ok.status.success(), "{}", text(&ok.stderr));
 }
+
+/// Message ids and values are data, never shell: `$(...)`, backquotes, `;` and `|` in
+/// them travel to the other node's cache file verbatim and run nothing on either side;
+/// a key holding them is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_metacharacters_in_ids_keys_and_values_run_nothing() {
+    let coordinator = CoordinatorProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = create_group(
+        &coordinator,
+        &[
+            ("a".to_string(), "sender".to_string()),
+            ("b".to_string(), "waiter".to_string()),
+        ],
+        dir.path(),
+    )
+    .await;
+    // The shells run in `dir`, so a relative name is the canary (ids are at most 128
+    // bytes). No white space either: ${IFS} stands in for it.
+    let canary = dir.path().join("pwned");
+    let evil = "$(touch${IFS}pwned)`touch${IFS}pwned`;touch${IFS}pwned|touch${IFS}pwned";
+    // Single-quoted, so `sh` hands them to the commands untouched. Keys are names
+    // (letters, digits, '_' and '-'): one with metacharacters is refused, not sent.
+    let sender = format!(
+        "set -e\nif lava-send x 'k{evil}=v'; then exit 9; fi\n\
+         lava-send 'id{evil}' 'key=v {evil}'\nlava-sync 's{evil}'"
+    );
+    let waiter = format!(
+        "set -e\nlava-wait 'id{evil}'\nlava-sync 's{evil}'\ncat \"$LAVA_MULTI_NODE_CACHE\""
+    );
+    let spawn = |node: &NodeEnv, script: &str| {
+        node.shell(script)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = vec![spawn(&nodes[0], &sender), spawn(&nodes[1], &waiter)];
+    let outputs: Vec<Output> = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect()
+    })
+    .await
+    .unwrap();
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "stdout:\n{}\nstderr:\n{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+    }
+    let cache = text(&outputs[1].stdout);
+    assert!(
+        cache.lines().any(|l| l == format!("a:key=v {evil}")),
+        "the pair arrives verbatim: {cache}"
+    );
+    assert!(!canary.exists(), "a metacharacter ran a command");
+    assert!(
+        text(&outputs[0].stderr).contains("must be letters, digits"),
+        "the bad key was refused clearly: {}",
+        text(&outputs[0].stderr)
+    );
+}

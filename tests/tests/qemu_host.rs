@@ -18,12 +18,9 @@ use dispatcher::vm::{self, VmImages, VmNetwork, VmPlan};
 use regex::Regex;
 use system_tests::{free_port, test_images};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
+/// How to reach the project's host-device image booted here, and its images.
+fn host_device(dir: &tempfile::TempDir) -> (SshTarget, QemuOverrides) {
     let images = test_images();
-    let lab = Lab::builtin().unwrap();
-    let host_type = &lab.device_types["qemu-host"];
-    let dir = tempfile::tempdir().unwrap();
     let ssh = SshTarget {
         host: "127.0.0.1".into(),
         port: free_port(),
@@ -38,6 +35,16 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
         rootfs: Some(images.hostdev_rootfs.clone()),
         ..Default::default()
     };
+    (ssh, overrides)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
+    let images = test_images();
+    let lab = Lab::builtin().unwrap();
+    let host_type = &lab.device_types["qemu-host"];
+    let dir = tempfile::tempdir().unwrap();
+    let (ssh, overrides) = host_device(&dir);
     let local_accel = accel::decide(AccelChoice::Auto, HostFacts::probe_local()).accel;
     let up = host::boot_qemu_host(
         "qemu-host-test",
@@ -131,5 +138,65 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
     assert!(
         nix::sys::signal::kill(pid, None).is_err(),
         "the host's qemu ({qemu_pid}) is still running"
+    );
+}
+
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// A host device that never shows its prompt: the boot fails at its timeout saying so,
+/// and its qemu is stopped (nothing is left running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_reaches_its_prompt_fails_and_leaves_nothing() {
+    let lab = Lab::builtin().unwrap();
+    let host_type = &lab.device_types["qemu-host"];
+    let dir = tempfile::tempdir().unwrap();
+    let (ssh, overrides) = host_device(&dir);
+    let name = format!("qemu-host-silent-{}", std::process::id());
+    let local_accel = accel::decide(AccelChoice::Auto, HostFacts::probe_local()).accel;
+    let booted = host::boot_qemu_host(
+        &name,
+        host_type.qemu.as_ref().unwrap(),
+        &overrides,
+        local_accel,
+        &ssh,
+        dir.path(),
+        &Regex::new("this prompt never appears").unwrap(),
+        Duration::from_secs(15),
+        ConsoleLog::default(),
+    )
+    .await;
+    let Err(err) = booted else {
+        panic!("a host without its prompt came up");
+    };
+    // It names the host, the prompt it waited for, how long, and what it saw last.
+    let text = err.to_string();
+    for part in [
+        name.as_str(),
+        "did not boot",
+        "/this prompt never appears/",
+        "within 15s",
+        "last output",
+    ] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    assert!(
+        processes_with(&name).is_empty(),
+        "qemu left: {:?}",
+        processes_with(&name)
     );
 }

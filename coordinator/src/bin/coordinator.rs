@@ -28,6 +28,10 @@ struct Args {
     /// Do not serve LAVA's legacy protocol.
     #[arg(long)]
     no_legacy: bool,
+    /// Seconds a blocking legacy request is held open, answered the moment its condition
+    /// holds, before it is answered `wait` (0: at once, as LAVA's own coordinator does).
+    #[arg(long, default_value_t = 10)]
+    legacy_hold: u64,
     /// File holding the admin token dispatchers use (first line).
     #[arg(long, value_name = "FILE")]
     admin_token_file: PathBuf,
@@ -68,6 +72,7 @@ async fn main() -> ExitCode {
     }
     let mut config = coordinator::Config::new(args.listen, token);
     config.legacy_listen = (!args.no_legacy).then_some(args.legacy_listen);
+    config.legacy.hold = Duration::from_secs(args.legacy_hold);
     config.wait.default_wait = Duration::from_secs(args.default_wait);
     config.tls = args
         .tls_cert

@@ -19,7 +19,7 @@ use crate::joblog;
 use crate::runner::formats::ResultsFormat;
 use crate::runner::report::JobReport;
 use crate::states::{DeviceHealth, Health, JobEvent, JobState};
-use crate::store::StoreError;
+use crate::store::{StoreError, TokenScope};
 use crate::validation;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -93,7 +93,11 @@ fn authorize(shared: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Ap
             "this needs an `Authorization: Token <secret>` header (dispatcher token create)",
         ));
     };
-    match shared.store.check_token(token)? {
+    match shared.store.token_scope(token)? {
+        Some((name, TokenScope::ReadOnly)) if write => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("token {name} is read-only (dispatcher token create NAME without --read-only)"),
+        )),
         Some(_) => Ok(()),
         None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
     }
@@ -120,15 +124,16 @@ async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             });
         }
     };
-    let job = &validated.job;
+    let job = validated.job;
     let id = shared
         .store
         .submit(job.name.as_deref(), text, job.priority.value())?;
-    shared.wake.notify_one();
-    let nodes: Vec<Value> = node_ids(job)
+    let nodes: Vec<Value> = node_ids(&job)
         .into_iter()
         .map(|(node, role)| json!({ "node": node, "role": role }))
         .collect();
+    shared.remember_validated(id, job);
+    shared.wake.notify_one();
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id, "nodes": nodes, "warnings": validated.warnings })),

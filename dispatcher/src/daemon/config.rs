@@ -35,6 +35,28 @@ pub struct DaemonConfig {
     /// Where the embedded coordinator's gRPC listens (port 0: any).
     #[serde(default = "default_coordinator_listen")]
     pub coordinator_listen: SocketAddr,
+    /// Largest number of nodes (host, VMs, devices) in one job.
+    #[serde(default = "default_max_group_size")]
+    pub max_group_size: u64,
+    /// Largest `count` of one VM or device role.
+    #[serde(default = "default_max_count")]
+    pub max_count: u64,
+    /// Largest job log, in bytes; past it the log ends with a truncation marker (the
+    /// job goes on, and its results are still recorded).
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+}
+
+fn default_max_group_size() -> u64 {
+    job_schemas::Limits::default().max_group_size
+}
+
+fn default_max_count() -> u64 {
+    job_schemas::Limits::default().max_count
+}
+
+fn default_max_log_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -74,6 +96,17 @@ impl DaemonConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// What submitted jobs are checked against.
+    pub fn job_policy(&self) -> crate::validation::JobPolicy {
+        crate::validation::JobPolicy {
+            limits: job_schemas::Limits {
+                max_count: self.max_count,
+                max_group_size: self.max_group_size,
+            },
+            ..crate::validation::JobPolicy::default()
+        }
     }
 
     pub fn database(&self) -> PathBuf {

@@ -31,7 +31,6 @@ use crate::validation::{self, JobPolicy};
 pub use config::DaemonConfig;
 
 /// Largest job log kept, in bytes.
-const LOG_LIMIT: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,6 +60,10 @@ pub struct Shared {
     pub wake: Notify,
     /// Cancel switches of the jobs running now.
     running: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// Queued jobs as validated, by id: the lab does not change while the daemon runs,
+    /// so a queued job is validated once, not on every scheduling pass (which would
+    /// make a long queue cost its length on every submission).
+    validated: Mutex<HashMap<u64, job_schemas::Job>>,
 }
 
 impl Shared {
@@ -71,6 +74,13 @@ impl Shared {
             .get(hostname)
             .map(|d| d.tags.clone())
             .unwrap_or_default()
+    }
+
+    /// Remembers a queued job as validated at submission.
+    pub fn remember_validated(&self, id: u64, job: job_schemas::Job) {
+        if let Ok(mut validated) = self.validated.lock() {
+            validated.insert(id, job);
+        }
     }
 
     /// Asks a running job to stop; `false` when it is not running here.
@@ -143,14 +153,16 @@ impl Daemon {
             what: "listening socket".into(),
             source,
         })?;
+        let policy = config.job_policy();
         let shared = Arc::new(Shared {
             config,
             lab,
             store,
             coordination,
-            policy: JobPolicy::default(),
+            policy,
             wake: Notify::new(),
             running: Mutex::default(),
+            validated: Mutex::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let router = api::router(shared.clone());
@@ -244,12 +256,28 @@ fn now_secs() -> i64 {
 
 /// One scheduling pass: every job that can get all its devices now starts.
 fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
-    let queued = shared.store.jobs(Some("submitted"))?;
+    let queued = shared.store.queue()?;
+    let mut known = shared
+        .validated
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
     let mut jobs = HashMap::new();
     let mut requests = Vec::new();
     for record in queued {
-        let job = match validation::validate_job(&record.definition, &shared.lab, &shared.policy) {
-            Ok(validated) => validated.job,
+        let validated = match known.remove(&record.id) {
+            Some(job) => Ok(job),
+            // Queued before this daemon started: read and validated once.
+            None => match shared.store.job(record.id)? {
+                Some(stored) => {
+                    validation::validate_job(&stored.definition, &shared.lab, &shared.policy)
+                        .map(|v| v.job)
+                }
+                None => continue,
+            },
+        };
+        let job = match validated {
+            Ok(job) => job,
             Err(report) => {
                 // The lab changed under a queued job: it can never run as written.
                 let message = format!(
@@ -304,6 +332,10 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
             cancel,
         ));
     }
+    // Still queued: remembered for the next pass.
+    if let Ok(mut validated) = shared.validated.lock() {
+        validated.extend(jobs);
+    }
     Ok(())
 }
 
@@ -351,7 +383,7 @@ async fn run_job_inner(
     let job_dir = shared.config.job_dir(job_id);
     std::fs::create_dir_all(&job_dir)
         .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;
-    let log = JobLog::open(&job_dir.join("job.log"), LOG_LIMIT)
+    let log = JobLog::open(&job_dir.join("job.log"), shared.config.max_log_bytes)
         .map_err(|e| infra(format!("cannot open the job log: {e}")))?;
     log.line(
         Level::Info,

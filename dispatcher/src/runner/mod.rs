@@ -349,6 +349,14 @@ impl GroupRun<'_> {
             }
         };
         let cut_short = self.until_done(pipelines).await;
+        if up.ssh.is_closed() {
+            // The nodes' failures say what broke for each; this says why.
+            self.log.line(
+                Level::Error,
+                Some(&self.plan.host_id),
+                format!("the SSH connection to {} was lost", host.hostname),
+            );
+        }
         {
             let _section = self.log.section(None, "finalize");
             self.clean_host(&up.ssh).await;
@@ -630,6 +638,13 @@ impl GroupRun<'_> {
             VmPlan::from_launch_with(&name, &workdir, &vm.spec.launch_with)
         }
         .map_err(|e| Failure::new(ErrorClass::Job, "boot", e))?;
+        for command in plan.prepare.iter().chain([&plan.attach]) {
+            self.log.line(
+                Level::Debug,
+                Some(&vm.id),
+                format!("launching (in {}): {command}", plan.workdir),
+            );
+        }
         let mut running = vm::launch(session, &plan, self.console_log(&vm.id))
             .await
             .map_err(|e| Failure::infra("boot", e))?;
@@ -641,6 +656,8 @@ impl GroupRun<'_> {
                 .wait_for_prompt(&prompt, Duration::from_secs(vm_type.boot_timeout))
                 .await
                 .map_err(|e| Failure::infra("boot", e))?;
+            self.log
+                .line(Level::Info, Some(&vm.id), "at the shell prompt".to_string());
             if vm.spec.launch_with.is_empty() {
                 running
                     .configure_lan(&lan, &prompt)
@@ -675,9 +692,34 @@ impl GroupRun<'_> {
             script.push_str(&format!("kill -KILL -- -{group} 2>/dev/null; "));
         }
         script.push_str(&format!("rm -rf {}", shell_quote(&self.job_dir)));
-        if let Err(err) = session.run(&script, Duration::from_secs(60)).await {
-            self.log
-                .line(Level::Warning, None, format!("cleaning the host: {err}"));
+        if !session.is_closed() {
+            match session.run(&script, Duration::from_secs(60)).await {
+                Ok(_) => return,
+                Err(err) => {
+                    self.log
+                        .line(Level::Warning, None, format!("cleaning the host: {err}"))
+                }
+            }
+        }
+        // The connection may be what failed: the host is cleaned over a new one.
+        self.log.line(
+            Level::Info,
+            None,
+            "the SSH connection to the host is gone; cleaning over a new one".to_string(),
+        );
+        match session.reconnect(Duration::from_secs(30)).await {
+            Ok(fresh) => {
+                if let Err(err) = fresh.run(&script, Duration::from_secs(60)).await {
+                    self.log
+                        .line(Level::Warning, None, format!("cleaning the host: {err}"));
+                }
+                fresh.close().await;
+            }
+            Err(err) => self.log.line(
+                Level::Warning,
+                None,
+                format!("cannot reconnect to clean the host: {err}"),
+            ),
         }
     }
 }

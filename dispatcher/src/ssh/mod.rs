@@ -366,6 +366,16 @@ impl SshSession {
             .map_err(|e| sftp_error(&e))
     }
 
+    /// Whether the connection is gone (the host dropped it, or the network did).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// A new connection to the same host, e.g. to clean up after this one dropped.
+    pub async fn reconnect(&self, patience: Duration) -> Result<Self, SshError> {
+        Self::connect(&self.target, patience).await
+    }
+
     pub async fn close(self) {
         let _ = self
             .handle

@@ -1,0 +1,152 @@
+//! The HTTP API under load: vm_group jobs of about 5 KB submitted by concurrent
+//! clients, each validated against the schema and stored (SQLite, WAL) before the
+//! answer; and the daemon's memory, idle and with a queue.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, http, seed_job};
+use crate::report::Table;
+use crate::stats::Sample;
+
+const CLIENTS: usize = 8;
+const SUBMISSIONS: usize = 1000;
+const QUEUED: usize = 50;
+
+const HOST_STEPS: &str = "/actions/2/parameters/testdef_repos/0/inline/run/steps";
+
+/// The seed job padded with harmless host test steps to at least `bytes`.
+fn job_of_size(bytes: usize) -> Result<String, String> {
+    let mut job = seed_job()?;
+    let mut i = 0;
+    while job.to_string().len() < bytes {
+        job.pointer_mut(HOST_STEPS)
+            .and_then(Value::as_array_mut)
+            .ok_or("the seed job's host test has no steps")?
+            .push(json!(format!(
+                "echo 'padding step {i}, as large as a real job'"
+            )));
+        i += 1;
+    }
+    Ok(job.to_string())
+}
+
+/// A job that keeps the device busy: the host's test shell sleeps and never starts
+/// its VMs.
+fn long_job() -> Result<String, String> {
+    let mut job = seed_job()?;
+    job["vm_group"]["auto_start_vms"] = json!(false);
+    *job.pointer_mut(HOST_STEPS)
+        .ok_or("the seed job's host test has no steps")? = json!(["sleep 3600"]);
+    Ok(job.to_string())
+}
+
+/// Idle memory, taken before any job.
+pub fn idle_rss(lab: &Lab) -> u64 {
+    lab.rss_kib()
+}
+
+pub fn run(lab: &Lab, idle_rss_kib: u64) -> Result<Table, String> {
+    // One job running (it holds the only device) and 50 behind it.
+    let running = lab.submit(&long_job()?)?;
+    let seed = seed_job()?.to_string();
+    for _ in 0..QUEUED {
+        lab.submit(&seed)?;
+    }
+    let state = |id: u64| -> Result<String, String> {
+        Ok(lab.job(id)?["state"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    // Until the job runs: the scheduler starts it as soon as it is stored, and the
+    // daemon's memory is read with the job under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(running)? != "running" {
+        if Instant::now() > deadline {
+            return Err(format!("job {running} did not start"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let busy_rss = lab.rss_kib();
+    let job = job_of_size(5 * 1024)?;
+    eprintln!(
+        "bench: api, {SUBMISSIONS} submissions of {} bytes by {CLIENTS} clients",
+        job.len()
+    );
+    let started = Instant::now();
+    let latencies = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut times = Vec::new();
+                    for _ in 0..SUBMISSIONS / CLIENTS {
+                        let t = Instant::now();
+                        let (status, body) = http(
+                            &lab.addr,
+                            "POST",
+                            "/api/v1/jobs",
+                            Some(&lab.token),
+                            job.as_bytes(),
+                        )?;
+                        if status != 201 {
+                            return Err(format!("HTTP {status}: {body}"));
+                        }
+                        times.push(t.elapsed());
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| "a client panicked".to_string())??,
+            );
+        }
+        Ok::<_, String>(all)
+    })?;
+    let wall = started.elapsed();
+    let loaded_rss = lab.rss_kib();
+    let sample = Sample::new(latencies);
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    let mut table = Table::new(
+        "API: job submissions and the daemon's memory",
+        "bash scripts/bench.sh api",
+        &["measure", "value"],
+    );
+    let count = sample.len();
+    let size: Value = json!(job.len());
+    table.row(vec![
+        format!("submissions of a {size}-byte vm_group job, {CLIENTS} clients"),
+        count.to_string(),
+    ]);
+    table.row(vec![
+        "submissions per second".into(),
+        format!("{:.0}", count as f64 / wall.as_secs_f64()),
+    ]);
+    table.row(vec!["latency, median".into(), ms(sample.median())]);
+    table.row(vec!["latency, p99".into(), ms(sample.p99())]);
+    table.row(vec![
+        "daemon RSS, idle".into(),
+        format!("{:.1} MiB", idle_rss_kib as f64 / 1024.0),
+    ]);
+    table.row(vec![
+        format!("daemon RSS, 1 running + {QUEUED} queued jobs"),
+        format!("{:.1} MiB", busy_rss as f64 / 1024.0),
+    ]);
+    table.row(vec![
+        format!("daemon RSS, 1 running + {} queued jobs", QUEUED + count),
+        format!("{:.1} MiB", loaded_rss as f64 / 1024.0),
+    ]);
+    table.notes.push(
+        "Each submission is a fresh HTTP/1.1 connection with a token, answered 201 once the \
+         job is validated against the schema and committed to SQLite. The daemon runs \
+         with the overhead benchmark's jobs already behind it."
+            .into(),
+    );
+    Ok(table)
+}
