@@ -119,7 +119,7 @@ pub fn run(lab: &Lab, idle_rss_kib: u64) -> Result<Table, String> {
         &["measure", "value"],
     );
     let count = sample.len();
-    let size: Value = json!(job.len());
+    let size = job.len();
     table.row(vec![
         format!("submissions of a {size}-byte vm_group job, {CLIENTS} clients"),
         count.to_string(),
