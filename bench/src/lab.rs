@@ -2,8 +2,7 @@
 //! this benchmark binary) with one `ssh-host` device, sshd in a network namespace, as
 //! the daemon tests use; and a small HTTP client for its API.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -98,7 +97,7 @@ impl Lab {
         if status != 201 {
             return Err(format!("submit: HTTP {status}: {body}"));
         }
-        json(&body)["id"]
+        system_tests::json_of(&body)["id"]
             .as_u64()
             .ok_or_else(|| format!("no id in {body}"))
     }
@@ -128,7 +127,7 @@ impl Lab {
             Some(&self.token),
             b"",
         )?;
-        Ok(json(&body))
+        Ok(system_tests::json_of(&body))
     }
 
     /// SIGTERM (graceful shutdown: running jobs end canceled, their VMs stopped) and
@@ -167,8 +166,7 @@ pub fn seed_job() -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
-/// One HTTP/1.1 request on a fresh connection: status and body (a chunked body is
-/// returned with its chunk-size lines; callers read JSON lines out of it).
+/// One HTTP/1.1 request on a fresh connection: status and body.
 pub fn http(
     addr: &str,
     method: &str,
@@ -176,36 +174,5 @@ pub fn http(
     token: Option<&str>,
     body: &[u8],
 ) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    let auth = token
-        .map(|t| format!("Authorization: Token {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .and_then(|()| stream.write_all(body))
-    .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// The JSON object in a (possibly chunked) body.
-pub fn json(body: &str) -> Value {
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
-    serde_json::from_str(&body[start..end]).unwrap_or(Value::Null)
+    system_tests::http(addr, method, path, token, body).map_err(|e| format!("{addr}: {e}"))
 }

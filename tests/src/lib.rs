@@ -496,6 +496,52 @@ pub fn daemon_config(dir: &Path, devices: &Path, host: &SshHost, extra: &str) ->
     config
 }
 
+/// One HTTP/1.1 request on a fresh connection (`Authorization: Token` when `token` is
+/// given): the status and the body as sent, chunk-size lines and all (JSON answers read
+/// with [`json_of`]).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    let auth = token
+        .map(|t| format!("Authorization: Token {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    // The server may close the connection before reading a body it refuses.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The JSON object in an answer's body (between the chunk-size lines of a chunked one);
+/// `null` when there is none.
+pub fn json_of(body: &str) -> serde_json::Value {
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null)
+}
+
 /// The images the project builds for its tests (`scripts/build-images.sh`).
 #[derive(Debug, Clone)]
 pub struct TestImages {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, binary, daemon_config, jobs_dir, kvm_devices, parse_junit, parse_tap, repo_root,
-    static_node_agent, test_images,
+    SshHost, binary, daemon_config, jobs_dir, json_of, kvm_devices, parse_junit, parse_tap,
+    repo_root, static_node_agent, test_images,
 };
 
 /// A `dispatcher serve` process; killed when dropped.
@@ -137,42 +137,10 @@ impl Lab {
     }
 }
 
-/// One HTTP/1.1 request; returns the status and the body (chunked bodies decoded
-/// loosely: enough for JSON and NDJSON answers).
+/// One HTTP/1.1 request to the daemon: status and body.
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Token {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
-    let mut answer = Vec::new();
-    // The server may close the connection before reading a body it refuses.
-    let _ = stream.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn json_of(body: &str) -> Value {
-    // A chunked body: the JSON object between the chunk-size lines.
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
-    serde_json::from_str(&body[start..end]).unwrap_or(Value::Null)
+    system_tests::http(addr, method, path, token, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// Headless Chromium (Debian's) on a page of the daemon: the DOM after the page's
