@@ -202,6 +202,11 @@ fn row(
 pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, String> {
     let running = local::start(runtime, true)?;
     let endpoint = format!("http://{}", running.grpc_addr);
+    // The same, keeping every group on disk (every arrival written before it is
+    // answered), to show what surviving a restart costs.
+    let state_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let keeping = local::start_keeping(runtime, false, Some(state_dir.path()))?;
+    let keeping_endpoint = format!("http://{}", keeping.grpc_addr);
     let legacy_port = running
         .legacy_addr
         .map(|a| a.port())
@@ -227,6 +232,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, 
             _ => (50, 3),
         };
         let ours = Sample::new(runtime.block_on(grpc_rounds(&endpoint, n, grpc_rounds_n))?);
+        let ours_kept =
+            Sample::new(runtime.block_on(grpc_rounds(&keeping_endpoint, n, grpc_rounds_n))?);
         // Debian's coordinator listens with a backlog of 1: with a thousand clients most
         // connection attempts are dropped and retried with TCP's growing back-off, so a
         // round can take many minutes. What finished within the budget is reported.
@@ -244,6 +251,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, 
         let lava3 = Sample::new(lava3_times);
         for (who, sample) in [
             ("ours, gRPC (Rust client)", ours),
+            ("ours, gRPC, groups kept on disk (--state-dir)", ours_kept),
             (
                 "ours, LAVA port (LAVA's client, poll_delay 3)",
                 Sample::new(legacy_times),
@@ -272,6 +280,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, 
     }
     drop(debian);
     runtime.block_on(running.shutdown());
+    runtime.block_on(keeping.shutdown());
     table.notes.push(
         "LAVA's client (lava-dispatcher 2023.01 from Debian, `MultinodeProtocol`, one thread \
          per node in one Python process) polls: each `wait` reply costs it `poll_delay` \

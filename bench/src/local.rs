@@ -11,11 +11,21 @@ pub fn start(
     runtime: &tokio::runtime::Runtime,
     legacy: bool,
 ) -> Result<coordinator::Running, String> {
+    start_keeping(runtime, legacy, None)
+}
+
+/// [`start`], keeping groups in `state_dir` when given (`coordinator --state-dir`).
+pub fn start_keeping(
+    runtime: &tokio::runtime::Runtime,
+    legacy: bool,
+    state_dir: Option<&std::path::Path>,
+) -> Result<coordinator::Running, String> {
     let any = || "127.0.0.1:0".parse().map_err(|e| format!("{e}"));
     let mut config = coordinator::Config::new(any()?, ADMIN_TOKEN);
     if legacy {
         config.legacy_listen = Some(any()?);
     }
+    config.state_dir = state_dir.map(std::path::Path::to_path_buf);
     runtime
         .block_on(coordinator::start(config))
         .map_err(|e| e.to_string())

@@ -3,6 +3,7 @@
 //! marker relay and tests.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1::coordinator_client::CoordinatorClient;
@@ -34,6 +35,9 @@ pub enum ClientError {
     /// A MultiNode call's deadline passed.
     #[error("{0}")]
     Timeout(String),
+    /// A group of that id exists already.
+    #[error("{0}")]
+    Exists(String),
     #[error("coordinator error: {0}")]
     Other(String),
 }
@@ -43,9 +47,8 @@ impl From<Status> for ClientError {
         let message = status.message().to_string();
         match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => ClientError::Refused(message),
-            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
-                ClientError::Invalid(message)
-            }
+            Code::InvalidArgument | Code::NotFound => ClientError::Invalid(message),
+            Code::AlreadyExists => ClientError::Exists(message),
             Code::FailedPrecondition | Code::Aborted => ClientError::Failed(message),
             Code::DeadlineExceeded => ClientError::Timeout(message),
             Code::Unavailable => ClientError::Unreachable {
@@ -151,6 +154,62 @@ fn with_deadline<T>(message: T, deadline: Option<SystemTime>) -> Request<T> {
     request
 }
 
+/// How long a call without a deadline keeps trying to reach a coordinator that is away
+/// (restarting).
+pub const RECONNECT_BUDGET: Duration = Duration::from_secs(60);
+
+/// Whether a call failed because the coordinator could not be reached (it stopped or
+/// restarts), not because of anything it answered.
+fn unreachable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        // A connection cut mid-call surfaces as a transport error.
+        Code::Unknown | Code::Internal => {
+            let m = status.message();
+            m.contains("transport") || m.contains("connection") || m.contains("broken pipe")
+        }
+        _ => false,
+    }
+}
+
+/// Makes `call` until the coordinator answers it. While the coordinator cannot be
+/// reached, the call is made again after a growing pause (50 ms to 1 s), until
+/// `deadline` (or [`RECONNECT_BUDGET`]) passes: a coordinator that restarts with its
+/// state directory finds every group as it was, and every call here is safe to
+/// repeat (a sync names itself with a call id for that).
+async fn retrying<T, Fut>(
+    inner: &Inner,
+    deadline: Option<SystemTime>,
+    mut call: impl FnMut(Inner) -> Fut,
+) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let give_up = deadline.unwrap_or_else(|| SystemTime::now() + RECONNECT_BUDGET);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call(inner.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if unreachable(&status) && SystemTime::now() + pause < give_up => {
+                tracing::debug!(%status, ?pause, "coordinator unreachable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// `retrying` one RPC: `$request` is made anew for each attempt.
+macro_rules! call {
+    ($inner:expr, $deadline:expr, $method:ident, $request:expr) => {
+        retrying($inner, $deadline, |mut client| {
+            let request = $request;
+            async move { client.$method(request).await }
+        })
+    };
+}
+
 fn deadline_of(deadline: Option<SystemTime>) -> Option<Deadline> {
     deadline.map(|d| Deadline {
         unix_ms: d
@@ -203,15 +262,14 @@ impl NodeClient {
         &self.node_id
     }
 
+    fn ids(&self) -> (String, String) {
+        (self.group_id.clone(), self.node_id.clone())
+    }
+
     pub async fn group_info(&mut self) -> Result<GroupView, ClientError> {
-        let r = self
-            .inner
-            .group_info(v1::GroupInfoRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-            })
-            .await?
-            .into_inner();
+        let (group_id, node_id) = self.ids();
+        let request = v1::GroupInfoRequest { group_id, node_id };
+        let r = call!(&self.inner, None, group_info, request.clone()).await?;
         Ok(GroupView {
             node_id: r.node_id,
             role: r.role,
@@ -220,14 +278,14 @@ impl NodeClient {
     }
 
     pub async fn send(&mut self, message_id: &str, data: Data) -> Result<(), ClientError> {
-        self.inner
-            .send(v1::SendRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-                message_id: message_id.to_string(),
-                data: data.into_iter().collect(),
-            })
-            .await?;
+        let (group_id, node_id) = self.ids();
+        let request = v1::SendRequest {
+            group_id,
+            node_id,
+            message_id: message_id.to_string(),
+            data: data.into_iter().collect(),
+        };
+        call!(&self.inner, None, send, request.clone()).await?;
         Ok(())
     }
 
@@ -236,18 +294,21 @@ impl NodeClient {
         message_id: &str,
         deadline: Option<SystemTime>,
     ) -> Result<Senders, ClientError> {
+        let (group_id, node_id) = self.ids();
         let request = v1::WaitRequest {
-            group_id: self.group_id.clone(),
-            node_id: self.node_id.clone(),
+            group_id,
+            node_id,
             message_id: message_id.to_string(),
             deadline: deadline_of(deadline),
         };
-        Ok(senders(
-            self.inner
-                .wait(with_deadline(request, deadline))
-                .await?
-                .into_inner(),
-        ))
+        let reply = call!(
+            &self.inner,
+            deadline,
+            wait,
+            with_deadline(request.clone(), deadline)
+        )
+        .await?;
+        Ok(senders(reply))
     }
 
     pub async fn wait_all(
@@ -256,19 +317,22 @@ impl NodeClient {
         role: Option<&str>,
         deadline: Option<SystemTime>,
     ) -> Result<Senders, ClientError> {
+        let (group_id, node_id) = self.ids();
         let request = v1::WaitAllRequest {
-            group_id: self.group_id.clone(),
-            node_id: self.node_id.clone(),
+            group_id,
+            node_id,
             message_id: message_id.to_string(),
             role: role.unwrap_or_default().to_string(),
             deadline: deadline_of(deadline),
         };
-        Ok(senders(
-            self.inner
-                .wait_all(with_deadline(request, deadline))
-                .await?
-                .into_inner(),
-        ))
+        let reply = call!(
+            &self.inner,
+            deadline,
+            wait_all,
+            with_deadline(request.clone(), deadline)
+        )
+        .await?;
+        Ok(senders(reply))
     }
 
     pub async fn sync(
@@ -276,24 +340,33 @@ impl NodeClient {
         message_id: &str,
         deadline: Option<SystemTime>,
     ) -> Result<(), ClientError> {
+        let (group_id, node_id) = self.ids();
         let request = v1::SyncRequest {
-            group_id: self.group_id.clone(),
-            node_id: self.node_id.clone(),
+            group_id,
+            node_id,
             message_id: message_id.to_string(),
             deadline: deadline_of(deadline),
+            // The same on every retry of this call, never 0.
+            call: rand::random::<u64>().max(1),
         };
-        self.inner.sync(with_deadline(request, deadline)).await?;
+        call!(
+            &self.inner,
+            deadline,
+            sync,
+            with_deadline(request.clone(), deadline)
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn network_broadcast(&mut self, info: v1::NetworkInfo) -> Result<(), ClientError> {
-        self.inner
-            .network_broadcast(v1::NetworkBroadcastRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-                info: Some(info),
-            })
-            .await?;
+        let (group_id, node_id) = self.ids();
+        let request = v1::NetworkBroadcastRequest {
+            group_id,
+            node_id,
+            info: Some(info),
+        };
+        call!(&self.inner, None, network_broadcast, request.clone()).await?;
         Ok(())
     }
 
@@ -302,65 +375,90 @@ impl NodeClient {
         role: Option<&str>,
         deadline: Option<SystemTime>,
     ) -> Result<BTreeMap<String, v1::NetworkInfo>, ClientError> {
+        let (group_id, node_id) = self.ids();
         let request = v1::NetworkCollectRequest {
-            group_id: self.group_id.clone(),
-            node_id: self.node_id.clone(),
+            group_id,
+            node_id,
             role: role.unwrap_or_default().to_string(),
             deadline: deadline_of(deadline),
         };
-        Ok(self
-            .inner
-            .network_collect(with_deadline(request, deadline))
-            .await?
-            .into_inner()
-            .nodes
-            .into_iter()
-            .collect())
+        let reply = call!(
+            &self.inner,
+            deadline,
+            network_collect,
+            with_deadline(request.clone(), deadline)
+        )
+        .await?;
+        Ok(reply.nodes.into_iter().collect())
     }
 
     pub async fn start_vms(&mut self, host_ip: &str) -> Result<(), ClientError> {
-        self.inner
-            .start_vms(v1::StartVmsRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-                host_ip: host_ip.to_string(),
-            })
-            .await?;
+        let (group_id, node_id) = self.ids();
+        let request = v1::StartVmsRequest {
+            group_id,
+            node_id,
+            host_ip: host_ip.to_string(),
+        };
+        call!(&self.inner, None, start_vms, request.clone()).await?;
         Ok(())
     }
 
     pub async fn wait_for_vms(&mut self, deadline: Option<SystemTime>) -> Result<(), ClientError> {
+        let (group_id, node_id) = self.ids();
         let request = v1::WaitForVmsRequest {
-            group_id: self.group_id.clone(),
-            node_id: self.node_id.clone(),
+            group_id,
+            node_id,
             deadline: deadline_of(deadline),
         };
-        self.inner
-            .wait_for_vms(with_deadline(request, deadline))
-            .await?;
+        call!(
+            &self.inner,
+            deadline,
+            wait_for_vms,
+            with_deadline(request.clone(), deadline)
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn finish(&mut self) -> Result<(), ClientError> {
-        self.inner
-            .finish(v1::FinishRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-            })
-            .await?;
+        let (group_id, node_id) = self.ids();
+        let request = v1::FinishRequest { group_id, node_id };
+        call!(&self.inner, None, finish, request.clone()).await?;
         Ok(())
     }
 
     /// Opens the node's presence stream; the node is alive while it is held open.
     pub async fn attach(&mut self) -> Result<tonic::Streaming<v1::GroupEvent>, ClientError> {
-        Ok(self
-            .inner
-            .attach(v1::AttachRequest {
-                group_id: self.group_id.clone(),
-                node_id: self.node_id.clone(),
-            })
-            .await?
-            .into_inner())
+        let (group_id, node_id) = self.ids();
+        let request = v1::AttachRequest { group_id, node_id };
+        Ok(call!(&self.inner, None, attach, request.clone()).await?)
+    }
+
+    /// Opens the node's presence and holds it for as long as the returned task runs,
+    /// opening it again whenever the coordinator went away (a restart). The task ends
+    /// when the coordinator refuses it (the node failed or the group closed) or cannot
+    /// be reached for [`RECONNECT_BUDGET`]; abort it when the node is done.
+    pub async fn hold_presence(&mut self) -> Result<tokio::task::JoinHandle<()>, ClientError> {
+        let mut stream = self.attach().await?;
+        let mut client = self.clone();
+        Ok(tokio::spawn(async move {
+            use tokio_stream::StreamExt;
+            loop {
+                while let Some(event) = stream.next().await {
+                    if let Err(status) = event {
+                        tracing::debug!(%status, "presence stream cut");
+                        break;
+                    }
+                }
+                stream = match client.attach().await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot hold the node's presence");
+                        return;
+                    }
+                };
+            }
+        }))
     }
 }
 
@@ -386,20 +484,17 @@ impl AdminClient {
         group_id: &str,
         nodes: &[(String, String)],
     ) -> Result<(String, Vec<Credential>), ClientError> {
-        let r = self
-            .inner
-            .create_group(v1::CreateGroupRequest {
-                group_id: group_id.to_string(),
-                nodes: nodes
-                    .iter()
-                    .map(|(node_id, role)| v1::NodeSpec {
-                        node_id: node_id.clone(),
-                        role: role.clone(),
-                    })
-                    .collect(),
-            })
-            .await?
-            .into_inner();
+        let request = v1::CreateGroupRequest {
+            group_id: group_id.to_string(),
+            nodes: nodes
+                .iter()
+                .map(|(node_id, role)| v1::NodeSpec {
+                    node_id: node_id.clone(),
+                    role: role.clone(),
+                })
+                .collect(),
+        };
+        let r = call!(&self.inner, None, create_group, request.clone()).await?;
         let credentials = r
             .nodes
             .into_iter()
@@ -418,22 +513,20 @@ impl AdminClient {
         node_id: &str,
         reason: &str,
     ) -> Result<(), ClientError> {
-        self.inner
-            .fail_node(v1::FailNodeRequest {
-                group_id: group_id.to_string(),
-                node_id: node_id.to_string(),
-                reason: reason.to_string(),
-            })
-            .await?;
+        let request = v1::FailNodeRequest {
+            group_id: group_id.to_string(),
+            node_id: node_id.to_string(),
+            reason: reason.to_string(),
+        };
+        call!(&self.inner, None, fail_node, request.clone()).await?;
         Ok(())
     }
 
     pub async fn close_group(&mut self, group_id: &str) -> Result<(), ClientError> {
-        self.inner
-            .close_group(v1::CloseGroupRequest {
-                group_id: group_id.to_string(),
-            })
-            .await?;
+        let request = v1::CloseGroupRequest {
+            group_id: group_id.to_string(),
+        };
+        call!(&self.inner, None, close_group, request.clone()).await?;
         Ok(())
     }
 
@@ -441,12 +534,9 @@ impl AdminClient {
         &mut self,
         group_id: &str,
     ) -> Result<tonic::Streaming<v1::GroupEvent>, ClientError> {
-        Ok(self
-            .inner
-            .watch_group(v1::WatchGroupRequest {
-                group_id: group_id.to_string(),
-            })
-            .await?
-            .into_inner())
+        let request = v1::WatchGroupRequest {
+            group_id: group_id.to_string(),
+        };
+        Ok(call!(&self.inner, None, watch_group, request.clone()).await?)
     }
 }

@@ -4,8 +4,15 @@
 //! still waits for) or hopeless (a node it waits for failed or finished without doing
 //! what is waited for). [`crate::store`] re-runs checks when the group changes, so the
 //! semantics live in one place for gRPC and legacy clients alike.
+//!
+//! Every change to a group's state is a [`Change`], made by [`Group::apply`] and
+//! nothing else. A group that records hands its changes to [`crate::journal`], and a
+//! group read back from its journal replays them through the same function, so the
+//! state after a coordinator restart is the state before it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
 
 /// What a node has sent under one message id, by key.
 pub type Data = BTreeMap<String, String>;
@@ -96,6 +103,58 @@ pub enum Refusal {
     Closed,
 }
 
+/// One change to a group's state: what the journal records, one JSON line each.
+/// Derived state (a barrier completing, a sync id freed) is not recorded: applying the
+/// same changes in the same order derives it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A legacy node registered itself.
+    Registered {
+        node: String,
+        role: String,
+    },
+    /// A node made its first call.
+    Activated {
+        node: String,
+    },
+    Failed {
+        node: String,
+        reason: String,
+    },
+    Finished {
+        node: String,
+    },
+    Closed,
+    Sent {
+        node: String,
+        id: String,
+        data: Data,
+    },
+    /// A node arrived at barrier `id`, passing `message` (legacy clients may give one).
+    SyncArrived {
+        node: String,
+        id: String,
+        message: serde_json::Value,
+    },
+    /// A node was told it passed barrier `id`; `call` names the client's call, so a
+    /// retry of it after a lost reply is answered again (0: the client gave none).
+    SyncPassed {
+        node: String,
+        id: String,
+        call: u64,
+    },
+    /// A legacy `aggregate` bundle.
+    Bundled {
+        node: String,
+        bundle: serde_json::Value,
+    },
+    /// A legacy `clear_group`.
+    Cleared {
+        node: String,
+    },
+}
+
 #[derive(Debug, Default, Clone)]
 struct SyncRound {
     arrived: BTreeSet<String>,
@@ -120,8 +179,12 @@ pub struct Group {
     closed: bool,
     /// How many nodes have failed or finished.
     gone: usize,
+    /// The barrier each node passed last, with the call it passed in, by node.
+    passed: HashMap<String, (String, u64)>,
     /// Set by every change a waiting call may care about; see [`Group::take_changed`].
     changed: bool,
+    /// Changes not yet handed to the journal; `None` while not recording.
+    unrecorded: Option<Vec<Change>>,
 }
 
 impl Group {
@@ -143,7 +206,112 @@ impl Group {
             cleared: BTreeSet::new(),
             closed: false,
             gone: 0,
+            passed: HashMap::new(),
             changed: false,
+            unrecorded: None,
+        }
+    }
+
+    /// From now on every change is kept for [`Group::take_unrecorded`].
+    pub fn record(&mut self) {
+        self.unrecorded.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes made since the last call (none while not recording).
+    pub fn take_unrecorded(&mut self) -> Vec<Change> {
+        self.unrecorded
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Makes a change, keeping it for the journal when recording. Every method that
+    /// changes the group's state goes through here, after checking the change is right.
+    pub fn apply(&mut self, change: Change) {
+        if let Some(unrecorded) = &mut self.unrecorded {
+            unrecorded.push(change.clone());
+        }
+        self.replay(change);
+    }
+
+    /// Makes a change read back from the journal (not recorded again).
+    pub fn replay(&mut self, change: Change) {
+        match change {
+            Change::Registered { node, role } => {
+                if !self.index.contains_key(&node) {
+                    self.index.insert(node.clone(), self.nodes.len());
+                    self.nodes.push(Node {
+                        id: node,
+                        role,
+                        state: NodeState::Active,
+                        reason: None,
+                        token_hash: None,
+                    });
+                }
+            }
+            Change::Activated { node } => {
+                if let Some(n) = self
+                    .node_mut(&node)
+                    .filter(|n| n.state == NodeState::Pending)
+                {
+                    n.state = NodeState::Active;
+                }
+                return;
+            }
+            Change::Failed { node, reason } => {
+                self.end(&node, NodeState::Failed, Some(reason));
+            }
+            Change::Finished { node } => self.end(&node, NodeState::Finished, None),
+            Change::Closed => self.closed = true,
+            Change::Sent { node, id, data } => {
+                self.messages
+                    .entry(id)
+                    .or_default()
+                    .entry(node)
+                    .or_default()
+                    .extend(data);
+            }
+            Change::SyncArrived { node, id, message } => {
+                let size = self.size();
+                let round = self.syncs.entry(id).or_default();
+                round.arrived.insert(node.clone());
+                round.messages.insert(node, message);
+                if round.arrived.len() >= size {
+                    round.completed = true;
+                } else {
+                    // Nobody waits for an arrival short of the last.
+                    return;
+                }
+            }
+            Change::SyncPassed { node, id, call } => {
+                if let Some(round) = self.syncs.get_mut(&id) {
+                    round.collected.insert(node.clone());
+                }
+                if call != 0 {
+                    self.passed.insert(node, (id.clone(), call));
+                }
+                self.reset_sync_if_passed(&id);
+                return;
+            }
+            Change::Bundled { node, bundle } => {
+                self.bundles.insert(node, bundle);
+            }
+            Change::Cleared { node } => {
+                self.cleared.insert(node.clone());
+                self.end(&node, NodeState::Finished, None);
+            }
+        }
+        self.changed = true;
+    }
+
+    /// A node failed or finished, unless it already had.
+    fn end(&mut self, id: &str, state: NodeState, reason: Option<String>) {
+        if let Some(node) = self.node_mut(id).filter(|n| !n.state.is_gone()) {
+            node.state = state;
+            if reason.is_some() {
+                node.reason = reason;
+            }
+            self.gone += 1;
         }
     }
 
@@ -251,15 +419,10 @@ impl Group {
                 self.size()
             )));
         }
-        self.index.insert(id.to_string(), self.nodes.len());
-        self.nodes.push(Node {
-            id: id.to_string(),
+        self.apply(Change::Registered {
+            node: id.to_string(),
             role: role.to_string(),
-            state: NodeState::Active,
-            reason: None,
-            token_hash: None,
         });
-        self.changed = true;
         Ok(true)
     }
 
@@ -270,8 +433,9 @@ impl Group {
 
     /// Ends the group: every pending and later call fails.
     pub fn close(&mut self) {
-        self.closed = true;
-        self.changed = true;
+        if !self.closed {
+            self.apply(Change::Closed);
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -289,7 +453,9 @@ impl Group {
         match node.state {
             NodeState::Failed => Err(Refusal::NodeFailed(id.to_string())),
             NodeState::Pending => {
-                node.state = NodeState::Active;
+                self.apply(Change::Activated {
+                    node: id.to_string(),
+                });
                 Ok(Some(NodeState::Active))
             }
             _ => Ok(None),
@@ -298,29 +464,25 @@ impl Group {
 
     /// Marks a node failed. Returns false when it already was, or had finished.
     pub fn fail(&mut self, id: &str, reason: &str) -> bool {
-        match self.node_mut(id) {
-            Some(node) if !node.state.is_gone() => {
-                node.state = NodeState::Failed;
-                node.reason = Some(reason.to_string());
-                self.gone += 1;
-                self.changed = true;
-                true
-            }
-            _ => false,
+        let live = self.node(id).is_some_and(|n| !n.state.is_gone());
+        if live {
+            self.apply(Change::Failed {
+                node: id.to_string(),
+                reason: reason.to_string(),
+            });
         }
+        live
     }
 
     /// Marks a node finished. Returns false when it already was gone.
     pub fn finish(&mut self, id: &str) -> bool {
-        match self.node_mut(id) {
-            Some(node) if !node.state.is_gone() => {
-                node.state = NodeState::Finished;
-                self.gone += 1;
-                self.changed = true;
-                true
-            }
-            _ => false,
+        let live = self.node(id).is_some_and(|n| !n.state.is_gone());
+        if live {
+            self.apply(Change::Finished {
+                node: id.to_string(),
+            });
         }
+        live
     }
 
     /// `lava-send`: merges `data` into what `sender` sent under `message_id`.
@@ -335,20 +497,24 @@ impl Group {
         for key in data.keys() {
             check_key(key)?;
         }
-        let senders = self.messages.entry(message_id.to_string()).or_default();
-        let existing = senders.entry(sender.to_string()).or_default();
-        let merged: usize = existing
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
+        let merged: usize = self
+            .messages
+            .get(message_id)
+            .and_then(|senders| senders.get(sender))
+            .map_or(0, |existing| {
+                existing.iter().map(|(k, v)| k.len() + v.len()).sum()
+            })
             + size;
         if merged > MAX_MESSAGE_BYTES {
             return Err(Refusal::Invalid(format!(
                 "message {message_id} would grow to {merged} bytes, over the limit of {MAX_MESSAGE_BYTES}"
             )));
         }
-        existing.extend(data);
-        self.changed = true;
+        self.apply(Change::Sent {
+            node: sender.to_string(),
+            id: message_id.to_string(),
+            data,
+        });
         Ok(())
     }
 
@@ -416,35 +582,54 @@ impl Group {
 
     /// `lava-sync`: arrives at (or re-checks) the barrier `message_id` for `caller`.
     /// Idempotent: a node that already arrived just checks again, and a node whose reply
-    /// was lost gets it on its retry.
+    /// was lost gets it on its retry (`call`, when not 0, names the client's call, so a
+    /// retry of a call that already passed is answered even after the id was freed).
     pub fn poll_sync(
         &mut self,
         caller: &str,
         message_id: &str,
         message: Option<serde_json::Value>,
+        call: u64,
     ) -> Result<Check<serde_json::Value>, Refusal> {
         check_message_id(message_id)?;
-        let size = self.size();
-        let round = self.syncs.entry(message_id.to_string()).or_default();
-        if !round.completed && !round.arrived.contains(caller) {
-            round.arrived.insert(caller.to_string());
-            round.messages.insert(
-                caller.to_string(),
-                message.unwrap_or_else(|| serde_json::Value::String(message_id.to_string())),
-            );
-            if round.arrived.len() >= size {
-                round.completed = true;
-                self.changed = true;
-            }
+        if call != 0
+            && self
+                .passed
+                .get(caller)
+                .is_some_and(|(id, passed)| id == message_id && *passed == call)
+        {
+            return Ok(Check::Ready(serde_json::Value::String(
+                message_id.to_string(),
+            )));
         }
+        let size = self.size();
+        let arrives = self
+            .syncs
+            .get(message_id)
+            .is_none_or(|round| !round.completed && !round.arrived.contains(caller));
+        if arrives {
+            self.apply(Change::SyncArrived {
+                node: caller.to_string(),
+                id: message_id.to_string(),
+                message: message
+                    .unwrap_or_else(|| serde_json::Value::String(message_id.to_string())),
+            });
+        }
+        let Some(round) = self.syncs.get(message_id) else {
+            // Cannot happen: arriving made the round, and only passing frees it.
+            return Ok(Check::Pending(Missing::default()));
+        };
         if round.completed && round.arrived.contains(caller) && !round.collected.contains(caller) {
-            round.collected.insert(caller.to_string());
             let passed = round
                 .messages
                 .get(caller)
                 .cloned()
                 .unwrap_or_else(|| serde_json::Value::String(message_id.to_string()));
-            self.reset_sync_if_passed(message_id);
+            self.apply(Change::SyncPassed {
+                node: caller.to_string(),
+                id: message_id.to_string(),
+                call,
+            });
             return Ok(Check::Ready(passed));
         }
         // Either the barrier is still filling, or the caller passed it and calls again
@@ -454,7 +639,7 @@ impl Group {
         }
         let Some(round) = self.syncs.get(message_id) else {
             // Just freed: arrive at the next round.
-            return self.poll_sync(caller, message_id, None);
+            return self.poll_sync(caller, message_id, None, call);
         };
         let (expected_done, completed): (&BTreeSet<String>, bool) = if round.completed {
             (&round.collected, true)
@@ -518,8 +703,10 @@ impl Group {
         bundle: serde_json::Value,
         is_first: bool,
     ) -> Check<serde_json::Value> {
-        self.bundles.insert(caller.to_string(), bundle);
-        self.changed = true;
+        self.apply(Change::Bundled {
+            node: caller.to_string(),
+            bundle,
+        });
         if !is_first {
             return Check::Ready(serde_json::Value::Null);
         }
@@ -544,8 +731,9 @@ impl Group {
     /// Legacy `clear_group`: returns true once every registered node has cleared, when
     /// the group should be dropped.
     pub fn clear(&mut self, caller: &str) -> bool {
-        self.cleared.insert(caller.to_string());
-        self.finish(caller);
+        self.apply(Change::Cleared {
+            node: caller.to_string(),
+        });
         self.cleared.len() >= self.nodes.len()
     }
 
@@ -616,6 +804,14 @@ mod tests {
         )
     }
 
+    fn is_pending<T>(check: Result<Check<T>, Refusal>) -> bool {
+        matches!(check, Ok(Check::Pending(_)))
+    }
+
+    fn is_ready<T>(check: Result<Check<T>, Refusal>) -> bool {
+        matches!(check, Ok(Check::Ready(_)))
+    }
+
     fn data(pairs: &[(&str, &str)]) -> Data {
         pairs
             .iter()
@@ -681,10 +877,10 @@ mod tests {
     #[test]
     fn a_failed_node_makes_waits_on_it_hopeless_with_its_name() {
         let mut g = group(&[("a", "server"), ("b", "client"), ("c", "client")]);
-        g.poll_sync("a", "ready", None).unwrap();
-        g.poll_sync("b", "ready", None).unwrap();
+        g.poll_sync("a", "ready", None, 0).unwrap();
+        g.poll_sync("b", "ready", None, 0).unwrap();
         assert!(g.fail("c", "connection lost"));
-        let Ok(Check::Hopeless(why)) = g.poll_sync("a", "ready", None) else {
+        let Ok(Check::Hopeless(why)) = g.poll_sync("a", "ready", None, 0) else {
             panic!()
         };
         assert_eq!(
@@ -703,17 +899,17 @@ mod tests {
     #[test]
     fn sync_releases_everyone_and_the_id_is_reusable_after_all_passed() {
         let mut g = group(&[("a", "r"), ("b", "r")]);
-        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
+        assert!(is_pending(g.poll_sync("a", "s", None, 0)));
         // Re-checking (a retry) does not count twice.
-        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
-        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Ready(_))));
+        assert!(is_pending(g.poll_sync("a", "s", None, 0)));
+        assert!(is_ready(g.poll_sync("b", "s", None, 0)));
         // a has not collected yet; b calling again waits for the next round.
-        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Pending(_))));
-        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Ready(_))));
+        assert!(is_pending(g.poll_sync("b", "s", None, 0)));
+        assert!(is_ready(g.poll_sync("a", "s", None, 0)));
         // Second round with the same id.
-        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Pending(_))));
-        assert!(matches!(g.poll_sync("b", "s", None), Ok(Check::Ready(_))));
-        assert!(matches!(g.poll_sync("a", "s", None), Ok(Check::Ready(_))));
+        assert!(is_pending(g.poll_sync("a", "s", None, 0)));
+        assert!(is_ready(g.poll_sync("b", "s", None, 0)));
+        assert!(is_ready(g.poll_sync("a", "s", None, 0)));
     }
 
     #[test]

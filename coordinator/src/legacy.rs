@@ -209,7 +209,7 @@ pub fn respond(store: &Store, request: &Request) -> Option<Response> {
                 .message
                 .clone()
                 .filter(|m| !m.is_null() && m != &Value::Object(Map::new()));
-            cell.update(|g| g.poll_sync(client, id, message))
+            cell.update(|g| g.poll_sync(client, id, message, 0))
         }
         ("aggregate", _) => {
             let (Some(bundle), Some(sub_id)) = (request.bundle.clone(), request.sub_id.as_ref())

@@ -4,6 +4,7 @@
 //!
 //! * [`group`]: one group's state and the MultiNode semantics, as pure checks;
 //! * [`store`]: every group, tokens, and waiting (re-checking on change, never polling);
+//! * [`journal`]: groups kept on disk, so they survive a restart;
 //! * [`service`]: the gRPC API of `proto/`; [`legacy`]: LAVA's own protocol;
 //! * [`server`]: starting both, standalone (`coordinator` binary) or embedded;
 //! * [`client`]: node and dispatcher clients; [`relay`]: answering console markers.
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod client;
 pub mod group;
+pub mod journal;
 pub mod legacy;
 pub mod network;
 pub mod relay;

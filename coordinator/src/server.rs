@@ -32,6 +32,8 @@ pub struct Config {
     /// How often the server pings idle HTTP/2 connections, so a node whose machine
     /// vanished (no FIN) is noticed and its presence ends.
     pub keepalive: Duration,
+    /// Where groups are kept so they survive a restart; `None`: in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ impl Config {
             legacy: LegacyLimits::default(),
             tls: None,
             keepalive: Duration::from_secs(5),
+            state_dir: None,
         }
     }
 }
@@ -63,6 +66,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("state directory: {0}")]
+    State(#[from] crate::journal::JournalError),
 }
 
 /// A running coordinator. Dropping it does not stop it; call [`Running::shutdown`].
@@ -83,6 +88,7 @@ impl Running {
 
     /// Stops accepting, ends open calls and waits for the servers to finish.
     pub async fn shutdown(mut self) {
+        self.store.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -100,7 +106,10 @@ impl Running {
 
 /// Binds and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let store = Arc::new(Store::new(&config.admin_token, config.wait));
+    let store = Arc::new(match &config.state_dir {
+        Some(dir) => Store::open(&config.admin_token, config.wait, dir)?,
+        None => Store::new(&config.admin_token, config.wait),
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {

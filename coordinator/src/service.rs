@@ -113,6 +113,7 @@ pub fn status(error: CallError) -> Status {
         CallError::Refused(_) | CallError::Hopeless(_) => Status::failed_precondition(message),
         CallError::Deadline(_) => Status::deadline_exceeded(message),
         CallError::Exists(_) => Status::already_exists(message),
+        CallError::Storage(_) => Status::unavailable(message),
     }
 }
 
@@ -140,6 +141,7 @@ fn non_empty(role: &str) -> Option<&str> {
 /// the stream is dropped before the node finished, the node has failed.
 struct Presence {
     events: EventStream,
+    store: Arc<Store>,
     cell: Arc<GroupCell>,
     node_id: String,
 }
@@ -154,7 +156,11 @@ impl Stream for Presence {
 
 impl Drop for Presence {
     fn drop(&mut self) {
-        store::fail_in(&self.cell, &self.node_id, "connection lost");
+        // A coordinator that stops cuts every stream; its nodes have not failed, and
+        // with a state directory they carry on after the restart.
+        if !self.store.is_stopping() {
+            store::fail_in(&self.cell, &self.node_id, "connection lost");
+        }
     }
 }
 
@@ -249,6 +255,7 @@ impl Coordinator for Service {
         let cell = self.node(&request)?;
         let presence = Presence {
             events: event_stream(&cell),
+            store: self.store.clone(),
             cell,
             node_id: r.node_id.clone(),
         };
@@ -337,7 +344,7 @@ impl Coordinator for Service {
         let cell = self.node(&request)?;
         let deadline = self.store.deadline(r.deadline.as_ref());
         cell.wait_for(&r.node_id, "lava-sync", &r.message_id, deadline, |g| {
-            g.poll_sync(&r.node_id, &r.message_id, None)
+            g.poll_sync(&r.node_id, &r.message_id, None, r.call)
         })
         .await
         .map_err(status)?;

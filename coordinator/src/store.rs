@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::group::{Check, Group, Node, NodeState, Refusal};
+use crate::journal::{Genesis, GroupFile, Journal, JournalError, Kind};
 
 /// Why a call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,9 @@ pub enum CallError {
     Deadline(String),
     #[error("group {0} already exists")]
     Exists(String),
+    /// The group could not be written to the state directory.
+    #[error("cannot keep the group on disk: {0}")]
+    Storage(String),
 }
 
 impl From<Refusal> for CallError {
@@ -71,6 +75,9 @@ pub struct GroupCell {
     /// Calls blocked right now, so a watcher that arrives late still sees them.
     waiting: Mutex<BTreeMap<u64, v1::Waiting>>,
     next_wait: std::sync::atomic::AtomicU64,
+    /// Where the group's changes are recorded; `None`: a coordinator without a state
+    /// directory.
+    file: Option<GroupFile>,
 }
 
 /// Removes a blocked call from [`GroupCell::waiting`] however the call ends (including
@@ -95,7 +102,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GroupCell {
-    fn new(group: Group) -> Arc<Self> {
+    fn new(mut group: Group, file: Option<GroupFile>) -> Arc<Self> {
+        if file.is_some() {
+            group.record();
+        }
         let (events, _) = broadcast::channel(4096);
         Arc::new(Self {
             state: Mutex::new(group),
@@ -104,6 +114,7 @@ impl GroupCell {
             seq: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(BTreeMap::new()),
             next_wait: std::sync::atomic::AtomicU64::new(0),
+            file,
         })
     }
 
@@ -112,10 +123,18 @@ impl GroupCell {
         lock(&self.state)
     }
 
-    /// Runs `f` on the group and wakes waiters if it changed anything they care about.
+    /// Runs `f` on the group, records what it changed (before the caller can answer
+    /// anyone), and wakes waiters if it changed anything they care about.
     pub fn update<T>(&self, f: impl FnOnce(&mut Group) -> T) -> T {
         let mut group = self.lock();
         let out = f(&mut group);
+        let changes = group.take_unrecorded();
+        if let Some(file) = self.file.as_ref().filter(|_| !changes.is_empty())
+            && let Err(err) = file.append(&changes)
+        {
+            // The change stands in memory; only a restart would lose it.
+            tracing::error!(group = %group.id, %err, "cannot record a change");
+        }
         if group.take_changed() {
             self.changed.notify_waiters();
         }
@@ -256,16 +275,66 @@ pub struct Store {
     legacy: DashMap<String, Arc<GroupCell>>,
     admin_hash: [u8; 32],
     pub limits: WaitLimits,
+    /// Where groups are kept; `None`: in memory only.
+    journal: Option<Journal>,
+    /// Set when the coordinator stops: connections it cuts then are not node failures.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
+    /// A store that keeps groups in memory only.
     pub fn new(admin_token: &str, limits: WaitLimits) -> Self {
         Self {
             groups: DashMap::new(),
             legacy: DashMap::new(),
             admin_hash: auth::hash(admin_token),
             limits,
+            journal: None,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A store that keeps every group in `state_dir` and starts with the groups a
+    /// previous run left there, as they were.
+    pub fn open(
+        admin_token: &str,
+        limits: WaitLimits,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, JournalError> {
+        let (journal, recovered) = Journal::open(state_dir)?;
+        let store = Self {
+            journal: Some(journal),
+            ..Self::new(admin_token, limits)
+        };
+        for back in recovered {
+            let id = back.group.id.clone();
+            tracing::info!(group = %id, kind = ?back.kind, nodes = back.group.nodes().len(),
+                "group read back");
+            let cell = GroupCell::new(back.group, Some(back.file));
+            match back.kind {
+                Kind::Dispatcher => store.groups.insert(id, cell),
+                Kind::Legacy => store.legacy.insert(id, cell),
+            };
+        }
+        Ok(store)
+    }
+
+    /// The coordinator is stopping: streams it cuts from now on do not fail nodes.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts a group's file, if groups are kept on disk.
+    fn file_for(&self, group: &Group, kind: Kind) -> Result<Option<GroupFile>, JournalError> {
+        self.journal
+            .as_ref()
+            .map(|journal| journal.create(&Genesis::of(group, kind)))
+            .transpose()
     }
 
     pub fn authorize_admin(&self, token: Option<&str>) -> Result<(), CallError> {
@@ -341,7 +410,11 @@ impl Store {
         match self.groups.entry(group_id.clone()) {
             dashmap::Entry::Occupied(_) => return Err(CallError::Exists(group_id)),
             dashmap::Entry::Vacant(slot) => {
-                slot.insert(GroupCell::new(Group::fixed(group_id.clone(), members)));
+                let group = Group::fixed(group_id.clone(), members);
+                let file = self
+                    .file_for(&group, Kind::Dispatcher)
+                    .map_err(|e| CallError::Storage(e.to_string()))?;
+                slot.insert(GroupCell::new(group, file));
             }
         }
         Ok((group_id, credentials))
@@ -380,6 +453,9 @@ impl Store {
             .remove(group_id)
             .ok_or_else(|| CallError::NoSuchGroup(group_id.to_string()))?;
         cell.update(Group::close);
+        if let Some(file) = &cell.file {
+            file.remove();
+        }
         cell.emit(group_event::Kind::GroupClosed(v1::GroupClosed {}));
         Ok(())
     }
@@ -393,13 +469,26 @@ impl Store {
         Some(
             self.legacy
                 .entry(name.to_string())
-                .or_insert_with(|| GroupCell::new(Group::self_registering(name.to_string(), size)))
+                .or_insert_with(|| {
+                    let group = Group::self_registering(name.to_string(), size);
+                    // LAVA's protocol has no way to report this; the group works, in
+                    // memory only.
+                    let file = self.file_for(&group, Kind::Legacy).unwrap_or_else(|err| {
+                        tracing::error!(group = name, %err, "cannot keep a legacy group on disk");
+                        None
+                    });
+                    GroupCell::new(group, file)
+                })
                 .clone(),
         )
     }
 
     pub fn drop_legacy_group(&self, name: &str) {
-        self.legacy.remove(name);
+        if let Some((_, cell)) = self.legacy.remove(name)
+            && let Some(file) = &cell.file
+        {
+            file.remove();
+        }
     }
 
     /// The instant a call should stop waiting, from its wall-clock deadline.

@@ -60,7 +60,9 @@ pub async fn run(args: &[String]) -> Result<u8, Failure> {
         &required(env::NODE_TOKEN)?,
     )
     .await?;
-    let presence = client.attach().await?;
+    // Held again after a coordinator restart, so the group still learns at once if
+    // this process dies later.
+    let presence = client.hold_presence().await?;
     let status = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .stdin(Stdio::inherit())
@@ -68,7 +70,7 @@ pub async fn run(args: &[String]) -> Result<u8, Failure> {
         .await
         .map_err(|e| Failure::Usage(format!("cannot run {}: {e}", command[0])))?;
     client.finish().await?;
-    drop(presence);
+    presence.abort();
     Ok(status
         .code()
         .and_then(|c| u8::try_from(c).ok())

@@ -102,27 +102,77 @@ pub struct CoordinatorProcess {
     pub grpc: String,
     pub legacy_port: u16,
     pub admin_token: String,
+    /// The file holding `admin_token`, for a dispatcher configured to use this
+    /// coordinator.
+    pub token_file: PathBuf,
+    /// Its `--state-dir`, when it keeps groups on disk.
+    pub state_dir: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl CoordinatorProcess {
+    /// A coordinator that keeps groups in memory.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A coordinator that keeps groups in a state directory, so it can be restarted.
+    pub fn start_keeping_state() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(keep_state: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let admin_token = "system-test-admin-token-0123456789".to_string();
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, &admin_token).unwrap_or_else(|e| panic!("write token: {e}"));
-        let mut child = Command::new(binary("coordinator"))
+        let state_dir = keep_state.then(|| dir.path().join("state"));
+        let (child, grpc, legacy) = Self::spawn(
+            &token_file,
+            state_dir.as_deref(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        );
+        let legacy_port = legacy
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("bad legacy address {legacy:?}"));
+        Self {
+            child,
+            grpc: format!("http://{grpc}"),
+            legacy_port,
+            admin_token,
+            token_file,
+            state_dir,
+            _dir: dir,
+        }
+    }
+
+    /// Starts the binary; returns it with its gRPC and legacy addresses from its banner.
+    fn spawn(
+        token_file: &Path,
+        state_dir: Option<&Path>,
+        grpc: &str,
+        legacy: &str,
+    ) -> (Child, String, String) {
+        let mut command = Command::new(binary("coordinator"));
+        command
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                grpc,
                 "--legacy-listen",
-                "127.0.0.1:0",
+                legacy,
                 "--admin-token-file",
             ])
-            .arg(&token_file)
+            .arg(token_file)
             .env("COORDINATOR_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(dir) = state_dir {
+            command.arg("--state-dir").arg(dir);
+        }
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start coordinator: {e}"));
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
@@ -137,19 +187,19 @@ impl CoordinatorProcess {
                 .unwrap_or_else(|| panic!("no {name} in banner {line:?}"))
                 .to_string()
         };
-        let grpc = format!("http://{}", field("grpc="));
-        let legacy_port = field("legacy=")
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("bad banner {line:?}"));
-        Self {
-            child,
-            grpc,
-            legacy_port,
-            admin_token,
-            _dir: dir,
-        }
+        (child, field("grpc="), field("legacy="))
+    }
+
+    /// Kills the coordinator with SIGKILL (no chance to save anything) and starts it
+    /// again on the same addresses and state directory; returns once it serves.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let grpc = self.grpc.trim_start_matches("http://").to_string();
+        let legacy = format!("127.0.0.1:{}", self.legacy_port);
+        let (child, _, _) =
+            Self::spawn(&self.token_file, self.state_dir.as_deref(), &grpc, &legacy);
+        self.child = child;
     }
 
     pub fn pid(&self) -> u32 {

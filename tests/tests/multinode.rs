@@ -45,6 +45,28 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Starts `command` with its stdin, stdout and stderr piped to the test.
+fn with_pipes(mut command: std::process::Command) -> Child {
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for every node to end; returns each one's output.
+async fn outputs_of(children: Vec<(String, Child)>) -> Vec<(String, Output)> {
+    tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|(id, child)| (id, child.wait_with_output().unwrap()))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs the VM-group conversation in a group of `size` nodes: the host starts the VMs,
 /// the server publishes data the clients wait for, the server waits for every client,
 /// everyone syncs, and the host waits for the VMs to finish.
@@ -106,14 +128,7 @@ async fn vm_group_conversation(size: usize) {
             .unwrap();
         children.push((node.node_id.clone(), child));
     }
-    let outputs: Vec<(String, Output)> = tokio::task::spawn_blocking(move || {
-        children
-            .into_iter()
-            .map(|(id, child)| (id, child.wait_with_output().unwrap()))
-            .collect()
-    })
-    .await
-    .unwrap();
+    let outputs = outputs_of(children).await;
     for (id, output) in &outputs {
         assert!(
             output.status.success(),
@@ -199,13 +214,7 @@ async fn a_node_that_dies_mid_sync_fails_every_waiter_naming_it() {
         } else {
             "node-agent run -- lava-sync ready".to_string()
         };
-        let child = node
-            .shell(&script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = with_pipes(node.shell(&script));
         children.push((node.node_id.clone(), child));
     }
     until_waiting(&coordinator, &nodes[0].group_id, "sync", "ready", 4).await;
@@ -402,4 +411,76 @@ async fn shell_metacharacters_in_ids_keys_and_values_run_nothing() {
         "the bad key was refused clearly: {}",
         text(&outputs[0].stderr)
     );
+}
+
+/// The coordinator killed (SIGKILL) while nodes are blocked in `lava-sync`, and started
+/// again with its state directory: the blocked calls reconnect and pass the barrier
+/// once the last node arrives after the restart, messages sent before it are still
+/// there, and the group's file goes when the group is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_group_carries_on_after_its_restart() {
+    let mut coordinator = CoordinatorProcess::start_keeping_state();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let nodes = create_group(&coordinator, &roles(2)[1..], cache_dir.path()).await;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for node in &nodes {
+        // client-1 starts only when the test says so: after the restart.
+        let wait_for_go = if node.node_id == "client-1" {
+            "read go\n"
+        } else {
+            ""
+        };
+        let script = format!(
+            "set -e
+            {wait_for_go}lava-send hello from=$(lava-self)
+            lava-sync restart
+            lava-wait-all hello
+            test \"$(grep -c ':from=' \"$LAVA_MULTI_NODE_CACHE\")\" -ge 2
+            lava-sync after"
+        );
+        let child = with_pipes(node.shell(&format!(
+            "exec node-agent run -- sh -c {}",
+            shell_words(&script)
+        )));
+        children.push((node.node_id.clone(), child));
+    }
+    let group_id = nodes[0].group_id.clone();
+    until_waiting(&coordinator, &group_id, "sync", "restart", 2).await;
+    coordinator.kill_and_restart();
+    let (_, late) = children
+        .iter_mut()
+        .find(|(id, _)| id == "client-1")
+        .unwrap();
+    use std::io::Write;
+    late.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let outputs = outputs_of(children).await;
+    for (id, output) in &outputs {
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{id} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            output.status
+        );
+        for case in ["sync-restart", "wait-all-hello", "sync-after"] {
+            assert!(
+                stdout.contains(&format!("TEST_CASE_ID=multinode-{case} RESULT=pass")),
+                "{id}: {stdout}"
+            );
+        }
+    }
+    let state = coordinator.state_dir.clone().unwrap().join("groups");
+    let files = || std::fs::read_dir(&state).unwrap().count();
+    assert_eq!(files(), 1, "the live group has its file");
+    AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
+        .await
+        .unwrap()
+        .close_group(&group_id)
+        .await
+        .unwrap();
+    assert_eq!(files(), 0, "a closed group's file is removed");
+}
+
+/// `script` as one single-quoted shell word.
+fn shell_words(script: &str) -> String {
+    format!("'{}'", script.replace('\'', "'\\''"))
 }

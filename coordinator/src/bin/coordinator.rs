@@ -38,6 +38,10 @@ struct Args {
     /// Longest a MultiNode call waits when it gives no deadline, in seconds.
     #[arg(long, default_value_t = 3600)]
     default_wait: u64,
+    /// Keep every group in DIR, so a restarted coordinator carries on with the groups
+    /// it had (without it, groups live in memory and end with the process).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// TLS certificate (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -74,6 +78,7 @@ async fn main() -> ExitCode {
     config.legacy_listen = (!args.no_legacy).then_some(args.legacy_listen);
     config.legacy.hold = Duration::from_secs(args.legacy_hold);
     config.wait.default_wait = Duration::from_secs(args.default_wait);
+    config.state_dir = args.state_dir;
     config.tls = args
         .tls_cert
         .zip(args.tls_key)

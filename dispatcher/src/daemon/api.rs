@@ -461,19 +461,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         "Devices by state and health.",
         devices,
     );
-    let coordinator = &shared.coordination.store;
-    family(
-        &mut text,
-        "dispatcher_coordinator_groups gauge",
-        "MultiNode groups alive.",
-        [(String::new(), coordinator.group_count() as u64)],
-    );
-    family(
-        &mut text,
-        "dispatcher_coordinator_waiters gauge",
-        "MultiNode calls blocked now.",
-        [(String::new(), coordinator.waiter_count() as u64)],
-    );
+    // A standalone coordinator serves its own numbers.
+    if let Some((groups, waiters)) = shared.coordination.gauges() {
+        family(
+            &mut text,
+            "dispatcher_coordinator_groups gauge",
+            "MultiNode groups alive.",
+            [(String::new(), groups as u64)],
+        );
+        family(
+            &mut text,
+            "dispatcher_coordinator_waiters gauge",
+            "MultiNode calls blocked now.",
+            [(String::new(), waiters as u64)],
+        );
+    }
     family(
         &mut text,
         "dispatcher_transfer_bytes_total counter",

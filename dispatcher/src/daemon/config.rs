@@ -35,6 +35,22 @@ pub struct DaemonConfig {
     /// Where the embedded coordinator's gRPC listens (port 0: any).
     #[serde(default = "default_coordinator_listen")]
     pub coordinator_listen: SocketAddr,
+    /// A standalone coordinator to use instead of the embedded one (`http://` or
+    /// `https://`), so MultiNode groups outlive a dispatcher restart and, with the
+    /// coordinator's `--state-dir`, a coordinator restart. Needs
+    /// `coordinator_token_file`.
+    #[serde(default)]
+    pub coordinator_url: Option<String>,
+    /// The file whose first line is the standalone coordinator's admin token.
+    #[serde(default)]
+    pub coordinator_token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) an `https://` coordinator's certificate chains to.
+    #[serde(default)]
+    pub coordinator_ca: Option<PathBuf>,
+    /// What this dispatcher's group ids start with on a standalone coordinator, which
+    /// several dispatchers may share; unset: this machine's host name and a dash.
+    #[serde(default)]
+    pub coordinator_group_prefix: Option<String>,
     /// Largest number of nodes (host, VMs, devices) in one job.
     #[serde(default = "default_max_group_size")]
     pub max_group_size: u64,
@@ -92,10 +108,27 @@ impl DaemonConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// What the file's types alone cannot say.
+    fn check(&self) -> Result<(), String> {
+        match (&self.coordinator_url, &self.coordinator_token_file) {
+            (Some(_), None) => Err("coordinator_url needs coordinator_token_file".into()),
+            (None, Some(_)) => Err("coordinator_token_file is set without coordinator_url".into()),
+            (None, None) if self.coordinator_ca.is_some() => {
+                Err("coordinator_ca is set without coordinator_url".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What submitted jobs are checked against.
@@ -119,5 +152,47 @@ impl DaemonConfig {
 
     pub fn job_dir(&self, id: u64) -> PathBuf {
         self.jobs_dir().join(id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<DaemonConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("dispatcher.toml");
+        let text = format!(
+            "state_dir = \"/s\"\ndevices = \"/d\"\nlab_key = \"/k\"\nnode_agent = \"/a\"\n{extra}"
+        );
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        DaemonConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_standalone_coordinator_needs_its_token() {
+        let config = load("").expect("embedded by default");
+        assert!(config.coordinator_url.is_none());
+        let both = load("coordinator_url = \"http://c:7079\"\ncoordinator_token_file = \"/t\"\n")
+            .expect("url and token");
+        assert_eq!(both.coordinator_url.as_deref(), Some("http://c:7079"));
+        for (extra, error) in [
+            (
+                "coordinator_url = \"http://c:7079\"\n",
+                "coordinator_url needs coordinator_token_file",
+            ),
+            (
+                "coordinator_token_file = \"/t\"\n",
+                "coordinator_token_file is set without coordinator_url",
+            ),
+            (
+                "coordinator_ca = \"/ca.pem\"\n",
+                "coordinator_ca is set without coordinator_url",
+            ),
+        ] {
+            let err = load(extra).expect_err(extra);
+            assert!(err.ends_with(error), "{err}");
+            assert!(err.contains("dispatcher.toml"), "names the file: {err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The dispatcher daemon (`dispatcher serve`): the lab's devices, the job queue in the
 //! store, the HTTP API, the scheduler, and the jobs it runs, with the coordinator
-//! embedded in the same process.
+//! embedded in the same process or, when the configuration names one, a standalone
+//! coordinator.
 //!
 //! The scheduler runs when something changes (a job submitted or ended, a device's
 //! health set), never on a timer: it reads the queue and the devices from the store,
@@ -45,7 +46,7 @@ pub enum DaemonError {
     },
     #[error("the database: {0}")]
     Store(#[from] StoreError),
-    #[error("the embedded coordinator: {0}")]
+    #[error("the coordinator: {0}")]
     Coordinator(String),
 }
 
@@ -100,7 +101,8 @@ pub struct Daemon {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     scheduler: JoinHandle<()>,
-    coordinator: coordinator::Running,
+    /// The embedded coordinator; `None` with a standalone one.
+    coordinator: Option<coordinator::Running>,
 }
 
 impl Daemon {
@@ -126,23 +128,37 @@ impl Daemon {
             .map(|d| (d.hostname.clone(), d.device_type.clone()))
             .collect();
         store.sync_devices(&devices)?;
-        for job in store.recover_after_restart()? {
+        let cut_short = store.recover_after_restart()?;
+        for &job in &cut_short {
             tracing::warn!(
                 job,
                 "ended as incomplete: the dispatcher restarted while it ran"
             );
             quit_local_vms(&config.job_dir(job)).await;
         }
-        let coordinator = coordinator::start(coordinator::Config::new(
-            config.coordinator_listen,
-            hex::encode(rand::random::<[u8; 32]>()),
-        ))
-        .await
-        .map_err(|e| DaemonError::Coordinator(e.to_string()))?;
-        let coordination = Coordination {
-            store: coordinator.store(),
-            url: format!("http://{}", coordinator.grpc_addr),
+        let (coordination, coordinator) = match &config.coordinator_url {
+            Some(url) => (standalone_coordinator(&config, url).await?, None),
+            None => {
+                let coordinator = coordinator::start(coordinator::Config::new(
+                    config.coordinator_listen,
+                    hex::encode(rand::random::<[u8; 32]>()),
+                ))
+                .await
+                .map_err(|e| DaemonError::Coordinator(e.to_string()))?;
+                let coordination = Coordination::embedded(
+                    coordinator.store(),
+                    format!("http://{}", coordinator.grpc_addr),
+                );
+                (coordination, Some(coordinator))
+            }
         };
+        // A standalone coordinator outlived the jobs a crash cut short: end their groups
+        // (in the background: a coordinator that is away must not hold up the start).
+        let standalone = matches!(coordination.admin, runner::coordination::Admin::Remote(_));
+        for job in cut_short.into_iter().filter(|_| standalone) {
+            let (coordination, group) = (coordination.clone(), coordination.group_id(job));
+            tokio::spawn(async move { coordination.close_group(&group).await });
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| DaemonError::Io {
@@ -206,7 +222,60 @@ impl Daemon {
         }
         let _ = self.scheduler.await;
         let _ = self.server.await;
-        self.coordinator.shutdown().await;
+        if let Some(coordinator) = self.coordinator {
+            coordinator.shutdown().await;
+        }
+    }
+}
+
+/// Connects to the standalone coordinator the configuration names, and checks that it
+/// takes our admin token, so a wrong token is found at start, not at the first job.
+async fn standalone_coordinator(
+    config: &DaemonConfig,
+    url: &str,
+) -> Result<Coordination, DaemonError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| DaemonError::Io {
+            what: format!("cannot read {}", path.display()),
+            source,
+        })
+    };
+    let token_file = config.coordinator_token_file.as_deref().ok_or_else(|| {
+        DaemonError::Coordinator("coordinator_url needs coordinator_token_file".into())
+    })?;
+    let token = String::from_utf8_lossy(&read(token_file)?)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let target = coordinator::Target {
+        url: url.to_string(),
+        ca_pem: config.coordinator_ca.as_deref().map(read).transpose()?,
+    };
+    let mut admin = coordinator::AdminClient::connect(target.clone(), &token)
+        .await
+        .map_err(|e| DaemonError::Coordinator(e.to_string()))?;
+    match admin.close_group("dispatcher-start-check").await {
+        Err(coordinator::ClientError::Refused(why)) => Err(DaemonError::Coordinator(format!(
+            "{url} refused the token in {}: {why}",
+            token_file.display()
+        ))),
+        Err(coordinator::ClientError::Invalid(_)) | Ok(()) => {
+            tracing::info!(url, "using the standalone coordinator");
+            let group_prefix = match &config.coordinator_group_prefix {
+                Some(prefix) => prefix.clone(),
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|name| format!("{}-", name.trim()))
+                    .unwrap_or_default(),
+            };
+            Ok(Coordination {
+                admin: runner::coordination::Admin::Remote(admin),
+                target,
+                group_prefix,
+            })
+        }
+        Err(other) => Err(DaemonError::Coordinator(other.to_string())),
     }
 }
 

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coordinator::NodeClient;
 use coordinator::relay::Relay;
-use coordinator::{NodeClient, Target};
 use job_schemas::{Job, TestDefinitionSource, TestShell};
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,38 +24,6 @@ use crate::lab::Lab;
 use crate::ssh::shell_quote;
 use crate::states::ErrorClass;
 use crate::testdef::{self, ResultParser};
-
-/// Logs every MultiNode wait as it starts, with the nodes it waits for, so a log reader
-/// sees who holds a group up (the coordinator reports each wait once). Ends with the
-/// group.
-async fn log_waits(
-    mut events: tokio::sync::broadcast::Receiver<proto::v1::GroupEvent>,
-    log: JobLog,
-) {
-    use proto::v1::group_event::Kind;
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match events.recv().await {
-            Ok(event) => match event.kind {
-                Some(Kind::Waiting(wait)) => log.line(
-                    Level::Info,
-                    Some(&wait.node_id),
-                    format!(
-                        "lava-{} '{}' waits for {}: {}",
-                        wait.call,
-                        wait.message_id,
-                        wait.missing_count,
-                        wait.missing.join(", ")
-                    ),
-                ),
-                Some(Kind::GroupClosed(_)) => return,
-                _ => {}
-            },
-            Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
 
 /// A progress callback for a transfer (`done`, `total` bytes) that logs each quarter
 /// once, so a long upload or download shows in the log as it goes.
@@ -111,15 +79,15 @@ impl<'a> GroupContext<'a> {
         coordination: &'a Coordination,
         members: Vec<(String, String)>,
     ) -> Result<GroupContext<'a>, Failure> {
-        let group_id = format!("job-{}", settings.job_id);
-        let (_, credentials) = coordination
-            .store
-            .create_group(Some(group_id.clone()), members.clone())
+        let group_id = coordination.group_id(settings.job_id);
+        let credentials = coordination
+            .create_group(&group_id, &members)
+            .await
             .map_err(|e| Failure::infra("plan", format!("coordinator: {e}")))?;
         let mut clients = BTreeMap::new();
         for credential in credentials {
             match NodeClient::connect(
-                Target::plain(&coordination.url),
+                coordination.target.clone(),
                 &group_id,
                 &credential.node_id,
                 &credential.token,
@@ -130,14 +98,12 @@ impl<'a> GroupContext<'a> {
                     clients.insert(credential.node_id, client);
                 }
                 Err(err) => {
-                    let _ = coordination.store.close_group(&group_id);
+                    coordination.close_group(&group_id).await;
                     return Err(Failure::infra("plan", format!("coordinator: {err}")));
                 }
             }
         }
-        if let Ok(cell) = coordination.store.group(&group_id) {
-            tokio::spawn(log_waits(cell.subscribe(), log.clone()));
-        }
+        coordination.log_waits(&group_id, log);
         Ok(Self {
             job,
             lab,
@@ -152,8 +118,8 @@ impl<'a> GroupContext<'a> {
     }
 
     /// Ends the coordinator group.
-    pub fn close(&self) {
-        let _ = self.coordination.store.close_group(&self.group_id);
+    pub async fn close(&self) {
+        self.coordination.close_group(&self.group_id).await;
     }
 
     /// `lava-group`'s output: lines of `node<TAB>role`.
@@ -270,7 +236,7 @@ impl<'a> GroupContext<'a> {
         {
             // Peers waiting for this node fail now, naming it, instead of at their
             // deadline.
-            let _ = self.coordination.store.fail_node(
+            self.coordination.fail_node(
                 &self.group_id,
                 &report.node,
                 &format!("{action}: {message}"),

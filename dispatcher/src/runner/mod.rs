@@ -18,6 +18,7 @@
 //! stopped and the job's directory on the host removed before the report is returned.
 
 mod context;
+pub mod coordination;
 mod device_group;
 mod files;
 pub mod formats;
@@ -33,7 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use coordinator::group::{VM_START_MESSAGE, VM_STOP_MESSAGE};
-use coordinator::store::Store;
 use job_schemas::{Job, Topology, VmGroup};
 use regex::Regex;
 
@@ -48,6 +48,7 @@ use crate::states::ErrorClass;
 use crate::transfer;
 use crate::vm::{self, GroupLan, RunningVm, VmImages, VmNetwork, VmPlan};
 use context::{GroupContext, case_reports, failed_report, shell_failure};
+pub use coordination::Coordination;
 use nodes::{GroupPlan, VmNode};
 use report::{JobReport, NodeReport};
 
@@ -96,14 +97,6 @@ pub async fn canceled(mut cancel: tokio::sync::watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// The coordinator the job's group lives in (embedded in this process).
-#[derive(Clone)]
-pub struct Coordination {
-    pub store: Arc<Store>,
-    /// Its gRPC address as this process reaches it, e.g. `http://127.0.0.1:7079`.
-    pub url: String,
 }
 
 /// Why a node's pipeline stopped.
@@ -246,7 +239,7 @@ async fn run_vm_group(
         launched: Arc::default(),
     };
     let reports = run.run(host).await;
-    run.close();
+    run.close().await;
     reports
 }
 
@@ -291,7 +284,7 @@ async fn run_device_group(
     );
     let cut_short = ctx.until_done(device_group::run(&ctx, &group_nodes)).await;
     let reports = ctx.reports(cut_short);
-    ctx.close();
+    ctx.close().await;
     reports
 }
 

@@ -86,10 +86,10 @@ impl OneShot {
         ))
         .await
         .map_err(|e| OneShotError::Coordinator(e.to_string()))?;
-        let coordination = Coordination {
-            store: coordinator.store(),
-            url: format!("http://{}", coordinator.grpc_addr),
-        };
+        let coordination = Coordination::embedded(
+            coordinator.store(),
+            format!("http://{}", coordinator.grpc_addr),
+        );
         let settings = RunSettings {
             job_id,
             work_dir: job_dir.clone(),
