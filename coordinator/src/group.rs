@@ -153,6 +153,11 @@ pub enum Change {
     Cleared {
         node: String,
     },
+    /// A node opened its presence stream: from now on the coordinator answers for its
+    /// liveness (the stream ends only when the node fails or after it finished).
+    Attached {
+        node: String,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -181,6 +186,8 @@ pub struct Group {
     gone: usize,
     /// The barrier each node passed last, with the call it passed in, by node.
     passed: HashMap<String, (String, u64)>,
+    /// Nodes whose presence stream is open (see [`Change::Attached`]).
+    present: BTreeSet<String>,
     /// Set by every change a waiting call may care about; see [`Group::take_changed`].
     changed: bool,
     /// Changes not yet handed to the journal; `None` while not recording.
@@ -207,6 +214,7 @@ impl Group {
             closed: false,
             gone: 0,
             passed: HashMap::new(),
+            present: BTreeSet::new(),
             changed: false,
             unrecorded: None,
         }
@@ -299,6 +307,10 @@ impl Group {
             Change::Cleared { node } => {
                 self.cleared.insert(node.clone());
                 self.end(&node, NodeState::Finished, None);
+            }
+            Change::Attached { node } => {
+                self.present.insert(node);
+                return;
             }
         }
         self.changed = true;
@@ -460,6 +472,30 @@ impl Group {
             }
             _ => Ok(None),
         }
+    }
+
+    /// A node opened its presence stream (after [`Group::touch`] let it in).
+    pub fn attach(&mut self, id: &str) {
+        if !self.present.contains(id) {
+            self.apply(Change::Attached {
+                node: id.to_string(),
+            });
+        }
+    }
+
+    /// After a restart: the live nodes whose presence was open when the coordinator
+    /// stopped. Their streams are gone, so they count as absent until they attach again.
+    pub fn take_presence(&mut self) -> Vec<String> {
+        let present = std::mem::take(&mut self.present);
+        present
+            .into_iter()
+            .filter(|id| self.node(id).is_some_and(|n| !n.state.is_gone()))
+            .collect()
+    }
+
+    /// Whether a node's presence stream is open.
+    pub fn is_present(&self, id: &str) -> bool {
+        self.present.contains(id)
     }
 
     /// Marks a node failed. Returns false when it already was, or had finished.

@@ -307,6 +307,8 @@ mod tests {
             .unwrap();
         group.record();
         group.touch("a").unwrap();
+        group.attach("a");
+        group.attach("b");
         group
             .send(
                 "a",
@@ -334,6 +336,9 @@ mod tests {
             g.node("a").unwrap().token_hash,
             Some(crate::auth::hash("a"))
         );
+        // a was attached and lives: it must attach again; b failed.
+        assert_eq!(g.take_presence(), ["a"]);
+        assert!(!g.is_present("a"));
         let Check::Ready(senders) = g.check_wait("c", "ready") else {
             panic!("the message did not come back")
         };

@@ -34,6 +34,9 @@ pub struct Config {
     pub keepalive: Duration,
     /// Where groups are kept so they survive a restart; `None`: in memory only.
     pub state_dir: Option<PathBuf>,
+    /// After a restart, how long a node that was attached has to attach again before it
+    /// is failed.
+    pub reattach_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,7 @@ impl Config {
             tls: None,
             keepalive: Duration::from_secs(5),
             state_dir: None,
+            reattach_grace: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(dir) => Store::open(&config.admin_token, config.wait, dir)?,
         None => Store::new(&config.admin_token, config.wait),
     });
+    store.await_presence(config.reattach_grace);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {

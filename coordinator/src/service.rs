@@ -37,14 +37,30 @@ impl Service {
 
     /// Authorizes a node call and marks the node active.
     fn node<T: NodeCall>(&self, request: &Request<T>) -> Result<Arc<GroupCell>, Status> {
+        self.enter(request, false)
+    }
+
+    /// [`Service::node`], and with `attaching` the node's presence opens in the same
+    /// change, so whoever sees the node active knows its presence is recorded.
+    fn enter<T: NodeCall>(
+        &self,
+        request: &Request<T>,
+        attaching: bool,
+    ) -> Result<Arc<GroupCell>, Status> {
         let (group_id, node_id) = (request.get_ref().group_id(), request.get_ref().node_id());
         let cell = self
             .store
             .authorize_node(auth::bearer(request.metadata()), group_id, node_id)
             .map_err(status)?;
         let became_active = cell
-            .update(|g| g.touch(node_id))
-            .map_err(|r| status(r.into()))?;
+            .update(|g| {
+                let became_active = g.touch(node_id)?;
+                if attaching {
+                    g.attach(node_id);
+                }
+                Ok(became_active)
+            })
+            .map_err(|r: group::Refusal| status(r.into()))?;
         if became_active.is_some()
             && let Some(node) = cell.lock().node(node_id).map(store::node_changed)
         {
@@ -252,7 +268,7 @@ impl Coordinator for Service {
         request: Request<v1::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let r = request.get_ref();
-        let cell = self.node(&request)?;
+        let cell = self.enter(&request, true)?;
         let presence = Presence {
             events: event_stream(&cell),
             store: self.store.clone(),

@@ -279,6 +279,8 @@ pub struct Store {
     journal: Option<Journal>,
     /// Set when the coordinator stops: connections it cuts then are not node failures.
     stopping: std::sync::atomic::AtomicBool,
+    /// Read back at start: groups with the nodes whose presence they await again.
+    awaited: Mutex<Vec<(Arc<GroupCell>, Vec<String>)>>,
 }
 
 impl Store {
@@ -291,6 +293,34 @@ impl Store {
             limits,
             journal: None,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            awaited: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// After a restart: every node that was attached when the coordinator stopped gets
+    /// `grace` to attach again; one that does not is failed, so the calls waiting on it
+    /// end instead of waiting for their deadline (it may have died while the
+    /// coordinator was away, when nobody could notice). Needs a Tokio runtime.
+    pub fn await_presence(&self, grace: Duration) {
+        let awaited = std::mem::take(&mut *lock(&self.awaited));
+        for (cell, nodes) in awaited {
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let missing: Vec<String> = {
+                    let group = cell.lock();
+                    nodes
+                        .into_iter()
+                        .filter(|id| !group.is_present(id))
+                        .collect()
+                };
+                let reason = format!(
+                    "its presence did not come back within {} s of the coordinator restart",
+                    grace.as_secs()
+                );
+                for node in missing {
+                    fail_in(&cell, &node, &reason);
+                }
+            });
         }
     }
 
@@ -306,11 +336,15 @@ impl Store {
             journal: Some(journal),
             ..Self::new(admin_token, limits)
         };
-        for back in recovered {
+        for mut back in recovered {
             let id = back.group.id.clone();
+            let absent = back.group.take_presence();
             tracing::info!(group = %id, kind = ?back.kind, nodes = back.group.nodes().len(),
                 "group read back");
             let cell = GroupCell::new(back.group, Some(back.file));
+            if !absent.is_empty() {
+                lock(&store.awaited).push((cell.clone(), absent));
+            }
             match back.kind {
                 Kind::Dispatcher => store.groups.insert(id, cell),
                 Kind::Legacy => store.legacy.insert(id, cell),

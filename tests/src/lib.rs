@@ -107,21 +107,25 @@ pub struct CoordinatorProcess {
     pub token_file: PathBuf,
     /// Its `--state-dir`, when it keeps groups on disk.
     pub state_dir: Option<PathBuf>,
+    /// More arguments it runs with.
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl CoordinatorProcess {
     /// A coordinator that keeps groups in memory.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, &[])
     }
 
     /// A coordinator that keeps groups in a state directory, so it can be restarted.
     pub fn start_keeping_state() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, &[])
     }
 
-    fn start_with(keep_state: bool) -> Self {
+    /// A coordinator (keeping its groups on disk or not) run with more arguments.
+    pub fn start_with(keep_state: bool, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let admin_token = "system-test-admin-token-0123456789".to_string();
         let token_file = dir.path().join("admin.token");
@@ -130,6 +134,7 @@ impl CoordinatorProcess {
         let (child, grpc, legacy) = Self::spawn(
             &token_file,
             state_dir.as_deref(),
+            &args,
             "127.0.0.1:0",
             "127.0.0.1:0",
         );
@@ -145,6 +150,7 @@ impl CoordinatorProcess {
             admin_token,
             token_file,
             state_dir,
+            args,
             _dir: dir,
         }
     }
@@ -153,6 +159,7 @@ impl CoordinatorProcess {
     fn spawn(
         token_file: &Path,
         state_dir: Option<&Path>,
+        args: &[String],
         grpc: &str,
         legacy: &str,
     ) -> (Child, String, String) {
@@ -166,6 +173,7 @@ impl CoordinatorProcess {
                 "--admin-token-file",
             ])
             .arg(token_file)
+            .args(args)
             .env("COORDINATOR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -193,12 +201,28 @@ impl CoordinatorProcess {
     /// Kills the coordinator with SIGKILL (no chance to save anything) and starts it
     /// again on the same addresses and state directory; returns once it serves.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// Kills the coordinator with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the (killed) coordinator again on the same addresses and state
+    /// directory; returns once it serves.
+    pub fn restart(&mut self) {
         let grpc = self.grpc.trim_start_matches("http://").to_string();
         let legacy = format!("127.0.0.1:{}", self.legacy_port);
-        let (child, _, _) =
-            Self::spawn(&self.token_file, self.state_dir.as_deref(), &grpc, &legacy);
+        let (child, _, _) = Self::spawn(
+            &self.token_file,
+            self.state_dir.as_deref(),
+            &self.args,
+            &grpc,
+            &legacy,
+        );
         self.child = child;
     }
 

@@ -176,23 +176,41 @@ async fn until_waiting(
     id: &str,
     count: usize,
 ) {
+    until_waiting_and_active(coordinator, group_id, (call, id, count), &[]).await;
+}
+
+/// Waits until `count` different nodes are blocked in `call` on message `id`, and every
+/// node of `active` is active (attached, for `node-agent run`), from the group's event
+/// stream (its opening snapshot included).
+async fn until_waiting_and_active(
+    coordinator: &CoordinatorProcess,
+    group_id: &str,
+    (call, id, count): (&str, &str, usize),
+    active: &[&str],
+) {
     let mut admin = AdminClient::connect(&coordinator.grpc, &coordinator.admin_token)
         .await
         .unwrap();
     let mut events = admin.watch_group(group_id).await.unwrap();
     let mut waiting = std::collections::BTreeSet::new();
-    while waiting.len() < count {
+    let mut seen_active = std::collections::BTreeSet::new();
+    while waiting.len() < count || active.iter().any(|n| !seen_active.contains(*n)) {
         // A bound so a broken node fails the test instead of hanging it.
         let event = tokio::time::timeout(std::time::Duration::from_secs(120), events.message())
             .await
             .expect("nodes never all reached the call")
             .unwrap()
             .expect("event stream ended");
-        if let Some(group_event::Kind::Waiting(w)) = event.kind
-            && w.call == call
-            && w.message_id == id
-        {
-            waiting.insert(w.node_id);
+        match event.kind {
+            Some(group_event::Kind::Waiting(w)) if w.call == call && w.message_id == id => {
+                waiting.insert(w.node_id);
+            }
+            Some(group_event::Kind::NodeChanged(n))
+                if n.state == proto::v1::NodeState::Active as i32 =>
+            {
+                seen_active.insert(n.node_id);
+            }
+            _ => {}
         }
     }
 }
@@ -483,4 +501,62 @@ async fn a_coordinator_killed_mid_group_carries_on_after_its_restart() {
 /// `script` as one single-quoted shell word.
 fn shell_words(script: &str) -> String {
     format!("'{}'", script.replace('\'', "'\\''"))
+}
+
+/// A node that dies while the coordinator is away (killed, then the coordinator
+/// restarted): nobody saw its presence end, so after the restart it has
+/// `--reattach-grace` to attach again; it does not, so it is failed and the nodes
+/// waiting for it are released naming it, long before their deadline. The survivors,
+/// attached too, attach again in time and are not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_while_the_coordinator_is_away_is_failed_after_the_restart() {
+    let mut coordinator = CoordinatorProcess::start_with(true, &["--reattach-grace", "10"]);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("client-{i}"), "client".to_string()))
+        .collect();
+    let nodes = create_group(&coordinator, &nodes, cache_dir.path()).await;
+    let mut children = Vec::new();
+    for node in &nodes {
+        let script = if node.node_id == "client-2" {
+            "exec node-agent run -- sh -c 'read never'"
+        } else {
+            "exec node-agent run -- lava-sync ready"
+        };
+        children.push((node.node_id.clone(), with_pipes(node.shell(script))));
+    }
+    let group_id = nodes[0].group_id.clone();
+    until_waiting_and_active(&coordinator, &group_id, ("sync", "ready", 2), &["client-2"]).await;
+    coordinator.kill();
+    let (_, victim) = children
+        .iter_mut()
+        .find(|(id, _)| id == "client-2")
+        .unwrap();
+    kill_group(victim);
+    coordinator.restart();
+    let survivors: Vec<(String, Child)> = children
+        .into_iter()
+        .filter(|(id, _)| id != "client-2")
+        .collect();
+    for (id, output) in outputs_of(survivors).await {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{id}: {stderr}");
+        assert!(
+            stderr.contains(
+                "lava-sync 'ready': client-2 (client) failed (its presence did not come back \
+                 within 10 s of the coordinator restart)"
+            ),
+            "{id}: {stderr}"
+        );
+        // Only the dead node was failed: the survivors attached again in time.
+        assert!(
+            !stderr.contains("client-0 (client) failed"),
+            "{id}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("client-1 (client) failed"),
+            "{id}: {stderr}"
+        );
+        assert!(!stderr.contains("deadline"), "{id}: {stderr}");
+    }
 }

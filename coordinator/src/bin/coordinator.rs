@@ -42,6 +42,10 @@ struct Args {
     /// it had (without it, groups live in memory and end with the process).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// After a restart with --state-dir, seconds a node that was attached (`node-agent
+    /// run`) has to attach again before it is failed and the calls waiting on it end.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    reattach_grace: u64,
     /// TLS certificate (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -79,6 +83,7 @@ async fn main() -> ExitCode {
     config.legacy.hold = Duration::from_secs(args.legacy_hold);
     config.wait.default_wait = Duration::from_secs(args.default_wait);
     config.state_dir = args.state_dir;
+    config.reattach_grace = Duration::from_secs(args.reattach_grace);
     config.tls = args
         .tls_cert
         .zip(args.tls_key)
