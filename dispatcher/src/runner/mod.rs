@@ -373,10 +373,33 @@ impl GroupRun<'_> {
             )
             .await
             .map_err(|e| Failure::infra("deploy", e))?;
+        // The node agent, the host's facts and the images are independent: they go
+        // side by side over the one connection (each step is a round trip or more).
+        let ((), probe, images) = tokio::try_join!(
+            self.deploy_agent(session, &cache, &bin),
+            async {
+                session
+                    .run(accel::PROBE_COMMAND, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| Failure::infra("deploy", e))
+            },
+            self.deploy_images(session, &cache),
+        )?;
+        let facts = HostFacts::from_probe_output(&probe);
+        Ok(Deployed { images, facts })
+    }
+
+    /// The node agent into the host's cache, installed as the job's `lava-*` commands.
+    async fn deploy_agent(
+        &self,
+        session: &SshSession,
+        cache: &str,
+        bin: &str,
+    ) -> Result<(), Failure> {
         let mut progress =
             context::progress_logger(self.log, &self.plan.host_id, "node agent upload");
         let agent =
-            transfer::upload_cached(session, &self.settings.node_agent, &cache, |done, total| {
+            transfer::upload_cached(session, &self.settings.node_agent, cache, |done, total| {
                 progress(done, Some(total))
             })
             .await
@@ -386,18 +409,22 @@ impl GroupRun<'_> {
                 &format!(
                     "cp {src} {bin}/node-agent && chmod 755 {bin}/node-agent && {bin}/node-agent install {bin}",
                     src = shell_quote(&agent.remote_path),
-                    bin = shell_quote(&bin)
+                    bin = shell_quote(bin)
                 ),
                 Duration::from_secs(60),
             )
             .await
             .map_err(|e| Failure::infra("deploy", format!("node agent: {e}")))?;
-        let facts = HostFacts::from_probe_output(
-            &session
-                .run(accel::PROBE_COMMAND, Duration::from_secs(30))
-                .await
-                .map_err(|e| Failure::infra("deploy", e))?,
-        );
+        Ok(())
+    }
+
+    /// Every VM image fetched here and uploaded into the host's cache (each URL once);
+    /// the host paths, by VM.
+    async fn deploy_images(
+        &self,
+        session: &SshSession,
+        cache: &str,
+    ) -> Result<BTreeMap<String, VmImages>, Failure> {
         let store =
             ImageStore::new(&self.settings.image_store).map_err(|e| Failure::infra("deploy", e))?;
         let mut images = BTreeMap::new();
@@ -420,7 +447,7 @@ impl GroupRun<'_> {
                         let mut upload =
                             context::progress_logger(self.log, &vm.id, &format!("{kind} upload"));
                         let sent =
-                            transfer::upload_cached(session, &local, &cache, |done, total| {
+                            transfer::upload_cached(session, &local, cache, |done, total| {
                                 upload(done, Some(total))
                             })
                             .await
@@ -450,7 +477,7 @@ impl GroupRun<'_> {
             }
             images.insert(vm.id.clone(), paths);
         }
-        Ok(Deployed { images, facts })
+        Ok(images)
     }
 
     /// The host's test shells, with the wait for the VMs after the first.

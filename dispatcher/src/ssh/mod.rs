@@ -136,6 +136,9 @@ impl Output {
 pub struct SshSession {
     handle: Handle<Handler>,
     target: SshTarget,
+    /// The connection's SFTP session, opened at first use and shared: starting the
+    /// host's SFTP server costs a process (and often a login shell) every time.
+    sftp: tokio::sync::OnceCell<Arc<russh_sftp::client::SftpSession>>,
 }
 
 impl SshSession {
@@ -238,6 +241,7 @@ impl SshSession {
             }));
         }
         Ok(Self {
+            sftp: tokio::sync::OnceCell::new(),
             handle,
             target: target.clone(),
         })
@@ -340,8 +344,17 @@ impl SshSession {
         Ok(channel.into_stream())
     }
 
+    /// The connection's SFTP session (opened on first use; requests from several tasks
+    /// go side by side on it).
+    pub async fn sftp(&self) -> Result<Arc<russh_sftp::client::SftpSession>, SshError> {
+        self.sftp
+            .get_or_try_init(|| async { self.open_sftp().await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
     /// Opens an SFTP session on this connection.
-    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+    async fn open_sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
         let sftp_error = |e: &dyn std::fmt::Display| SshError::Sftp {
             target: self.target.describe(),
             message: e.to_string(),
