@@ -8,8 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispatcher::lab::device::HostKeyPolicy;
-use dispatcher::ssh::{SshSession, SshTarget};
+use dispatcher::ssh::SshSession;
 use dispatcher::transfer;
 use system_tests::SshHost;
 
@@ -75,14 +74,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, mib: u64) -> Result<Table, String>
     if !status.success() {
         return Err("cannot write the test image".into());
     }
-    let target = SshTarget {
-        host: host.address.clone(),
-        port: host.port,
-        user: "root".into(),
-        identity: host.identity.clone(),
-        host_key: HostKeyPolicy::Fingerprint(host.fingerprint.clone()),
-        known_hosts: dir.path().join("known_hosts"),
-    };
+    let target = host.pinned_target(dir.path().join("known_hosts"));
     let scratch = host.scratch();
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
     let remote = format!("{scratch}/openssh.bin");

@@ -307,6 +307,30 @@ pub struct SshHost {
 }
 
 impl SshHost {
+    /// How the dispatcher reaches this host as root, checking its key by `host_key`.
+    pub fn target(
+        &self,
+        host_key: dispatcher::lab::device::HostKeyPolicy,
+        known_hosts: PathBuf,
+    ) -> dispatcher::ssh::SshTarget {
+        dispatcher::ssh::SshTarget {
+            host: self.address.clone(),
+            port: self.port,
+            user: "root".into(),
+            identity: self.identity.clone(),
+            host_key,
+            known_hosts,
+        }
+    }
+
+    /// [`SshHost::target`] with the host's key pinned by its fingerprint.
+    pub fn pinned_target(&self, known_hosts: PathBuf) -> dispatcher::ssh::SshTarget {
+        self.target(
+            dispatcher::lab::device::HostKeyPolicy::Fingerprint(self.fingerprint.clone()),
+            known_hosts,
+        )
+    }
+
     /// Starts sshd accepting `authorized_key` (a public key file), or a fresh key made
     /// here when `None` (then [`SshHost::identity`] is its private half).
     pub fn start(authorized_key: Option<(&Path, &Path)>) -> Self {

@@ -116,6 +116,14 @@ impl Lab {
         self.token_with(&["ci"])
     }
 
+    /// A token, the daemon started on this lab, and its address.
+    fn serve(&self) -> (String, Daemon, String) {
+        let token = self.token();
+        let daemon = Daemon::start(&self.config);
+        let addr = daemon.addr();
+        (token, daemon, addr)
+    }
+
     /// `dispatcher token create ARGS`: the new token.
     fn token_with(&self, args: &[&str]) -> String {
         let out = Command::new(binary("dispatcher"))
@@ -211,9 +219,7 @@ fn dispatcher_cli(daemon: &Daemon, token: &str, args: &[&str]) -> std::process::
 #[test]
 fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, daemon, addr) = lab.serve();
 
     let (status, _) = http(&addr, "GET", "/api/v1/devices", None, b"");
     assert_eq!(status, 401, "reads need a token unless public_reads is set");
@@ -388,9 +394,7 @@ fn follow_until(addr: &str, token: &str, job: u64, needle: &str) {
 #[test]
 fn a_restarted_daemon_loses_no_job_and_leaves_no_vm() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, daemon, addr) = lab.serve();
     let job = lab.seed_job();
     let first = submit_job(&addr, &token, &job);
     // One device: the second job waits in the queue.
@@ -478,9 +482,7 @@ fn job_state(addr: &str, token: &str, id: u64) -> Value {
 #[test]
 fn cancel_and_a_graceful_shutdown_stop_running_jobs_and_keep_the_queue() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, daemon, addr) = lab.serve();
     let job = lab.seed_job();
     let submit = || submit_job(&addr, &token, &job);
     let (first, second) = (submit(), submit());
@@ -679,9 +681,7 @@ fn pointers(answer: &str) -> Vec<String> {
 #[test]
 fn a_thousand_malformed_jobs_get_clear_4xx_answers() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     let seed_text = lab.seed_job();
     let seed: Value = serde_json::from_str(&seed_text).unwrap();
     let typed = [
@@ -811,9 +811,7 @@ fn configured_limits_refuse_jobs_past_them() {
     let mut config = std::fs::read_to_string(&lab.config).unwrap();
     config.push_str("max_group_size = 2\nmax_count = 1\n");
     std::fs::write(&lab.config, config).unwrap();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     // The seed job: a host and two VMs, three nodes.
     let (status, answer) = http(
         &addr,
@@ -952,9 +950,7 @@ fn mark_good(addr: &str, token: &str) {
 #[test]
 fn a_killed_vm_fails_the_job_and_releases_its_group() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     mark_good(&addr, &token);
     let job = submit_job(&addr, &token, &lab.seed_job());
     follow_until(
@@ -1002,9 +998,7 @@ fn released(log: &[Value], node: &str, call: &str) -> bool {
 #[test]
 fn a_dropped_ssh_connection_fails_the_job_and_the_next_one_runs() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     mark_good(&addr, &token);
     let job = submit_job(&addr, &token, &lab.seed_job());
     let next = submit_job(&addr, &token, &lab.seed_job());
@@ -1037,9 +1031,7 @@ fn a_dropped_ssh_connection_fails_the_job_and_the_next_one_runs() {
 #[test]
 fn a_hung_test_shell_times_out_and_releases_the_group() {
     let lab = Lab::new();
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     mark_good(&addr, &token);
     let mut job: Value = serde_json::from_str(&lab.seed_job()).unwrap();
     let host_test = job
@@ -1076,9 +1068,7 @@ fn a_hung_test_shell_times_out_and_releases_the_group() {
 #[test]
 fn two_hundred_jobs_on_four_devices_each_run_once() {
     let lab = Lab::with_hosts(4);
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, _daemon, addr) = lab.serve();
     // The VM is a shell its launch_with starts on the host: the jobs are about the
     // queue, not about booting (its image is uploaded, and cached, all the same).
     let job = std::fs::read_to_string(jobs_dir().join("e2e/shell-vm.json"))
@@ -1145,9 +1135,7 @@ fn a_standalone_coordinator_restarted_mid_job_loses_nothing() {
             coordinator.token_file.display()
         ),
     );
-    let token = lab.token();
-    let daemon = Daemon::start(&lab.config);
-    let addr = daemon.addr();
+    let (token, daemon, addr) = lab.serve();
     let go = lab.dir.path().join("go.fifo");
     nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut job: Value = serde_json::from_str(

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatcher::lab::device::HostKeyPolicy;
@@ -11,24 +10,13 @@ use dispatcher::ssh::{SshError, SshSession, SshTarget};
 use dispatcher::transfer;
 use system_tests::{SshHost, ssh_keygen};
 
-fn target(host: &SshHost, policy: HostKeyPolicy, known_hosts: PathBuf) -> SshTarget {
-    SshTarget {
-        host: host.address.clone(),
-        port: host.port,
-        user: "root".into(),
-        identity: host.identity.clone(),
-        host_key: policy,
-        known_hosts,
-    }
-}
-
 #[tokio::test]
 async fn commands_run_with_status_and_streams_on_one_connection() {
     let host = SshHost::start(None);
     let dir = tempfile::tempdir().unwrap();
     let pinned = HostKeyPolicy::Fingerprint(host.fingerprint.clone());
     let session = SshSession::connect(
-        &target(&host, pinned, dir.path().join("kh")),
+        &host.target(pinned, dir.path().join("kh")),
         Duration::from_secs(30),
     )
     .await
@@ -68,7 +56,7 @@ async fn an_unread_console_does_not_stall_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let pinned = HostKeyPolicy::Fingerprint(host.fingerprint.clone());
     let session = SshSession::connect(
-        &target(&host, pinned, dir.path().join("kh")),
+        &host.target(pinned, dir.path().join("kh")),
         Duration::from_secs(30),
     )
     .await
@@ -110,8 +98,7 @@ async fn a_host_key_mismatch_is_refused_with_both_fingerprints() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s".to_string();
     let err = SshSession::connect(
-        &target(
-            &host,
+        &host.target(
             HostKeyPolicy::Fingerprint(wrong.clone()),
             dir.path().join("kh"),
         ),
@@ -133,7 +120,7 @@ async fn trust_on_first_use_records_the_key_and_refuses_another() {
     let host = SshHost::start(None);
     let dir = tempfile::tempdir().unwrap();
     let known = dir.path().join("known_hosts");
-    let tofu = target(&host, HostKeyPolicy::TrustOnFirstUse, known.clone());
+    let tofu = host.target(HostKeyPolicy::TrustOnFirstUse, known.clone());
     SshSession::connect(&tofu, Duration::from_secs(30))
         .await
         .unwrap()
@@ -199,7 +186,7 @@ async fn an_image_is_uploaded_once_and_verified() {
     std::fs::write(&image, &data).unwrap();
     let pinned = HostKeyPolicy::Fingerprint(host.fingerprint.clone());
     let session = SshSession::connect(
-        &target(&host, pinned, dir.path().join("kh")),
+        &host.target(pinned, dir.path().join("kh")),
         Duration::from_secs(30),
     )
     .await

@@ -10,22 +10,14 @@ use std::time::Duration;
 use dispatcher::console::ConsoleLog;
 use dispatcher::lab::Lab;
 use dispatcher::lab::accel::{self, AccelChoice, HostFacts};
-use dispatcher::lab::device::HostKeyPolicy;
-use dispatcher::ssh::{SshSession, SshTarget};
+use dispatcher::ssh::SshSession;
 use dispatcher::transfer;
 use dispatcher::vm::{self, GroupLan, VmImages, VmNetwork, VmPlan};
 use regex::Regex;
 use system_tests::{SshHost, test_images};
 
 async fn connect(host: &SshHost, known_hosts: &std::path::Path) -> SshSession {
-    let target = SshTarget {
-        host: host.address.clone(),
-        port: host.port,
-        user: "root".into(),
-        identity: host.identity.clone(),
-        host_key: HostKeyPolicy::Fingerprint(host.fingerprint.clone()),
-        known_hosts: known_hosts.to_path_buf(),
-    };
+    let target = host.pinned_target(known_hosts.to_path_buf());
     SshSession::connect(&target, Duration::from_secs(30))
         .await
         .unwrap()
