@@ -20,6 +20,13 @@ pub fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The admin token kept in `path`: its first line, without surrounding white space
+/// (the coordinator and a dispatcher using it read the same file this way).
+pub fn token_from_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
 /// The bearer token of a request (`authorization: Bearer <token>`).
 pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
     metadata

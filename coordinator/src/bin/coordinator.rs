@@ -64,8 +64,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let token = match std::fs::read_to_string(&args.admin_token_file) {
-        Ok(text) => text.lines().next().unwrap_or_default().trim().to_string(),
+    let token = match coordinator::auth::token_from_file(&args.admin_token_file) {
+        Ok(token) => token,
         Err(err) => {
             eprintln!(
                 "coordinator: cannot read {}: {err}",

@@ -154,10 +154,11 @@ impl Daemon {
         };
         // A standalone coordinator outlived the jobs a crash cut short: end their groups
         // (in the background: a coordinator that is away must not hold up the start).
-        let standalone = matches!(coordination.admin, runner::coordination::Admin::Remote(_));
-        for job in cut_short.into_iter().filter(|_| standalone) {
-            let (coordination, group) = (coordination.clone(), coordination.group_id(job));
-            tokio::spawn(async move { coordination.close_group(&group).await });
+        if matches!(coordination.admin, runner::coordination::Admin::Remote(_)) {
+            for job in cut_short {
+                let (coordination, group) = (coordination.clone(), coordination.group_id(job));
+                tokio::spawn(async move { coordination.close_group(&group).await });
+            }
         }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -234,24 +235,21 @@ async fn standalone_coordinator(
     config: &DaemonConfig,
     url: &str,
 ) -> Result<Coordination, DaemonError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| DaemonError::Io {
-            what: format!("cannot read {}", path.display()),
-            source,
-        })
+    let cannot_read = |path: &std::path::Path| {
+        let what = format!("cannot read {}", path.display());
+        move |source| DaemonError::Io { what, source }
     };
     let token_file = config.coordinator_token_file.as_deref().ok_or_else(|| {
         DaemonError::Coordinator("coordinator_url needs coordinator_token_file".into())
     })?;
-    let token = String::from_utf8_lossy(&read(token_file)?)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let token = coordinator::auth::token_from_file(token_file).map_err(cannot_read(token_file))?;
     let target = coordinator::Target {
         url: url.to_string(),
-        ca_pem: config.coordinator_ca.as_deref().map(read).transpose()?,
+        ca_pem: config
+            .coordinator_ca
+            .as_deref()
+            .map(|ca| std::fs::read(ca).map_err(cannot_read(ca)))
+            .transpose()?,
     };
     let mut admin = coordinator::AdminClient::connect(target.clone(), &token)
         .await
