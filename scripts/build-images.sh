@@ -9,6 +9,8 @@
 #                              port 22 with sftp, node agent and lava-* links in
 #                              /usr/local/bin, root shell on ttyS0, prompt "guest:/# ".
 #                              Fits in -m 256.
+#   DIR/guest/disk.img         the same guest as a bootable raw disk (image-only boots,
+#                              `deploy_linaro_image`): FAT with SYSLINUX, no partitions
 #   DIR/hostdev/vmlinuz, DIR/hostdev/initramfs.cpio.gz, DIR/hostdev/rootfs.img
 #                              "host device" VM: Debian minbase on a raw ext4 disk
 #                              (virtio, /dev/vda) with OpenSSH, qemu-system-x86 and
@@ -161,6 +163,7 @@ RESULTS=(
     "lab_pubkey=$OUT/lab_ed25519.pub"
     "guest_kernel=$OUT/guest/vmlinuz"
     "guest_initramfs=$OUT/guest/initramfs.cpio.gz"
+    "guest_disk=$OUT/guest/disk.img"
     "guest_fingerprint_file=$OUT/guest/ssh_host_ed25519_key.fingerprint"
     "hostdev_kernel=$OUT/hostdev/vmlinuz"
     "hostdev_initramfs=$OUT/hostdev/initramfs.cpio.gz"
@@ -381,6 +384,27 @@ EOF
 pack_cpio "$G" "$BUILD/guest-initramfs.cpio.gz"
 cp "$K/boot/vmlinuz-$KVER" "$BUILD/guest-vmlinuz"
 
+# The same guest as a disk that boots by itself, for jobs that deploy an image and no
+# kernel: FAT with SYSLINUX in its boot sector and no partition table (SeaBIOS boots
+# sector 0), made without a loop mount (mtools).
+log "guest disk image"
+GD=$BUILD/guest-disk.img
+GD_KB=$(( ($(stat -c %s "$BUILD/guest-vmlinuz") + $(stat -c %s "$BUILD/guest-initramfs.cpio.gz")) / 1024 + 2048 ))
+mkfs.fat -C -n GUEST "$GD" "$GD_KB" >/dev/null
+cat >"$BUILD/syslinux.cfg" <<'CFG'
+DEFAULT guest
+PROMPT 0
+TIMEOUT 0
+LABEL guest
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND console=ttyS0 panic=-1 quiet no_timer_check
+CFG
+mcopy -i "$GD" "$BUILD/guest-vmlinuz" ::vmlinuz
+mcopy -i "$GD" "$BUILD/guest-initramfs.cpio.gz" ::initrd.gz
+mcopy -i "$GD" "$BUILD/syslinux.cfg" ::syslinux.cfg
+syslinux --install "$GD"
+
 # --- host device: debootstrap tree (cached) ----------------------------------------------
 H=$BUILD/hostdev-root
 TARBALL=$WORK/debootstrap-$DEBOOTSTRAP_KEY.tar.zst
@@ -527,6 +551,7 @@ mke2fs -q -F -t ext4 -L hostdev-root -d "$H" "$BUILD/rootfs.img" "$DISK_SIZE"
 fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
 mv -f "$BUILD/guest-vmlinuz" "$OUT/guest/vmlinuz"
 mv -f "$BUILD/guest-initramfs.cpio.gz" "$OUT/guest/initramfs.cpio.gz"
+mv -f "$BUILD/guest-disk.img" "$OUT/guest/disk.img"
 cp "$K/boot/vmlinuz-$KVER" "$OUT/hostdev/vmlinuz"
 mv -f "$BUILD/hostdev-initramfs.cpio.gz" "$OUT/hostdev/initramfs.cpio.gz"
 mv -f "$BUILD/rootfs.img" "$OUT/hostdev/rootfs.img"

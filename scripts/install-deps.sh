@@ -12,6 +12,9 @@ PACKAGES=(
     debootstrap      # build-images.sh: the host-device VM's Debian root filesystem
     e2fsprogs        # build-images.sh: mke2fs -d makes the host-device root disk without a loop mount
     zstd             # build-images.sh: compresses the cached debootstrap tree
+    dosfstools       # build-images.sh: mkfs.fat for the guest's bootable disk image
+    mtools           # build-images.sh: copies files into that disk without a loop mount
+    syslinux         # build-images.sh: the disk's boot loader (installed through mtools)
     xz-utils         # the image tests make .xz images with the real xz
     chromium         # the web page tests: headless, DOM and screenshots
     fonts-dejavu-core # readable screenshots

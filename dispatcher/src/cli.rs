@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use dispatcher::fetch::{FetchLimits, FetchPolicy};
 use dispatcher::lab::{Lab, LabReport};
 use dispatcher::validation::{self, JobPolicy};
 use job_schemas::{Limits, Report, Topology};
@@ -301,11 +302,17 @@ fn validate(args: &ValidateArgs) -> u8 {
             max_count: args.max_count,
             max_group_size: args.max_group_size,
         },
-        file_roots: if args.file_roots.is_empty() {
-            JobPolicy::default().file_roots
+        fetch: if args.file_roots.is_empty() {
+            JobPolicy::default().fetch
         } else {
-            args.file_roots.clone()
+            std::sync::Arc::new(FetchPolicy::restricted(
+                &args.file_roots,
+                &[],
+                Vec::new(),
+                FetchLimits::default(),
+            ))
         },
+        max_job_timeout_secs: None,
     };
     let outcome = validation::validate_job(&text, &lab, &policy);
     match args.format {

@@ -89,7 +89,13 @@ pub async fn boot_qemu_host(
     }
     values.set(
         "netdev",
-        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", ssh.port),
+        // Isolated like a local VM (see `vm::ISOLATED_USER_NETDEV`): the host device
+        // runs the job's code too; the forwarded SSH port still reaches it.
+        format!(
+            "{},hostfwd=tcp:127.0.0.1:{}-:22",
+            crate::vm::ISOLATED_USER_NETDEV,
+            ssh.port
+        ),
     );
     values.set("mac", "52:54:00:00:00:01");
     let argv = template

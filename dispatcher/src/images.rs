@@ -1,17 +1,25 @@
 //! Images on the dispatcher's side, before they go to a host: `file://` used in place,
-//! `http(s)://` downloaded once into the image store, `.gz` and `.xz` decompressed once.
+//! `http(s)://` downloaded once into the image store, `.gz` and `.xz` decompressed once;
+//! and test definitions, read fresh for every job. Everything a job names goes through
+//! the lab's [`FetchPolicy`]: which files and addresses it may reach, and how large a
+//! download, an unpacked image and a test definition may be.
 //! The upload to a host ([`crate::transfer`]) is cached separately, by content.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
+use crate::fetch::{FetchError, FetchPolicy};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error(transparent)]
+    Refused(#[from] FetchError),
     #[error("{url}: {message}")]
     Download { url: String, message: String },
     #[error("{path}: {source}")]
@@ -27,12 +35,15 @@ pub enum ImageError {
     },
     #[error("unsupported image URL {0} (expected file://, http:// or https://)")]
     Scheme(String),
+    #[error("{url}: not UTF-8 text: {message}")]
+    NotText { url: String, message: String },
 }
 
 /// The dispatcher's image store: downloads and decompressed copies, by source.
 pub struct ImageStore {
     dir: PathBuf,
     client: reqwest::Client,
+    policy: Arc<FetchPolicy>,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
@@ -60,21 +71,107 @@ fn entry_name(key: &str, name: &str) -> String {
 }
 
 impl ImageStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, ImageError> {
-        // reqwest is built without a default TLS provider; ring is the one the rest of
-        // the dispatcher uses. Installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("lava-dispatcher/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ImageError::Download {
-                url: String::new(),
-                message: e.to_string(),
-            })?;
+    pub fn new(dir: impl Into<PathBuf>, policy: Arc<FetchPolicy>) -> Result<Self, ImageError> {
+        let client = policy.http_client().map_err(|e| ImageError::Download {
+            url: String::new(),
+            message: e.to_string(),
+        })?;
         Ok(Self {
             dir: dir.into(),
             client,
+            policy,
         })
+    }
+
+    /// A test definition's text, read fresh (a definition at a branch's head changes
+    /// between jobs), at most the lab's `max_testdef_bytes`.
+    pub async fn fetch_text(&self, url: &Url) -> Result<String, ImageError> {
+        let limit = self.policy.limits.max_testdef_bytes;
+        let too_large = || FetchError::TooLarge {
+            what: format!("test definition {url}"),
+            limit,
+            key: "max_testdef_bytes",
+        };
+        let bytes = match url.scheme() {
+            "file" => {
+                let path = self.local_path(url)?;
+                let mut bytes = Vec::new();
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(io_error(&path))?;
+                tokio::io::AsyncReadExt::read_to_end(
+                    &mut tokio::io::AsyncReadExt::take(file, limit + 1),
+                    &mut bytes,
+                )
+                .await
+                .map_err(io_error(&path))?;
+                bytes
+            }
+            "http" | "https" => {
+                let mut bytes = Vec::new();
+                let mut body = self
+                    .get(url, limit, "max_testdef_bytes")
+                    .await?
+                    .bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| ImageError::Download {
+                        url: url.to_string(),
+                        message: e.to_string(),
+                    })?;
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() as u64 > limit {
+                        break;
+                    }
+                }
+                bytes
+            }
+            _ => return Err(ImageError::Scheme(url.to_string())),
+        };
+        if bytes.len() as u64 > limit {
+            return Err(too_large().into());
+        }
+        String::from_utf8(bytes).map_err(|e| ImageError::NotText {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The file a `file://` URL names, as the policy lets it be read.
+    fn local_path(&self, url: &Url) -> Result<PathBuf, ImageError> {
+        let path = url
+            .to_file_path()
+            .map_err(|()| ImageError::Scheme(url.to_string()))?;
+        Ok(self.policy.local_file(&path)?)
+    }
+
+    /// A GET the policy allows, with a body no larger than `limit` by its own account
+    /// (the bytes are counted again as they arrive).
+    async fn get(
+        &self,
+        url: &Url,
+        limit: u64,
+        key: &'static str,
+    ) -> Result<reqwest::Response, ImageError> {
+        self.policy.check_url(url)?;
+        let response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| ImageError::Download {
+                url: url.to_string(),
+                message: error_chain(&e),
+            })?;
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(FetchError::TooLarge {
+                what: url.to_string(),
+                limit,
+                key,
+            }
+            .into());
+        }
+        Ok(response)
     }
 
     /// The local, uncompressed file for an image URL. `progress` hears about downloads
@@ -85,9 +182,7 @@ impl ImageStore {
         progress: impl FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, ImageError> {
         let local = match url.scheme() {
-            "file" => url
-                .to_file_path()
-                .map_err(|()| ImageError::Scheme(url.to_string()))?,
+            "file" => self.local_path(url)?,
             "http" | "https" => self.download(url, progress).await?,
             _ => return Err(ImageError::Scheme(url.to_string())),
         };
@@ -116,13 +211,8 @@ impl ImageStore {
             url: url.to_string(),
             message,
         };
-        let response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| failed(e.to_string()))?;
+        let limit = self.policy.limits.max_download_bytes;
+        let response = self.get(url, limit, "max_download_bytes").await?;
         let total = response.content_length();
         let partial = path.with_extension(partial_suffix());
         let mut file = tokio::fs::File::create(&partial)
@@ -131,9 +221,19 @@ impl ImageStore {
         let mut body = response.bytes_stream();
         let mut received = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| failed(e.to_string()))?;
-            file.write_all(&chunk).await.map_err(io_error(&partial))?;
+            let chunk = chunk.map_err(|e| failed(error_chain(&e)))?;
             received += chunk.len() as u64;
+            if received > limit {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(FetchError::TooLarge {
+                    what: url.to_string(),
+                    limit,
+                    key: "max_download_bytes",
+                }
+                .into());
+            }
+            file.write_all(&chunk).await.map_err(io_error(&partial))?;
             progress(received, total);
         }
         file.sync_all().await.map_err(io_error(&partial))?;
@@ -172,7 +272,8 @@ impl ImageStore {
             .await
             .map_err(io_error(&dir))?;
         let (source, target) = (path.to_path_buf(), out.clone());
-        tokio::task::spawn_blocking(move || decompress(&source, &target, format))
+        let limit = self.policy.limits.max_unpacked_bytes;
+        tokio::task::spawn_blocking(move || decompress(&source, &target, format, limit))
             .await
             .map_err(|e| ImageError::Io {
                 path: path.display().to_string(),
@@ -180,6 +281,19 @@ impl ImageStore {
             })??;
         Ok(out)
     }
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") hides why,
+/// e.g. that the address was refused by the lab's policy.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A name for a file being written, unique to this writer: concurrent fetches of the
@@ -195,21 +309,39 @@ pub(crate) fn partial_suffix() -> String {
     )
 }
 
-fn decompress(source: &Path, target: &Path, format: &'static str) -> Result<(), ImageError> {
+/// Unpacks `source` into `target`, stopping past `limit` bytes: a few kilobytes of
+/// compressed zeros can unpack to terabytes.
+fn decompress(
+    source: &Path,
+    target: &Path,
+    format: &'static str,
+    limit: u64,
+) -> Result<(), ImageError> {
     let input = std::fs::File::open(source).map_err(io_error(source))?;
-    let mut reader: Box<dyn Read> = match format {
+    let reader: Box<dyn Read> = match format {
         "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
         _ => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
     };
     let partial = target.with_extension(partial_suffix());
     let mut output = std::fs::File::create(&partial).map_err(io_error(&partial))?;
-    if let Err(e) = std::io::copy(&mut reader, &mut output) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(ImageError::Decompress {
+    let copied = std::io::copy(&mut reader.take(limit + 1), &mut output);
+    let failure = match copied {
+        Ok(n) if n > limit => Some(ImageError::Refused(FetchError::TooLarge {
+            what: format!("{} unpacked", source.display()),
+            limit,
+            key: "max_unpacked_bytes",
+        })),
+        Ok(_) => None,
+        Err(e) => Some(ImageError::Decompress {
             path: source.display().to_string(),
             format,
             message: e.to_string(),
-        });
+        }),
+    };
+    if let Some(failure) = failure {
+        drop(output);
+        let _ = std::fs::remove_file(&partial);
+        return Err(failure);
     }
     output
         .flush()

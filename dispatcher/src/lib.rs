@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod daemon;
+pub mod fetch;
 pub mod host;
 pub mod images;
 pub mod joblog;

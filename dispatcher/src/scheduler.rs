@@ -127,7 +127,11 @@ pub fn plan(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Vec<As
                         .collect(),
                 });
             }
-            None if request.waited >= policy.starvation => {
+            // A job no set of the lab's devices could ever serve (submitted before the
+            // lab shrank) withholds nothing: the hold would idle devices forever.
+            None if request.waited >= policy.starvation
+                && shortfall(&request.needs, devices).is_none() =>
+            {
                 // Keep for it every device it could use, busy or not: as they free up
                 // no smaller job may take them first.
                 for (i, device) in devices.iter().enumerate() {
@@ -140,6 +144,43 @@ pub fn plan(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Vec<As
         }
     }
     assignments
+}
+
+/// Why no set of `devices` could ever serve `needs`, whatever they are doing now (only
+/// retired devices never come back), or `None` when some set could.
+pub fn shortfall(needs: &[Need], devices: &[DeviceView]) -> Option<String> {
+    let present: Vec<usize> = (0..devices.len())
+        .filter(|i| devices[*i].health != DeviceHealth::Retired)
+        .collect();
+    if match_all(needs, devices, &present).is_some() {
+        return None;
+    }
+    // Name the first kind of device that is short; overlapping tags can make a job
+    // unsatisfiable with enough of each kind, which the last line says.
+    let mut kinds: Vec<(&Need, usize)> = Vec::new();
+    for need in needs {
+        match kinds.iter_mut().find(|(n, _)| *n == need) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((need, 1)),
+        }
+    }
+    for (need, wanted) in kinds {
+        let have = present.iter().filter(|i| fits(need, &devices[**i])).count();
+        if have < wanted {
+            let mut what = format!("device_type \"{}\"", need.device_type);
+            if !need.tags.is_empty() {
+                let tags: Vec<&str> = need.tags.iter().map(String::as_str).collect();
+                what.push_str(&format!(" with tags {}", tags.join(", ")));
+            }
+            if let Some(host) = &need.hostname {
+                what.push_str(&format!(" named \"{host}\""));
+            }
+            return Some(format!(
+                "the job needs {wanted} device(s) of {what}; the lab has {have}"
+            ));
+        }
+    }
+    Some("the lab has no set of devices that serves every node at once".to_string())
 }
 
 /// A device for every need, each device used once, or `None` (bipartite matching by
@@ -295,5 +336,32 @@ mod tests {
         assert!(plan(&[big.clone(), small], &devices, Policy::default()).is_empty());
         devices[1].state = DeviceState::Idle;
         assert_eq!(plan(&[big], &devices, Policy::default())[0].job_id, 1);
+    }
+
+    #[test]
+    fn a_job_the_lab_can_never_serve_holds_no_device() {
+        let devices = vec![device("kvm-01", "kvm", &[]), device("kvm-02", "kvm", &[])];
+        // Starving, and needing more devices than the lab has.
+        let impossible = request(1, 100, 45, vec![need("kvm", &[]); 256]);
+        let normal = request(2, 50, 0, vec![need("kvm", &[]); 2]);
+        let planned = plan(&[impossible.clone(), normal], &devices, Policy::default());
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].job_id, 2);
+        assert_eq!(
+            shortfall(&impossible.needs, &devices).as_deref(),
+            Some("the job needs 256 device(s) of device_type \"kvm\"; the lab has 2")
+        );
+        let tagged = vec![need("kvm", &["gpu"])];
+        assert_eq!(
+            shortfall(&tagged, &devices).as_deref(),
+            Some("the job needs 1 device(s) of device_type \"kvm\" with tags gpu; the lab has 0")
+        );
+        // Busy or broken devices come back; retired ones do not.
+        let mut some_down = devices.clone();
+        some_down[0].health = DeviceHealth::Bad;
+        some_down[1].state = DeviceState::Running(3);
+        assert_eq!(shortfall(&vec![need("kvm", &[]); 2], &some_down), None);
+        some_down[0].health = DeviceHealth::Retired;
+        assert!(shortfall(&vec![need("kvm", &[]); 2], &some_down).is_some());
     }
 }

@@ -25,6 +25,9 @@ pub struct Uploaded {
     pub size: u64,
     /// Bytes that crossed the link: 0 when the cache already had the image.
     pub bytes_sent: u64,
+    /// The cache had an entry by this name whose content no longer matched it (a job
+    /// altered it): it was replaced.
+    pub replaced_poisoned: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,22 +104,38 @@ pub async fn upload_cached(
 ) -> Result<Uploaded, TransferError> {
     let (sha256, size) = sha256_file(local).await?;
     let remote_path = format!("{cache_dir}/{sha256}");
+    let mut poisoned = false;
     let sftp_error = |message: String| TransferError::Sftp {
         path: local.display().to_string(),
         message,
     };
     let sftp = session.sftp().await?;
-    if let Ok(meta) = sftp.metadata(remote_path.clone()).await
-        && meta.size == Some(size)
-    {
-        tracing::info!(image = %local.display(), %remote_path, "image already on the host");
-        progress(size, size);
-        return Ok(Uploaded {
-            sha256,
-            remote_path,
-            size,
-            bytes_sent: 0,
-        });
+    // A job's test shell runs on the host, often as root, so a cached image may have
+    // been rewritten since it was verified: a hit counts only when its content still
+    // has the name's SHA-256. A poisoned entry is replaced and said so.
+    if let Ok(meta) = sftp.metadata(remote_path.clone()).await {
+        let found = match meta.size {
+            Some(cached) if cached == size => remote_sha256(session, &remote_path).await?,
+            _ => format!("{} bytes", meta.size.unwrap_or(0)),
+        };
+        if found == sha256 {
+            tracing::info!(image = %local.display(), %remote_path, "image already on the host");
+            progress(size, size);
+            return Ok(Uploaded {
+                sha256,
+                remote_path,
+                size,
+                bytes_sent: 0,
+                replaced_poisoned: false,
+            });
+        }
+        tracing::warn!(
+            image = %local.display(),
+            %remote_path,
+            %found,
+            "the host's cached copy was altered; replacing it"
+        );
+        poisoned = true;
     }
     session
         .run(
@@ -163,23 +182,7 @@ pub async fn upload_cached(
         .await
         .map_err(|e| sftp_error(e.to_string()))?;
     drop(remote);
-    // OpenSSL's SHA-256 uses the CPU's SHA instructions where coreutils' does not (7x
-    // faster here); `sha256sum` is the fallback every host has.
-    let quoted = shell_quote(&partial);
-    let digest = session
-        .run(
-            &format!(
-                "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r {quoted}; \
-                 else sha256sum {quoted}; fi"
-            ),
-            Duration::from_secs(600),
-        )
-        .await?;
-    let found = digest
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let found = remote_sha256(session, &partial).await?;
     if found != sha256 {
         let _ = session
             .exec(
@@ -209,7 +212,28 @@ pub async fn upload_cached(
         remote_path,
         size,
         bytes_sent: sent,
+        replaced_poisoned: poisoned,
     })
+}
+
+/// SHA-256 (hex) of a file on the host. OpenSSL's uses the CPU's SHA instructions where
+/// coreutils' does not (7x faster here); `sha256sum` is the fallback every host has.
+async fn remote_sha256(session: &SshSession, path: &str) -> Result<String, TransferError> {
+    let quoted = shell_quote(path);
+    let digest = session
+        .run(
+            &format!(
+                "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r {quoted}; \
+                 else sha256sum {quoted}; fi"
+            ),
+            Duration::from_secs(600),
+        )
+        .await?;
+    Ok(digest
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 #[cfg(test)]

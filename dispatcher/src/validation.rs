@@ -1,25 +1,39 @@
 //! Job validation against a particular lab: the bridge between `job-schemas` (which
 //! knows the job format) and [`crate::lab`] (which knows the devices).
+//!
+//! Two depths: [`validate_job`] needs no I/O and no devices (the CLI's offline
+//! `validate`, jobs written for another lab); [`validate_for_run`] adds what only the
+//! lab that runs the job can check: every `file://` the job names is a regular file the
+//! lab's [`FetchPolicy`] lets it read, and some set of the lab's devices could run it.
+//! The daemon and `dispatcher run` use the second.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use job_schemas::{Limits, Report, Validated, ValidationContext};
+use job_schemas::{Diagnostic, Limits, Report, Topology, Validated, ValidationContext};
+use serde_json::Value;
 
+use crate::fetch::FetchPolicy;
 use crate::lab::Lab;
+use crate::scheduler::{self, DeviceView};
+use crate::states::{DeviceHealth, DeviceState};
 
 /// Lab policy for jobs, as the daemon configuration or CLI flags give it.
 #[derive(Debug, Clone)]
 pub struct JobPolicy {
     pub limits: Limits,
-    /// Directories `file://` URLs may point into.
-    pub file_roots: Vec<PathBuf>,
+    /// What the job's URLs may reach, and how much they may bring.
+    pub fetch: Arc<FetchPolicy>,
+    /// Longest job timeout accepted, in seconds (`None`: any).
+    pub max_job_timeout_secs: Option<u64>,
 }
 
 impl Default for JobPolicy {
+    /// A local user's own command: any file, any network, any timeout.
     fn default() -> Self {
         Self {
             limits: Limits::default(),
-            file_roots: vec![PathBuf::from("/")],
+            fetch: Arc::new(FetchPolicy::local()),
+            max_job_timeout_secs: None,
         }
     }
 }
@@ -29,11 +43,122 @@ pub fn context(lab: &Lab, policy: &JobPolicy) -> ValidationContext {
     ValidationContext {
         catalog: lab.catalog(),
         limits: policy.limits,
-        file_roots: policy.file_roots.clone(),
+        file_roots: policy.fetch.lexical_roots(),
     }
 }
 
-/// Validates job text for `lab`. This is the one entry point the CLI and the HTTP API use.
+/// Validates job text for `lab`, without I/O: the job format, the lab's device types and
+/// the policy's limits.
 pub fn validate_job(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validated, Report> {
-    job_schemas::validate_str(text, &context(lab, policy))
+    let validated = job_schemas::validate_str(text, &context(lab, policy))?;
+    let mut problems = Vec::new();
+    if let Some(limit) = policy.max_job_timeout_secs
+        && validated.job.timeout_secs > limit
+    {
+        problems.push(
+            Diagnostic::error("/timeout", "the job timeout is longer than this lab allows")
+                .expected(format!(
+                    "at most {limit} seconds (the lab's max_job_timeout)"
+                ))
+                .found(validated.job.timeout_secs.to_string()),
+        );
+    }
+    finish(text, validated, problems)
+}
+
+/// [`validate_job`], and what only the lab that runs the job can check: every `file://`
+/// the job names exists, is a regular file and the lab's policy lets the job read it,
+/// every `http(s)://` address (and `localhost`) is one the policy lets it reach, and
+/// the lab has devices enough to ever run the job.
+pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validated, Report> {
+    let validated = validate_job(text, lab, policy)?;
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let mut problems: Vec<Diagnostic> = job_urls(&value)
+        .into_iter()
+        .filter_map(|(pointer, text)| {
+            let url = url::Url::parse(&text).ok()?;
+            let refused = if url.scheme() == "file" {
+                let path = url.to_file_path().ok()?;
+                format!("file refused: {}", policy.fetch.local_file(&path).err()?)
+            } else {
+                format!("URL refused: {}", policy.fetch.check_url(&url).err()?)
+            };
+            Some(Diagnostic::error(pointer, refused).found(text))
+        })
+        .collect();
+    if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &views(lab)) {
+        problems.push(
+            Diagnostic::error(topology_pointer(&validated.job), shortfall)
+                .hint("no set of this lab's devices could ever run this job"),
+        );
+    }
+    finish(text, validated, problems)
+}
+
+/// The job as validated, or its warnings and `problems` as a report.
+fn finish(
+    text: &str,
+    validated: Validated,
+    problems: Vec<Diagnostic>,
+) -> Result<Validated, Report> {
+    if problems.is_empty() {
+        return Ok(validated);
+    }
+    let mut all = problems;
+    all.extend(validated.warnings);
+    Err(Report::new(all).with_positions(text))
+}
+
+/// Every device of the lab, as if idle: what could ever serve a job.
+pub fn views(lab: &Lab) -> Vec<DeviceView> {
+    lab.devices
+        .values()
+        .map(|d| DeviceView {
+            hostname: d.hostname.clone(),
+            device_type: d.device_type.clone(),
+            tags: d.tags.iter().cloned().collect(),
+            state: DeviceState::Idle,
+            health: DeviceHealth::Good,
+        })
+        .collect()
+}
+
+/// Where a job says which devices it needs.
+fn topology_pointer(job: &job_schemas::Job) -> &'static str {
+    match &job.topology {
+        Topology::VmGroup(_) => "/vm_group/host/device_type",
+        Topology::DeviceGroup { .. } => "/device_group",
+        Topology::Single { .. } => "/device_type",
+    }
+}
+
+/// `(JSON pointer, URL)` of every image and test-definition URL in a job.
+fn job_urls(job: &Value) -> Vec<(String, String)> {
+    let mut urls = Vec::new();
+    let strings = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let vms = job.pointer("/vm_group/vms").and_then(Value::as_array);
+    for (i, vm) in vms.into_iter().flatten().enumerate() {
+        if let Some(image) = strings(vm.get("image")) {
+            urls.push((format!("/vm_group/vms/{i}/image"), image));
+        }
+    }
+    let actions = job.get("actions").and_then(Value::as_array);
+    for (i, action) in actions.into_iter().flatten().enumerate() {
+        let command = action.get("command").and_then(Value::as_str).unwrap_or("");
+        let params = action.get("parameters");
+        for key in job_schemas::url_parameters(command) {
+            if let Some(url) = strings(params.and_then(|p| p.get(*key))) {
+                urls.push((format!("/actions/{i}/parameters/{key}"), url));
+            }
+        }
+        let testdefs = params
+            .and_then(|p| p.get("testdef_urls"))
+            .and_then(Value::as_array);
+        for (j, url) in testdefs.into_iter().flatten().enumerate() {
+            if let Some(url) = strings(Some(url)) {
+                urls.push((format!("/actions/{i}/parameters/testdef_urls/{j}"), url));
+            }
+        }
+    }
+    urls
 }

@@ -17,6 +17,11 @@ use crate::lab::accel::Accel;
 use crate::lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
 use crate::ssh::{SshError, SshSession, shell_quote};
 
+/// qemu user networking for a VM on the dispatcher's own machine: no route out of the
+/// VM (`restrict=on`), so neither this machine's loopback (10.0.2.2) nor any network it
+/// reaches is open to a job; forwarded ports still work.
+pub const ISOLATED_USER_NETDEV: &str = "user,id=n0,restrict=on";
+
 /// How to start one VM on a host.
 #[derive(Debug, Clone)]
 pub struct VmPlan {

@@ -193,13 +193,21 @@ fn run_explains_an_invalid_job_and_a_lab_without_a_fitting_device() {
         "{}",
         text(&out.stderr)
     );
+    // A job this lab could never run is refused like any invalid job, naming the
+    // shortfall (and the files it names that are not here).
     let out = run("tests/jobs/valid/vm-group-auto-start-false.json");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("the job needs ssh-host; the lab has no devices"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    for expected in [
+        "the job needs 1 device(s) of device_type \"ssh-host\"; the lab has 0",
+        "at /vm_group/host/device_type",
+        "file refused: /srv/lava/images/guest/initramfs.cpio.gz",
+    ] {
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{expected}: {}",
+            text(&out.stderr)
+        );
+    }
     // Nothing was started or written for a job that could not run.
     assert!(!state.join("jobs").exists());
 }

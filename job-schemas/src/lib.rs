@@ -32,6 +32,7 @@ pub use model::{
     TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
+pub use semantic::url_parameters;
 pub use suggest::{did_you_mean, one_of};
 pub use urls::{UrlError, check_url};
 

@@ -324,7 +324,8 @@ impl Want {
 }
 
 /// URL-valued action parameters, by command.
-fn url_parameters(command: &str) -> &'static [&'static str] {
+/// The parameters of an action that are image URLs.
+pub fn url_parameters(command: &str) -> &'static [&'static str] {
     match command {
         "deploy_linaro_image" => &["image"],
         "deploy_linaro_kernel" => &["kernel", "ramdisk", "dtb", "rootfs"],

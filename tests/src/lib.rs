@@ -573,6 +573,88 @@ impl Drop for SshHost {
     }
 }
 
+/// A `dispatcher serve` process; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    /// Kept open: the daemon must never write into a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(binary("dispatcher"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
+        let mut stdout = BufReader::new(
+            child
+                .stdout
+                .take()
+                .unwrap_or_else(|| panic!("dispatcher serve has no stdout")),
+        );
+        let mut first = String::new();
+        stdout
+            .read_line(&mut first)
+            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            _stdout: stdout,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `dispatcher token create NAME [ARGS] --config CONFIG`: the new token's secret.
+pub fn create_token(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary("dispatcher"))
+        .args(["token", "create"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("dispatcher token create: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon configuration line that lets jobs name the test images with `file://`
+/// (the lab key beside them stays out of reach: the daemon denies it by name).
+pub fn image_file_roots() -> String {
+    let images = test_images();
+    let dir = images.lab_key.parent().unwrap_or(Path::new("/nonexistent"));
+    format!("file_roots = [\"{}\"]\n", dir.display())
+}
+
 /// Writes `dir/dispatcher.toml` for a daemon whose lab is the device files in
 /// `devices`, on hosts that share `host`'s scratch directory, with `extra` TOML lines
 /// appended; returns its path.
@@ -582,12 +664,13 @@ pub fn daemon_config(dir: &Path, devices: &Path, host: &SshHost, extra: &str) ->
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
-             node_agent = \"{}\"\nhost_dir = \"{}\"\n{extra}",
+             node_agent = \"{}\"\nhost_dir = \"{}\"\n{}{extra}",
             dir.join("state").display(),
             devices.display(),
             test_images().lab_key.display(),
             static_node_agent().display(),
-            host.scratch()
+            host.scratch(),
+            image_file_roots(),
         ),
     )
     .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
@@ -645,6 +728,8 @@ pub fn json_of(body: &str) -> serde_json::Value {
 pub struct TestImages {
     pub guest_kernel: PathBuf,
     pub guest_initramfs: PathBuf,
+    /// The guest as a bootable raw disk (SYSLINUX), for image-only boots.
+    pub guest_disk: PathBuf,
     /// Regular expression for the guest's shell prompt.
     pub guest_prompt: String,
     pub hostdev_kernel: PathBuf,
@@ -685,6 +770,7 @@ pub fn test_images() -> TestImages {
             TestImages {
                 guest_kernel: get("guest_kernel").into(),
                 guest_initramfs: get("guest_initramfs").into(),
+                guest_disk: get("guest_disk").into(),
                 guest_prompt: get("guest_prompt"),
                 hostdev_kernel: get("hostdev_kernel").into(),
                 hostdev_initramfs: get("hostdev_initramfs").into(),

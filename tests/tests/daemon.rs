@@ -5,68 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::{
-    CoordinatorProcess, SshHost, binary, daemon_config, jobs_dir, json_of, kvm_devices,
-    parse_junit, parse_tap, repo_root, static_node_agent, test_images,
+    CoordinatorProcess, Daemon, SshHost, binary, create_token, daemon_config, image_file_roots,
+    jobs_dir, json_of, kvm_devices, parse_junit, parse_tap, repo_root, static_node_agent,
+    test_images,
 };
-
-/// A `dispatcher serve` process; killed when dropped.
-struct Daemon {
-    child: Child,
-    url: String,
-    /// Kept open: the daemon must never write into a closed pipe.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(binary("dispatcher"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut stdout = BufReader::new(stdout);
-        let mut first = String::new();
-        stdout.read_line(&mut first).unwrap();
-        let url = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
-            .to_string();
-        Self {
-            child,
-            url,
-            _stdout: stdout,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
-    }
-
-    /// SIGKILL: the daemon gets no chance to clean up.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A lab of ssh-host devices (`ssh-host-01` ...) and a daemon configuration for it.
 struct Lab {
@@ -126,19 +76,7 @@ impl Lab {
 
     /// `dispatcher token create ARGS`: the new token.
     fn token_with(&self, args: &[&str]) -> String {
-        let out = Command::new(binary("dispatcher"))
-            .args(["token", "create"])
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        create_token(&self.config, args)
     }
 
     /// The seed job with this machine's test images.
@@ -554,24 +492,16 @@ fn a_restarted_daemon_stops_the_local_vms_a_crash_left() {
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
-             node_agent = \"{}\"\npublic_reads = true\n",
+             node_agent = \"{}\"\npublic_reads = true\n{}",
             state.display(),
             devices.display(),
             images.lab_key.display(),
             static_node_agent().display(),
+            image_file_roots(),
         ),
     )
     .unwrap();
-    let token = String::from_utf8_lossy(
-        &Command::new(binary("dispatcher"))
-            .args(["token", "create", "ci", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let token = create_token(&config, &["ci"]);
     let job = std::fs::read_to_string(jobs_dir().join("e2e/device-group-two-kvm.json"))
         .unwrap()
         .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())

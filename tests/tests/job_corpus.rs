@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use dispatcher::fetch::{FetchLimits, FetchPolicy};
 use dispatcher::lab::Lab;
 use dispatcher::validation::{self, JobPolicy};
 use job_schemas::Limits;
@@ -16,7 +17,13 @@ use system_tests::jobs_dir;
 fn policy() -> JobPolicy {
     JobPolicy {
         limits: Limits::default(),
-        file_roots: vec![PathBuf::from("/srv/lava"), PathBuf::from("/path/to")],
+        fetch: std::sync::Arc::new(FetchPolicy::restricted(
+            &[PathBuf::from("/srv/lava"), PathBuf::from("/path/to")],
+            &[],
+            Vec::new(),
+            FetchLimits::default(),
+        )),
+        max_job_timeout_secs: None,
     }
 }
 

@@ -218,6 +218,32 @@ async fn an_image_is_uploaded_once_and_verified() {
         "the cache must make the second upload free"
     );
     assert_eq!(second.remote_path, first.remote_path);
+    assert!(!second.replaced_poisoned);
+    // A job on the host rewrites the cached image in place, same size: the next upload
+    // must not take it for the image, but send the image again.
+    session
+        .run(
+            &format!(
+                "printf POISON | dd of={} bs=1 seek=4096 conv=notrunc 2>/dev/null",
+                first.remote_path
+            ),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let third = transfer::upload_cached(&session, &image, &cache, |_, _| {})
+        .await
+        .unwrap();
+    assert!(third.replaced_poisoned, "the altered entry was noticed");
+    assert_eq!(third.bytes_sent, data.len() as u64, "and replaced");
+    let remote = session
+        .run(
+            &format!("sha256sum {}", third.remote_path),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(remote.starts_with(&first.sha256), "{remote}");
     session
         .run(&format!("rm -rf {cache}"), Duration::from_secs(30))
         .await

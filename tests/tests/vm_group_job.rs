@@ -23,6 +23,7 @@ fn job(name: &str, images: &TestImages, host_type: &str, dir: &Path) -> PathBuf 
             "@GUEST_INITRD@",
             &images.guest_initramfs.display().to_string(),
         )
+        .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
         .replace("@HOST_TYPE@", host_type);
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -229,7 +230,8 @@ fn a_failing_case_fails_in_a_complete_job() {
 fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others() {
     let (report, status, _host) = run_on_ssh_host("guest-never-boots.json");
     assert_eq!(report["health"], "incomplete", "{report:#}");
-    assert_eq!(report["error_class"], "infrastructure", "{report:#}");
+    // The guest's image is the job's: its panic is the job's failure, not the lab's.
+    assert_eq!(report["error_class"], "job", "{report:#}");
     let error = report["error"].as_str().unwrap();
     assert!(
         error.contains("guest") && error.contains("kernel panic"),
@@ -307,6 +309,47 @@ fn a_device_group_of_two_kvm_devices_runs_here() {
     assert_eq!(status, 0);
     // Both VMs are gone: no qemu runs with this job's directory on its command line.
     assert_nothing_runs_from(&only_job_dir(&state), "a VM of the job still runs");
+}
+
+/// A single-device job on a `kvm` device that deploys a disk image and no kernel: the
+/// VM boots from the disk (no `-append` reaches qemu), and its test shell cannot reach
+/// a service on this machine's loopback through qemu's user network (10.0.2.2).
+#[test]
+fn a_single_kvm_device_boots_an_image_and_cannot_reach_this_machine() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    // A service only this machine should reach; after the job, its queue must be empty.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    let job = job("single-kvm-image.json", &images, "kvm", dir.path());
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("@LOOPBACK_PORT@", &port.to_string());
+    std::fs::write(&job, text).unwrap();
+    let devices = kvm_devices(dir.path(), &["kvm-01"]);
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "device.isolation.booted-from-disk",
+            "device.isolation.dispatcher-loopback-closed",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    service.set_nonblocking(true).unwrap();
+    let reached = service.accept();
+    assert!(
+        matches!(&reached, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the guest connected to this machine's loopback: {reached:?}"
+    );
+    let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
+    assert!(
+        !log.contains("-append"),
+        "an image boot passed -append to qemu"
+    );
+    assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
 }
 
 /// Fails unless every case named passed.

@@ -111,7 +111,7 @@ async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             format!("the job is not UTF-8: {e}"),
         )
     })?;
-    let validated = match validation::validate_job(text, &shared.lab, &shared.policy) {
+    let validated = match validation::validate_for_run(text, &shared.lab, &shared.policy) {
         Ok(validated) => validated,
         Err(report) => {
             return Err(ApiError {

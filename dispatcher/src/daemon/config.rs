@@ -61,6 +61,46 @@ pub struct DaemonConfig {
     /// job goes on, and its results are still recorded).
     #[serde(default = "default_max_log_bytes")]
     pub max_log_bytes: u64,
+    /// Directories whose files jobs may name with `file://` (after symlinks are
+    /// resolved); none by default: jobs fetch over HTTP(S). The state directory, the
+    /// lab key and the coordinator token are never reachable, even under a root.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
+    /// Networks (CIDR) jobs may fetch from besides public addresses, e.g. the lab's
+    /// own mirror `["10.20.0.0/16"]`; none by default: no loopback, private or
+    /// link-local address is reached for a job.
+    #[serde(default)]
+    pub fetch_allow_networks: Vec<ipnet::IpNet>,
+    /// Largest download of one image, in bytes.
+    #[serde(default = "default_max_download_bytes")]
+    pub max_download_bytes: u64,
+    /// Largest image once decompressed, in bytes.
+    #[serde(default = "default_max_unpacked_bytes")]
+    pub max_unpacked_bytes: u64,
+    /// Largest test definition, in bytes.
+    #[serde(default = "default_max_testdef_bytes")]
+    pub max_testdef_bytes: u64,
+    /// Longest job timeout accepted, in seconds.
+    #[serde(default = "default_max_job_timeout")]
+    pub max_job_timeout: u64,
+}
+
+fn default_max_download_bytes() -> u64 {
+    crate::fetch::FetchLimits::default().max_download_bytes
+}
+
+fn default_max_unpacked_bytes() -> u64 {
+    crate::fetch::FetchLimits::default().max_unpacked_bytes
+}
+
+fn default_max_testdef_bytes() -> u64 {
+    crate::fetch::FetchLimits::default().max_testdef_bytes
+}
+
+/// A day: longer than any test run a lab schedules, short enough that a forgotten
+/// job gives its devices back.
+fn default_max_job_timeout() -> u64 {
+    24 * 60 * 60
 }
 
 fn default_max_group_size() -> u64 {
@@ -131,14 +171,28 @@ impl DaemonConfig {
         }
     }
 
-    /// What submitted jobs are checked against.
-    pub fn job_policy(&self) -> crate::validation::JobPolicy {
+    /// What submitted jobs are checked against. `secrets` are more files no job may
+    /// read (the devices' own SSH keys), besides the daemon's.
+    pub fn job_policy(&self, secrets: &[PathBuf]) -> crate::validation::JobPolicy {
+        let mut denied = vec![self.state_dir.clone(), self.lab_key.clone()];
+        denied.extend(self.coordinator_token_file.clone());
+        denied.extend(secrets.iter().cloned());
         crate::validation::JobPolicy {
             limits: job_schemas::Limits {
                 max_count: self.max_count,
                 max_group_size: self.max_group_size,
             },
-            ..crate::validation::JobPolicy::default()
+            fetch: std::sync::Arc::new(crate::fetch::FetchPolicy::restricted(
+                &self.file_roots,
+                &denied,
+                self.fetch_allow_networks.clone(),
+                crate::fetch::FetchLimits {
+                    max_download_bytes: self.max_download_bytes,
+                    max_unpacked_bytes: self.max_unpacked_bytes,
+                    max_testdef_bytes: self.max_testdef_bytes,
+                },
+            )),
+            max_job_timeout_secs: Some(self.max_job_timeout),
         }
     }
 

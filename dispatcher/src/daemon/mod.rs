@@ -15,6 +15,7 @@ pub mod config;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -170,7 +171,12 @@ impl Daemon {
             what: "listening socket".into(),
             source,
         })?;
-        let policy = config.job_policy();
+        let device_keys: Vec<PathBuf> = lab
+            .devices
+            .values()
+            .filter_map(|d| d.ssh.as_ref().and_then(|s| s.identity_file.clone()))
+            .collect();
+        let policy = config.job_policy(&device_keys);
         let shared = Arc::new(Shared {
             config,
             lab,
@@ -337,7 +343,7 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
             // Queued before this daemon started: read and validated once.
             None => match shared.store.job(record.id)? {
                 Some(stored) => {
-                    validation::validate_job(&stored.definition, &shared.lab, &shared.policy)
+                    validation::validate_for_run(&stored.definition, &shared.lab, &shared.policy)
                         .map(|v| v.job)
                 }
                 None => continue,
@@ -472,6 +478,7 @@ async fn run_job_inner(
         job_id,
         work_dir: job_dir,
         image_store: shared.config.state_dir.join("images"),
+        fetch: shared.policy.fetch.clone(),
         node_agent: shared.config.node_agent.clone(),
         lab_key: shared.config.lab_key.clone(),
         known_hosts: shared.config.state_dir.join("known_hosts"),

@@ -156,20 +156,59 @@ impl QemuTemplate {
                     arg: arg.clone(),
                     pointer: String::new(),
                 })?;
-                let mut text = arg.clone();
-                for name in names {
-                    match values.values.get(name) {
-                        Some(value) => text = text.replace(&format!("{{{name}}}"), value),
-                        None if OPTIONAL.contains(&name) => continue 'groups,
-                        None => return Err(TemplateError::Missing(name.to_string())),
+                for name in &names {
+                    // A kernel command line means nothing without a kernel, and qemu
+                    // refuses `-append` alone: an image boot drops it.
+                    if *name == "append" && !values.values.contains_key("kernel") {
+                        continue 'groups;
                     }
+                    if values.values.contains_key(name) {
+                        continue;
+                    }
+                    if OPTIONAL.contains(name) {
+                        continue 'groups;
+                    }
+                    return Err(TemplateError::Missing(name.to_string()));
                 }
-                rendered.push(text);
+                rendered.push(substitute(arg, &values.values));
             }
             argv.extend(rendered);
         }
         Ok(argv)
     }
+}
+
+/// Placeholders whose values are qemu option lists the dispatcher composes itself
+/// (`user,id=n0`), put in as they are.
+const OPTION_LISTS: &[&str] = &["netdev", "lan"];
+
+/// `arg` with its placeholders replaced in one pass, so a value that contains
+/// `{something}` is never expanded again. A value inside a longer argument
+/// (`file={image},if=virtio`) is part of a qemu option list, where `,` separates
+/// options: its commas are doubled, qemu's escape, so a path like `/a,id=x` stays one
+/// path instead of adding an option. An argument that is only the placeholder
+/// (`-kernel {kernel}`) is taken by qemu as it is.
+fn substitute(arg: &str, values: &BTreeMap<&'static str, String>) -> String {
+    let whole = arg.starts_with('{') && arg.ends_with('}') && arg.matches('{').count() == 1;
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            break;
+        };
+        let name = &after[..close];
+        let value = values.get(name).map(String::as_str).unwrap_or_default();
+        if whole || OPTION_LISTS.contains(&name) {
+            out.push_str(value);
+        } else {
+            out.push_str(&value.replace(',', ",,"));
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The `{names}` in one argument, or `Err` for an unclosed brace.
@@ -248,5 +287,29 @@ mod tests {
         assert_eq!(errors[0].pointer(), Some("/qemu/args/0/1"));
         assert!(errors[0].to_string().contains("memroy_mib"));
         assert_eq!(errors[1].pointer(), Some("/qemu/args/1/1"));
+    }
+
+    #[test]
+    fn an_image_boot_has_no_append_and_values_cannot_add_options() {
+        let t = template(&[
+            &["-kernel", "{kernel}"],
+            &["-append", "{append}"],
+            &["-drive", "file={image},if=virtio,format=raw"],
+            &["-netdev", "{netdev}"],
+        ]);
+        let mut values = LaunchValues::new(&t, Accel::Tcg, "vm1", "/w", "/w/qmp.sock");
+        values.set("image", "/srv/a,id=evil,file=/etc/shadow{qmp_socket}");
+        values.set("netdev", "user,id=n0,restrict=on");
+        let argv = t.render(&values).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "qemu-system-x86_64",
+                "-drive",
+                "file=/srv/a,,id=evil,,file=/etc/shadow{qmp_socket},if=virtio,format=raw",
+                "-netdev",
+                "user,id=n0,restrict=on",
+            ]
+        );
     }
 }

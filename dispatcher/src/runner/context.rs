@@ -310,12 +310,10 @@ impl<'a> GroupContext<'a> {
                     parameters,
                 } => (definition.clone(), parameters.clone()),
                 TestDefinitionSource::Url(url) => {
-                    let store = ImageStore::new(&self.settings.image_store)
-                        .map_err(|e| Failure::infra("test", e))?;
-                    let path = store.fetch(url, |_, _| {}).await.map_err(|e| {
-                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
-                    })?;
-                    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                    let store =
+                        ImageStore::new(&self.settings.image_store, self.settings.fetch.clone())
+                            .map_err(|e| Failure::infra("test", e))?;
+                    let text = store.fetch_text(url).await.map_err(|e| {
                         Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
                     })?;
                     let definition = testdef::from_yaml(url.as_str(), &text)
@@ -449,6 +447,21 @@ pub fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A guest's failure to boot: the job's own when the guest panicked, reported a boot
+/// failure or never showed its prompt (its image, kernel command line or
+/// `shell_prompt` are the job's), the infrastructure's when the console went away.
+/// A job's mistake must not mark the lab's devices `unknown`.
+pub fn guest_boot_failure(err: &crate::console::ConsoleError, message: String) -> Failure {
+    use crate::console::ConsoleError;
+    let class = match err {
+        ConsoleError::KernelPanic { .. }
+        | ConsoleError::BootFailure { .. }
+        | ConsoleError::Timeout { .. } => ErrorClass::Job,
+        ConsoleError::Closed { .. } | ConsoleError::Io(_) => ErrorClass::Infrastructure,
+    };
+    Failure::new(class, "boot", message)
 }
 
 pub fn shell_failure(err: shell::ShellError) -> Failure {

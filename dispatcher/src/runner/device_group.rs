@@ -113,8 +113,8 @@ async fn boot(
         &workdir.display().to_string(),
         &qmp,
     );
-    let store =
-        ImageStore::new(&ctx.settings.image_store).map_err(|e| Failure::infra("boot", e))?;
+    let store = ImageStore::new(&ctx.settings.image_store, ctx.settings.fetch.clone())
+        .map_err(|e| Failure::infra("boot", e))?;
     let images = nodes::images_for(ctx.job, &node.role, None);
     for (kind, url) in images.iter() {
         let download =
@@ -126,7 +126,12 @@ async fn boot(
     }
     let lan_group = u32::try_from(ctx.settings.job_id % u64::from(u32::MAX)).unwrap_or(0);
     let lan = GroupLan::member(lan_group, node.index);
-    values.set("netdev", "user,id=n0");
+    // `restrict=on`: the guest runs the job's code on the dispatcher's own machine, and
+    // qemu's user networking would otherwise route 10.0.2.2 to this machine's loopback
+    // (the API, the coordinator's ports, anything listening there) and on to every
+    // network the dispatcher reaches. Its console carries the MultiNode calls and its
+    // group LAN the traffic between nodes, so it needs neither.
+    values.set("netdev", crate::vm::ISOLATED_USER_NETDEV);
     values.set(
         "mac",
         format!("52:54:00:12:35:{:02x}", 0x10 + u32::from(node.index)),
@@ -152,7 +157,7 @@ async fn boot(
             .console
             .expect(&prompt, Duration::from_secs(device_type.boot_timeout))
             .await
-            .map_err(|e| Failure::infra("boot", format!("{name}: {e}")))?;
+            .map_err(|e| super::context::guest_boot_failure(&e, format!("{name}: {e}")))?;
         let command = lan.up_command();
         let (output, code) = process
             .console

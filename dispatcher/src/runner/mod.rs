@@ -60,6 +60,8 @@ pub struct RunSettings {
     pub work_dir: PathBuf,
     /// The dispatcher's image store (downloads, decompressed copies).
     pub image_store: PathBuf,
+    /// What the job's URLs may reach and bring (the lab's policy).
+    pub fetch: Arc<crate::fetch::FetchPolicy>,
     /// The static node agent, installed on hosts as the `lava-*` commands.
     pub node_agent: PathBuf,
     /// The lab's SSH key, for devices whose file names none.
@@ -404,6 +406,13 @@ impl GroupRun<'_> {
             })
             .await
             .map_err(|e| Failure::infra("deploy", format!("node agent: {e}")))?;
+        if agent.replaced_poisoned {
+            self.log.line(
+                Level::Warning,
+                Some(&self.plan.host_id),
+                "the host's cached node agent had been altered since it was sent; sent again",
+            );
+        }
         session
             .run(
                 &format!(
@@ -425,8 +434,8 @@ impl GroupRun<'_> {
         session: &SshSession,
         cache: &str,
     ) -> Result<BTreeMap<String, VmImages>, Failure> {
-        let store =
-            ImageStore::new(&self.settings.image_store).map_err(|e| Failure::infra("deploy", e))?;
+        let store = ImageStore::new(&self.settings.image_store, self.settings.fetch.clone())
+            .map_err(|e| Failure::infra("deploy", e))?;
         let mut images = BTreeMap::new();
         let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
         for vm in &self.plan.vms {
@@ -454,6 +463,16 @@ impl GroupRun<'_> {
                             .map_err(|e| {
                                 Failure::infra("deploy", format!("{} {kind}: {e}", vm.id))
                             })?;
+                        if sent.replaced_poisoned {
+                            self.log.line(
+                                Level::Warning,
+                                Some(&vm.id),
+                                format!(
+                                    "the host's cached copy of {kind} {url} had been altered \
+                                     since it was sent; sent again"
+                                ),
+                            );
+                        }
                         self.log.line(
                             Level::Info,
                             Some(&vm.id),
@@ -675,7 +694,12 @@ impl GroupRun<'_> {
             running
                 .wait_for_prompt(&prompt, Duration::from_secs(vm_type.boot_timeout))
                 .await
-                .map_err(|e| Failure::infra("boot", e))?;
+                .map_err(|e| match &e {
+                    vm::VmError::Console { source, .. } => {
+                        context::guest_boot_failure(source, e.to_string())
+                    }
+                    _ => Failure::infra("boot", e),
+                })?;
             self.log
                 .line(Level::Info, Some(&vm.id), "at the shell prompt".to_string());
             if vm.spec.launch_with.is_empty() {

@@ -121,11 +121,9 @@ impl GroupPlan {
 /// the `image` of its vm_group entry.
 pub fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls {
     let mut images = ImageUrls::default();
-    for action in job
-        .actions
-        .iter()
-        .filter(|a| a.role.as_deref() == Some(role))
-    {
+    // A deploy without a role is every role's (a single-device job has no roles at
+    // all), as validation counts it.
+    for action in job.actions_for(role) {
         match &action.command {
             Command::DeployLinaroImage(deploy) => images.image = Some(deploy.image.clone()),
             Command::DeployLinaroKernel(deploy) => {

@@ -9,8 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::joblog::JobLog;
 use crate::lab::Lab;
 use crate::lab::device::Device;
-use crate::scheduler::{self, DeviceView, Request};
-use crate::states::{DeviceHealth, DeviceState};
+use crate::scheduler::{self, Request};
 use crate::validation::{self, JobPolicy};
 use job_schemas::Report;
 
@@ -56,7 +55,7 @@ pub struct Ran {
 
 impl OneShot {
     pub async fn run(&self, source: &str, text: &str) -> Result<Ran, OneShotError> {
-        let validated = validation::validate_job(text, &self.lab, &self.policy)
+        let validated = validation::validate_for_run(text, &self.lab, &self.policy)
             .map_err(|report: Report| OneShotError::Invalid(report.render(source)))?;
         let job = validated.job;
         let devices = self.pick_devices(&job)?;
@@ -94,6 +93,7 @@ impl OneShot {
             job_id,
             work_dir: job_dir.clone(),
             image_store: self.image_store.clone(),
+            fetch: self.policy.fetch.clone(),
             node_agent: self.node_agent.clone(),
             lab_key: self.lab_key.clone(),
             known_hosts: self.known_hosts.clone(),
@@ -122,18 +122,7 @@ impl OneShot {
             }
             first.hostname = Some(name.clone());
         }
-        let views: Vec<DeviceView> = self
-            .lab
-            .devices
-            .values()
-            .map(|d| DeviceView {
-                hostname: d.hostname.clone(),
-                device_type: d.device_type.clone(),
-                tags: d.tags.iter().cloned().collect(),
-                state: DeviceState::Idle,
-                health: DeviceHealth::Good,
-            })
-            .collect();
+        let views = validation::views(&self.lab);
         let request = Request {
             job_id: 0,
             priority: 0,
