@@ -319,7 +319,7 @@ fn validate(args: &ValidateArgs) -> u8 {
         Format::Json => print_json(&outcome),
         Format::Text => match &outcome {
             Ok(validated) => {
-                let warnings = Report::new(validated.warnings.clone());
+                let warnings = validated.warnings_report();
                 if !validated.warnings.is_empty() {
                     eprint!("{}", warnings.render(&source));
                 }

@@ -22,33 +22,56 @@ mod schema;
 mod schema_errors;
 mod semantic;
 mod suggest;
+#[cfg(test)]
+mod tests;
 mod urls;
 
+// Lets the unit tests share `tests/support` with the example, which names the crate.
+#[cfg(test)]
+extern crate self as job_schemas;
+
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
-pub use diagnostic::{Diagnostic, Report, Severity};
+pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
     Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, NodeKind, ParsePattern,
     Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
     TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
-pub use semantic::url_parameters;
+pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
 pub use suggest::{did_you_mean, one_of};
 pub use urls::{UrlError, check_url};
 
 use serde_json::Value;
 
-/// A job that passed validation, with the warnings it produced (e.g. ignored actions).
+/// A job that passed validation, with the warnings it produced (e.g. ignored actions):
+/// at most [`MAX_DIAGNOSTICS`] of them, and how many more there were.
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub job: Job,
     pub warnings: Vec<Diagnostic>,
+    /// Warnings found beyond those in `warnings`.
+    pub omitted_warnings: usize,
+}
+
+impl Validated {
+    /// The warnings as a report, to render with the count of those left out.
+    pub fn warnings_report(&self) -> Report {
+        Report::with_omitted(
+            self.warnings.clone(),
+            Omitted {
+                errors: 0,
+                warnings: self.omitted_warnings,
+            },
+        )
+    }
 }
 
 /// Validates job text (JSON) and returns the typed job, or a report of every problem.
 ///
 /// Parse errors carry line and column; all other diagnostics carry a JSON pointer and,
-/// where the pointer can be found in `text`, its line and column too.
+/// where the pointer can be found in `text`, its line and column too. Linear in the
+/// size of `text`, however many problems it has.
 pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Report> {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -57,7 +80,8 @@ pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Re
     validate_value(&value, ctx)
         .map_err(|report| report.with_positions(text))
         .map(|mut validated| {
-            validated.warnings = Report::new(validated.warnings)
+            validated.warnings = validated
+                .warnings_report()
                 .with_positions(text)
                 .into_diagnostics();
             validated
@@ -88,13 +112,16 @@ pub fn validate_value(value: &Value, ctx: &ValidationContext) -> Result<Validate
     diagnostics.extend(semantic::check(value, ctx));
     diagnostics.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.severity.cmp(&b.severity)));
     diagnostics.dedup();
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return Err(Report::new(diagnostics));
+    // Cut before anything else per diagnostic (locating, rendering) happens.
+    let report = Report::new(diagnostics);
+    if report.error_count() > 0 {
+        return Err(report);
     }
     match model::Job::from_valid_value(value) {
         Ok(job) => Ok(Validated {
             job,
-            warnings: diagnostics,
+            omitted_warnings: report.omitted().warnings,
+            warnings: report.into_diagnostics(),
         }),
         Err(internal) => Err(Report::new(vec![internal.into_diagnostic()])),
     }

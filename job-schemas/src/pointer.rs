@@ -1,7 +1,5 @@
 //! RFC 6901 JSON pointers: building them and ordering them naturally.
 
-use std::cmp::Ordering;
-
 /// Appends one reference token to a pointer, escaping `~` and `/`.
 pub(crate) fn push(pointer: &str, token: &str) -> String {
     let escaped = token.replace('~', "~0").replace('/', "~1");
@@ -20,24 +18,36 @@ pub(crate) fn tokens(pointer: &str) -> Vec<String> {
         .collect()
 }
 
-/// Orders pointers token by token, numbers numerically, so `/a/2` comes before `/a/10`.
-pub(crate) fn compare(a: &str, b: &str) -> Ordering {
-    let (ta, tb) = (tokens(a), tokens(b));
-    for (x, y) in ta.iter().zip(tb.iter()) {
-        let ordering = match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(nx), Ok(ny)) => nx.cmp(&ny),
-            _ => x.cmp(y),
-        };
-        if ordering != Ordering::Equal {
-            return ordering;
-        }
-    }
-    ta.len().cmp(&tb.len())
+/// The key that orders pointers naturally, token by token, numbers numerically, so
+/// `/a/2` comes before `/a/10`. A key, not a comparison: sorting parses each pointer once.
+pub(crate) fn sort_key(pointer: &str) -> Vec<Token> {
+    tokens(pointer)
+        .into_iter()
+        .map(|text| match text.parse::<u64>() {
+            Ok(number) => Token::Index(number),
+            Err(_) => Token::Name(text),
+        })
+        .collect()
+}
+
+/// One reference token as ordered: indices numerically and before names, which order as
+/// text. Indices go first (rather than comparing as text against names) so the order is
+/// total, which sorting requires.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Token {
+    Index(u64),
+    Name(String),
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Ordering;
+
     use super::*;
+
+    fn compare(a: &str, b: &str) -> Ordering {
+        sort_key(a).cmp(&sort_key(b))
+    }
 
     #[test]
     fn escapes_and_unescapes_tokens() {
@@ -52,5 +62,8 @@ mod tests {
         assert_eq!(compare("/actions/2", "/actions/10"), Ordering::Less);
         assert_eq!(compare("/actions", "/actions/0"), Ordering::Less);
         assert_eq!(compare("/b", "/a/9"), Ordering::Greater);
+        // Total: "2" < "10" numerically, and both before the name "1a".
+        assert_eq!(compare("/x/10", "/x/1a"), Ordering::Less);
+        assert_eq!(compare("/x/2", "/x/1a"), Ordering::Less);
     }
 }

@@ -178,13 +178,56 @@ pub(crate) fn found(value: &Value) -> String {
     }
 }
 
-/// The value's JSON text, cut to a readable length.
+/// The value's JSON text, cut to a readable length. Only the start is ever written out:
+/// serializing a whole large value for each of many errors would be quadratic.
 pub(crate) fn short(value: &Value) -> String {
-    let text = value.to_string();
+    let mut start = Prefix {
+        text: Vec::new(),
+        room: 4 * 61, // 61 characters of at most 4 bytes each.
+    };
+    // Prefix refuses to go on once full: that error is the intended stop.
+    let _ = serde_json::to_writer(&mut start, value);
+    let text = String::from_utf8_lossy(&start.text);
     if text.chars().count() > 60 {
         let cut: String = text.chars().take(57).collect();
         format!("{cut}...")
     } else {
-        text
+        text.into_owned()
+    }
+}
+
+/// A writer that keeps the first `room` bytes and then fails.
+struct Prefix {
+    text: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Prefix {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let taken = bytes.len().min(self.room);
+        self.text.extend_from_slice(&bytes[..taken]);
+        self.room -= taken;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortens_without_writing_out_the_whole_value() {
+        assert_eq!(short(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+        let big = Value::Array(vec![Value::from("é"); 100_000]);
+        let text = short(&big);
+        assert!(text.ends_with("..."), "{text}");
+        assert_eq!(text.chars().count(), 60);
     }
 }

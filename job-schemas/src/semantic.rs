@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::context::{DeviceTypeClass, ValidationContext};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, MAX_DIAGNOSTICS};
 use crate::{pointer, suggest, urls};
 
 /// Top-level keys LAVA's scheduler writes into sub-jobs itself and refuses from users.
@@ -18,6 +18,16 @@ const RESERVED_KEYS: [&str; 4] = ["target_group", "group_size", "sub_id", "role"
 
 /// The role a `vm_group` host plays when the job names none.
 pub(crate) const DEFAULT_HOST_ROLE: &str = "host";
+
+/// The most VMs one `vm_group` may have, counting each VM's `count`. The VMs of a group
+/// share one /24 network on which each gets its own address, and the dispatcher hands
+/// out at most 250 of them (see `dispatcher::vm::GroupLan`).
+pub const MAX_VMS_PER_GROUP: usize = 250;
+
+/// The longest timeout, job or action, in seconds: 365 days. Far more than a test run
+/// needs, and small enough that a deadline computed from it (now + timeout) can never
+/// overflow, which a timeout near `u64::MAX` would do.
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 60 * 60;
 
 pub(crate) fn is_reserved_key(key: &str) -> bool {
     RESERVED_KEYS.contains(&key)
@@ -40,6 +50,11 @@ pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
         );
     }
     check_topology(top, &mut out);
+    check_timeouts(job, &mut out);
+    if let Some(priority) = top.get("priority") {
+        // Named priorities are strings; the schema bounds numbers to 0..=100.
+        integer_at("/priority", priority, "priority", 0, 100, &mut out);
+    }
     let roles = collect_roles(job);
     check_roles(&roles, &mut out);
     check_counts(job, ctx, &mut out);
@@ -111,11 +126,22 @@ pub(crate) struct RoleDef {
 /// Roles in definition order (a role defined twice keeps its first definition).
 pub(crate) struct Roles {
     pub all: Vec<(String, RoleDef)>,
+    /// Index into `all` of each name's first definition: every action looks its role
+    /// up, and a scan of `all` each time would make a big job quadratic.
+    by_name: BTreeMap<String, usize>,
 }
 
 impl Roles {
+    fn new(all: Vec<(String, RoleDef)>) -> Self {
+        let mut by_name = BTreeMap::new();
+        for (i, (name, _)) in all.iter().enumerate() {
+            by_name.entry(name.clone()).or_insert(i);
+        }
+        Self { all, by_name }
+    }
+
     fn get(&self, name: &str) -> Option<&RoleDef> {
-        self.all.iter().find(|(n, _)| n == name).map(|(_, d)| d)
+        self.by_name.get(name).map(|&i| &self.all[i].1)
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
@@ -148,7 +174,7 @@ fn collect_roles(job: &Value) -> Roles {
             }
         }
     }
-    Roles { all }
+    Roles::new(all)
 }
 
 fn vms(job: &Value) -> impl Iterator<Item = (usize, &Value)> {
@@ -183,50 +209,144 @@ fn check_roles(roles: &Roles, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// An integer the typed job holds as one (a `u64`, or smaller), found at `at`: returned
+/// when readable. JSON Schema calls any number without a fraction an integer, so `1e30`
+/// and `2.0` pass the schema yet no integer type can read them: those are reported here,
+/// with the range `min..=max` the value is for. Every other shape is the schema's.
+fn integer_at(
+    at: &str,
+    value: &Value,
+    what: &str,
+    min: u64,
+    max: u64,
+    out: &mut Vec<Diagnostic>,
+) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(n) = number.as_u64() {
+        return Some(n);
+    }
+    let float = number.as_f64().filter(|_| number.is_f64())?;
+    // Bounds to compare with, not values to keep: f64's rounding does not matter.
+    let (low, high) = (min as f64, max as f64);
+    if float.fract() != 0.0 || float < low {
+        return None; // The schema reports a fraction, and a number under its minimum.
+    }
+    let found = crate::schema_errors::found(value);
+    out.push(if float > high {
+        Diagnostic::error(
+            at,
+            format!("{what} {} is out of range", short_number(float)),
+        )
+        .expected(format!("an integer from {min} to {max}"))
+        .found(found)
+    } else {
+        Diagnostic::error(at, format!("{what} must be written as a plain integer"))
+            .expected(format!(
+                "an integer from {min} to {max}, without a fraction or exponent"
+            ))
+            .found(found)
+            .hint(format!("write {}", short_number(float)))
+    });
+    None
+}
+
+/// A whole float as the integer it stands for when that is short, else in exponent form.
+fn short_number(float: f64) -> String {
+    if float.abs() < 1e15 {
+        format!("{float:.0}")
+    } else {
+        format!("{float:e}")
+    }
+}
+
+/// Job and action timeouts: readable integers, and no longer than [`MAX_TIMEOUT_SECS`].
+fn check_timeouts(job: &Value, out: &mut Vec<Diagnostic>) {
+    let mut check = |at: String, value: &Value| {
+        if let Some(secs) = integer_at(&at, value, "timeout", 1, MAX_TIMEOUT_SECS, out)
+            && secs > MAX_TIMEOUT_SECS
+        {
+            out.push(
+                Diagnostic::error(at, format!("timeout of {secs} s is longer than allowed"))
+                    .expected(format!("at most {MAX_TIMEOUT_SECS} seconds (365 days)"))
+                    .found(secs.to_string()),
+            );
+        }
+    };
+    if let Some(timeout) = job.get("timeout") {
+        check("/timeout".to_string(), timeout);
+    }
+    for (i, action) in actions(job) {
+        // submit_results is ignored whole, its parameters included.
+        if action.get("command").and_then(Value::as_str) == Some("submit_results") {
+            continue;
+        }
+        if let Some(timeout) = action.pointer("/parameters/timeout") {
+            check(format!("/actions/{i}/parameters/timeout"), timeout);
+        }
+    }
+}
+
 fn check_counts(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
-    let mut counted: Vec<(String, u64)> = Vec::new();
-    if let Some(group) = job.get("device_group").and_then(Value::as_array) {
-        for (i, entry) in group.iter().enumerate() {
-            if let Some(count) = entry.get("count").and_then(Value::as_u64) {
-                counted.push((format!("/device_group/{i}/count"), count));
-            }
-        }
-    }
-    for (i, vm) in vms(job) {
-        if let Some(count) = vm.get("count").and_then(Value::as_u64) {
-            counted.push((format!("/vm_group/vms/{i}/count"), count));
-        }
-    }
-    let max = ctx.limits.max_count;
-    for (at, count) in &counted {
-        if *count > max {
+    // The typed job holds counts as u32, whatever limit a lab sets.
+    let max = ctx.limits.max_count.min(u64::from(u32::MAX));
+    let mut count_at = |at: String, entry: &Value| {
+        let value = entry.get("count")?;
+        let count = integer_at(&at, value, "count", 1, max, out)?;
+        if count > max {
             out.push(
                 Diagnostic::error(at, format!("count {count} is over this lab's limit"))
                     .expected(format!("at most {max}"))
                     .found(count.to_string()),
             );
         }
-    }
-    let vm_total: u64 = vms(job)
-        .map(|(_, vm)| vm.get("count").and_then(Value::as_u64).unwrap_or(1))
-        .sum();
-    let group_total: u64 = job
+        Some(count)
+    };
+    let mut group_total: u64 = 0;
+    for (i, entry) in job
         .get("device_group")
         .and_then(Value::as_array)
-        .map(|g| {
-            g.iter()
-                .filter_map(|r| r.get("count").and_then(Value::as_u64))
-                .sum()
-        })
-        .unwrap_or(0);
-    let total = if job.get("vm_group").is_some() {
-        vm_total + 1
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(count) = count_at(format!("/device_group/{i}/count"), entry) {
+            group_total = group_total.saturating_add(count);
+        }
+    }
+    let mut vm_total: u64 = 0;
+    for (i, vm) in vms(job) {
+        // A VM without a (readable) count is one VM.
+        let count = count_at(format!("/vm_group/vms/{i}/count"), vm).unwrap_or(1);
+        vm_total = vm_total.saturating_add(count);
+    }
+    let is_vm_group = job.get("vm_group").is_some();
+    let max_vms = MAX_VMS_PER_GROUP as u64;
+    if is_vm_group && vm_total > max_vms {
+        out.push(
+            Diagnostic::error(
+                "/vm_group/vms",
+                format!("the vm_group has {vm_total} VMs, more than a group can have"),
+            )
+            .expected(format!(
+                "at most {MAX_VMS_PER_GROUP} VMs in all, counting each VM's count"
+            ))
+            .found(vm_total.to_string())
+            .hint(format!(
+                "the VMs of a group share one /24 network, with an address each: \
+                 at most {MAX_VMS_PER_GROUP} of them; split the job"
+            )),
+        );
+    }
+    let total = if is_vm_group {
+        vm_total.saturating_add(1)
     } else {
         group_total
     };
     let limit = ctx.limits.max_group_size;
     if total > limit {
-        let at = if job.get("vm_group").is_some() {
+        let at = if is_vm_group {
             "/vm_group/vms"
         } else {
             "/device_group"
@@ -339,6 +459,11 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
     let single_device = job.get("device_type").is_some()
         && job.get("device_group").is_none()
         && job.get("vm_group").is_none();
+    // The same for every action naming an unknown role: built once.
+    let mut known_roles = None;
+    // A hint compares the name with every role: only as many as a report can show get
+    // one, so thousands of unknown roles among thousands of roles stay cheap.
+    let mut hints_left = MAX_DIAGNOSTICS;
     for (i, action) in actions(job) {
         let at = format!("/actions/{i}");
         let command = action
@@ -364,9 +489,20 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
             } else if roles.get(role).is_none() {
                 out.push(
                     Diagnostic::error(role_at, format!("no role \"{role}\" in this job"))
-                        .expected(format!("one of {}", suggest::one_of(roles.names())))
+                        .expected(
+                            known_roles
+                                .get_or_insert_with(|| {
+                                    format!("one of {}", suggest::one_of(roles.names()))
+                                })
+                                .clone(),
+                        )
                         .found(format!("\"{role}\""))
-                        .maybe_hint(suggest::did_you_mean(role, roles.names())),
+                        .maybe_hint(if hints_left > 0 {
+                            hints_left -= 1;
+                            suggest::did_you_mean(role, roles.names())
+                        } else {
+                            None
+                        }),
                 );
             }
         }
@@ -375,12 +511,14 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
                 check_url_at(&format!("{at}/parameters/{key}"), text, ctx, out);
             }
         }
+        // A timeout over MAX_TIMEOUT_SECS is an error of its own (check_timeouts).
         if let (Some(limit), Some(timeout)) = (
             job_timeout,
             params
                 .and_then(|p| p.get("timeout"))
                 .and_then(Value::as_u64),
         ) && timeout > limit
+            && timeout <= MAX_TIMEOUT_SECS
         {
             out.push(
                 Diagnostic::warning(
@@ -505,18 +643,26 @@ fn check_vms(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
             host_has_test_shell = true;
         }
     }
+    // Each deploy action conflicts once, with the first VM with an image it would also
+    // deploy to: pairing every such VM with every such action would be quadratic.
+    let mut conflicts_reported: BTreeSet<&str> = BTreeSet::new();
+    let mut roleless_reported = false;
     for (i, vm) in vms(job) {
         let role = vm.get("role").and_then(Value::as_str).unwrap_or_default();
         let at = format!("/vm_group/vms/{i}");
         let own_image = vm.get("image").and_then(Value::as_str);
         if let Some(image) = own_image {
             check_url_at(&format!("{at}/image"), image, ctx, out);
-            for action_at in deployed
+            let role_deploys = deployed
                 .get(role)
+                .filter(|_| conflicts_reported.insert(role))
                 .into_iter()
-                .flatten()
-                .chain(&roleless_deploys)
-            {
+                .flatten();
+            let roleless = (!std::mem::replace(&mut roleless_reported, true))
+                .then_some(&roleless_deploys)
+                .into_iter()
+                .flatten();
+            for action_at in role_deploys.chain(roleless) {
                 out.push(
                     Diagnostic::error(action_at, format!("a second image for role \"{role}\""))
                         .expected("one image per VM: its \"image\" or a deploy action, not both")

@@ -50,7 +50,7 @@ impl ImageUrls {
 pub enum PlanError {
     #[error("node id {0:?} is used twice (a role named like another role's numbered node)")]
     DuplicateNode(String),
-    #[error("a vm_group has at most 250 VMs, this one has {0}")]
+    #[error("a vm_group has at most {max} VMs, this one has {0}", max = job_schemas::MAX_VMS_PER_GROUP)]
     TooManyVms(usize),
 }
 
@@ -84,7 +84,9 @@ impl GroupPlan {
                 });
             }
         }
-        if vms.len() > 250 {
+        // Validation refuses such a job (`job_schemas::MAX_VMS_PER_GROUP`); a plan
+        // still never hands out a 251st address on the group's /24.
+        if vms.len() > job_schemas::MAX_VMS_PER_GROUP {
             return Err(PlanError::TooManyVms(vms.len()));
         }
         let plan = Self {
