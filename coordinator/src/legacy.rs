@@ -14,8 +14,9 @@
 //! groups by number ([`LegacyBounds::max_groups`]) and idle time
 //! ([`LegacyBounds::idle_expiry`], one sweep task for all of them), names by length
 //! ([`MAX_NAME_LEN`]), and what one group holds by bytes
-//! ([`LegacyLimits::max_group_bytes`]). A refused request gets `nack` with a message
-//! naming the limit.
+//! ([`LegacyLimits::max_group_bytes`]), and request bodies being read by bytes over
+//! every connection ([`LegacyLimits::max_reading`]). A request refused for a limit
+//! gets `nack`, with a message naming the limit where LAVA's client would read it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,12 @@ pub struct LegacyLimits {
     pub read_timeout: Duration,
     /// Connections handled at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Most bytes of bodies over [`SMALL_BODY`] being read at once, over every
+    /// connection. A body is read into memory whole, and a client may take
+    /// `read_timeout` to send it, so without this `max_connections` slow clients could
+    /// hold `max_frame` each (4 GiB). Such a body waits, within its `read_timeout`, for
+    /// room.
+    pub max_reading: usize,
     /// How long a blocking request (`group_data`, `lava_wait`, `lava_wait_all`,
     /// `lava_sync`) is held open before it is answered `wait`. LAVA's client has no
     /// socket timeout and simply blocks on its read, so a held request is answered the
@@ -67,6 +74,7 @@ impl Default for LegacyLimits {
             max_frame: 1024 * 1024,
             read_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_reading: 64 * 1024 * 1024,
             hold: Duration::from_secs(10),
             groups: LegacyBounds::default(),
             max_group_bytes: 1024 * 1024,
@@ -99,6 +107,7 @@ async fn sweep(store: &Store, expiry: Duration) {
 
 async fn accept(listener: TcpListener, store: Arc<Store>, limits: LegacyLimits) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let reading = Arc::new(Semaphore::new(reading_room(&limits)));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -111,8 +120,9 @@ async fn accept(listener: TcpListener, store: Arc<Store>, limits: LegacyLimits) 
             }
         };
         let store = store.clone();
+        let reading = reading.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, &store, limits).await {
+            if let Err(err) = handle(stream, &store, &reading, limits).await {
                 tracing::debug!(%peer, %err, "legacy connection ended with an error");
             }
             drop(permit);
@@ -120,10 +130,15 @@ async fn accept(listener: TcpListener, store: Arc<Store>, limits: LegacyLimits) 
     }
 }
 
-async fn handle(mut stream: TcpStream, store: &Store, limits: LegacyLimits) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    store: &Store,
+    reading: &Semaphore,
+    limits: LegacyLimits,
+) -> std::io::Result<()> {
     let request = tokio::time::timeout(
         limits.read_timeout,
-        read_request(&mut stream, limits.max_frame),
+        read_request(&mut stream, reading, &limits),
     )
     .await;
     let response = match request {
@@ -146,7 +161,25 @@ enum ReadError {
     Frame(FrameError),
 }
 
-async fn read_request(stream: &mut TcpStream, limit: u64) -> Result<Request, ReadError> {
+/// Permits of [`LegacyLimits::max_reading`] are kibibytes, so a `u32` counts 4 TiB.
+const KIB: usize = 1024;
+
+/// Bodies up to this size are read without waiting for room: LAVA's requests are a
+/// few hundred bytes, so large bodies held back by slow clients never hold up a
+/// MultiNode call; at most `max_connections` of them (256 MiB) are read at once.
+pub const SMALL_BODY: usize = 64 * KIB;
+
+/// [`LegacyLimits::max_reading`] in permits; at least one, so requests are still read.
+fn reading_room(limits: &LegacyLimits) -> usize {
+    limits.max_reading.div_ceil(KIB).max(1)
+}
+
+async fn read_request(
+    stream: &mut TcpStream,
+    reading: &Semaphore,
+    limits: &LegacyLimits,
+) -> Result<Request, ReadError> {
+    let limit = limits.max_frame;
     let mut header = [0u8; HEADER_LEN];
     stream
         .read_exact(&mut header)
@@ -156,6 +189,18 @@ async fn read_request(stream: &mut TcpStream, limit: u64) -> Result<Request, Rea
     // parse_header bounded the size by the limit, so this allocation is bounded too.
     let size = usize::try_from(size)
         .map_err(|_| ReadError::Frame(FrameError::TooLarge { size, limit }))?;
+    // Room for a large body among every large body being read (all the room, for a
+    // frame larger than it). The caller's read timeout covers the wait.
+    let _room = if size > SMALL_BODY {
+        let kib = size.div_ceil(KIB).min(reading_room(limits));
+        let room = reading
+            .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| ReadError::Io(std::io::ErrorKind::Interrupted.into()))?;
+        Some(room)
+    } else {
+        None
+    };
     let mut body = vec![0u8; size];
     stream.read_exact(&mut body).await.map_err(ReadError::Io)?;
     Request::decode(&body).map_err(ReadError::Frame)

@@ -648,3 +648,35 @@ async fn what_one_legacy_group_holds_is_bounded() {
     assert!(reply["message"].as_str().unwrap().contains("256"));
     running.shutdown().await;
 }
+
+/// Slow clients sending large bodies could hold `max_frame` (1 MiB) each while they
+/// took their read timeout: 1,000 of them took the coordinator to 1,019 MB. Large
+/// bodies now share 64 MiB, and small requests are still answered meanwhile.
+#[tokio::test]
+async fn slow_large_bodies_share_a_bounded_room() {
+    let daemon = Daemon::start(&[]);
+    let addr = daemon.legacy;
+    let mut stalled = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // A 1 MiB body, one byte short: the coordinator waits for the rest.
+        let mut frame = b"00100000".to_vec();
+        frame.resize(8 + 1024 * 1024 - 1, b' ');
+        stalled.push(tokio::spawn(async move {
+            stream.write_all(&frame).await.unwrap();
+            stream
+        }));
+    }
+    let mut streams = Vec::new();
+    for writer in stalled {
+        streams.push(writer.await.unwrap());
+    }
+    assert_eq!(
+        ask(addr, joining("while-stalled", "a")).await,
+        Some(json!({"response": "wait"}))
+    );
+    let rss_mb = daemon.status_kb("VmRSS:") / 1024;
+    eprintln!("1,000 stalled 1 MiB bodies: {rss_mb} MB resident");
+    assert!(rss_mb < 300, "{rss_mb} MB resident");
+    drop(streams);
+}
