@@ -419,6 +419,38 @@ impl Group {
         }
     }
 
+    /// Roughly how many bytes of names and data the group holds (not counting the
+    /// containers), so the legacy port can bound what a group keeps. Walks the whole
+    /// group: cheap for the small groups LAVA makes, and bounded by that limit.
+    pub fn footprint(&self) -> usize {
+        let nodes: usize = self.nodes.iter().map(|n| n.id.len() + n.role.len()).sum();
+        let messages: usize = self
+            .messages
+            .iter()
+            .map(|(id, senders)| id.len() + senders_len(senders))
+            .sum();
+        let syncs: usize = self
+            .syncs
+            .iter()
+            .map(|(id, round)| {
+                let names = round.arrived.iter().chain(&round.collected);
+                id.len() + names.map(String::len).sum::<usize>() + by_node_len(&round.messages)
+            })
+            .sum();
+        let bundles = by_node_len(&self.bundles);
+        let passed: usize = self
+            .passed
+            .iter()
+            .map(|(node, (id, _))| node.len() + id.len() + 8)
+            .sum();
+        nodes
+            + messages
+            + syncs
+            + bundles
+            + passed
+            + self.cleared.iter().map(String::len).sum::<usize>()
+    }
+
     /// Registers a legacy node; `Ok(false)` when it was already registered.
     pub fn register(&mut self, id: &str, role: &str) -> Result<bool, Refusal> {
         if self.index.contains_key(id) {
@@ -524,7 +556,7 @@ impl Group {
     /// `lava-send`: merges `data` into what `sender` sent under `message_id`.
     pub fn send(&mut self, sender: &str, message_id: &str, data: Data) -> Result<(), Refusal> {
         check_message_id(message_id)?;
-        let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = data_len(&data);
         if size > MAX_MESSAGE_BYTES {
             return Err(Refusal::Invalid(format!(
                 "message {message_id} is {size} bytes, over the limit of {MAX_MESSAGE_BYTES}"
@@ -537,9 +569,7 @@ impl Group {
             .messages
             .get(message_id)
             .and_then(|senders| senders.get(sender))
-            .map_or(0, |existing| {
-                existing.iter().map(|(k, v)| k.len() + v.len()).sum()
-            })
+            .map_or(0, data_len)
             + size;
         if merged > MAX_MESSAGE_BYTES {
             return Err(Refusal::Invalid(format!(
@@ -788,6 +818,45 @@ impl Group {
 }
 
 /// Message ids: non-empty, no `=` or white space (LAVA's rule), bounded.
+/// Bytes of node ids, keys and values in `senders`.
+fn senders_len(senders: &Senders) -> usize {
+    senders
+        .iter()
+        .map(|(node, data)| node.len() + data_len(data))
+        .sum()
+}
+
+/// Bytes of node ids and JSON values in `values`.
+fn by_node_len(values: &BTreeMap<String, serde_json::Value>) -> usize {
+    values
+        .iter()
+        .map(|(node, value)| node.len() + json_len(value))
+        .sum()
+}
+
+/// Bytes of keys and values in `data`.
+pub fn data_len(data: &Data) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// The length of `value` as compact JSON, counted without keeping the text.
+pub fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a JSON value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 pub fn check_message_id(id: &str) -> Result<(), Refusal> {
     if id.is_empty() {
         return Err(Refusal::Invalid("message id is empty".into()));

@@ -110,10 +110,12 @@ impl Running {
 
 /// Binds and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let store = Arc::new(match &config.state_dir {
+    let mut store = match &config.state_dir {
         Some(dir) => Store::open(&config.admin_token, config.wait, dir)?,
         None => Store::new(&config.admin_token, config.wait),
-    });
+    };
+    store.legacy_bounds = config.legacy.groups;
+    let store = Arc::new(store);
     store.await_presence(config.reattach_grace);
     let listener = TcpListener::bind(config.listen)
         .await

@@ -2,7 +2,8 @@
 //! whenever the group changes, until it is ready, hopeless or past its deadline.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -66,11 +67,57 @@ impl Default for WaitLimits {
     }
 }
 
+/// Why a legacy request found no group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LegacyRefusal {
+    #[error("no legacy group {0:?}, and no group_size to create it with")]
+    Unknown(String),
+    #[error(
+        "cannot create legacy group {name:?}: the coordinator already has {limit} legacy \
+         groups, its limit (--legacy-max-groups)"
+    )]
+    Full { name: String, limit: usize },
+}
+
+/// Bounds on legacy groups, which anyone who reaches the unauthenticated legacy port
+/// can create.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyBounds {
+    /// Most legacy groups at once; a request that would create one more is refused.
+    pub max_groups: usize,
+    /// A legacy group no request has named for this long is dropped.
+    pub idle_expiry: Duration,
+}
+
+impl Default for LegacyBounds {
+    fn default() -> Self {
+        Self {
+            // LAVA runs one group per MultiNode job, so a thousand at once is far more
+            // than a lab has; each costs a few kilobytes and no descriptor.
+            max_groups: 1024,
+            // LAVA's clients poll every `poll_delay` seconds while they wait, so a live
+            // group is rarely quiet for long, but a test may run for an hour or more
+            // between two MultiNode calls (LAVA's own coordinator never expires a
+            // group). Two hours keeps such a group and still frees the slots of groups
+            // whose jobs died, or that a stranger made, within the afternoon.
+            idle_expiry: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// How many events a watcher may fall behind before it misses some.
+const EVENT_BUFFER: usize = 4096;
+
 /// One group with its change notification and event stream.
 pub struct GroupCell {
     state: Mutex<Group>,
     changed: Notify,
-    events: broadcast::Sender<v1::GroupEvent>,
+    /// Made at the first [`GroupCell::subscribe`]: a channel of [`EVENT_BUFFER`] slots
+    /// costs about half a megabyte, and legacy groups are never watched. Events sent
+    /// before then had no receiver, and a broadcast channel drops those anyway.
+    events: OnceLock<broadcast::Sender<v1::GroupEvent>>,
+    /// When a legacy request last named the group (legacy groups expire when idle).
+    used: Mutex<Instant>,
     seq: std::sync::atomic::AtomicU64,
     /// Calls blocked right now, so a watcher that arrives late still sees them.
     waiting: Mutex<BTreeMap<u64, v1::Waiting>>,
@@ -106,11 +153,11 @@ impl GroupCell {
         if file.is_some() {
             group.record();
         }
-        let (events, _) = broadcast::channel(4096);
         Arc::new(Self {
             state: Mutex::new(group),
             changed: Notify::new(),
-            events,
+            events: OnceLock::new(),
+            used: Mutex::new(Instant::now()),
             seq: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(BTreeMap::new()),
             next_wait: std::sync::atomic::AtomicU64::new(0),
@@ -148,15 +195,35 @@ impl GroupCell {
 
     pub fn emit(&self, kind: group_event::Kind) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        // No receivers is fine: nobody is watching.
-        let _ = self.events.send(v1::GroupEvent {
-            seq,
-            kind: Some(kind),
-        });
+        // No channel or no receivers is fine: nobody is watching.
+        if let Some(events) = self.events.get() {
+            let _ = events.send(v1::GroupEvent {
+                seq,
+                kind: Some(kind),
+            });
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<v1::GroupEvent> {
-        self.events.subscribe()
+        self.events
+            .get_or_init(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+
+    fn touch(&self) {
+        *lock(&self.used) = Instant::now();
+    }
+
+    /// Whether no request has named the group for `expiry` and none holds it now (a
+    /// request in progress, such as a held legacy request, holds a reference to it).
+    fn is_idle(self: &Arc<Self>, now: Instant, expiry: Duration) -> bool {
+        Arc::strong_count(self) == 1 && now.saturating_duration_since(*lock(&self.used)) >= expiry
+    }
+
+    fn remove_file(&self) {
+        if let Some(file) = &self.file {
+            file.remove();
+        }
     }
 
     /// The current state of every node and every blocked call, as events (the start of
@@ -273,6 +340,10 @@ pub struct Credential {
 pub struct Store {
     groups: DashMap<String, Arc<GroupCell>>,
     legacy: DashMap<String, Arc<GroupCell>>,
+    /// How many legacy groups exist, counted apart from `legacy` so that creating one
+    /// can claim a place under the cap atomically.
+    legacy_count: AtomicUsize,
+    pub legacy_bounds: LegacyBounds,
     admin_hash: [u8; 32],
     pub limits: WaitLimits,
     /// Where groups are kept; `None`: in memory only.
@@ -289,6 +360,8 @@ impl Store {
         Self {
             groups: DashMap::new(),
             legacy: DashMap::new(),
+            legacy_count: AtomicUsize::new(0),
+            legacy_bounds: LegacyBounds::default(),
             admin_hash: auth::hash(admin_token),
             limits,
             journal: None,
@@ -347,7 +420,10 @@ impl Store {
             }
             match back.kind {
                 Kind::Dispatcher => store.groups.insert(id, cell),
-                Kind::Legacy => store.legacy.insert(id, cell),
+                Kind::Legacy => {
+                    store.legacy_count.fetch_add(1, Ordering::SeqCst);
+                    store.legacy.insert(id, cell)
+                }
             };
         }
         Ok(store)
@@ -487,42 +563,113 @@ impl Store {
             .remove(group_id)
             .ok_or_else(|| CallError::NoSuchGroup(group_id.to_string()))?;
         cell.update(Group::close);
-        if let Some(file) = &cell.file {
-            file.remove();
-        }
+        cell.remove_file();
         cell.emit(group_event::Kind::GroupClosed(v1::GroupClosed {}));
         Ok(())
     }
 
-    /// The legacy group `name`, created with `size` nodes if it does not exist.
-    pub fn legacy_group(&self, name: &str, size: Option<u64>) -> Option<Arc<GroupCell>> {
+    /// The legacy group `name`, created with `size` nodes if it does not exist and the
+    /// cap allows one more.
+    pub fn legacy_group(
+        &self,
+        name: &str,
+        size: Option<u64>,
+    ) -> Result<Arc<GroupCell>, LegacyRefusal> {
         if let Some(cell) = self.legacy.get(name) {
-            return Some(cell.clone());
+            cell.touch();
+            return Ok(cell.clone());
         }
-        let size = usize::try_from(size.filter(|s| *s > 0)?).ok()?;
-        Some(
-            self.legacy
-                .entry(name.to_string())
-                .or_insert_with(|| {
-                    let group = Group::self_registering(name.to_string(), size);
-                    // LAVA's protocol has no way to report this; the group works, in
-                    // memory only.
-                    let file = self.file_for(&group, Kind::Legacy).unwrap_or_else(|err| {
-                        tracing::error!(group = name, %err, "cannot keep a legacy group on disk");
-                        None
-                    });
-                    GroupCell::new(group, file)
-                })
-                .clone(),
-        )
+        let unknown = || LegacyRefusal::Unknown(name.to_string());
+        let size = size
+            .filter(|s| *s > 0)
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(unknown)?;
+        // At the cap, groups past their expiry go first (the sweep may not have run yet).
+        let claimed = self.claim_legacy_place() || {
+            self.expire_legacy();
+            self.claim_legacy_place()
+        };
+        if !claimed {
+            let refusal = LegacyRefusal::Full {
+                name: name.to_string(),
+                limit: self.legacy_bounds.max_groups,
+            };
+            tracing::warn!(%refusal, "legacy group refused");
+            return Err(refusal);
+        }
+        let cell = match self.legacy.entry(name.to_string()) {
+            dashmap::Entry::Occupied(entry) => {
+                // Made by another request meanwhile: the place claimed is not needed.
+                self.legacy_count.fetch_sub(1, Ordering::SeqCst);
+                entry.get().clone()
+            }
+            dashmap::Entry::Vacant(slot) => {
+                let group = Group::self_registering(name.to_string(), size);
+                // LAVA's protocol has no way to report this; the group works, in
+                // memory only.
+                let file = self.file_for(&group, Kind::Legacy).unwrap_or_else(|err| {
+                    tracing::error!(group = name, %err, "cannot keep a legacy group on disk");
+                    None
+                });
+                slot.insert(GroupCell::new(group, file)).clone()
+            }
+        };
+        cell.touch();
+        Ok(cell)
+    }
+
+    /// Claims a place for a new legacy group, if under the cap.
+    fn claim_legacy_place(&self) -> bool {
+        let max = self.legacy_bounds.max_groups;
+        self.legacy_count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Drops every legacy group idle past its expiry; returns how many.
+    pub fn expire_legacy(&self) -> usize {
+        let now = Instant::now();
+        let expiry = self.legacy_bounds.idle_expiry;
+        let idle: Vec<String> = self
+            .legacy
+            .iter()
+            .filter(|entry| entry.value().is_idle(now, expiry))
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut expired = 0;
+        for name in idle {
+            // Checked again under the map's lock: a request may have named it since.
+            if self
+                .remove_legacy_if(&name, |cell| cell.is_idle(now, expiry))
+                .is_some()
+            {
+                tracing::info!(group = %name, idle_secs = expiry.as_secs(), "legacy group expired");
+                expired += 1;
+            }
+        }
+        expired
     }
 
     pub fn drop_legacy_group(&self, name: &str) {
-        if let Some((_, cell)) = self.legacy.remove(name)
-            && let Some(file) = &cell.file
-        {
-            file.remove();
-        }
+        self.remove_legacy_if(name, |_| true);
+    }
+
+    /// How many legacy groups exist now.
+    pub fn legacy_group_count(&self) -> usize {
+        self.legacy_count.load(Ordering::SeqCst)
+    }
+
+    fn remove_legacy_if(
+        &self,
+        name: &str,
+        drop_it: impl FnOnce(&Arc<GroupCell>) -> bool,
+    ) -> Option<Arc<GroupCell>> {
+        let (_, cell) = self.legacy.remove_if(name, |_, cell| drop_it(cell))?;
+        self.legacy_count.fetch_sub(1, Ordering::SeqCst);
+        cell.remove_file();
+        Some(cell)
     }
 
     /// The instant a call should stop waiting, from its wall-clock deadline.
@@ -550,5 +697,76 @@ pub fn fail_in(cell: &GroupCell, node_id: &str, reason: &str) {
     if let Some(Some(event)) = changed {
         tracing::info!(node = node_id, reason, "node failed");
         cell.emit(group_event::Kind::NodeChanged(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a panic is a failure report.
+
+    use super::*;
+
+    fn store(max_groups: usize, idle_expiry: Duration) -> Store {
+        let mut store = Store::new("admin-token-for-tests", WaitLimits::default());
+        store.legacy_bounds = LegacyBounds {
+            max_groups,
+            idle_expiry,
+        };
+        store
+    }
+
+    #[test]
+    fn legacy_groups_past_the_cap_are_refused_and_existing_ones_kept() {
+        let store = store(2, Duration::from_secs(3600));
+        let a = store.legacy_group("a", Some(2)).unwrap();
+        store.legacy_group("b", Some(2)).unwrap();
+        let refusal = store.legacy_group("c", Some(2)).err().unwrap();
+        assert_eq!(
+            refusal,
+            LegacyRefusal::Full {
+                name: "c".into(),
+                limit: 2
+            }
+        );
+        assert!(refusal.to_string().contains("--legacy-max-groups"));
+        assert!(Arc::ptr_eq(&a, &store.legacy_group("a", None).unwrap()));
+        // A dropped group frees its place.
+        store.drop_legacy_group("b");
+        store.legacy_group("c", Some(2)).unwrap();
+        assert_eq!(store.legacy_group_count(), 2);
+    }
+
+    /// With no idle time allowed, a group expires as soon as no request holds it.
+    #[test]
+    fn only_idle_legacy_groups_expire_and_the_cap_evicts_them_first() {
+        let store = store(2, Duration::ZERO);
+        let held = store.legacy_group("held", Some(2)).unwrap();
+        store.legacy_group("idle", Some(2)).unwrap();
+        assert_eq!(store.expire_legacy(), 1);
+        assert_eq!(
+            store.legacy_group("idle", None).err(),
+            Some(LegacyRefusal::Unknown("idle".into()))
+        );
+        store.legacy_group("new", Some(2)).unwrap();
+        // Full, but "new" is idle again: it makes way; "held" is in use and stays.
+        store.legacy_group("newer", Some(2)).unwrap();
+        assert!(Arc::ptr_eq(
+            &held,
+            &store.legacy_group("held", None).unwrap()
+        ));
+        assert!(store.legacy_group("new", None).is_err());
+        assert_eq!(store.legacy_group_count(), 2);
+    }
+
+    #[test]
+    fn the_event_channel_is_made_by_the_first_watcher() {
+        let store = store(2, Duration::from_secs(3600));
+        let cell = store.legacy_group("g", Some(1)).unwrap();
+        cell.emit(group_event::Kind::GroupClosed(v1::GroupClosed {}));
+        assert!(cell.events.get().is_none(), "made without a watcher");
+        let mut events = cell.subscribe();
+        cell.emit(group_event::Kind::GroupClosed(v1::GroupClosed {}));
+        let event = events.try_recv().unwrap();
+        assert_eq!(event.seq, 2, "events before the watcher are counted");
     }
 }

@@ -118,6 +118,15 @@ impl Response {
         Self::bare("nack")
     }
 
+    /// A `nack` saying why. LAVA's clients read only `response`; the message is for
+    /// the person reading their log.
+    pub fn nack_with(why: impl Into<String>) -> Self {
+        Self {
+            message: Some(Value::String(why.into())),
+            ..Self::nack()
+        }
+    }
+
     pub fn wait() -> Self {
         Self::bare("wait")
     }

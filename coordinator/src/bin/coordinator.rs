@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use coordinator::legacy::LegacyLimits;
 use coordinator::server::TlsFiles;
+use coordinator::store::LegacyBounds;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +34,17 @@ struct Args {
     /// holds, before it is answered `wait` (0: at once, as LAVA's own coordinator does).
     #[arg(long, default_value_t = 10)]
     legacy_hold: u64,
+    /// Most LAVA legacy groups at once; a request that would create one more is
+    /// answered `nack` (the legacy port has no authentication, so anyone reaching it
+    /// can create groups).
+    #[arg(long, default_value_t = LegacyBounds::default().max_groups, value_name = "N")]
+    legacy_max_groups: usize,
+    /// Seconds after which a legacy group that no request has named is dropped.
+    #[arg(long, default_value_t = LegacyBounds::default().idle_expiry.as_secs(), value_name = "SECS")]
+    legacy_idle_expiry: u64,
+    /// Most bytes of names and data one legacy group may hold.
+    #[arg(long, default_value_t = LegacyLimits::default().max_group_bytes, value_name = "BYTES")]
+    legacy_max_group_bytes: usize,
     /// File holding the admin token dispatchers use (first line).
     #[arg(long, value_name = "FILE")]
     admin_token_file: PathBuf,
@@ -81,6 +94,9 @@ async fn main() -> ExitCode {
     let mut config = coordinator::Config::new(args.listen, token);
     config.legacy_listen = (!args.no_legacy).then_some(args.legacy_listen);
     config.legacy.hold = Duration::from_secs(args.legacy_hold);
+    config.legacy.groups.max_groups = args.legacy_max_groups;
+    config.legacy.groups.idle_expiry = Duration::from_secs(args.legacy_idle_expiry);
+    config.legacy.max_group_bytes = args.legacy_max_group_bytes;
     config.wait.default_wait = Duration::from_secs(args.default_wait);
     config.state_dir = args.state_dir;
     config.reattach_grace = Duration::from_secs(args.reattach_grace);
