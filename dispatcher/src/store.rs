@@ -8,7 +8,9 @@
 //! the dispatcher (the library is bundled), and in WAL mode readers (the CLI, the API)
 //! never block the writer. Everything goes through this one synchronous interface, so a
 //! PostgreSQL backend can be put behind it later without touching its callers. The
-//! daemon calls it from `spawn_blocking`.
+//! daemon calls it from `spawn_blocking` (`daemon::Shared::blocking`, and the
+//! scheduling pass), so a slow query never stalls the API's async threads; only while
+//! starting, before it serves anything, does it call it directly.
 //!
 //! Job and device states are stored as the JSON their serde derives produce, so they
 //! round-trip exactly; the plain `state`/`health` columns beside them exist for queries

@@ -332,11 +332,7 @@ fn ten_followers_of_a_large_growing_log_cost_little_and_healthz_answers() {
         b"",
     );
     assert_eq!(status, 200, "{body}");
-    for follower in followers {
-        let (count, newest) = follower.join().unwrap();
-        assert!(newest, "a follower missed the newest line");
-        assert_eq!(count, lines + 1, "every line once");
-    }
+    let results: Vec<(u64, bool)> = followers.into_iter().map(|f| f.join().unwrap()).collect();
     let max = samples.iter().copied().max().unwrap_or(0);
     let peak = daemon.status_kb("VmHWM");
     println!(
@@ -346,6 +342,10 @@ fn ten_followers_of_a_large_growing_log_cost_little_and_healthz_answers() {
         mb(max),
         mb(peak)
     );
+    for (count, newest) in results {
+        assert!(newest, "a follower missed the newest line");
+        assert_eq!(count, lines + 1, "every line once");
+    }
     assert!(peak < 150 * 1024, "peak RSS {:.1} MB", mb(peak));
 }
 
@@ -510,16 +510,16 @@ fn a_stored_job_is_read_back_without_validating_it_again() {
     let (status, _) = http(&addr, "GET", "/healthz", None, b"");
     assert_eq!(status, 200);
     let healthz_during_reads = read.elapsed();
-    for reader in readers {
-        let (status, body) = reader.join().unwrap();
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(json_of(&body)["members"], members, "{body}");
-    }
+    let answers: Vec<(u16, String)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
     println!(
         "a job with 4000 warnings: submitted in {submit_took:?} (/healthz answered after \
          {healthz_during_submit:?}); two GETs in {:?} (/healthz after {healthz_during_reads:?})",
         read.elapsed()
     );
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json_of(&body)["members"], members, "{body}");
+    }
 }
 
 #[test]
