@@ -425,7 +425,9 @@ fn a_thousand_idle_connections_leave_the_api_answering() {
 
 #[test]
 fn half_sent_headers_and_silent_connections_are_closed() {
-    let lab = Lab::new("http_header_timeout_secs = 2\nhttp_idle_timeout_secs = 3\n");
+    let lab = Lab::new(
+        "http_header_timeout_secs = 2\nhttp_idle_timeout_secs = 3\nhttp_body_timeout_secs = 2\n",
+    );
     let daemon = DaemonProcess::start(&lab.config);
     let addr = daemon.addr();
     let started = Instant::now();
@@ -449,6 +451,20 @@ fn half_sent_headers_and_silent_connections_are_closed() {
 
     let (status, _) = http(&addr, "GET", "/healthz", None, b"");
     assert_eq!(status, 200, "answered while they hang");
+    // A job whose body stops a tenth of the way: 408, and the connection is not kept.
+    let mut slow_body = TcpStream::connect(&addr).unwrap();
+    write!(
+        slow_body,
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100\r\n\r\n{{\"job_name\""
+    )
+    .unwrap();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = slow_body.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     for stream in slow.iter_mut().chain(silent.iter_mut()) {
         assert!(
             closed_within(stream, Duration::from_secs(60)),
@@ -456,9 +472,10 @@ fn half_sent_headers_and_silent_connections_are_closed() {
         );
     }
     assert!(closed_within(&mut kept, Duration::from_secs(60)));
+    assert!(closed_within(&mut slow_body, Duration::from_secs(60)));
     println!(
         "300 half-sent headers (2 s limit), 10 silent and 1 kept-alive connection (3 s idle \
-         limit): all closed by the daemon {:?} after they opened",
+         limit), a stalled body (2 s limit, 408): all closed by the daemon {:?} after they opened",
         started.elapsed()
     );
 }

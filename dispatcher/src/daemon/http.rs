@@ -56,12 +56,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MAX_DERIVED_CONNECTIONS: usize = 4096;
 
 /// Raises this process's soft open-file limit to its hard limit (the soft one is often
-/// 1024, far below what the hard one allows) and returns the connection cap that
-/// leaves half the descriptors for the jobs (SSH sessions, console and log files, qemu
-/// pipes, SQLite).
-pub fn connection_cap() -> usize {
+/// 1024, far below what the hard one allows); returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => hard,
             Err(err) => {
@@ -74,8 +72,13 @@ pub fn connection_cap() -> usize {
             tracing::warn!(%err, "cannot read the open-file limit");
             1024
         }
-    };
-    usize::try_from(soft / 2)
+    }
+}
+
+/// The connection cap for an open-file limit: half of it, leaving the other half for
+/// the jobs (SSH sessions, console and log files, qemu pipes, SQLite).
+pub fn connection_cap(fd_limit: u64) -> usize {
+    usize::try_from(fd_limit / 2)
         .unwrap_or(usize::MAX)
         .clamp(1, MAX_DERIVED_CONNECTIONS)
 }

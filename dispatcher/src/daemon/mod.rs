@@ -202,9 +202,23 @@ impl Daemon {
         })?;
         let policy = config.job_policy();
         crate::console::set_max_log_bytes(config.max_console_bytes);
-        let derived = http::connection_cap();
+        let fd_limit = http::raise_fd_limit();
+        let max_connections = match config.max_connections {
+            Some(configured) => {
+                if configured as u64 >= fd_limit {
+                    tracing::warn!(
+                        configured,
+                        fd_limit,
+                        "max_connections is not below the open-file limit: connections \
+                         past it are refused by the kernel, not by eviction"
+                    );
+                }
+                configured
+            }
+            None => http::connection_cap(fd_limit),
+        };
         let limits = http::Limits {
-            max_connections: config.max_connections.unwrap_or(derived),
+            max_connections,
             header_timeout: Duration::from_secs(config.http_header_timeout_secs),
             idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
         };
