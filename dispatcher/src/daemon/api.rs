@@ -404,7 +404,7 @@ async fn log(
     job_exists(&shared, id).await?;
     let path = shared.config.job_dir(id).join("job.log");
     let follow = query.follow == Some(1);
-    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow);
+    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow).await;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))

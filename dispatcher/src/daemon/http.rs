@@ -254,7 +254,7 @@ impl Connection {
             state: self.state.clone(),
             registry: self.registry.clone(),
         };
-        let conn = builder.serve_connection(io, service);
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut stopping: Option<Instant> = None;
         loop {

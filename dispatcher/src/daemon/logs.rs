@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
@@ -32,14 +32,19 @@ const FALLBACK: Duration = Duration::from_secs(1);
 
 /// The lines of job `id`'s log at `path` from line `from` (0-based), as NDJSON; with
 /// `follow`, until the job ends.
-pub fn lines(
+///
+/// The first chunk of lines already in the file is read before this returns, so it
+/// goes out with the response's headers: a client that reads what arrives with the
+/// headers (a browser page rendered once, a script with a short budget) sees the log
+/// so far, as when the whole log was read before answering.
+pub async fn lines(
     shared: Arc<Shared>,
     id: u64,
     path: PathBuf,
     from: usize,
     follow: bool,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let reader = Reader {
+    let mut reader = Reader {
         cursor: Cursor {
             path,
             file: None,
@@ -54,7 +59,21 @@ pub fn lines(
         size: None,
         writer_gone: false,
     };
-    futures::stream::unfold(reader, Reader::next)
+    let mut failed = false;
+    let first = loop {
+        match reader.cursor.next_lines().await {
+            Ok(Some(out)) if out.is_empty() => continue,
+            Ok(Some(out)) => break Some(Ok(Bytes::from(out))),
+            Ok(None) => break None,
+            Err(err) => {
+                tracing::warn!(job = id, %err, "cannot read the job log");
+                failed = true;
+                break None;
+            }
+        }
+    };
+    let rest = futures::stream::unfold(reader, Reader::next);
+    futures::stream::iter(first).chain(rest.take_while(move |_| std::future::ready(!failed)))
 }
 
 struct Reader {
