@@ -7,6 +7,7 @@
 //! in-memory pipe.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,38 +47,102 @@ pub enum ConsoleError {
     Io(#[from] std::io::Error),
 }
 
+/// The default cap of a raw console log, in bytes (see [`set_max_log_bytes`]).
+const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The cap of every raw console log this process writes from now on. A process-wide
+/// setting because it is one: the daemon's `max_console_bytes` (or the default for
+/// `dispatcher run`), while the logs are opened deep in the runner, per node.
+static MAX_LOG_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_LOG_BYTES);
+
+/// Sets the cap of the raw console logs opened after this call.
+pub fn set_max_log_bytes(limit: u64) {
+    MAX_LOG_BYTES.store(limit, Ordering::Relaxed);
+}
+
 /// Where raw console bytes go as they arrive (a file per node in the job's log
-/// directory; memory in tests).
-#[derive(Clone, Default)]
+/// directory; memory in tests), up to a cap: a console that never stops talking (a
+/// boot loop, a test flooding stdout) must not fill the dispatcher's disk. Past the cap
+/// one marker line ends the log; the console itself is still read and matched.
+#[derive(Clone)]
 pub struct ConsoleLog {
-    sink: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
-    memory: Arc<Mutex<Vec<u8>>>,
+    sink: Arc<Mutex<Sink>>,
+}
+
+struct Sink {
+    writer: Option<Box<dyn Write + Send>>,
+    memory: Vec<u8>,
+    written: u64,
+    limit: u64,
+    full: bool,
+}
+
+impl Default for ConsoleLog {
+    /// Kept in memory (tests, or a log file that cannot be opened), capped the same.
+    fn default() -> Self {
+        Self::new(None, MAX_LOG_BYTES.load(Ordering::Relaxed))
+    }
 }
 
 impl ConsoleLog {
-    /// Logs into `writer` (flushed after every chunk, so a crash keeps the log so far).
-    pub fn to_writer(writer: impl Write + Send + 'static) -> Self {
+    fn new(writer: Option<Box<dyn Write + Send>>, limit: u64) -> Self {
         Self {
-            sink: Arc::new(Mutex::new(Some(Box::new(writer)))),
-            memory: Arc::default(),
+            sink: Arc::new(Mutex::new(Sink {
+                writer,
+                memory: Vec::new(),
+                written: 0,
+                limit,
+                full: false,
+            })),
         }
     }
 
+    /// Logs into `writer` (flushed after every chunk, so a crash keeps the log so far),
+    /// up to the process's cap ([`set_max_log_bytes`]).
+    pub fn to_writer(writer: impl Write + Send + 'static) -> Self {
+        Self::capped(writer, MAX_LOG_BYTES.load(Ordering::Relaxed))
+    }
+
+    /// Logs into `writer`, at most `limit` bytes and then a marker line.
+    pub fn capped(writer: impl Write + Send + 'static, limit: u64) -> Self {
+        Self::new(Some(Box::new(writer)), limit)
+    }
+
     fn record(&self, bytes: &[u8]) {
-        if let Ok(mut sink) = self.sink.lock()
-            && let Some(writer) = sink.as_mut()
-        {
-            let _ = writer.write_all(bytes).and_then(|()| writer.flush());
+        let Ok(mut sink) = self.sink.lock() else {
+            return;
+        };
+        if sink.full {
             return;
         }
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.extend_from_slice(bytes);
+        let room = usize::try_from(sink.limit.saturating_sub(sink.written)).unwrap_or(usize::MAX);
+        let kept = &bytes[..bytes.len().min(room)];
+        let mut out = kept.to_vec();
+        if kept.len() < bytes.len() {
+            sink.full = true;
+            out.extend_from_slice(
+                format!(
+                    "\n[console log truncated: the limit of {} bytes was reached]\n",
+                    sink.limit
+                )
+                .as_bytes(),
+            );
+        }
+        sink.written += kept.len() as u64;
+        match sink.writer.as_mut() {
+            Some(writer) => {
+                let _ = writer.write_all(&out).and_then(|()| writer.flush());
+            }
+            None => sink.memory.extend_from_slice(&out),
         }
     }
 
     /// What was logged in memory (when not logging to a writer).
     pub fn contents(&self) -> Vec<u8> {
-        self.memory.lock().map(|m| m.clone()).unwrap_or_default()
+        self.sink
+            .lock()
+            .map(|s| s.memory.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -400,5 +465,46 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("no match for /login:/"), "{err}");
         assert!(err.to_string().contains("nothing useful"), "{err}");
+    }
+
+    /// A file-like sink the test can read back after the console is gone.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capped_log_ends_with_one_marker_and_the_console_is_still_matched() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let written = Shared::default();
+        let mut console = Console::new(ours, ConsoleLog::capped(written.clone(), 100));
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let _ = theirs.write_all(b"flooding the console\r\n").await;
+            }
+            let _ = theirs.write_all(b"guest:/# ").await;
+            let mut sink = Vec::new();
+            let _ = theirs.read_to_end(&mut sink).await;
+        });
+        let prompt = Regex::new(r"guest:/# $").unwrap();
+        console
+            .expect(&prompt, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let (kept, marker) = text.split_once("\n[console log truncated").unwrap();
+        assert_eq!(kept.len(), 100);
+        assert_eq!(
+            marker, ": the limit of 100 bytes was reached]\n",
+            "{text:?}"
+        );
     }
 }

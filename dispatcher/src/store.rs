@@ -8,7 +8,9 @@
 //! the dispatcher (the library is bundled), and in WAL mode readers (the CLI, the API)
 //! never block the writer. Everything goes through this one synchronous interface, so a
 //! PostgreSQL backend can be put behind it later without touching its callers. The
-//! daemon calls it from `spawn_blocking`.
+//! daemon calls it from `spawn_blocking` (`daemon::Shared::blocking`, and the
+//! scheduling pass), so a slow query never stalls the API's async threads; only while
+//! starting, before it serves anything, does it call it directly.
 //!
 //! Job and device states are stored as the JSON their serde derives produce, so they
 //! round-trip exactly; the plain `state`/`health` columns beside them exist for queries
@@ -20,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::scheduler::DeviceView;
@@ -69,6 +71,10 @@ const MIGRATIONS: &[&str] = &[
     // sit behind its definition, in overflow pages); tokens that may only read.
     "CREATE INDEX jobs_queue ON jobs (state, id, priority, submitted_at);
     ALTER TABLE tokens ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;",
+    // 3: a job's nodes as found when it was validated at submission (JSON `[{"node",
+    // "role"}]`), so reading a job never validates it again. NULL for jobs submitted
+    // before this column existed: filled in on their first read.
+    "ALTER TABLE jobs ADD COLUMN members TEXT;",
 ];
 
 /// The message of jobs that were cut short by a dispatcher restart.
@@ -106,6 +112,9 @@ pub enum StoreError {
     UnknownState(String),
     #[error("a token named {0} already exists")]
     DuplicateToken(String),
+    /// The thread running a store call died (it panicked) before answering.
+    #[error("a database call did not complete: {0}")]
+    Blocking(String),
 }
 
 /// A job as stored. Timestamps are unix seconds.
@@ -121,6 +130,16 @@ pub struct JobRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub results: Option<serde_json::Value>,
+    /// The job's nodes, as validation found them at submission; `None` for a job
+    /// submitted before the store kept them (see [`Store::set_members`]).
+    pub members: Option<Vec<Member>>,
+}
+
+/// One node a job has (or will have): its id and its role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    pub role: String,
 }
 
 /// What an API token may do.
@@ -206,27 +225,52 @@ impl Store {
         Ok(value)
     }
 
-    /// Queues a new job; returns its id.
+    /// Queues a new job; returns its id. Its members are not known (see
+    /// [`Store::submit_with_members`]).
     pub fn submit(
         &self,
         name: Option<&str>,
         definition: &str,
         priority: u8,
     ) -> Result<u64, StoreError> {
+        self.insert_job(name, definition, priority, None)
+    }
+
+    /// Queues a new job with the nodes its validation found; returns its id.
+    pub fn submit_with_members(
+        &self,
+        name: Option<&str>,
+        definition: &str,
+        priority: u8,
+        members: &[Member],
+    ) -> Result<u64, StoreError> {
+        self.insert_job(name, definition, priority, Some(members))
+    }
+
+    fn insert_job(
+        &self,
+        name: Option<&str>,
+        definition: &str,
+        priority: u8,
+        members: Option<&[Member]>,
+    ) -> Result<u64, StoreError> {
         if priority > 100 {
             return Err(StoreError::BadPriority(priority));
         }
         let state = JobState::Submitted;
+        let members = members.map(serde_json::to_string).transpose()?;
         let id: u64 = self.lock().query_row(
-            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
+                 members)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
             params![
                 name,
                 definition,
                 priority,
                 now(),
                 state.name(),
-                serde_json::to_string(&state)?
+                serde_json::to_string(&state)?,
+                members
             ],
             |row| row.get(0),
         )?;
@@ -234,10 +278,43 @@ impl Store {
         Ok(id)
     }
 
+    /// Job `id`; `None` when there is none (an id past SQLite's integers included).
     pub fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
         let conn = self.lock();
         let sql = format!("{JOB_COLUMNS} WHERE id = ?1");
         Ok(conn.query_row(&sql, [id], job_from_row).optional()?)
+    }
+
+    /// Job `id`'s state alone (what a followed log checks), without its definition.
+    pub fn job_state(&self, id: u64) -> Result<Option<JobState>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        let conn = self.lock();
+        Ok(conn
+            .query_row("SELECT state_json FROM jobs WHERE id = ?1", [id], |row| {
+                json_column(row, 0)
+            })
+            .optional()?)
+    }
+
+    /// Records the members of a job submitted before the store kept them, found once
+    /// by validating its definition.
+    pub fn set_members(&self, id: u64, members: &[Member]) -> Result<(), StoreError> {
+        if !storable(id) {
+            return Err(StoreError::NoSuchJob(id));
+        }
+        let changed = self.lock().execute(
+            "UPDATE jobs SET members = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(members)?],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchJob(id));
+        }
+        Ok(())
     }
 
     /// Jobs, newest first, all or only those in the state named `state` ("running").
@@ -517,6 +594,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// Reads job `id`'s state, applies `event`, writes the result and its consequences for
 /// the job's devices. Runs inside the caller's transaction.
 fn transition(tx: &Connection, id: u64, event: JobEvent) -> Result<JobState, StoreError> {
+    if !storable(id) {
+        return Err(StoreError::NoSuchJob(id));
+    }
     let json: String = tx
         .query_row("SELECT state_json FROM jobs WHERE id = ?1", [id], |row| {
             row.get(0)
@@ -600,7 +680,13 @@ fn device_in(tx: &Connection, hostname: &str) -> Result<Option<DeviceRecord>, St
 }
 
 const JOB_COLUMNS: &str = "SELECT id, name, definition, priority, state_json, submitted_at,
-    started_at, ended_at, results FROM jobs";
+    started_at, ended_at, results, members FROM jobs";
+
+/// Whether `id` can be a job's id: SQLite's integers are signed 64-bit, so a larger id
+/// names no job (rather than failing to bind as a query parameter).
+fn storable(id: u64) -> bool {
+    i64::try_from(id).is_ok()
+}
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -615,6 +701,10 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         results: row
             .get::<_, Option<String>>(8)?
             .map(|text| parse_json(8, &text))
+            .transpose()?,
+        members: row
+            .get::<_, Option<String>>(9)?
+            .map(|text| parse_json(9, &text))
             .transpose()?,
     })
 }
@@ -870,7 +960,7 @@ mod tests {
         let mode: String = raw
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
-        assert_eq!((version, mode.as_str()), (2, "wal"));
+        assert_eq!((version, mode.as_str()), (3, "wal"));
     }
 
     #[test]
@@ -878,11 +968,56 @@ mod tests {
         let (_dir, path, store) = temp_store();
         drop(store);
         let raw = Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 3).unwrap();
+        raw.pragma_update(None, "user_version", 4).unwrap();
         drop(raw);
         assert!(matches!(
             Store::open(&path),
-            Err(StoreError::SchemaTooNew { found: 3, known: 2 })
+            Err(StoreError::SchemaTooNew { found: 4, known: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_database_of_the_previous_version_gains_the_members_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        // What the previous dispatcher made: schema version 2, a job in it.
+        let mut raw = Connection::open(&path).unwrap();
+        for (version, sql) in MIGRATIONS[..2].iter().enumerate() {
+            let tx = raw.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", version + 1).unwrap();
+            tx.commit().unwrap();
+        }
+        raw.execute(
+            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json)
+             VALUES ('old', '{}', 50, 1, 'submitted', '{\"state\":\"submitted\"}')",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+
+        let store = Store::open(&path).unwrap();
+        let old = store.jobs(None).unwrap()[0].clone();
+        assert_eq!(old.members, None, "not known yet");
+        let members = vec![Member {
+            node: "host".into(),
+            role: "host".into(),
+        }];
+        store.set_members(old.id, &members).unwrap();
+        assert_eq!(store.job(old.id).unwrap().unwrap().members, Some(members));
+        let new = store.submit_with_members(None, "{}", 50, &[]).unwrap();
+        assert_eq!(store.job(new).unwrap().unwrap().members, Some(vec![]));
+        assert_eq!(store.job_state(new).unwrap(), Some(JobState::Submitted));
+    }
+
+    #[test]
+    fn an_id_past_sqlite_integers_names_no_job() {
+        let (_dir, _path, store) = temp_store();
+        assert_eq!(store.job(u64::MAX).unwrap(), None);
+        assert_eq!(store.job_state(u64::MAX).unwrap(), None);
+        assert!(matches!(
+            store.apply(u64::MAX, JobEvent::CancelRequested),
+            Err(StoreError::NoSuchJob(u64::MAX))
         ));
     }
 

@@ -861,3 +861,97 @@ pub fn kvm_devices(dir: &Path, names: &[&str]) -> PathBuf {
     }
     devices
 }
+
+/// A `dispatcher serve` process, killed when dropped.
+pub struct DaemonProcess {
+    child: Child,
+    /// `http://ADDR`, as the daemon printed it.
+    pub url: String,
+    /// Kept open: the daemon must never write into a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl DaemonProcess {
+    /// `dispatcher serve --config CONFIG`; returns once it listens.
+    pub fn start(config: &Path) -> Self {
+        Self::spawn(Command::new(binary("dispatcher")), config)
+    }
+
+    /// The daemon with an open-file limit (soft and hard) of `limit`, set by
+    /// util-linux's `prlimit` before it starts.
+    pub fn start_with_fd_limit(config: &Path, limit: u64) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(binary("dispatcher"));
+        Self::spawn(command, config)
+    }
+
+    fn spawn(mut command: Command, config: &Path) -> Self {
+        let mut child = command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let mut stdout = BufReader::new(stdout);
+        let mut first = String::new();
+        stdout
+            .read_line(&mut first)
+            .unwrap_or_else(|e| panic!("read the daemon's banner: {e}"));
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            _stdout: stdout,
+        }
+    }
+
+    /// `ADDR` (host:port).
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("/proc/{}/status: {e}", self.pid()));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+
+    /// Open file descriptors of the daemon now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, and waits for the graceful shutdown to finish.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

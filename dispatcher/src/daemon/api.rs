@@ -2,24 +2,24 @@
 //! listed and their health set. Writes need `Authorization: Token <secret>` (tokens
 //! made with `dispatcher token create`); reads too unless `public_reads` is set.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Shared;
-use crate::joblog;
+use super::{Shared, logs};
 use crate::runner::formats::ResultsFormat;
 use crate::runner::report::JobReport;
 use crate::states::{DeviceHealth, Health, JobEvent, JobState};
-use crate::store::{StoreError, TokenScope};
+use crate::store::{Member, StoreError, TokenScope};
 use crate::validation;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -39,6 +39,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(shared)
 }
 
@@ -54,6 +55,10 @@ impl ApiError {
             status,
             body: json!({ "error": message.into() }),
         }
+    }
+
+    fn no_job(id: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("there is no job {id}"))
     }
 }
 
@@ -77,8 +82,70 @@ impl From<StoreError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The job id of a `/jobs/{id}` route. An id too large for the database (past
+/// i64::MAX) names no job: 404 like any other missing job, not a database error.
+struct JobId(u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| name == "id")
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_default();
+        parse_job_id(raw).map(JobId)
+    }
+}
+
+fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
+    match raw.parse::<u64>() {
+        Ok(id) if i64::try_from(id).is_ok() => Ok(id),
+        // A whole number all the same: a job that does not exist.
+        Ok(_) => Err(ApiError::no_job(raw)),
+        Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(ApiError::no_job(raw))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not a job id (a whole number)"),
+        )),
+    }
+}
+
+/// A request body that must arrive within `http_body_timeout_secs`: a client sending
+/// its job a byte at a time holds a connection and a request, so it gets a deadline.
+/// (Its size is bounded by `max_job_bytes`, as the `Bytes` extractor applies it.)
+struct TimedBody(Bytes);
+
+impl FromRequest<Arc<Shared>> for TimedBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, Response> {
+        let seconds = shared.config.http_body_timeout_secs;
+        match tokio::time::timeout(
+            Duration::from_secs(seconds),
+            Bytes::from_request(request, shared),
+        )
+        .await
+        {
+            Ok(Ok(bytes)) => Ok(Self(bytes)),
+            Ok(Err(rejection)) => Err(rejection.into_response()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {seconds} s"),
+            )
+            .into_response()),
+        }
+    }
+}
+
 /// Checks the request's token; reads pass without one when reads are public.
-fn authorize(shared: &Shared, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+async fn authorize(shared: &Arc<Shared>, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
     if !write && shared.config.public_reads {
         return Ok(());
     }
@@ -86,14 +153,17 @@ fn authorize(shared: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Ap
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Token "))
-        .map(str::trim);
+        .map(|t| t.trim().to_string());
     let Some(token) = token else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this needs an `Authorization: Token <secret>` header (dispatcher token create)",
         ));
     };
-    match shared.store.token_scope(token)? {
+    let scope = shared
+        .blocking(move |shared| shared.store.token_scope(&token))
+        .await?;
+    match scope {
         Some((name, TokenScope::ReadOnly)) if write => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("token {name} is read-only (dispatcher token create NAME without --read-only)"),
@@ -103,52 +173,68 @@ fn authorize(shared: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Ap
     }
 }
 
-async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    authorize(&shared, &headers, true)?;
-    let text = std::str::from_utf8(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the job is not UTF-8: {e}"),
-        )
-    })?;
-    let validated = match validation::validate_for_run(text, &shared.lab, &shared.policy) {
-        Ok(validated) => validated,
-        Err(report) => {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                body: json!({
-                    "error": format!("the job is not valid: {} problem(s)", report.error_count()),
-                    "diagnostics": report.diagnostics(),
-                    "report": report.render("job"),
-                }),
-            });
-        }
-    };
-    let job = validated.job;
-    let id = shared
-        .store
-        .submit(job.name.as_deref(), text, job.priority.value())?;
-    let nodes: Vec<Value> = node_ids(&job)
-        .into_iter()
-        .map(|(node, role)| json!({ "node": node, "role": role }))
-        .collect();
-    shared.remember_validated(id, job);
+async fn submit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    TimedBody(body): TimedBody,
+) -> ApiResult {
+    authorize(&shared, &headers, true).await?;
+    // Validation costs time in proportion to the job (and its diagnostics): on the
+    // blocking pool, so other requests are answered meanwhile.
+    let (id, members, warnings) = shared
+        .blocking(move |shared| {
+            let text = std::str::from_utf8(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the job is not UTF-8: {e}"),
+                )
+            })?;
+            let validated = validation::validate_for_run(text, &shared.lab, &shared.policy)
+                .map_err(|report| ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    body: json!({
+                        "error": format!("the job is not valid: {} problem(s)", report.error_count()),
+                        "diagnostics": report.diagnostics(),
+                        "omitted": report.omitted(),
+                        "report": report.render("job"),
+                    }),
+                })?;
+            let job = validated.job;
+            let members = members_of(&job);
+            let id = shared.store.submit_with_members(
+                job.name.as_deref(),
+                text,
+                job.priority.value(),
+                &members,
+            )?;
+            shared.remember_validated(id, job);
+            let warnings = serde_json::to_value(&validated.warnings).unwrap_or_default();
+            Ok::<_, ApiError>((id, members, warnings))
+        })
+        .await?;
     shared.wake.notify_one();
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "id": id, "nodes": nodes, "warnings": validated.warnings })),
+        axum::Json(json!({ "id": id, "nodes": members, "warnings": warnings })),
     )
         .into_response())
 }
 
-/// `(node id, role)` of every node the job will have.
-fn node_ids(job: &job_schemas::Job) -> Vec<(String, String)> {
-    if let job_schemas::Topology::VmGroup(group) = &job.topology
-        && let Ok(plan) = crate::runner::nodes::GroupPlan::new(job, group)
-    {
-        return plan.members();
-    }
-    crate::runner::nodes::role_members(job)
+/// Every node the job will have, with its role.
+fn members_of(job: &job_schemas::Job) -> Vec<Member> {
+    let members = match &job.topology {
+        job_schemas::Topology::VmGroup(group) => {
+            match crate::runner::nodes::GroupPlan::new(job, group) {
+                Ok(plan) => plan.members(),
+                Err(_) => crate::runner::nodes::role_members(job),
+            }
+        }
+        _ => crate::runner::nodes::role_members(job),
+    };
+    members
+        .into_iter()
+        .map(|(node, role)| Member { node, role })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -161,10 +247,11 @@ async fn list_jobs(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    let jobs: Vec<Value> = shared
-        .store
-        .jobs(query.state.as_deref())?
+    authorize(&shared, &headers, false).await?;
+    let jobs = shared
+        .blocking(move |shared| shared.store.jobs(query.state.as_deref()))
+        .await?;
+    let jobs: Vec<Value> = jobs
         .iter()
         .map(|j| {
             json!({
@@ -176,34 +263,49 @@ async fn list_jobs(
     Ok(axum::Json(json!({ "jobs": jobs })).into_response())
 }
 
-fn job_record(shared: &Shared, id: u64) -> Result<crate::store::JobRecord, ApiError> {
+async fn job_record(shared: &Arc<Shared>, id: u64) -> Result<crate::store::JobRecord, ApiError> {
     shared
-        .store
-        .job(id)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("there is no job {id}")))
+        .blocking(move |shared| shared.store.job(id))
+        .await?
+        .ok_or_else(|| ApiError::no_job(id))
 }
 
-async fn job(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    let record = job_record(&shared, id)?;
+/// That job `id` exists (its state read alone, not its definition).
+async fn job_exists(shared: &Arc<Shared>, id: u64) -> Result<(), ApiError> {
+    shared
+        .blocking(move |shared| shared.store.job_state(id))
+        .await?
+        .map(drop)
+        .ok_or_else(|| ApiError::no_job(id))
+}
+
+async fn job(State(shared): State<Arc<Shared>>, headers: HeaderMap, JobId(id): JobId) -> ApiResult {
+    authorize(&shared, &headers, false).await?;
+    // The nodes the job has (or will have), for the web page's group diagram: kept
+    // from its validation at submission, never validated again here. A job submitted
+    // before the store kept them is validated once, and the answer kept.
+    let record = shared
+        .blocking(move |shared| {
+            let Some(mut record) = shared.store.job(id)? else {
+                return Err(ApiError::no_job(id));
+            };
+            if record.members.is_none() {
+                let members =
+                    validation::validate_job(&record.definition, &shared.lab, &shared.policy)
+                        .map(|v| members_of(&v.job))
+                        .unwrap_or_default();
+                shared.store.set_members(id, &members)?;
+                record.members = Some(members);
+            }
+            Ok(record)
+        })
+        .await?;
     let nodes = record
         .results
         .as_ref()
         .and_then(|r| r.get("nodes"))
         .cloned()
         .unwrap_or(Value::Null);
-    // The nodes the job has (or will have), for the web page's group diagram.
-    let members: Vec<Value> =
-        validation::validate_job(&record.definition, &shared.lab, &shared.policy)
-            .map(|v| node_ids(&v.job))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(node, role)| json!({ "node": node, "role": role }))
-            .collect();
     Ok(axum::Json(json!({
         "id": record.id,
         "name": record.name,
@@ -213,7 +315,7 @@ async fn job(
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "nodes": nodes,
-        "members": members,
+        "members": record.members.unwrap_or_default(),
     }))
     .into_response())
 }
@@ -227,11 +329,11 @@ struct ResultsQuery {
 async fn results(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    JobId(id): JobId,
     Query(query): Query<ResultsQuery>,
 ) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    let record = job_record(&shared, id)?;
+    authorize(&shared, &headers, false).await?;
+    let record = job_record(&shared, id).await?;
     let format = match query.format.as_deref() {
         None | Some("json") => None,
         Some(name) => Some(ResultsFormat::parse(name).ok_or_else(|| {
@@ -266,12 +368,18 @@ async fn results(
 async fn cancel(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    JobId(id): JobId,
 ) -> ApiResult {
-    authorize(&shared, &headers, true)?;
-    let state = shared.store.apply(id, JobEvent::CancelRequested)?;
+    authorize(&shared, &headers, true).await?;
+    let state = shared
+        .blocking(move |shared| shared.store.apply(id, JobEvent::CancelRequested))
+        .await?;
     if matches!(state, JobState::Canceling) {
         shared.cancel_running(id);
+    }
+    if state.is_finished() {
+        // A queued job ends here, not in a job task: its followers are told now.
+        shared.job_ended.notify_waiters();
     }
     shared.wake.notify_one();
     Ok(axum::Json(json!({ "id": id, "state": state })).into_response())
@@ -287,54 +395,17 @@ struct LogQuery {
     from: Option<usize>,
 }
 
-/// How often a followed log is looked at for new lines.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
-
 async fn log(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    JobId(id): JobId,
     Query(query): Query<LogQuery>,
 ) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    job_record(&shared, id)?;
+    authorize(&shared, &headers, false).await?;
+    job_exists(&shared, id).await?;
     let path = shared.config.job_dir(id).join("job.log");
-    let from = query.from.unwrap_or(0);
     let follow = query.follow == Some(1);
-    let stream = futures::stream::unfold(
-        (shared, path, from, false),
-        move |(shared, path, next, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                // Finished first, then read: a line written just before the end is not lost.
-                let finished = shared
-                    .store
-                    .job(id)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|j| j.state.is_finished());
-                let lines = joblog::read(&path, next).unwrap_or_default();
-                if !lines.is_empty() {
-                    let count = lines.len();
-                    let text: String = lines
-                        .iter()
-                        .filter_map(|l| serde_json::to_string(l).ok())
-                        .map(|l| l + "\n")
-                        .collect();
-                    return Some((
-                        Ok::<Bytes, std::io::Error>(Bytes::from(text)),
-                        (shared, path, next + count, !follow),
-                    ));
-                }
-                if !follow || finished {
-                    return None;
-                }
-                tokio::time::sleep(FOLLOW_INTERVAL).await;
-            }
-        },
-    );
+    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow).await;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
@@ -342,10 +413,9 @@ async fn log(
 }
 
 async fn devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    let devices: Vec<Value> = shared
-        .store
-        .devices()?
+    authorize(&shared, &headers, false).await?;
+    let devices = shared.blocking(|shared| shared.store.devices()).await?;
+    let devices: Vec<Value> = devices
         .into_iter()
         .map(|d| {
             let tags = shared.tags_of(&d.hostname);
@@ -367,22 +437,26 @@ async fn set_health(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(hostname): Path<String>,
-    body: Bytes,
+    TimedBody(body): TimedBody,
 ) -> ApiResult {
-    authorize(&shared, &headers, true)?;
+    authorize(&shared, &headers, true).await?;
     let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("expected {{\"health\": \"good|unknown|bad|maintenance|retired\"}}: {e}"),
         )
     })?;
-    shared.store.set_device_health(&hostname, wanted.health)?;
+    let health = wanted.health;
+    let device = hostname.clone();
+    shared
+        .blocking(move |shared| shared.store.set_device_health(&device, health))
+        .await?;
     shared.wake.notify_one();
     Ok(axum::Json(json!({ "hostname": hostname, "health": wanted.health })).into_response())
 }
 
 async fn device_types(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
-    authorize(&shared, &headers, false)?;
+    authorize(&shared, &headers, false).await?;
     let types: Vec<Value> = shared
         .lab
         .device_types
@@ -399,13 +473,15 @@ async fn device_types(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
 
 /// `GET /healthz`: 200 when the database answers.
 async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
-    shared.store.jobs(Some("running"))?;
+    shared.blocking(|shared| shared.store.job_state(0)).await?;
     Ok("ok\n".into_response())
 }
 
 /// `GET /metrics`: Prometheus text format. Public, like `/healthz`: counts only.
 async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
-    let jobs = shared.store.jobs(None)?;
+    let (jobs, device_records) = shared
+        .blocking(|shared| Ok::<_, StoreError>((shared.store.jobs(None)?, shared.store.devices()?)))
+        .await?;
     let mut text = String::new();
     family(
         &mut text,
@@ -444,7 +520,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         [(String::new(), queued as u64)],
     );
     let mut devices: std::collections::BTreeMap<String, u64> = Default::default();
-    for device in shared.store.devices()? {
+    for device in device_records {
         // The names the API shows: the serde names of the state and health.
         let state = serde_json::to_value(device.state).unwrap_or_default();
         let health = serde_json::to_value(device.health).unwrap_or_default();
@@ -510,20 +586,78 @@ fn family(
 }
 
 /// The web page: one self-contained file (no CDN, no build step) built into the binary.
-/// It reads the same API with the token it was opened with (`/?token=...`).
+/// It reads the same API with the token it was opened with (`/?token=...`, moved into
+/// the tab's session storage and out of the address bar at once).
+const WEB_PAGE: &str = include_str!("web/index.html");
+
 async fn web_page() -> Response {
-    axum::response::Html(include_str!("web/index.html")).into_response()
+    (
+        [(header::CONTENT_SECURITY_POLICY, web_page_policy().clone())],
+        axum::response::Html(WEB_PAGE),
+    )
+        .into_response()
+}
+
+/// The web page's Content-Security-Policy: its own inline script and style, by their
+/// SHA-256 (computed from the page as built, so the policy cannot go stale), fetches
+/// to this daemon only, and nothing else: injected markup runs no script.
+fn web_page_policy() -> &'static HeaderValue {
+    static POLICY: OnceLock<HeaderValue> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let hash = |tag: &str| {
+            let open = format!("<{tag}>");
+            let inline = WEB_PAGE
+                .split_once(&open)
+                .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+                .map_or("", |(inline, _)| inline);
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(inline.as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        };
+        let policy = format!(
+            "default-src 'self'; script-src {}; style-src {}; img-src 'self'; \
+             connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+            hash("script"),
+            hash("style")
+        );
+        HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'self'"))
+    })
+}
+
+/// Every answer says what it is (`nosniff`: a console log or a job's text is never
+/// taken for a page or a script), and anything but the web page may not be rendered
+/// as a page with active content.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
+        );
+    }
+    response
 }
 
 /// `GET /api/v1/jobs/ID/console/NODE`: the node's raw console, every byte as it came
-/// (escape sequences included), as far as it got.
+/// (escape sequences included), as far as it got when asked: streamed from the file
+/// in chunks, so a slow reader of a large console holds one chunk, not the file.
 async fn console(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path((id, node)): Path<(u64, String)>,
+    JobId(id): JobId,
+    Path((_, node)): Path<(String, String)>,
 ) -> ApiResult {
-    authorize(&shared, &headers, false)?;
-    job_record(&shared, id)?;
+    authorize(&shared, &headers, false).await?;
+    job_exists(&shared, id).await?;
     // Node ids are role names with an optional `-N`: nothing that could leave the
     // job's directory.
     if node.is_empty()
@@ -540,13 +674,31 @@ async fn console(
         .config
         .job_dir(id)
         .join(format!("console-{node}.log"));
-    let bytes = tokio::fs::read(&path).await.map_err(|_| {
+    let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("job {id} has no console log for {node}"),
         )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+    let length = file.metadata().await.map_err(|_| missing())?.len();
+    // What is there now: a console still being written keeps growing past it.
+    use tokio::io::AsyncReadExt as _;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file.take(length),
+        64 * 1024,
+    ));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// The API's OpenAPI description (kept equal to the routes above by a test).

@@ -83,6 +83,26 @@ pub struct DaemonConfig {
     /// Longest job timeout accepted, in seconds.
     #[serde(default = "default_max_job_timeout")]
     pub max_job_timeout: u64,
+    /// Largest raw console log of one node (`console-NODE.log`), in bytes; past it the
+    /// file ends with a one-line truncation marker (the console is still read and
+    /// matched, only no longer kept).
+    #[serde(default = "default_max_log_bytes")]
+    pub max_console_bytes: u64,
+    /// Most HTTP connections open at once; unset: half the open-file limit (raised to
+    /// its hard limit at start), at most 4096. At the cap a new connection closes the
+    /// one idle the longest (no request in flight), so idle clients cannot lock out
+    /// the rest.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers once it started them.
+    #[serde(default = "default_http_header_timeout_secs")]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a connection with no request in flight stays open.
+    #[serde(default = "default_http_idle_timeout_secs")]
+    pub http_idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's body (a job, a health change).
+    #[serde(default = "default_http_body_timeout_secs")]
+    pub http_body_timeout_secs: u64,
 }
 
 fn default_max_download_bytes() -> u64 {
@@ -101,6 +121,18 @@ fn default_max_testdef_bytes() -> u64 {
 /// job gives its devices back.
 fn default_max_job_timeout() -> u64 {
     24 * 60 * 60
+}
+
+fn default_http_header_timeout_secs() -> u64 {
+    10
+}
+
+fn default_http_idle_timeout_secs() -> u64 {
+    60
+}
+
+fn default_http_body_timeout_secs() -> u64 {
+    30
 }
 
 fn default_max_group_size() -> u64 {
@@ -248,5 +280,31 @@ mod tests {
             assert!(err.ends_with(error), "{err}");
             assert!(err.contains("dispatcher.toml"), "names the file: {err}");
         }
+    }
+
+    #[test]
+    fn the_http_limits_have_defaults_and_can_be_set() {
+        let config = load("").expect("defaults");
+        assert_eq!(config.max_connections, None, "derived from the fd limit");
+        assert_eq!(
+            (
+                config.http_header_timeout_secs,
+                config.http_idle_timeout_secs,
+                config.http_body_timeout_secs,
+                config.max_console_bytes
+            ),
+            (10, 60, 30, 64 * 1024 * 1024)
+        );
+        let set =
+            load("max_connections = 50\nhttp_idle_timeout_secs = 5\nmax_console_bytes = 1024\n")
+                .expect("set");
+        assert_eq!(
+            (
+                set.max_connections,
+                set.http_idle_timeout_secs,
+                set.max_console_bytes
+            ),
+            (Some(50), 5, 1024)
+        );
     }
 }

@@ -12,6 +12,8 @@
 
 pub mod api;
 pub mod config;
+pub mod http;
+mod logs;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,8 +33,6 @@ use crate::states::{ErrorClass, Outcome};
 use crate::store::{Store, StoreError};
 use crate::validation::{self, JobPolicy};
 pub use config::DaemonConfig;
-
-/// Largest job log kept, in bytes.
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -60,12 +60,17 @@ pub struct Shared {
     pub policy: JobPolicy,
     /// Wakes the scheduler.
     pub wake: Notify,
+    /// Signalled whenever a job ends (finished or canceled): wakes log followers.
+    pub job_ended: Notify,
     /// Cancel switches of the jobs running now.
     running: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// Queued jobs as validated, by id: the lab does not change while the daemon runs,
     /// so a queued job is validated once, not on every scheduling pass (which would
     /// make a long queue cost its length on every submission).
     validated: Mutex<HashMap<u64, job_schemas::Job>>,
+    /// The size of each running job's log, changed as it grows: what followers of the
+    /// log wait on.
+    log_sizes: Mutex<HashMap<u64, watch::Receiver<u64>>>,
 }
 
 impl Shared {
@@ -83,6 +88,31 @@ impl Shared {
         if let Ok(mut validated) = self.validated.lock() {
             validated.insert(id, job);
         }
+    }
+
+    /// Runs `f` (store calls, validation: anything that blocks) on tokio's blocking
+    /// pool, so the API's async threads keep answering meanwhile.
+    pub async fn blocking<T, E>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Shared) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: Send + 'static + From<StoreError>,
+    {
+        let shared = self.clone();
+        match tokio::task::spawn_blocking(move || f(&shared)).await {
+            Ok(result) => result,
+            Err(err) => Err(E::from(StoreError::Blocking(err.to_string()))),
+        }
+    }
+
+    /// The growth signal of job `id`'s log while the job runs here.
+    pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
+        self.log_sizes
+            .lock()
+            .ok()
+            .and_then(|sizes| sizes.get(&id).cloned())
     }
 
     /// Asks a running job to stop; `false` when it is not running here.
@@ -177,6 +207,28 @@ impl Daemon {
             .filter_map(|d| d.ssh.as_ref().and_then(|s| s.identity_file.clone()))
             .collect();
         let policy = config.job_policy(&device_keys);
+        crate::console::set_max_log_bytes(config.max_console_bytes);
+        let fd_limit = http::raise_fd_limit();
+        let max_connections = match config.max_connections {
+            Some(configured) => {
+                if configured as u64 >= fd_limit {
+                    tracing::warn!(
+                        configured,
+                        fd_limit,
+                        "max_connections is not below the open-file limit: connections \
+                         past it are refused by the kernel, not by eviction"
+                    );
+                }
+                configured
+            }
+            None => http::connection_cap(fd_limit),
+        };
+        let limits = http::Limits {
+            max_connections,
+            header_timeout: Duration::from_secs(config.http_header_timeout_secs),
+            idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
+        };
+        tracing::info!(?limits, "HTTP limits");
         let shared = Arc::new(Shared {
             config,
             lab,
@@ -184,20 +236,14 @@ impl Daemon {
             coordination,
             policy,
             wake: Notify::new(),
+            job_ended: Notify::new(),
             running: Mutex::default(),
             validated: Mutex::default(),
+            log_sizes: Mutex::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let router = api::router(shared.clone());
-        let mut server_stop = stopped.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "the HTTP API stopped");
-            }
-        });
+        let server = tokio::spawn(http::serve(listener, router, limits, stopped.clone()));
         let scheduler = tokio::spawn(schedule_forever(shared.clone(), stopped));
         tracing::info!(%addr, "dispatcher daemon listening");
         Ok(Daemon {
@@ -310,8 +356,13 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
         if *stopped.borrow() {
             return;
         }
-        if let Err(err) = schedule_once(&shared) {
-            tracing::error!(%err, "scheduling failed");
+        // Store calls and the validation of jobs queued before a restart block: off the
+        // async threads, like the API's.
+        let pass = shared.clone();
+        match tokio::task::spawn_blocking(move || schedule_once(&pass)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "scheduling failed"),
+            Err(err) => tracing::error!(%err, "the scheduling pass panicked"),
         }
         tokio::select! {
             () = shared.wake.notified() => {}
@@ -431,18 +482,25 @@ async fn run_job(
         }
         Err(outcome) => (outcome, None),
     };
-    match shared.store.finish(job_id, &outcome, results.as_ref()) {
+    let finished = shared
+        .blocking(move |shared| shared.store.finish(job_id, &outcome, results.as_ref()))
+        .await;
+    match finished {
         Ok(state) => tracing::info!(job = job_id, %state, "job ended"),
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
     }
     if let Ok(mut running) = shared.running.lock() {
         running.remove(&job_id);
     }
+    if let Ok(mut sizes) = shared.log_sizes.lock() {
+        sizes.remove(&job_id);
+    }
+    shared.job_ended.notify_waiters();
     shared.wake.notify_one();
 }
 
 async fn run_job_inner(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     job_id: u64,
     job: &Job,
     devices: &[String],
@@ -450,14 +508,17 @@ async fn run_job_inner(
 ) -> Result<runner::report::JobReport, Outcome> {
     let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
     shared
-        .store
-        .start(job_id)
+        .blocking(move |shared| shared.store.start(job_id))
+        .await
         .map_err(|e| infra(format!("cannot start: {e}")))?;
     let job_dir = shared.config.job_dir(job_id);
     std::fs::create_dir_all(&job_dir)
         .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;
     let log = JobLog::open(&job_dir.join("job.log"), shared.config.max_log_bytes)
         .map_err(|e| infra(format!("cannot open the job log: {e}")))?;
+    if let Ok(mut sizes) = shared.log_sizes.lock() {
+        sizes.insert(job_id, log.subscribe());
+    }
     log.line(
         Level::Info,
         None,
@@ -485,7 +546,7 @@ async fn run_job_inner(
         host_dir: shared.config.host_dir.clone(),
         cancel,
     };
-    Ok(runner::run_job(
+    let report = runner::run_job(
         job,
         &shared.lab,
         &devices,
@@ -493,5 +554,9 @@ async fn run_job_inner(
         &settings,
         &log,
     )
-    .await)
+    .await;
+    // The log's kept tail (past half its limit) is in it before the job is recorded
+    // as finished, which is when followers stop reading.
+    log.finish();
+    Ok(report)
 }
