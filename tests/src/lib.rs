@@ -573,56 +573,6 @@ impl Drop for SshHost {
     }
 }
 
-/// A `dispatcher serve` process; killed when dropped.
-pub struct Daemon {
-    pub child: Child,
-    pub url: String,
-    /// Kept open: the daemon must never write into a closed pipe.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Daemon {
-    pub fn start(config: &Path) -> Self {
-        let mut child = Command::new(binary("dispatcher"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
-        let mut stdout = BufReader::new(
-            child
-                .stdout
-                .take()
-                .unwrap_or_else(|| panic!("dispatcher serve has no stdout")),
-        );
-        let mut first = String::new();
-        stdout
-            .read_line(&mut first)
-            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
-        let url = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
-            .to_string();
-        Self {
-            child,
-            url,
-            _stdout: stdout,
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
-    }
-
-    /// SIGKILL: the daemon gets no chance to clean up.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `dispatcher token create NAME [ARGS] --config CONFIG`: the new token's secret.
 pub fn create_token(config: &Path, args: &[&str]) -> String {
     let out = Command::new(binary("dispatcher"))
@@ -640,19 +590,35 @@ pub fn create_token(config: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The daemon configuration line that lets jobs name the test images with `file://`
 /// (the lab key beside them stays out of reach: the daemon denies it by name).
 pub fn image_file_roots() -> String {
     let images = test_images();
     let dir = images.lab_key.parent().unwrap_or(Path::new("/nonexistent"));
     format!("file_roots = [\"{}\"]\n", dir.display())
+}
+
+/// Writes `dir/dispatcher.toml` for a daemon whose lab is two `kvm` devices
+/// (`kvm-01`, `kvm-02`, VMs on this machine) that may boot the test images, with
+/// `extra` TOML lines appended; returns its path.
+pub fn kvm_daemon_config(dir: &Path, extra: &str) -> PathBuf {
+    let images = test_images();
+    let devices = kvm_devices(dir, &["kvm-01", "kvm-02"]);
+    let config = dir.join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
+             node_agent = \"{}\"\n{}{extra}",
+            dir.join("state").display(),
+            devices.display(),
+            images.lab_key.display(),
+            static_node_agent().display(),
+            image_file_roots(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    config
 }
 
 /// Writes `dir/dispatcher.toml` for a daemon whose lab is the device files in
@@ -863,15 +829,15 @@ pub fn kvm_devices(dir: &Path, names: &[&str]) -> PathBuf {
 }
 
 /// A `dispatcher serve` process, killed when dropped.
-pub struct DaemonProcess {
-    child: Child,
+pub struct Daemon {
+    pub child: Child,
     /// `http://ADDR`, as the daemon printed it.
     pub url: String,
     /// Kept open: the daemon must never write into a closed pipe.
     _stdout: BufReader<std::process::ChildStdout>,
 }
 
-impl DaemonProcess {
+impl Daemon {
     /// `dispatcher serve --config CONFIG`; returns once it listens.
     pub fn start(config: &Path) -> Self {
         Self::spawn(Command::new(binary("dispatcher")), config)
@@ -941,6 +907,12 @@ impl DaemonProcess {
             .unwrap_or(0)
     }
 
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, and waits for the graceful shutdown to finish.
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
@@ -949,7 +921,7 @@ impl DaemonProcess {
     }
 }
 
-impl Drop for DaemonProcess {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use system_tests::{DaemonProcess, binary, jobs_dir, json_of, kvm_devices};
+use system_tests::{Daemon, create_token, jobs_dir, json_of, kvm_devices};
 
 /// A lab of two kvm devices, a daemon configuration for it and a token.
 struct Lab {
@@ -54,27 +54,17 @@ impl Lab {
 
     /// A lab, a token, its daemon, and the daemon's address; the devices are in
     /// maintenance, so submitted jobs stay queued.
-    fn serve_held() -> (Self, String, DaemonProcess, String) {
+    fn serve_held() -> (Self, String, Daemon, String) {
         let lab = Self::new("");
         let token = lab.token();
-        let daemon = DaemonProcess::start(&lab.config);
+        let daemon = Daemon::start(&lab.config);
         let addr = daemon.addr();
         hold_the_queue(&addr, &token);
         (lab, token, daemon, addr)
     }
 
     fn token(&self) -> String {
-        let out = Command::new(binary("dispatcher"))
-            .args(["token", "create", "ci", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        create_token(&self.config, &["ci"])
     }
 
     fn job_dir(&self, id: u64) -> PathBuf {
@@ -382,7 +372,7 @@ fn a_thousand_idle_connections_leave_the_api_answering() {
     let token = lab.token();
     // 256 descriptors: the daemon caps itself at 128 connections.
     let limit = 256;
-    let daemon = DaemonProcess::start_with_fd_limit(&lab.config, limit);
+    let daemon = Daemon::start_with_fd_limit(&lab.config, limit);
     let addr = daemon.addr();
     let fds_before = daemon.open_fds();
 
@@ -428,7 +418,7 @@ fn half_sent_headers_and_silent_connections_are_closed() {
     let lab = Lab::new(
         "http_header_timeout_secs = 2\nhttp_idle_timeout_secs = 3\nhttp_body_timeout_secs = 2\n",
     );
-    let daemon = DaemonProcess::start(&lab.config);
+    let daemon = Daemon::start(&lab.config);
     let addr = daemon.addr();
     let started = Instant::now();
     // Slowloris: 300 connections that start a request and never finish its headers.
@@ -506,7 +496,7 @@ fn a_stored_job_is_read_back_without_validating_it_again() {
     let mut config = std::fs::read_to_string(&lab.config).unwrap();
     config.push_str("max_group_size = 1\n");
     std::fs::write(&lab.config, config).unwrap();
-    let daemon = DaemonProcess::start(&lab.config);
+    let daemon = Daemon::start(&lab.config);
     let addr = daemon.addr();
 
     let read = Instant::now();

@@ -8,30 +8,12 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use system_tests::{
-    Daemon, create_token, http, image_file_roots, json_of, kvm_devices, static_node_agent,
-    test_images,
-};
+use system_tests::{Daemon, create_token, http, json_of, kvm_daemon_config, test_images};
 
 /// A daemon with two `kvm` devices whose jobs may name the test images (and nothing
 /// else) with `file://`; its token.
-fn daemon(dir: &Path, extra: &str) -> (Daemon, String) {
-    let images = test_images();
-    let devices = kvm_devices(dir, &["kvm-01", "kvm-02"]);
-    let config = dir.join("dispatcher.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
-             node_agent = \"{}\"\nmax_job_timeout = 3600\n{}{extra}",
-            dir.join("state").display(),
-            devices.display(),
-            images.lab_key.display(),
-            static_node_agent().display(),
-            image_file_roots(),
-        ),
-    )
-    .unwrap();
+fn daemon(dir: &Path) -> (Daemon, String) {
+    let config = kvm_daemon_config(dir, "max_job_timeout = 3600\n");
     let token = create_token(&config, &["ci"]);
     (Daemon::start(&config), token)
 }
@@ -93,7 +75,7 @@ fn assert_refused(daemon: &Daemon, token: &str, job: &Value, pointer: &str, says
 fn jobs_cannot_name_the_dispatchers_files_its_loopback_or_more_devices_than_the_lab_has() {
     let images = test_images();
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, token) = daemon(dir.path(), "");
+    let (daemon, token) = daemon(dir.path());
     let kernel = format!("file://{}", images.guest_kernel.display());
     let kernel_at = "/actions/0/parameters/kernel";
     let testdef_at = "/actions/2/parameters/testdef_urls/0";
