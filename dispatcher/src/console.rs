@@ -103,6 +103,24 @@ impl ConsoleLog {
         Self::capped(writer, MAX_LOG_BYTES.load(Ordering::Relaxed))
     }
 
+    /// Appends to a node's log file, which may already hold the node's earlier output
+    /// (each test shell opens it again): the cap counts what is there, so reopening
+    /// never buys a node another `max_console_bytes`.
+    pub fn appending(file: std::fs::File) -> Self {
+        Self::appending_capped(file, MAX_LOG_BYTES.load(Ordering::Relaxed))
+    }
+
+    fn appending_capped(file: std::fs::File, limit: u64) -> Self {
+        let already = file.metadata().map_or(0, |m| m.len());
+        let log = Self::capped(file, limit);
+        if let Ok(mut sink) = log.sink.lock() {
+            sink.written = already;
+            // Past the limit, the marker is already in the file.
+            sink.full = already > sink.limit;
+        }
+        log
+    }
+
     /// Logs into `writer`, at most `limit` bytes and then a marker line.
     pub fn capped(writer: impl Write + Send + 'static, limit: u64) -> Self {
         Self::new(Some(Box::new(writer)), limit)
@@ -506,5 +524,30 @@ mod tests {
             marker, ": the limit of 100 bytes was reached]\n",
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_log_opened_again_keeps_counting_from_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console-node.log");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        ConsoleLog::appending_capped(open(), 100).record(&[b'a'; 80]);
+        ConsoleLog::appending_capped(open(), 100).record(&[b'b'; 80]);
+        ConsoleLog::appending_capped(open(), 100).record(&[b'c'; 80]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept = format!(
+            "{}{}\n[console log truncated",
+            "a".repeat(80),
+            "b".repeat(20)
+        );
+        assert!(text.starts_with(&kept), "{text}");
+        assert_eq!(text.matches("truncated").count(), 1, "{text}");
+        assert!(!text.contains("ccc"), "{text}");
     }
 }

@@ -265,7 +265,7 @@ impl ImageStore {
         let key = format!("{}|{}|{modified}", path.display(), meta.len());
         let dir = self.dir.join("unpacked");
         let out = dir.join(entry_name(&key, stem));
-        if out.is_file() {
+        if tokio::fs::metadata(&out).await.is_ok_and(|m| m.is_file()) {
             return Ok(out);
         }
         tokio::fs::create_dir_all(&dir)

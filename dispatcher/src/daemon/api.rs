@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -117,15 +118,22 @@ fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
     }
 }
 
-/// A request body that must arrive within `http_body_timeout_secs`: a client sending
-/// its job a byte at a time holds a connection and a request, so it gets a deadline.
-/// (Its size is bounded by `max_job_bytes`, as the `Bytes` extractor applies it.)
+/// The body of a write request, read only once its token is known to be allowed to write (an
+/// anonymous client must not make the daemon buffer `max_job_bytes` per request), and
+/// within `http_body_timeout_secs`: a client sending its job a byte at a time holds a
+/// connection and a request, so it gets a deadline. (Its size is bounded by
+/// `max_job_bytes`, as the `Bytes` extractor applies it.)
 struct TimedBody(Bytes);
 
 impl FromRequest<Arc<Shared>> for TimedBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        authorize(shared, &parts.headers, true)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let request = Request::from_parts(parts, body);
         let seconds = shared.config.http_body_timeout_secs;
         match tokio::time::timeout(
             Duration::from_secs(seconds),
@@ -142,6 +150,17 @@ impl FromRequest<Arc<Shared>> for TimedBody {
             .into_response()),
         }
     }
+}
+
+/// A place for a long-lived answer, held until its body is dropped; 503 when every
+/// place is taken (the client may try again), so readers cannot take every connection.
+fn stream_place(shared: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    shared.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logs and consoles are being read at once; try again later",
+        )
+    })
 }
 
 /// Checks the request's token; reads pass without one when reads are public.
@@ -173,15 +192,11 @@ async fn authorize(shared: &Arc<Shared>, headers: &HeaderMap, write: bool) -> Re
     }
 }
 
-async fn submit(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    TimedBody(body): TimedBody,
-) -> ApiResult {
-    authorize(&shared, &headers, true).await?;
+async fn submit(State(shared): State<Arc<Shared>>, TimedBody(body): TimedBody) -> ApiResult {
+    // The token was checked before the body was read (`TimedBody`).
     // Validation costs time in proportion to the job (and its diagnostics): on the
     // blocking pool, so other requests are answered meanwhile.
-    let (id, members, warnings) = shared
+    let (id, members, warnings, omitted_warnings) = shared
         .blocking(move |shared| {
             let text = std::str::from_utf8(&body).map_err(|e| {
                 ApiError::new(
@@ -209,13 +224,16 @@ async fn submit(
             )?;
             shared.remember_validated(id, job);
             let warnings = serde_json::to_value(&validated.warnings).unwrap_or_default();
-            Ok::<_, ApiError>((id, members, warnings))
+            Ok::<_, ApiError>((id, members, warnings, validated.omitted_warnings))
         })
         .await?;
     shared.wake.notify_one();
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "id": id, "nodes": members, "warnings": warnings })),
+        axum::Json(json!({
+            "id": id, "nodes": members, "warnings": warnings,
+            "omitted_warnings": omitted_warnings,
+        })),
     )
         .into_response())
 }
@@ -405,7 +423,13 @@ async fn log(
     job_exists(&shared, id).await?;
     let path = shared.config.job_dir(id).join("job.log");
     let follow = query.follow == Some(1);
-    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow).await;
+    let place = stream_place(&shared)?;
+    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow)
+        .await
+        .map(move |chunk| {
+            let _held = &place;
+            chunk
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
@@ -435,11 +459,10 @@ struct HealthBody {
 
 async fn set_health(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(hostname): Path<String>,
+    // The token was checked before the body was read.
     TimedBody(body): TimedBody,
 ) -> ApiResult {
-    authorize(&shared, &headers, true).await?;
     let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -682,12 +705,17 @@ async fn console(
     };
     let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
     let length = file.metadata().await.map_err(|_| missing())?.len();
+    let place = stream_place(&shared)?;
     // What is there now: a console still being written keeps growing past it.
     use tokio::io::AsyncReadExt as _;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file.take(length),
-        64 * 1024,
-    ));
+    let body = Body::from_stream(
+        tokio_util::io::ReaderStream::with_capacity(file.take(length), 64 * 1024).map(
+            move |chunk| {
+                let _held = &place;
+                chunk
+            },
+        ),
+    );
     Ok((
         [
             (

@@ -71,6 +71,11 @@ pub struct Shared {
     /// The size of each running job's log, changed as it grows: what followers of the
     /// log wait on.
     log_sizes: Mutex<HashMap<u64, watch::Receiver<u64>>>,
+    /// Places for long-lived answers (followed logs, console downloads): a request
+    /// in flight is never evicted, so without a bound a reader could hold every
+    /// connection the daemon has. Half of `max_connections`: the other half stays
+    /// free for everything else.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -240,6 +245,7 @@ impl Daemon {
             running: Mutex::default(),
             validated: Mutex::default(),
             log_sizes: Mutex::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new((max_connections / 2).max(1))),
         });
         let (stop, stopped) = watch::channel(false);
         let router = api::router(shared.clone());

@@ -397,7 +397,7 @@ impl<'a> GroupContext<'a> {
             .append(true)
             .open(&path)
         {
-            Ok(file) => ConsoleLog::to_writer(file),
+            Ok(file) => ConsoleLog::appending(file),
             Err(err) => {
                 self.log.line(
                     Level::Warning,

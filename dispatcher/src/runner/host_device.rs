@@ -53,7 +53,7 @@ pub async fn bring_up_host(
             .create(true)
             .append(true)
             .open(path)
-            .map(ConsoleLog::to_writer)
+            .map(ConsoleLog::appending)
             .unwrap_or_default()
     };
     log.line(
