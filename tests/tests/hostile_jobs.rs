@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use system_tests::{Daemon, create_token, http, json_of, kvm_daemon_config, test_images};
+use system_tests::{Daemon, create_token, http, jobs_dir, json_of, kvm_daemon_config, test_images};
 
 /// A daemon with two `kvm` devices whose jobs may name the test images (and nothing
 /// else) with `file://`; its token.
@@ -212,4 +212,66 @@ fn jobs_cannot_name_the_dispatchers_files_its_loopback_or_more_devices_than_the_
     );
     let (status, answer) = submit(&daemon, &token, &kvm_job(&kernel, &[]));
     assert_eq!(status, 201, "{answer:#}");
+}
+
+/// A job's guest on one of the daemon's `kvm` devices (a VM on the daemon's own
+/// machine) connects to 10.0.2.2, which qemu's user networking would route to this
+/// machine's loopback: the connection fails, and the loopback service never sees it.
+#[test]
+fn a_guest_on_the_daemons_machine_cannot_reach_its_loopback() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, token) = daemon(dir.path());
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    let job = std::fs::read_to_string(jobs_dir().join("e2e/single-kvm-image.json"))
+        .unwrap()
+        .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
+        .replace("@LOOPBACK_PORT@", &port.to_string());
+    let (status, answer) = submit(&daemon, &token, &serde_json::from_str(&job).unwrap());
+    assert_eq!(status, 201, "{answer:#}");
+    let id = answer["id"].as_u64().unwrap();
+    // A followed log ends with the job.
+    let addr = daemon.addr();
+    http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{id}/log?follow=1"),
+        Some(&token),
+        b"",
+    )
+    .unwrap();
+    let (status, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{id}/results"),
+        Some(&token),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let results = json_of(&body);
+    let cases: Vec<(String, String)> = results["results"]["nodes"][0]["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results: {results:#}"))
+        .iter()
+        .map(|c| {
+            (
+                c["case"].as_str().unwrap().to_string(),
+                c["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for case in ["booted-from-disk", "dispatcher-loopback-closed"] {
+        assert!(
+            cases.contains(&(case.to_string(), "pass".to_string())),
+            "{case}: {results:#}"
+        );
+    }
+    service.set_nonblocking(true).unwrap();
+    let reached = service.accept();
+    assert!(
+        matches!(&reached, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the guest connected to this machine's loopback: {reached:?}"
+    );
 }
