@@ -30,6 +30,9 @@ pub enum FileAccess {
     Under {
         roots: Vec<PathBuf>,
         denied: Vec<PathBuf>,
+        /// The roots as configured, for the check before any I/O (a job names
+        /// `/srv/lava/images/a.img` even when `/srv` is a symlink).
+        named: Vec<PathBuf>,
     },
 }
 
@@ -128,6 +131,7 @@ impl FetchPolicy {
             files: FileAccess::Under {
                 roots: canonical(roots),
                 denied: canonical(denied),
+                named: roots.to_vec(),
             },
             networks: NetworkAccess::Public { allowed },
             limits,
@@ -138,7 +142,11 @@ impl FetchPolicy {
     pub fn lexical_roots(&self) -> Vec<PathBuf> {
         match &self.files {
             FileAccess::Anywhere => vec![PathBuf::from("/")],
-            FileAccess::Under { roots, .. } => roots.clone(),
+            FileAccess::Under { roots, named, .. } => {
+                let mut all = named.clone();
+                all.extend(roots.iter().filter(|r| !named.contains(r)).cloned());
+                all
+            }
         }
     }
 
@@ -155,7 +163,7 @@ impl FetchPolicy {
             path: shown.clone(),
             message: e.to_string(),
         })?;
-        if let FileAccess::Under { roots, denied } = &self.files {
+        if let FileAccess::Under { roots, denied, .. } = &self.files {
             if !roots.iter().any(|root| canonical.starts_with(root)) {
                 return Err(FetchError::OutsideRoots {
                     path: shown,
@@ -224,13 +232,14 @@ impl FetchPolicy {
 
     /// An HTTP client that connects only where this policy allows: names resolved
     /// through [`GuardedResolver`], every redirect re-checked, no proxy from the
-    /// environment (a proxy would fetch on the job's behalf from wherever it sits),
-    /// and bounded waits for a connection and for each read.
+    /// environment under a restricted policy, and bounded waits for a connection and
+    /// for each read.
     pub fn http_client(self: &Arc<Self>) -> Result<reqwest::Client, reqwest::Error> {
         // reqwest is built without a default TLS provider; ring is the one the rest of
         // the dispatcher uses. Installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = self.clone();
+        let restricted = matches!(self.networks, NetworkAccess::Public { .. });
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 10 {
                 return attempt.error("more than 10 redirects");
@@ -240,16 +249,23 @@ impl FetchPolicy {
                 Err(err) => attempt.error(err),
             }
         });
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("lava-dispatcher/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: self.clone(),
             }))
             .redirect(redirects)
-            .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(30))
-            .read_timeout(std::time::Duration::from_secs(120))
-            .build()
+            .read_timeout(std::time::Duration::from_secs(120));
+        // A proxy fetches on the job's behalf from wherever it sits, past the address
+        // checks: a restricted policy uses none; a local user's command keeps the
+        // environment's (HTTP_PROXY and friends).
+        let builder = if restricted {
+            builder.no_proxy()
+        } else {
+            builder
+        };
+        builder.build()
     }
 }
 
@@ -257,7 +273,7 @@ impl FetchPolicy {
 fn non_public_kind(address: IpAddr) -> Option<&'static str> {
     match address {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             if v4.is_loopback() {
                 Some("loopback")
             } else if v4.is_private() {
@@ -270,12 +286,32 @@ fn non_public_kind(address: IpAddr) -> Option<&'static str> {
                 Some("broadcast or multicast")
             } else if a == 100 && (64..128).contains(&b) {
                 Some("shared (carrier-grade NAT)")
+            } else if a >= 240 {
+                Some("reserved")
+            } else if (a, b, c) == (192, 0, 0) || (a == 198 && (b & 0xfe) == 18) {
+                Some("special-purpose")
             } else {
                 None
             }
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let segments = v6.segments();
+            // IPv4 carried inside IPv6 (mapped, NAT64 64:ff9b::/96, 6to4 2002::/16)
+            // reaches that IPv4 address: judge it.
+            let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(std::net::Ipv4Addr::from(
+                    (u32::from(segments[6]) << 16) | u32::from(segments[7]),
+                ))
+            } else if segments[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::from(
+                    (u32::from(segments[1]) << 16) | u32::from(segments[2]),
+                ))
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
                 non_public_kind(IpAddr::V4(v4))
             } else if v6.is_loopback() {
                 Some("loopback")
@@ -285,6 +321,8 @@ fn non_public_kind(address: IpAddr) -> Option<&'static str> {
                 Some("private")
             } else if v6.is_unicast_link_local() {
                 Some("link-local")
+            } else if segments[0] & 0xffc0 == 0xfec0 {
+                Some("site-local")
             } else if v6.is_multicast() {
                 Some("multicast")
             } else {
@@ -385,6 +423,18 @@ mod tests {
             daemon(&[], &[]).local_file(&root.join("disk.img")),
             Err(FetchError::NoFileRoots)
         );
+        // A root configured through a symlink: jobs may name it as configured, and
+        // the check after resolving still passes.
+        let linked_root = dir.path().join("lab-images");
+        std::os::unix::fs::symlink(&root, &linked_root).unwrap();
+        let linked = daemon(std::slice::from_ref(&linked_root), &[]);
+        let lexical = linked.lexical_roots();
+        assert!(lexical.contains(&linked_root), "{lexical:?}");
+        assert!(
+            lexical.contains(&std::fs::canonicalize(&root).unwrap()),
+            "{lexical:?}"
+        );
+        assert!(linked.local_file(&linked_root.join("disk.img")).is_ok());
     }
 
     #[test]
@@ -401,6 +451,10 @@ mod tests {
             ("fe80::1", "link-local"),
             ("fd00::1", "private"),
             ("::ffff:127.0.0.1", "loopback"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("2002:a00:1::1", "private"),
+            ("198.18.0.1", "special-purpose"),
+            ("240.0.0.1", "reserved"),
         ] {
             let ip: IpAddr = address.parse().unwrap();
             match policy.check_address("h", ip) {

@@ -94,13 +94,13 @@ impl ImageStore {
         };
         let bytes = match url.scheme() {
             "file" => {
-                let path = self.local_path(url)?;
+                let path = self.local_path(url).await?;
                 let mut bytes = Vec::new();
                 let file = tokio::fs::File::open(&path)
                     .await
                     .map_err(io_error(&path))?;
                 tokio::io::AsyncReadExt::read_to_end(
-                    &mut tokio::io::AsyncReadExt::take(file, limit + 1),
+                    &mut tokio::io::AsyncReadExt::take(file, limit.saturating_add(1)),
                     &mut bytes,
                 )
                 .await
@@ -136,12 +136,21 @@ impl ImageStore {
         })
     }
 
-    /// The file a `file://` URL names, as the policy lets it be read.
-    fn local_path(&self, url: &Url) -> Result<PathBuf, ImageError> {
+    /// The file a `file://` URL names, as the policy lets it be read (on the blocking
+    /// pool: resolving a path can wait on a slow file system).
+    async fn local_path(&self, url: &Url) -> Result<PathBuf, ImageError> {
         let path = url
             .to_file_path()
             .map_err(|()| ImageError::Scheme(url.to_string()))?;
-        Ok(self.policy.local_file(&path)?)
+        let policy = self.policy.clone();
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || policy.local_file(&path))
+            .await
+            .map_err(|e| ImageError::Io {
+                path: shown,
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(ImageError::from)
     }
 
     /// A GET the policy allows, with a body no larger than `limit` by its own account
@@ -182,7 +191,7 @@ impl ImageStore {
         progress: impl FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, ImageError> {
         let local = match url.scheme() {
-            "file" => self.local_path(url)?,
+            "file" => self.local_path(url).await?,
             "http" | "https" => self.download(url, progress).await?,
             _ => return Err(ImageError::Scheme(url.to_string())),
         };
@@ -200,7 +209,10 @@ impl ImageStore {
             .unwrap_or("image");
         let dir = self.dir.join("downloads");
         let path = dir.join(entry_name(url.as_str(), name));
-        if path.is_file() {
+        // The policy first, even for a copy already here: a download another policy
+        // allowed (`dispatcher run` sharing the store) is not this job's to use.
+        self.policy.check_url(url)?;
+        if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
             tracing::info!(%url, path = %path.display(), "image already downloaded");
             return Ok(path);
         }
@@ -324,7 +336,7 @@ fn decompress(
     };
     let partial = target.with_extension(partial_suffix());
     let mut output = std::fs::File::create(&partial).map_err(io_error(&partial))?;
-    let copied = std::io::copy(&mut reader.take(limit + 1), &mut output);
+    let copied = std::io::copy(&mut reader.take(limit.saturating_add(1)), &mut output);
     let failure = match copied {
         Ok(n) if n > limit => Some(ImageError::Refused(FetchError::TooLarge {
             what: format!("{} unpacked", source.display()),

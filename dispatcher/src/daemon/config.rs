@@ -206,7 +206,14 @@ impl DaemonConfig {
     /// What submitted jobs are checked against. `secrets` are more files no job may
     /// read (the devices' own SSH keys), besides the daemon's.
     pub fn job_policy(&self, secrets: &[PathBuf]) -> crate::validation::JobPolicy {
-        let mut denied = vec![self.state_dir.clone(), self.lab_key.clone()];
+        // The lab's own files too: device files can carry power commands with their
+        // credentials.
+        let mut denied = vec![
+            self.state_dir.clone(),
+            self.lab_key.clone(),
+            self.devices.clone(),
+        ];
+        denied.extend(self.device_types.clone());
         denied.extend(self.coordinator_token_file.clone());
         denied.extend(secrets.iter().cloned());
         crate::validation::JobPolicy {
