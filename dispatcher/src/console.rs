@@ -77,6 +77,17 @@ struct Sink {
     full: bool,
 }
 
+impl Sink {
+    fn put(&mut self, bytes: &[u8]) {
+        match self.writer.as_mut() {
+            Some(writer) => {
+                let _ = writer.write_all(bytes).and_then(|()| writer.flush());
+            }
+            None => self.memory.extend_from_slice(bytes),
+        }
+    }
+}
+
 impl Default for ConsoleLog {
     /// Kept in memory (tests, or a log file that cannot be opened), capped the same.
     fn default() -> Self {
@@ -97,15 +108,10 @@ impl ConsoleLog {
         }
     }
 
-    /// Logs into `writer` (flushed after every chunk, so a crash keeps the log so far),
-    /// up to the process's cap ([`set_max_log_bytes`]).
-    pub fn to_writer(writer: impl Write + Send + 'static) -> Self {
-        Self::capped(writer, MAX_LOG_BYTES.load(Ordering::Relaxed))
-    }
-
-    /// Appends to a node's log file, which may already hold the node's earlier output
-    /// (each test shell opens it again): the cap counts what is there, so reopening
-    /// never buys a node another `max_console_bytes`.
+    /// Appends to a node's log file (flushed after every chunk, so a crash keeps the log
+    /// so far) up to the process's cap ([`set_max_log_bytes`]). The file may already
+    /// hold the node's earlier output (each test shell opens it again): the cap counts
+    /// what is there, so reopening never buys a node another `max_console_bytes`.
     pub fn appending(file: std::fs::File) -> Self {
         Self::appending_capped(file, MAX_LOG_BYTES.load(Ordering::Relaxed))
     }
@@ -135,23 +141,15 @@ impl ConsoleLog {
         }
         let room = usize::try_from(sink.limit.saturating_sub(sink.written)).unwrap_or(usize::MAX);
         let kept = &bytes[..bytes.len().min(room)];
-        let mut out = kept.to_vec();
+        sink.written += kept.len() as u64;
+        sink.put(kept);
         if kept.len() < bytes.len() {
             sink.full = true;
-            out.extend_from_slice(
-                format!(
-                    "\n[console log truncated: the limit of {} bytes was reached]\n",
-                    sink.limit
-                )
-                .as_bytes(),
+            let marker = format!(
+                "\n[console log truncated: the limit of {} bytes was reached]\n",
+                sink.limit
             );
-        }
-        sink.written += kept.len() as u64;
-        match sink.writer.as_mut() {
-            Some(writer) => {
-                let _ = writer.write_all(&out).and_then(|()| writer.flush());
-            }
-            None => sink.memory.extend_from_slice(&out),
+            sink.put(marker.as_bytes());
         }
     }
 
