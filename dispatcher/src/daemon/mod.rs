@@ -266,6 +266,9 @@ impl Daemon {
     /// up (their VMs stopped), queued jobs kept for the next start.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // The scheduler first: a pass under way may still start a job, which must be
+        // among the switches below.
+        let _ = self.scheduler.await;
         let switches: Vec<watch::Sender<bool>> = self
             .shared
             .running
@@ -279,7 +282,6 @@ impl Daemon {
         for switch in switches {
             switch.closed().await;
         }
-        let _ = self.scheduler.await;
         let _ = self.server.await;
         if let Some(coordinator) = self.coordinator {
             coordinator.shutdown().await;
@@ -477,7 +479,10 @@ async fn run_job(
     devices: Vec<String>,
     cancel: watch::Receiver<bool>,
 ) {
-    let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel).await;
+    // `cancel` is held until the end is recorded: graceful shutdown waits for every
+    // job's receiver to close, and must not stop the runtime (cancelling the pending
+    // store call) between the job's cleanup and its record.
+    let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel.clone()).await;
     let (outcome, results) = match outcome {
         Ok(report) => {
             if let Err(err) = runner::write_results(&shared.config.job_dir(job_id), &report) {
@@ -503,6 +508,7 @@ async fn run_job(
     }
     shared.job_ended.notify_waiters();
     shared.wake.notify_one();
+    drop(cancel);
 }
 
 async fn run_job_inner(
