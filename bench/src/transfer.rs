@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispatcher::ssh::SshSession;
-use dispatcher::transfer;
+use hostctl::ssh::SshSession;
+use hostctl::transfer;
 use system_tests::SshHost;
 
 use crate::report::Table;

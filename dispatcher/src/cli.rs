@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dispatcher::fetch::{FetchLimits, FetchPolicy};
-use dispatcher::lab::{Lab, LabReport};
-use dispatcher::validation::{self, JobPolicy};
+use hostctl::fetch::{FetchLimits, FetchPolicy};
 use job_schemas::{Limits, Report, Topology};
+use lab::{Lab, LabReport};
+use runner::validation::{self, JobPolicy};
 
 use crate::remote::{self, Simple};
-use dispatcher::runner::formats::ResultsFormat;
+use runner::formats::ResultsFormat;
 
 /// Exit status: everything fine.
 pub const EXIT_OK: u8 = 0;

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dispatcher::runner::formats::ResultsFormat;
 use futures::StreamExt;
+use runner::formats::ResultsFormat;
 use serde_json::Value;
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};

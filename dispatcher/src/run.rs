@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use dispatcher::lab::Lab;
-use dispatcher::runner::formats::ResultsFormat;
-use dispatcher::runner::oneshot::{OneShot, OneShotError, describe_files};
-use dispatcher::states::{Health, TestResult};
-use dispatcher::validation::JobPolicy;
+use lab::Lab;
+use runner::formats::ResultsFormat;
+use runner::oneshot::{OneShot, OneShotError, describe_files};
+use runner::validation::JobPolicy;
+use states::{Health, TestResult};
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use dispatcher::daemon::{Daemon, DaemonConfig};
-use dispatcher::store::{Store, TokenScope};
+use store::{Store, TokenScope};
 
 use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
 

@@ -156,13 +156,13 @@ fn builtin_device_types_match_the_shipped_directory() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     shipped.sort();
-    let mut builtin: Vec<String> = dispatcher::lab::BUILTIN_DEVICE_TYPES
+    let mut builtin: Vec<String> = lab::BUILTIN_DEVICE_TYPES
         .iter()
         .map(|(name, _)| name.to_string())
         .collect();
     builtin.sort();
     assert_eq!(builtin, shipped);
-    dispatcher::lab::Lab::builtin().unwrap();
+    lab::Lab::builtin().unwrap();
 }
 
 /// `dispatcher run` refuses what it cannot run before touching any device, saying why.

@@ -310,10 +310,10 @@ impl SshHost {
     /// How the dispatcher reaches this host as root, checking its key by `host_key`.
     pub fn target(
         &self,
-        host_key: dispatcher::lab::device::HostKeyPolicy,
+        host_key: lab::device::HostKeyPolicy,
         known_hosts: PathBuf,
-    ) -> dispatcher::ssh::SshTarget {
-        dispatcher::ssh::SshTarget {
+    ) -> hostctl::ssh::SshTarget {
+        hostctl::ssh::SshTarget {
             host: self.address.clone(),
             port: self.port,
             user: "root".into(),
@@ -324,9 +324,9 @@ impl SshHost {
     }
 
     /// [`SshHost::target`] with the host's key pinned by its fingerprint.
-    pub fn pinned_target(&self, known_hosts: PathBuf) -> dispatcher::ssh::SshTarget {
+    pub fn pinned_target(&self, known_hosts: PathBuf) -> hostctl::ssh::SshTarget {
         self.target(
-            dispatcher::lab::device::HostKeyPolicy::Fingerprint(self.fingerprint.clone()),
+            lab::device::HostKeyPolicy::Fingerprint(self.fingerprint.clone()),
             known_hosts,
         )
     }

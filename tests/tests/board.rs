@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use dispatcher::console::ConsoleLog;
-use dispatcher::host;
-use dispatcher::lab::device::{HostKeyPolicy, PowerCommands};
-use dispatcher::ssh::SshTarget;
+use hostctl::console::ConsoleLog;
+use hostctl::host;
+use hostctl::ssh::SshTarget;
+use lab::device::{HostKeyPolicy, PowerCommands};
 use regex::Regex;
 use system_tests::SshHost;
 

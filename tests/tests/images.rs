@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use dispatcher::fetch::{FetchLimits, FetchPolicy};
-use dispatcher::images::ImageStore;
+use hostctl::fetch::{FetchLimits, FetchPolicy};
+use hostctl::images::ImageStore;
 use url::Url;
 
 fn local() -> Arc<FetchPolicy> {

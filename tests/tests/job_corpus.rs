@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use dispatcher::fetch::{FetchLimits, FetchPolicy};
-use dispatcher::lab::Lab;
-use dispatcher::validation::{self, JobPolicy};
+use hostctl::fetch::{FetchLimits, FetchPolicy};
 use job_schemas::Limits;
+use lab::Lab;
+use runner::validation::{self, JobPolicy};
 use system_tests::jobs_dir;
 
 /// The policy the corpus is written for: images under /srv/lava, and /path/to for the

@@ -7,14 +7,14 @@
 
 use std::time::Duration;
 
-use dispatcher::console::ConsoleLog;
-use dispatcher::host;
-use dispatcher::lab::Lab;
-use dispatcher::lab::accel::{self, Accel, AccelChoice, HostFacts};
-use dispatcher::lab::device::{HostKeyPolicy, QemuOverrides};
-use dispatcher::ssh::SshTarget;
-use dispatcher::transfer;
-use dispatcher::vm::{self, VmImages, VmNetwork, VmPlan};
+use hostctl::console::ConsoleLog;
+use hostctl::host;
+use hostctl::ssh::SshTarget;
+use hostctl::transfer;
+use hostctl::vm::{self, VmImages, VmNetwork, VmPlan};
+use lab::Lab;
+use lab::accel::{self, Accel, AccelChoice, HostFacts};
+use lab::device::{HostKeyPolicy, QemuOverrides};
 use regex::Regex;
 use system_tests::{free_port, test_images};
 

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use dispatcher::lab::device::HostKeyPolicy;
-use dispatcher::ssh::{SshError, SshSession, SshTarget};
-use dispatcher::transfer;
+use hostctl::ssh::{SshError, SshSession, SshTarget};
+use hostctl::transfer;
+use lab::device::HostKeyPolicy;
 use system_tests::{SshHost, ssh_keygen};
 
 #[tokio::test]

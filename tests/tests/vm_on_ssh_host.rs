@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use dispatcher::console::ConsoleLog;
-use dispatcher::lab::Lab;
-use dispatcher::lab::accel::{self, AccelChoice, HostFacts};
-use dispatcher::ssh::SshSession;
-use dispatcher::transfer;
-use dispatcher::vm::{self, GroupLan, VmImages, VmNetwork, VmPlan};
+use hostctl::console::ConsoleLog;
+use hostctl::ssh::SshSession;
+use hostctl::transfer;
+use hostctl::vm::{self, GroupLan, VmImages, VmNetwork, VmPlan};
+use lab::Lab;
+use lab::accel::{self, AccelChoice, HostFacts};
 use regex::Regex;
 use system_tests::{SshHost, test_images};
 

@@ -17,11 +17,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Shared, logs};
-use crate::runner::formats::ResultsFormat;
-use crate::runner::report::JobReport;
-use crate::states::{DeviceHealth, Health, JobEvent, JobState};
-use crate::store::{Member, StoreError, TokenScope};
-use crate::validation;
+use runner::formats::ResultsFormat;
+use runner::report::JobReport;
+use runner::validation;
+use states::{DeviceHealth, Health, JobEvent, JobState};
+use store::{Member, StoreError, TokenScope};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_job_bytes;
@@ -241,13 +241,11 @@ async fn submit(State(shared): State<Arc<Shared>>, TimedBody(body): TimedBody) -
 /// Every node the job will have, with its role.
 fn members_of(job: &job_schemas::Job) -> Vec<Member> {
     let members = match &job.topology {
-        job_schemas::Topology::VmGroup(group) => {
-            match crate::runner::nodes::GroupPlan::new(job, group) {
-                Ok(plan) => plan.members(),
-                Err(_) => crate::runner::nodes::role_members(job),
-            }
-        }
-        _ => crate::runner::nodes::role_members(job),
+        job_schemas::Topology::VmGroup(group) => match runner::nodes::GroupPlan::new(job, group) {
+            Ok(plan) => plan.members(),
+            Err(_) => runner::nodes::role_members(job),
+        },
+        _ => runner::nodes::role_members(job),
     };
     members
         .into_iter()
@@ -281,7 +279,7 @@ async fn list_jobs(
     Ok(axum::Json(json!({ "jobs": jobs })).into_response())
 }
 
-async fn job_record(shared: &Arc<Shared>, id: u64) -> Result<crate::store::JobRecord, ApiError> {
+async fn job_record(shared: &Arc<Shared>, id: u64) -> Result<store::JobRecord, ApiError> {
     shared
         .blocking(move |shared| shared.store.job(id))
         .await?
@@ -581,7 +579,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         "Image and agent bytes sent to hosts.",
         [(
             String::new(),
-            crate::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+            hostctl::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
         )],
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

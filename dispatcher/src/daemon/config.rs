@@ -106,15 +106,15 @@ pub struct DaemonConfig {
 }
 
 fn default_max_download_bytes() -> u64 {
-    crate::fetch::FetchLimits::default().max_download_bytes
+    hostctl::fetch::FetchLimits::default().max_download_bytes
 }
 
 fn default_max_unpacked_bytes() -> u64 {
-    crate::fetch::FetchLimits::default().max_unpacked_bytes
+    hostctl::fetch::FetchLimits::default().max_unpacked_bytes
 }
 
 fn default_max_testdef_bytes() -> u64 {
-    crate::fetch::FetchLimits::default().max_testdef_bytes
+    hostctl::fetch::FetchLimits::default().max_testdef_bytes
 }
 
 /// A day: longer than any test run a lab schedules, short enough that a forgotten
@@ -205,7 +205,7 @@ impl DaemonConfig {
 
     /// What submitted jobs are checked against. `secrets` are more files no job may
     /// read (the devices' own SSH keys), besides the daemon's.
-    pub fn job_policy(&self, secrets: &[PathBuf]) -> crate::validation::JobPolicy {
+    pub fn job_policy(&self, secrets: &[PathBuf]) -> runner::validation::JobPolicy {
         // The lab's own files too: device files can carry power commands with their
         // credentials.
         let mut denied = vec![
@@ -216,16 +216,16 @@ impl DaemonConfig {
         denied.extend(self.device_types.clone());
         denied.extend(self.coordinator_token_file.clone());
         denied.extend(secrets.iter().cloned());
-        crate::validation::JobPolicy {
+        runner::validation::JobPolicy {
             limits: job_schemas::Limits {
                 max_count: self.max_count,
                 max_group_size: self.max_group_size,
             },
-            fetch: std::sync::Arc::new(crate::fetch::FetchPolicy::restricted(
+            fetch: std::sync::Arc::new(hostctl::fetch::FetchPolicy::restricted(
                 &self.file_roots,
                 &denied,
                 self.fetch_allow_networks.clone(),
-                crate::fetch::FetchLimits {
+                hostctl::fetch::FetchLimits {
                     max_download_bytes: self.max_download_bytes,
                     max_unpacked_bytes: self.max_unpacked_bytes,
                     max_testdef_bytes: self.max_testdef_bytes,

@@ -2,7 +2,7 @@
 //! number on, read from the file in bounded chunks.
 //!
 //! A follower (`?follow=1`) keeps its place in the file and reads only what was added
-//! since, when the log says it grew ([`crate::joblog::JobLog::subscribe`]) or a job
+//! since, when the log says it grew ([`runner::joblog::JobLog::subscribe`]) or a job
 //! ended; a slow fallback tick (reading from the same place) covers a log written by
 //! another process and a job that has not started. So each reader costs one chunk of
 //! memory and nothing while the log is quiet, however long the log is.
@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::Shared;
-use crate::joblog::LogLine;
+use runner::joblog::LogLine;
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -211,7 +211,7 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::joblog::{JobLog, Level};
+    use runner::joblog::{JobLog, Level};
 
     async fn all(cursor: &mut Cursor) -> String {
         let mut text = Vec::new();

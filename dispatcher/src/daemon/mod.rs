@@ -5,7 +5,7 @@
 //!
 //! The scheduler runs when something changes (a job submitted or ended, a device's
 //! health set), never on a timer: it reads the queue and the devices from the store,
-//! asks [`crate::scheduler::plan`] which jobs get which devices, reserves each job's
+//! asks [`scheduler::plan`] which jobs get which devices, reserves each job's
 //! devices all at once in one transaction, and starts the job. A restart loses nothing
 //! submitted: queued jobs stay queued, and jobs that were running end `incomplete`
 //! ("dispatcher restarted"), their devices back in the pool.
@@ -25,14 +25,14 @@ use job_schemas::Job;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::joblog::{JobLog, Level};
-use crate::lab::Lab;
-use crate::runner::{self, Coordination, RunSettings};
-use crate::scheduler::{self, Request};
-use crate::states::{ErrorClass, Outcome};
-use crate::store::{Store, StoreError};
-use crate::validation::{self, JobPolicy};
 pub use config::DaemonConfig;
+use lab::Lab;
+use runner::joblog::{JobLog, Level};
+use runner::validation::{self, JobPolicy};
+use runner::{self, Coordination, RunSettings};
+use scheduler::{self, Request};
+use states::{ErrorClass, Outcome};
+use store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -212,7 +212,7 @@ impl Daemon {
             .filter_map(|d| d.ssh.as_ref().and_then(|s| s.identity_file.clone()))
             .collect();
         let policy = config.job_policy(&device_keys);
-        crate::console::set_max_log_bytes(config.max_console_bytes);
+        hostctl::console::set_max_log_bytes(config.max_console_bytes);
         let fd_limit = http::raise_fd_limit();
         let max_connections = match config.max_connections {
             Some(configured) => {
@@ -354,7 +354,7 @@ async fn quit_local_vms(job_dir: &std::path::Path) {
         .await;
         if let Ok(Ok(stream)) = connected {
             tracing::warn!(socket = %socket.display(), "stopping a VM left by the crash");
-            let _ = crate::vm::send_qmp_quit(stream).await;
+            let _ = hostctl::vm::send_qmp_quit(stream).await;
         }
     }
 }
@@ -418,7 +418,7 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
                 );
                 shared
                     .store
-                    .apply(record.id, crate::states::JobEvent::CancelRequested)?;
+                    .apply(record.id, states::JobEvent::CancelRequested)?;
                 tracing::warn!(job = record.id, %message, "queued job dropped");
                 continue;
             }

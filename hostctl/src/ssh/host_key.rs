@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::keys::{HashAlg, PublicKey};
 
-use crate::lab::device::HostKeyPolicy;
+use lab::device::HostKeyPolicy;
 
 /// What the check decided, kept for the error message when the key was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

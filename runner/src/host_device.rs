@@ -5,14 +5,14 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::{Failure, RunSettings};
-use crate::console::ConsoleLog;
-use crate::host::{self, UpHost};
 use crate::joblog::{JobLog, Level};
-use crate::lab::accel::{self, HostFacts};
-use crate::lab::device::Device;
-use crate::lab::device_type::{DeviceKind, DeviceType};
-use crate::ssh::{SshSession, SshTarget};
-use crate::states::ErrorClass;
+use hostctl::console::ConsoleLog;
+use hostctl::host::{self, UpHost};
+use hostctl::ssh::{SshSession, SshTarget};
+use lab::accel::{self, HostFacts};
+use lab::device::Device;
+use lab::device_type::{DeviceKind, DeviceType};
+use states::ErrorClass;
 
 /// Brings a host device up by its kind.
 pub async fn bring_up_host(

@@ -23,10 +23,13 @@ mod device_group;
 mod files;
 pub mod formats;
 mod host_device;
+pub mod joblog;
 pub mod nodes;
 pub mod oneshot;
 pub mod report;
 pub mod shell;
+pub mod testdef;
+pub mod validation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,20 +40,20 @@ use coordinator::group::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use job_schemas::{Job, Topology, VmGroup};
 use regex::Regex;
 
-use crate::console::Console;
-use crate::images::ImageStore;
 use crate::joblog::{JobLog, Level};
-use crate::lab::Lab;
-use crate::lab::accel::{self, HostFacts};
-use crate::lab::device::Device;
-use crate::ssh::{SshSession, shell_quote};
-use crate::states::ErrorClass;
-use crate::transfer;
-use crate::vm::{self, GroupLan, RunningVm, VmImages, VmNetwork, VmPlan};
 use context::{GroupContext, case_reports, failed_report, shell_failure};
 pub use coordination::Coordination;
+use hostctl::console::Console;
+use hostctl::images::ImageStore;
+use hostctl::ssh::{SshSession, shell_quote};
+use hostctl::transfer;
+use hostctl::vm::{self, GroupLan, RunningVm, VmImages, VmNetwork, VmPlan};
+use lab::Lab;
+use lab::accel::{self, HostFacts};
+use lab::device::Device;
 use nodes::{GroupPlan, VmNode};
 use report::{JobReport, NodeReport};
+use states::ErrorClass;
 
 /// Where a run keeps its files, and what it puts on devices.
 #[derive(Debug, Clone)]
@@ -61,7 +64,7 @@ pub struct RunSettings {
     /// The dispatcher's image store (downloads, decompressed copies).
     pub image_store: PathBuf,
     /// What the job's URLs may reach and bring (the lab's policy).
-    pub fetch: Arc<crate::fetch::FetchPolicy>,
+    pub fetch: Arc<hostctl::fetch::FetchPolicy>,
     /// The static node agent, installed on hosts as the `lava-*` commands.
     pub node_agent: PathBuf,
     /// The lab's SSH key, for devices whose file names none.

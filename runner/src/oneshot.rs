@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::joblog::JobLog;
-use crate::lab::Lab;
-use crate::lab::device::Device;
-use crate::scheduler::{self, Request};
 use crate::validation::{self, JobPolicy};
 use job_schemas::Report;
+use lab::Lab;
+use lab::device::Device;
+use scheduler::{self, Request};
 
 use super::report::JobReport;
 use super::{Coordination, RunSettings, run_job};

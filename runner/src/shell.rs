@@ -14,9 +14,9 @@ use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::console::{Console, ConsoleError};
 use crate::joblog::{JobLog, Level};
 use crate::testdef::{CaseResult, ResultParser};
+use hostctl::console::{Console, ConsoleError};
 
 /// The line a test shell ends with; the digits are the script's exit status. The
 /// command that prints it is typed with `$?`, so its echo never matches.

@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::scheduler::DeviceView;
-use crate::states::{
+use scheduler::DeviceView;
+use states::{
     DeviceHealth, DeviceState, ErrorClass, IllegalTransition, JobEvent, JobState, Outcome,
     schedulable,
 };
@@ -755,8 +755,8 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::states::Health;
     use serde_json::json;
+    use states::Health;
 
     fn temp_store() -> (tempfile::TempDir, std::path::PathBuf, Store) {
         let dir = tempfile::tempdir().unwrap();

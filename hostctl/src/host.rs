@@ -9,11 +9,11 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::console::{ConsoleError, ConsoleLog};
-use crate::lab::accel::Accel;
-use crate::lab::device::QemuOverrides;
-use crate::lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
 use crate::local::{LocalError, LocalProcess};
 use crate::ssh::{SshError, SshSession, SshTarget};
+use lab::accel::Accel;
+use lab::device::QemuOverrides;
+use lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -172,7 +172,7 @@ async fn power(host: &str, command: &str) -> Result<(), HostError> {
 /// prompt on the console, then connect over SSH.
 pub async fn boot_board(
     name: &str,
-    power_commands: &crate::lab::device::PowerCommands,
+    power_commands: &lab::device::PowerCommands,
     console_command: &str,
     ssh: &SshTarget,
     prompt: &Regex,
@@ -197,7 +197,7 @@ pub async fn boot_board(
 /// Powers a board off (after its job, or when giving up on it).
 pub async fn power_off_board(
     name: &str,
-    power_commands: &crate::lab::device::PowerCommands,
+    power_commands: &lab::device::PowerCommands,
 ) -> Result<(), HostError> {
     power(name, &power_commands.off).await
 }

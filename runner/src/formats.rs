@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use quick_xml::escape::escape;
 
 use super::report::{CaseReport, JobReport, NodeReport, NodeStatus, class_name};
-use crate::states::TestResult;
+use states::TestResult;
 
 /// The formats results come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,7 @@ pub fn tap(report: &JobReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::states::{ErrorClass, Health};
+    use states::{ErrorClass, Health};
 
     fn report() -> JobReport {
         let case = |suite: &str, case: &str, result| CaseReport {

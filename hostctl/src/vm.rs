@@ -13,9 +13,9 @@ use regex::Regex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::console::{Console, ConsoleError, ConsoleLog};
-use crate::lab::accel::Accel;
-use crate::lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
 use crate::ssh::{SshError, SshSession, shell_quote};
+use lab::accel::Accel;
+use lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
 
 /// qemu user networking for a VM on the dispatcher's own machine: no route out of the
 /// VM (`restrict=on`), so neither this machine's loopback (10.0.2.2) nor any network it

@@ -17,8 +17,8 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use tokio::time::Instant;
 
-use crate::lab::device::HostKeyPolicy;
 use host_key::{HostKeyCheck, Verdict};
+use lab::device::HostKeyPolicy;
 
 /// Where and how to reach a device over SSH.
 #[derive(Debug, Clone)]

@@ -6,23 +6,23 @@
 pub const BUILTIN_DEVICE_TYPES: &[(&str, &str)] = &[
     (
         "arndale.toml",
-        include_str!("../../../device-types/arndale.toml"),
+        include_str!("../../device-types/arndale.toml"),
     ),
-    ("kvm.toml", include_str!("../../../device-types/kvm.toml")),
+    ("kvm.toml", include_str!("../../device-types/kvm.toml")),
     (
         "kvm-aarch64.toml",
-        include_str!("../../../device-types/kvm-aarch64.toml"),
+        include_str!("../../device-types/kvm-aarch64.toml"),
     ),
     (
         "kvm-arm.toml",
-        include_str!("../../../device-types/kvm-arm.toml"),
+        include_str!("../../device-types/kvm-arm.toml"),
     ),
     (
         "qemu-host.toml",
-        include_str!("../../../device-types/qemu-host.toml"),
+        include_str!("../../device-types/qemu-host.toml"),
     ),
     (
         "ssh-host.toml",
-        include_str!("../../../device-types/ssh-host.toml"),
+        include_str!("../../device-types/ssh-host.toml"),
     ),
 ];

@@ -8,8 +8,8 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::console::Console;
-use crate::ssh::{SshSession, shell_quote};
+use hostctl::console::Console;
+use hostctl::ssh::{SshSession, shell_quote};
 
 /// Writes files on the host by SFTP (creating their directories).
 pub async fn write_host_files(

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use job_schemas::Topology;
 use std::time::Duration;
 
-use crate::states::{DeviceHealth, DeviceState, schedulable};
+use states::{DeviceHealth, DeviceState, schedulable};
 
 /// A device as the scheduler sees it.
 #[derive(Debug, Clone)]

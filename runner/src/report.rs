@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::states::{ErrorClass, Health, Outcome, TestResult};
+use states::{ErrorClass, Health, Outcome, TestResult};
 
 /// One test case, as reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,15 +10,15 @@ use regex::Regex;
 
 use super::context::GroupContext;
 use super::{Failure, nodes};
-use crate::images::ImageStore;
 use crate::joblog::Level;
-use crate::lab::accel::{self, HostFacts};
-use crate::lab::device::Device;
-use crate::lab::device_type::DeviceKind;
-use crate::lab::qemu_template::LaunchValues;
-use crate::local::LocalProcess;
-use crate::states::ErrorClass;
-use crate::vm::GroupLan;
+use hostctl::images::ImageStore;
+use hostctl::local::LocalProcess;
+use hostctl::vm::GroupLan;
+use lab::accel::{self, HostFacts};
+use lab::device::Device;
+use lab::device_type::DeviceKind;
+use lab::qemu_template::LaunchValues;
+use states::ErrorClass;
 
 /// One node and the device it runs on.
 pub struct DeviceNode<'a> {
@@ -131,7 +131,7 @@ async fn boot(
     // (the API, the coordinator's ports, anything listening there) and on to every
     // network the dispatcher reaches. Its console carries the MultiNode calls and its
     // group LAN the traffic between nodes, so it needs neither.
-    values.set("netdev", crate::vm::ISOLATED_USER_NETDEV);
+    values.set("netdev", hostctl::vm::ISOLATED_USER_NETDEV);
     values.set(
         "mac",
         format!("52:54:00:12:35:{:02x}", 0x10 + u32::from(node.index)),

@@ -1,5 +1,5 @@
 //! Job validation against a particular lab: the bridge between `job-schemas` (which
-//! knows the job format) and [`crate::lab`] (which knows the devices).
+//! knows the job format) and [`lab`] (which knows the devices).
 //!
 //! Two depths: [`validate_job`] needs no I/O and no devices (the CLI's offline
 //! `validate`, jobs written for another lab); [`validate_for_run`] adds what only the
@@ -12,10 +12,10 @@ use std::sync::Arc;
 use job_schemas::{Diagnostic, Limits, Report, Topology, Validated, ValidationContext};
 use serde_json::Value;
 
-use crate::fetch::FetchPolicy;
-use crate::lab::Lab;
-use crate::scheduler::{self, DeviceView};
-use crate::states::{DeviceHealth, DeviceState};
+use hostctl::fetch::FetchPolicy;
+use lab::Lab;
+use scheduler::{self, DeviceView};
+use states::{DeviceHealth, DeviceState};
 
 /// Lab policy for jobs, as the daemon configuration or CLI flags give it.
 #[derive(Debug, Clone)]

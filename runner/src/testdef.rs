@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use job_schemas::{Report, TestDefinition};
 use regex::Regex;
 
-use crate::ssh::shell_quote;
-use crate::states::TestResult;
+use hostctl::ssh::shell_quote;
+use states::TestResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestDefError {

@@ -17,13 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::report::{CaseReport, NodeReport, NodeStatus};
 use super::shell::{self, Definition, DefinitionResults};
 use super::{Coordination, Failure, RunSettings, canceled, files, nodes};
-use crate::console::{Console, ConsoleLog};
-use crate::images::ImageStore;
 use crate::joblog::{JobLog, Level};
-use crate::lab::Lab;
-use crate::ssh::shell_quote;
-use crate::states::ErrorClass;
 use crate::testdef::{self, ResultParser};
+use hostctl::console::{Console, ConsoleLog};
+use hostctl::images::ImageStore;
+use hostctl::ssh::shell_quote;
+use lab::Lab;
+use states::ErrorClass;
 
 /// A progress callback for a transfer (`done`, `total` bytes) that logs each quarter
 /// once, so a long upload or download shows in the log as it goes.
@@ -453,8 +453,8 @@ pub fn sanitize(name: &str) -> String {
 /// failure or never showed its prompt (its image, kernel command line or
 /// `shell_prompt` are the job's), the infrastructure's when the console went away.
 /// A job's mistake must not mark the lab's devices `unknown`.
-pub fn guest_boot_failure(err: &crate::console::ConsoleError, message: String) -> Failure {
-    use crate::console::ConsoleError;
+pub fn guest_boot_failure(err: &hostctl::console::ConsoleError, message: String) -> Failure {
+    use hostctl::console::ConsoleError;
     let class = match err {
         ConsoleError::KernelPanic { .. }
         | ConsoleError::BootFailure { .. }

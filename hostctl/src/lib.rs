@@ -1,0 +1,20 @@
+//! Reaching and driving devices: everything the dispatcher does to a machine.
+//!
+//! * [`ssh`]: SSH sessions and SFTP to host devices, with host-key checks;
+//! * [`transfer`]: files onto a host through its SHA-256 cache;
+//! * [`fetch`] and [`images`]: what a job may fetch and the local image store;
+//! * [`console`]: serial consoles, their logs and prompt waits;
+//! * [`vm`] and [`local`]: qemu VMs launched here or on a host, QMP, local processes;
+//! * [`host`]: host-device bring-up (power on, boot, wait for SSH).
+//!
+//! It knows devices and files, never jobs: nothing here reads a job or decides a
+//! result.
+
+pub mod console;
+pub mod fetch;
+pub mod host;
+pub mod images;
+pub mod local;
+pub mod ssh;
+pub mod transfer;
+pub mod vm;
