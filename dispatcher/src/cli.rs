@@ -8,15 +8,9 @@ use job_schemas::{Limits, Report, Topology};
 use lab::{Lab, LabReport};
 use runner::validation::{self, JobPolicy};
 
+use crate::exit;
 use crate::remote::{self, Simple};
 use runner::formats::ResultsFormat;
-
-/// Exit status: everything fine.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: the input has problems (invalid job, bad device file).
-pub const EXIT_PROBLEMS: u8 = 1;
-/// Exit status: the input could not be read at all.
-pub const EXIT_UNREADABLE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -273,13 +267,13 @@ fn validate(args: &ValidateArgs) -> u8 {
     let text = match std::fs::read(&args.job) {
         Err(err) => {
             eprintln!("error: cannot read {source}: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(err) => {
                 eprintln!("error: {source} is not UTF-8 text: {err}");
-                return EXIT_UNREADABLE;
+                return exit::UNREADABLE;
             }
         },
     };
@@ -294,7 +288,7 @@ fn validate(args: &ValidateArgs) -> u8 {
             eprintln!(
                 "error: the device types are invalid; fix them first (dispatcher devices check)"
             );
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     let policy = JobPolicy {
@@ -329,9 +323,9 @@ fn validate(args: &ValidateArgs) -> u8 {
         },
     }
     if outcome.is_ok() {
-        EXIT_OK
+        exit::OK
     } else {
-        EXIT_PROBLEMS
+        exit::PROBLEMS
     }
 }
 
@@ -419,7 +413,7 @@ fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
                 if lab.devices.len() == 1 { "" } else { "s" },
                 lab.devices.keys().cloned().collect::<Vec<_>>().join(", "),
             );
-            EXIT_OK
+            exit::OK
         }
         Err(report) => {
             eprint!("{}", report.render());
@@ -427,7 +421,7 @@ fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
                 "{} error(s): the lab configuration is not valid",
                 report.error_count()
             );
-            EXIT_PROBLEMS
+            exit::PROBLEMS
         }
     }
 }

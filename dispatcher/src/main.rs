@@ -9,6 +9,7 @@
 //! could not be reached or refused.
 
 mod cli;
+mod exit;
 mod remote;
 mod run;
 mod serve;

@@ -8,16 +8,13 @@ use futures::StreamExt;
 use runner::formats::ResultsFormat;
 use serde_json::Value;
 
-use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
+use crate::exit;
 
 /// Where the daemon is and how to prove who we are.
 pub struct Server {
     pub url: String,
     pub token: Option<String>,
 }
-
-/// Exit status: the daemon could not be reached or refused the request.
-pub const EXIT_SERVER: u8 = 4;
 
 enum Failure {
     /// The daemon answered with an error status.
@@ -161,21 +158,21 @@ fn report(failure: Failure) -> u8 {
     match failure {
         Failure::Unreachable(message) => {
             eprintln!("error: cannot reach the dispatcher: {message}");
-            EXIT_SERVER
+            exit::SERVER
         }
         Failure::Refused(400, body) => {
             if let Some(report) = body["report"].as_str() {
                 eprint!("{report}");
             }
             eprintln!("error: {}", body["error"].as_str().unwrap_or("refused"));
-            EXIT_PROBLEMS
+            exit::PROBLEMS
         }
         Failure::Refused(status, body) => {
             eprintln!(
                 "error: the dispatcher answered {status}: {}",
                 body["error"].as_str().unwrap_or("")
             );
-            EXIT_SERVER
+            exit::SERVER
         }
     }
 }
@@ -201,11 +198,11 @@ pub fn submit(server: &Server, job: &Path, follow: bool) -> u8 {
         Ok(text) => text,
         Err(err) => {
             eprintln!("error: cannot read {}: {err}", job.display());
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     let Some(runtime) = runtime() else {
-        return EXIT_SERVER;
+        return exit::SERVER;
     };
     runtime.block_on(async {
         let created = match server.post("jobs", text).await {
@@ -215,7 +212,7 @@ pub fn submit(server: &Server, job: &Path, follow: bool) -> u8 {
         let id = created["id"].as_u64().unwrap_or(0);
         println!("job {id} submitted");
         if !follow {
-            return EXIT_OK;
+            return exit::OK;
         }
         if let Err(failure) = server.print_log(id, true, None).await {
             return report(failure);
@@ -237,7 +234,7 @@ fn print_results(results: &Value) -> u8 {
             state["state"].as_str().unwrap_or("?")
         );
         return if state["health"] == "complete" {
-            EXIT_OK
+            exit::OK
         } else {
             3
         };
@@ -273,8 +270,8 @@ fn print_results(results: &Value) -> u8 {
         );
     }
     match (health, failed) {
-        ("complete", false) => EXIT_OK,
-        ("complete", true) => EXIT_PROBLEMS,
+        ("complete", false) => exit::OK,
+        ("complete", true) => exit::PROBLEMS,
         _ => 3,
     }
 }
@@ -282,7 +279,7 @@ fn print_results(results: &Value) -> u8 {
 /// `status ID`, `results ID`, `devices`, `cancel ID`: one request, its answer printed.
 pub fn simple(server: &Server, what: Simple) -> u8 {
     let Some(runtime) = runtime() else {
-        return EXIT_SERVER;
+        return exit::SERVER;
     };
     runtime.block_on(async {
         let answer = match what {
@@ -294,7 +291,7 @@ pub fn simple(server: &Server, what: Simple) -> u8 {
         match answer {
             Ok(value) => {
                 print_json(&value);
-                EXIT_OK
+                exit::OK
             }
             Err(failure) => report(failure),
         }
@@ -311,7 +308,7 @@ pub enum Simple {
 /// `results ID --format junit|tap`: the text as the daemon renders it.
 pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
     let Some(runtime) = runtime() else {
-        return EXIT_SERVER;
+        return exit::SERVER;
     };
     let name = match format {
         ResultsFormat::Junit => "junit",
@@ -334,7 +331,7 @@ pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
             print!("{text}");
-            EXIT_OK
+            exit::OK
         } else {
             let body = serde_json::from_str(&text).unwrap_or(Value::Null);
             report(Failure::Refused(status.as_u16(), body))
@@ -345,11 +342,11 @@ pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
 /// `logs ID [--follow]`.
 pub fn logs(server: &Server, id: u64, follow: bool, node: Option<&str>) -> u8 {
     let Some(runtime) = runtime() else {
-        return EXIT_SERVER;
+        return exit::SERVER;
     };
     runtime.block_on(async {
         match server.print_log(id, follow, node).await {
-            Ok(_) => EXIT_OK,
+            Ok(_) => exit::OK,
             Err(failure) => report(failure),
         }
     })

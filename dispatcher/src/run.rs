@@ -8,7 +8,7 @@ use runner::oneshot::{OneShot, OneShotError, describe_files};
 use runner::validation::JobPolicy;
 use states::{Health, TestResult};
 
-use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
+use crate::exit;
 
 /// What `dispatcher run` was asked.
 pub struct RunRequest {
@@ -24,9 +24,6 @@ pub struct RunRequest {
     pub format: Option<ResultsFormat>,
 }
 
-/// Exit status: the job ran incomplete (infrastructure, timeout, a node failed).
-pub const EXIT_INCOMPLETE: u8 = 3;
-
 /// Runs the job; exit 0 when it completed with no failed case, 1 when a case failed or
 /// the job is invalid, 2 when an input is unreadable, 3 when the job is incomplete.
 pub fn run(request: &RunRequest) -> u8 {
@@ -35,7 +32,7 @@ pub fn run(request: &RunRequest) -> u8 {
         Ok(text) => text,
         Err(err) => {
             eprintln!("error: cannot read {source}: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     let types = match &request.device_types {
@@ -47,7 +44,7 @@ pub fn run(request: &RunRequest) -> u8 {
         Err(report) => {
             eprint!("{}", report.render());
             eprintln!("error: the lab configuration is not valid");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     let node_agent = request.node_agent.clone().unwrap_or_else(|| {
@@ -61,7 +58,7 @@ pub fn run(request: &RunRequest) -> u8 {
             "error: no static node agent at {} (build it with scripts/build-node-agent-static.sh, or pass --node-agent)",
             node_agent.display()
         );
-        return EXIT_UNREADABLE;
+        return exit::UNREADABLE;
     }
     let oneshot = OneShot {
         lab,
@@ -78,17 +75,17 @@ pub fn run(request: &RunRequest) -> u8 {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     match runtime.block_on(oneshot.run(&source, &text)) {
         Err(OneShotError::Invalid(report)) => {
             eprint!("{report}");
-            EXIT_PROBLEMS
+            exit::PROBLEMS
         }
         Err(err) => {
             eprintln!("error: {err}");
-            EXIT_UNREADABLE
+            exit::UNREADABLE
         }
         Ok(ran) => {
             if let Some(format) = request.format {
@@ -102,9 +99,9 @@ pub fn run(request: &RunRequest) -> u8 {
                 .cases()
                 .any(|(_, case)| case.result == TestResult::Fail);
             match ran.report.health {
-                Health::Complete if !failed => EXIT_OK,
-                Health::Complete => EXIT_PROBLEMS,
-                Health::Incomplete | Health::Canceled => EXIT_INCOMPLETE,
+                Health::Complete if !failed => exit::OK,
+                Health::Complete => exit::PROBLEMS,
+                Health::Incomplete | Health::Canceled => exit::INCOMPLETE,
             }
         }
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use dispatcher::daemon::{Daemon, DaemonConfig};
 use store::{Store, TokenScope};
 
-use crate::cli::{EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE};
+use crate::exit;
 
 /// Runs the daemon until SIGINT or SIGTERM, then shuts it down gracefully (running
 /// jobs canceled and cleaned up, queued jobs kept).
@@ -14,14 +14,14 @@ pub fn serve(config: &Path) -> u8 {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     runtime.block_on(async {
@@ -29,7 +29,7 @@ pub fn serve(config: &Path) -> u8 {
             Ok(daemon) => daemon,
             Err(err) => {
                 eprintln!("error: {err}");
-                return EXIT_PROBLEMS;
+                return exit::PROBLEMS;
             }
         };
         // Tests and scripts read the address from here (the port may be 0 in the file).
@@ -48,7 +48,7 @@ pub fn serve(config: &Path) -> u8 {
         }
         eprintln!("shutting down: canceling running jobs, keeping queued ones");
         daemon.shutdown().await;
-        EXIT_OK
+        exit::OK
     })
 }
 
@@ -58,12 +58,12 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return EXIT_UNREADABLE;
+            return exit::UNREADABLE;
         }
     };
     if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
         eprintln!("error: cannot create {}: {err}", config.state_dir.display());
-        return EXIT_UNREADABLE;
+        return exit::UNREADABLE;
     }
     let scope = if read_only {
         TokenScope::ReadOnly
@@ -73,11 +73,11 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     match Store::open(&config.database()).and_then(|store| store.create_scoped_token(name, scope)) {
         Ok(token) => {
             println!("{token}");
-            EXIT_OK
+            exit::OK
         }
         Err(err) => {
             eprintln!("error: {err}");
-            EXIT_PROBLEMS
+            exit::PROBLEMS
         }
     }
 }

@@ -162,52 +162,48 @@ impl ConsoleLog {
     }
 }
 
-/// Removes terminal escape sequences from a stream of text arriving in pieces.
-#[derive(Debug, Default)]
+/// Removes terminal escape sequences from a console's bytes arriving in pieces.
+///
+/// The parsing is `vte`'s (the terminal parser of alacritty), which knows every
+/// sequence class real consoles send: CSI (`ESC [ 6 n`, colours, bracketed paste),
+/// OSC titles ended by BEL or `ESC \`, DCS strings, and the `ESC (`/`ESC )`
+/// character-set designations whose final byte (`B`) a hand-written two-byte rule
+/// leaked into the text. It also keeps a UTF-8 character split across reads whole.
+/// Printable characters, newlines and tabs are kept; carriage returns, bells and every
+/// other control are noise for prompt matching and are dropped.
+#[derive(Default)]
 pub struct AnsiStripper {
-    state: EscState,
+    parser: vte::Parser,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum EscState {
-    #[default]
-    Text,
-    /// After ESC.
-    Escape,
-    /// In a CSI sequence (`ESC [`), until a final byte `@`..`~`.
-    Csi,
-    /// In an OSC string (`ESC ]`), until BEL or `ESC \`.
-    Osc,
-    OscEscape,
+impl std::fmt::Debug for AnsiStripper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnsiStripper").finish_non_exhaustive()
+    }
+}
+
+/// The text a [`vte::Parser`] prints, collected.
+struct Printed(String);
+
+impl vte::Perform for Printed {
+    fn print(&mut self, c: char) {
+        self.0.push(c);
+    }
+
+    fn execute(&mut self, byte: u8) {
+        if byte == b'\n' || byte == b'\t' {
+            self.0.push(char::from(byte));
+        }
+    }
 }
 
 impl AnsiStripper {
-    pub fn strip(&mut self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        for c in text.chars() {
-            self.state = match (self.state, c) {
-                (EscState::Text, '\x1b') => EscState::Escape,
-                (EscState::Text, '\r') => EscState::Text,
-                (EscState::Text, c) => {
-                    // Other control characters (bells, NULs) are noise too.
-                    if !c.is_control() || c == '\n' || c == '\t' {
-                        out.push(c);
-                    }
-                    EscState::Text
-                }
-                (EscState::Escape, '[') => EscState::Csi,
-                (EscState::Escape, ']') => EscState::Osc,
-                // Two-character sequences: ESC c (reset), ESC 7, ESC =, ESC ( B ...
-                (EscState::Escape, _) => EscState::Text,
-                (EscState::Csi, c) if ('@'..='~').contains(&c) => EscState::Text,
-                (EscState::Csi, _) => EscState::Csi,
-                (EscState::Osc, '\x07') => EscState::Text,
-                (EscState::Osc, '\x1b') => EscState::OscEscape,
-                (EscState::Osc, _) => EscState::Osc,
-                (EscState::OscEscape, _) => EscState::Text,
-            };
-        }
-        out
+    /// The text of `bytes`, escape sequences removed; a sequence or character cut at the
+    /// end is completed by the next call.
+    pub fn strip(&mut self, bytes: &[u8]) -> String {
+        let mut printed = Printed(String::with_capacity(bytes.len()));
+        self.parser.advance(&mut printed, bytes);
+        printed.0
     }
 }
 
@@ -227,8 +223,6 @@ pub struct Console<S> {
     stripper: AnsiStripper,
     /// Stripped text not yet consumed by a match.
     pending: String,
-    /// Bytes of an incomplete UTF-8 character at the end of the last read.
-    partial: Vec<u8>,
     failures: Vec<(Regex, FailureKind)>,
 }
 
@@ -250,7 +244,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             log,
             stripper: AnsiStripper::default(),
             pending: String::new(),
-            partial: Vec::new(),
             failures,
         }
     }
@@ -343,16 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
 
     fn feed(&mut self, bytes: &[u8]) {
         self.log.record(bytes);
-        self.partial.extend_from_slice(bytes);
-        let valid_up_to = match std::str::from_utf8(&self.partial) {
-            Ok(_) => self.partial.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // Invalid bytes: take everything, lossily.
-            Err(_) => self.partial.len(),
-        };
-        let chunk: Vec<u8> = self.partial.drain(..valid_up_to).collect();
-        let text = String::from_utf8_lossy(&chunk);
-        let stripped = self.stripper.strip(&text);
+        let stripped = self.stripper.strip(bytes);
         self.pending.push_str(&stripped);
         if self.pending.len() > MAX_PENDING {
             let cut = self.pending.len() - MAX_PENDING / 2;
@@ -421,14 +405,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
 mod tests {
     use super::*;
 
+    /// Strips `pieces` fed in turn, as reads arrive.
+    fn stripped(pieces: &[&[u8]]) -> String {
+        let mut s = AnsiStripper::default();
+        pieces.iter().map(|p| s.strip(p)).collect()
+    }
+
     #[test]
     fn strips_escapes_even_when_split_across_reads() {
-        let mut s = AnsiStripper::default();
-        let mut out = s.strip("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n");
-        out += &s.strip("guest:/# \x1b[");
-        out += &s.strip("6n");
-        out += &s.strip("\x1b]0;title\x07ok\x1b[?2004h");
+        let out = stripped(&[
+            b"\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n",
+            b"guest:/# \x1b[",
+            b"6n",
+            b"\x1b]0;title\x07ok\x1b[?2004h",
+        ]);
         assert_eq!(out, "SeaBIOS\nguest:/# ok");
+    }
+
+    #[test]
+    fn strips_what_real_consoles_send() {
+        let cases: &[(&[u8], &str)] = &[
+            // Character-set designation (ncurses `sgr0`, getty): `B` is part of it.
+            (b"\x1b(Blogin: ", "login: "),
+            (b"\x1b)0\x1b(B\x1b[mroot@host:~# ", "root@host:~# "),
+            // Cursor position request after a busybox/bash prompt.
+            (b"/ # \x1b[6n", "/ # "),
+            // getty clearing the screen, hiding and showing the cursor.
+            (
+                b"\x1b[H\x1b[2J\x1b[?25lDebian GNU/Linux 12\x1b[?25h\r\n",
+                "Debian GNU/Linux 12\n",
+            ),
+            // Colours in a prompt, the working directory in it.
+            (
+                b"\x1b[01;32mroot@vm\x1b[00m:\x1b[01;34m~/src\x1b[00m# ",
+                "root@vm:~/src# ",
+            ),
+            // Window titles ended by BEL or by ST (`ESC \\`).
+            (b"\x1b]0;root@vm: ~\x07$ ", "$ "),
+            (b"\x1b]2;title\x1b\\$ ", "$ "),
+            // A device control string.
+            (b"\x1bP+q544e\x1b\\ok", "ok"),
+            // Save/restore cursor, keypad modes.
+            (b"\x1b7\x1b8\x1b=\x1b>done", "done"),
+            // Bells, NULs and carriage returns are noise; tabs are text.
+            (b"a\x07\x00b\r\n\tc", "ab\n\tc"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&stripped(&[input]), want, "input {input:?}");
+            // Cut at every point: the same text.
+            for cut in 1..input.len() {
+                let (a, b) = input.split_at(cut);
+                assert_eq!(&stripped(&[a, b]), want, "input {input:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_a_character_split_across_reads() {
+        let text = "prüfung ✓ $ ".as_bytes();
+        for cut in 1..text.len() {
+            let (a, b) = text.split_at(cut);
+            assert_eq!(stripped(&[a, b]), "prüfung ✓ $ ", "cut at {cut}");
+        }
     }
 
     async fn console_with(script: &'static [&'static [u8]]) -> Console<tokio::io::DuplexStream> {
