@@ -33,8 +33,8 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, NodeKind, ParsePattern,
-    Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
+    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member, NodeKind,
+    ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
     TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;

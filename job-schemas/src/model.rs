@@ -130,6 +130,28 @@ pub struct RoleSpec {
     pub kind: NodeKind,
 }
 
+impl RoleSpec {
+    /// Its nodes' ids, as `lava-self` prints them: the role itself, or `role-N` (from 1)
+    /// when the role has several nodes. Validation refuses a job where two ids meet.
+    pub fn node_ids(&self) -> impl Iterator<Item = String> + '_ {
+        (1..=self.count).map(move |n| {
+            if self.count == 1 {
+                self.name.clone()
+            } else {
+                format!("{}-{n}", self.name)
+            }
+        })
+    }
+}
+
+/// One node of a job: an instance of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Unique in the job (see [`RoleSpec::node_ids`]).
+    pub node: String,
+    pub role: String,
+}
+
 /// One action, routed to a role (`None`: every role).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Action {
@@ -267,6 +289,20 @@ impl Job {
             }))
             .collect(),
         }
+    }
+
+    /// Every node of the job, in role order (a vm_group's host first, then its VMs in
+    /// job order): the members of its MultiNode group.
+    pub fn members(&self) -> Vec<Member> {
+        self.roles()
+            .iter()
+            .flat_map(|r| {
+                r.node_ids().map(|node| Member {
+                    node,
+                    role: r.name.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Number of nodes (role instances) the job needs.

@@ -57,6 +57,7 @@ pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
     }
     let roles = collect_roles(job);
     check_roles(&roles, &mut out);
+    check_node_ids(&roles, &mut out);
     check_counts(job, ctx, &mut out);
     check_device_types(job, ctx, &mut out);
     check_actions(job, &roles, ctx, &mut out);
@@ -121,6 +122,8 @@ fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic
 /// Where a role the job defines is defined.
 pub(crate) struct RoleDef {
     pub pointer: String,
+    /// Its `count` when that is a positive integer (else the count check reports it).
+    pub count: u64,
 }
 
 /// Roles in definition order (a role defined twice keeps its first definition).
@@ -149,13 +152,23 @@ impl Roles {
     }
 }
 
+/// A role entry's `count`, 1 when absent or not a positive integer.
+fn count_of(entry: &Value) -> u64 {
+    entry
+        .get("count")
+        .and_then(Value::as_u64)
+        .filter(|c| *c > 0)
+        .unwrap_or(1)
+}
+
 fn collect_roles(job: &Value) -> Roles {
     let mut all = Vec::new();
     if let Some(group) = job.get("device_group").and_then(Value::as_array) {
         for (i, entry) in group.iter().enumerate() {
             if let Some(role) = entry.get("role").and_then(Value::as_str) {
                 let at = format!("/device_group/{i}/role");
-                all.push((role.to_string(), RoleDef { pointer: at }));
+                let count = count_of(entry);
+                all.push((role.to_string(), RoleDef { pointer: at, count }));
             }
         }
     }
@@ -165,12 +178,17 @@ fn collect_roles(job: &Value) -> Roles {
                 Some(role) => (role, "/vm_group/host/role"),
                 None => (DEFAULT_HOST_ROLE, "/vm_group/host"),
             };
-            all.push((role.to_string(), RoleDef { pointer: at.into() }));
+            let def = RoleDef {
+                pointer: at.into(),
+                count: 1,
+            };
+            all.push((role.to_string(), def));
         }
         for (i, vm) in vms(job) {
             if let Some(role) = vm.get("role").and_then(Value::as_str) {
                 let at = format!("/vm_group/vms/{i}/role");
-                all.push((role.to_string(), RoleDef { pointer: at }));
+                let count = count_of(vm);
+                all.push((role.to_string(), RoleDef { pointer: at, count }));
             }
         }
     }
@@ -205,6 +223,39 @@ fn check_roles(roles: &Roles, out: &mut Vec<Diagnostic>) {
             );
         } else {
             first_seen.insert(name, &def.pointer);
+        }
+    }
+}
+
+/// Node ids must be unique in a job (`lava-self`, `lava-group` and every MultiNode
+/// call name nodes by them). Roles are unique already, so the only clash left is a role
+/// named like another role's numbered node: `client-2` beside `client` with count 2.
+/// Checked by name, not by listing every node, so a huge count costs nothing.
+fn check_node_ids(roles: &Roles, out: &mut Vec<Diagnostic>) {
+    for (name, def) in &roles.all {
+        let Some((base, number)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Some(owner) = roles.get(base) else {
+            continue;
+        };
+        let numbered = number.parse::<u64>().ok().filter(|n| {
+            // `client-02` is not a node id the dispatcher makes.
+            *n >= 1 && *n <= owner.count && owner.count > 1 && n.to_string() == number
+        });
+        if let Some(n) = numbered {
+            out.push(
+                Diagnostic::error(
+                    &def.pointer,
+                    format!("role \"{name}\" has the node id of node {n} of role \"{base}\""),
+                )
+                .expected("node ids used once: a role with count N has nodes ROLE-1 … ROLE-N")
+                .found(format!(
+                    "\"{name}\", also node {n} of {base} ({})",
+                    owner.pointer
+                ))
+                .hint(format!("rename role \"{name}\"")),
+            );
         }
     }
 }

@@ -212,3 +212,63 @@ fn timeouts_and_priorities_no_integer_type_holds_are_located_errors() {
     }
     assert!(validate_str(&job("31536000", "5", "100"), &context()).is_ok());
 }
+
+#[test]
+fn a_role_named_like_another_roles_numbered_node_is_refused_at_its_role() {
+    let job = |second_role: &str, count: u32| {
+        format!(
+            r#"{{"timeout": 60, "vm_group": {{"host": {{"device_type": "qemu-host"}},
+            "vms": [{{"device_type": "kvm", "role": "client", "count": {count}, "image": "file:///srv/vm.img"}},
+                    {{"device_type": "kvm", "role": "{second_role}", "image": "file:///srv/vm.img"}}]}},
+            "actions": [{{"command": "boot_linaro_image"}}]}}"#
+        )
+    };
+    let report = refused(&job("client-2", 3));
+    let errors = errors(&report);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "/vm_group/vms/1/role");
+    assert!(
+        errors[0].1.contains("node 2 of role \"client\""),
+        "{errors:?}"
+    );
+    // Ids the dispatcher never makes: past the count, a single node, a leading zero.
+    for (role, count) in [
+        ("client-4", 3),
+        ("client-1", 1),
+        ("client-02", 3),
+        ("client-0", 3),
+    ] {
+        let validated = validate_str(&job(role, count), &context())
+            .unwrap_or_else(|r| panic!("{role} with count {count}: {r:?}"));
+        let nodes: Vec<String> = validated
+            .job
+            .members()
+            .into_iter()
+            .map(|m| m.node)
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = nodes.iter().collect();
+        assert_eq!(unique.len(), nodes.len(), "{nodes:?}");
+    }
+    // The members: host first, then each VM as lava-self names it.
+    let validated = validate_str(&job("server", 2), &context()).unwrap();
+    let members: Vec<(String, String)> = validated
+        .job
+        .members()
+        .into_iter()
+        .map(|m| (m.node, m.role))
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        members,
+        pairs(&[
+            ("host", "host"),
+            ("client-1", "client"),
+            ("client-2", "client"),
+            ("server", "server")
+        ])
+    );
+}

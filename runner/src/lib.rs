@@ -142,7 +142,7 @@ pub async fn run_job(
             run_vm_group(job, group, lab, host, coordination, settings, log).await
         }
         (Topology::Single { .. } | Topology::DeviceGroup { .. }, _)
-            if devices.len() == nodes::role_members(job).len() =>
+            if devices.len() == job.members().len() =>
         {
             run_device_group(job, lab, devices, coordination, settings, log).await
         }
@@ -211,10 +211,7 @@ async fn run_vm_group(
     settings: &RunSettings,
     log: &JobLog,
 ) -> Vec<NodeReport> {
-    let plan = match GroupPlan::new(job, group) {
-        Ok(plan) => plan,
-        Err(err) => return fail_all_roles(job, Failure::new(ErrorClass::Job, "plan", err)),
-    };
+    let plan = GroupPlan::new(job, group);
     let ctx =
         match GroupContext::create(job, lab, settings, log, coordination, plan.members()).await {
             Ok(ctx) => ctx,
@@ -257,7 +254,11 @@ async fn run_device_group(
     settings: &RunSettings,
     log: &JobLog,
 ) -> Vec<NodeReport> {
-    let members = nodes::role_members(job);
+    let members = job
+        .members()
+        .into_iter()
+        .map(|m| (m.node, m.role))
+        .collect();
     let ctx = match GroupContext::create(job, lab, settings, log, coordination, members).await {
         Ok(ctx) => ctx,
         Err(failure) => return fail_all_roles(job, failure),

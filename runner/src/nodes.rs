@@ -2,7 +2,7 @@
 //! images each VM boots, and which test shells each node runs, all read from the typed
 //! job before anything is started.
 
-use job_schemas::{Command, Job, TestShell, VmGroup, VmSpec};
+use job_schemas::{Command, Job, NodeKind, RoleSpec, TestShell, VmGroup, VmSpec};
 use url::Url;
 
 /// One VM of the group.
@@ -46,14 +46,6 @@ impl ImageUrls {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("node id {0:?} is used twice (a role named like another role's numbered node)")]
-    DuplicateNode(String),
-    #[error("a vm_group has at most {max} VMs, this one has {0}", max = job_schemas::MAX_VMS_PER_GROUP)]
-    TooManyVms(usize),
-}
-
 /// A vm_group job's nodes.
 #[derive(Debug, Clone)]
 pub struct GroupPlan {
@@ -63,18 +55,21 @@ pub struct GroupPlan {
 }
 
 impl GroupPlan {
-    pub fn new(job: &Job, group: &VmGroup) -> Result<Self, PlanError> {
+    /// The plan of a validated job: node ids, their uniqueness and the group's size
+    /// were checked by validation (`job_schemas`), so nothing here can fail.
+    pub fn new(job: &Job, group: &VmGroup) -> Self {
         let mut vms = Vec::new();
         for spec in &group.vms {
             let images = images_for(job, &spec.role, spec.image.as_ref());
-            for i in 0..spec.count {
-                let id = if spec.count == 1 {
-                    spec.role.clone()
-                } else {
-                    format!("{}-{}", spec.role, i + 1)
-                };
-                let index =
-                    u8::try_from(vms.len()).map_err(|_| PlanError::TooManyVms(vms.len()))?;
+            let role = RoleSpec {
+                name: spec.role.clone(),
+                device_type: spec.device_type.clone(),
+                count: spec.count,
+                kind: NodeKind::Vm,
+            };
+            for id in role.node_ids() {
+                // At most MAX_VMS_PER_GROUP (250) VMs passed validation.
+                let index = u8::try_from(vms.len()).unwrap_or(u8::MAX);
                 vms.push(VmNode {
                     id,
                     role: spec.role.clone(),
@@ -84,23 +79,11 @@ impl GroupPlan {
                 });
             }
         }
-        // Validation refuses such a job (`job_schemas::MAX_VMS_PER_GROUP`); a plan
-        // still never hands out a 251st address on the group's /24.
-        if vms.len() > job_schemas::MAX_VMS_PER_GROUP {
-            return Err(PlanError::TooManyVms(vms.len()));
-        }
-        let plan = Self {
+        Self {
             host_id: group.host_role.clone(),
             host_role: group.host_role.clone(),
             vms,
-        };
-        let mut seen = std::collections::BTreeSet::new();
-        for (id, _) in plan.members() {
-            if !seen.insert(id.clone()) {
-                return Err(PlanError::DuplicateNode(id));
-            }
         }
-        Ok(plan)
     }
 
     /// `(node id, role)` of every node, host first: the coordinator group.
@@ -149,24 +132,6 @@ pub fn test_shells<'a>(job: &'a Job, role: &'a str) -> Vec<(&'a TestShell, Optio
         .filter_map(|a| match &a.command {
             Command::LavaTestShell(shell) => Some((shell, a.timeout_secs)),
             _ => None,
-        })
-        .collect()
-}
-
-/// `(node id, role)` of every node of a job that is not a vm_group: the role, or
-/// `role-N` (from 1) when the role has several nodes, in role order.
-pub fn role_members(job: &Job) -> Vec<(String, String)> {
-    job.roles()
-        .iter()
-        .flat_map(|r| {
-            (0..r.count).map(move |i| {
-                let node = if r.count == 1 {
-                    r.name.clone()
-                } else {
-                    format!("{}-{}", r.name, i + 1)
-                };
-                (node, r.name.clone())
-            })
         })
         .collect()
 }

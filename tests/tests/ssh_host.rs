@@ -201,7 +201,9 @@ async fn an_image_is_uploaded_once_and_verified() {
     let remote = session
         .run(
             &format!("sha256sum {}", first.remote_path),
-            Duration::from_secs(30),
+            // A bound, not a speed check: hashing 20 MiB took over 30 s on a loaded
+            // 2-core machine; the dispatcher's own hash command allows 600 s.
+            Duration::from_secs(600),
         )
         .await
         .unwrap();

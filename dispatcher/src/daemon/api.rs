@@ -240,16 +240,12 @@ async fn submit(State(shared): State<Arc<Shared>>, TimedBody(body): TimedBody) -
 
 /// Every node the job will have, with its role.
 fn members_of(job: &job_schemas::Job) -> Vec<Member> {
-    let members = match &job.topology {
-        job_schemas::Topology::VmGroup(group) => match runner::nodes::GroupPlan::new(job, group) {
-            Ok(plan) => plan.members(),
-            Err(_) => runner::nodes::role_members(job),
-        },
-        _ => runner::nodes::role_members(job),
-    };
-    members
+    job.members()
         .into_iter()
-        .map(|(node, role)| Member { node, role })
+        .map(|m| Member {
+            node: m.node,
+            role: m.role,
+        })
         .collect()
 }
 
