@@ -6,9 +6,10 @@
 //! Works over any byte stream: an SSH pty channel, a local qemu's stdio, a test's
 //! in-memory pipe.
 
+use parking_lot::Mutex;
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regex::Regex;
@@ -119,7 +120,8 @@ impl ConsoleLog {
     fn appending_capped(file: std::fs::File, limit: u64) -> Self {
         let already = file.metadata().map_or(0, |m| m.len());
         let log = Self::capped(file, limit);
-        if let Ok(mut sink) = log.sink.lock() {
+        {
+            let mut sink = log.sink.lock();
             sink.written = already;
             // Past the limit, the marker is already in the file.
             sink.full = already > sink.limit;
@@ -133,9 +135,7 @@ impl ConsoleLog {
     }
 
     fn record(&self, bytes: &[u8]) {
-        let Ok(mut sink) = self.sink.lock() else {
-            return;
-        };
+        let mut sink = self.sink.lock();
         if sink.full {
             return;
         }
@@ -155,10 +155,7 @@ impl ConsoleLog {
 
     /// What was logged in memory (when not logging to a writer).
     pub fn contents(&self) -> Vec<u8> {
-        self.sink
-            .lock()
-            .map(|s| s.memory.clone())
-            .unwrap_or_default()
+        self.sink.lock().memory.clone()
     }
 }
 
@@ -527,7 +524,7 @@ mod tests {
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -553,7 +550,7 @@ mod tests {
             .expect(&prompt, Duration::from_secs(5))
             .await
             .unwrap();
-        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(written.0.lock().clone()).unwrap();
         let (kept, marker) = text.split_once("\n[console log truncated").unwrap();
         assert_eq!(kept.len(), 100);
         assert_eq!(

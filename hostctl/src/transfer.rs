@@ -52,8 +52,8 @@ pub enum TransferError {
 /// Digests of local files already hashed, by path, size and modification time: a daemon
 /// uploads the same images job after job, and hashing 512 MiB takes half a second.
 type DigestKey = (std::path::PathBuf, u64, std::time::SystemTime);
-static DIGESTS: std::sync::Mutex<std::collections::BTreeMap<DigestKey, String>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static DIGESTS: parking_lot::Mutex<std::collections::BTreeMap<DigestKey, String>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
 
 /// SHA-256 of a local file, hex, and its size; remembered until the file changes.
 pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
@@ -67,7 +67,7 @@ pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
         .ok()
         .map(|modified| (path.to_path_buf(), meta.len(), modified));
     if let Some(key) = &key
-        && let Some(digest) = DIGESTS.lock().ok().and_then(|d| d.get(key).cloned())
+        && let Some(digest) = DIGESTS.lock().get(key).cloned()
     {
         return Ok((digest, meta.len()));
     }
@@ -86,10 +86,8 @@ pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
     let digest = hex::encode(hasher.finalize());
     // Only what was read whole is remembered: a file that grew while being read is
     // hashed again next time.
-    if let Some(key) = key.filter(|(_, len, _)| *len == size)
-        && let Ok(mut digests) = DIGESTS.lock()
-    {
-        digests.insert(key, digest.clone());
+    if let Some(key) = key.filter(|(_, len, _)| *len == size) {
+        DIGESTS.lock().insert(key, digest.clone());
     }
     Ok((digest, size))
 }

@@ -2,8 +2,9 @@
 //! trust on first use recorded in the lab's known-hosts file (OpenSSH format, so an
 //! admin can read and edit it with the usual tools). There is no way to skip the check.
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use russh::keys::{HashAlg, PublicKey};
 
@@ -47,7 +48,7 @@ impl HostKeyCheck {
 
     /// The verdict of the last check, if one ran.
     pub fn verdict(&self) -> Option<Verdict> {
-        self.verdict.lock().ok().and_then(|v| v.clone())
+        self.verdict.lock().clone()
     }
 
     /// Decides whether `key` is the device's key.
@@ -62,9 +63,7 @@ impl HostKeyCheck {
             HostKeyPolicy::TrustOnFirstUse => self.trust_on_first_use(key, found),
         };
         let accepted = matches!(verdict, Verdict::Accepted | Verdict::Learned);
-        if let Ok(mut slot) = self.verdict.lock() {
-            *slot = Some(verdict);
-        }
+        *self.verdict.lock() = Some(verdict);
         accepted
     }
 
