@@ -3,10 +3,11 @@
 //! pipeline's actions and a size cap that keeps the log's beginning and its end (see
 //! [`Mode`]).
 
+use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -137,10 +138,7 @@ impl JobLog {
             node: node.map(str::to_string),
             msg: msg.into(),
         };
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        if let Err(err) = inner.append(&line) {
+        if let Err(err) = self.inner.lock().append(&line) {
             tracing::warn!(path = %self.path.display(), %err, "cannot write the job log");
         }
     }
@@ -149,9 +147,7 @@ impl JobLog {
     /// the log is whole before the job is recorded as finished. (Dropping the last
     /// clone does the same.)
     pub fn finish(&self) {
-        if let Ok(mut inner) = self.inner.lock()
-            && let Err(err) = inner.finish()
-        {
+        if let Err(err) = self.inner.lock().finish() {
             tracing::warn!(path = %self.path.display(), %err, "cannot append the log's tail");
         }
     }
