@@ -12,20 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub use coordinator_client::{Data, Senders};
+use proto::multinode::NETWORK_MESSAGE;
 use serde::{Deserialize, Serialize};
-
-/// What a node has sent under one message id, by key.
-pub type Data = BTreeMap<String, String>;
-
-/// Every sender's data for one message id, by node id.
-pub type Senders = BTreeMap<String, Data>;
-
-/// The message id `lava-network broadcast` sends under (as in LAVA).
-pub const NETWORK_MESSAGE: &str = "network_info";
-/// Sent by the host to start the VMs (LAVA v1's `lava_vm_start`).
-pub const VM_START_MESSAGE: &str = "lava_vm_start";
-/// Sent by each node of a VM group when it is done (LAVA v1's `lava_vm_stop`).
-pub const VM_STOP_MESSAGE: &str = "lava_vm_stop";
 
 /// Largest message id, key, value and message sizes a node may send.
 pub const MAX_ID_LEN: usize = 128;

@@ -7,21 +7,21 @@
 //! * [`journal`]: groups kept on disk, so they survive a restart;
 //! * [`service`]: the gRPC API of `proto/`; [`legacy`]: LAVA's own protocol;
 //! * [`server`]: starting both, standalone (`coordinator` binary) or embedded;
-//! * [`client`]: node and dispatcher clients; [`relay`]: answering console markers.
+//! * [`client`], [`network`], [`relay`]: the `coordinator-client` crate, re-exported:
+//!   node and dispatcher clients, `lava-network` data, answering console markers.
 //!
 //! It owns groups, messages, barriers and node liveness. It must not know about
 //! devices, images, jobs or consoles beyond a group's node ids and roles.
 
 pub mod auth;
-pub mod client;
 pub mod group;
 pub mod journal;
 pub mod legacy;
-pub mod network;
-pub mod relay;
 pub mod server;
 pub mod service;
 pub mod store;
 
-pub use client::{AdminClient, ClientError, Credential, GroupView, NodeClient, Target};
+pub use coordinator_client::{
+    AdminClient, ClientError, Credential, GroupView, NodeClient, Target, client, network, relay,
+};
 pub use server::{Config, Running, StartError, start};

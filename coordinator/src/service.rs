@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use proto::multinode::{NETWORK_MESSAGE, VM_START_HOST_IP, VM_START_MESSAGE, VM_STOP_MESSAGE};
 use proto::v1::coordinator_server::Coordinator;
 use proto::v1::{self, group_event};
 use tokio_stream::StreamExt;
@@ -13,7 +14,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::group::{self, Data, NETWORK_MESSAGE, Senders, VM_START_MESSAGE, VM_STOP_MESSAGE};
+use crate::group::{self, Data, Senders};
 use crate::store::{self, CallError, GroupCell, Store};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::GroupEvent, Status>> + Send>>;
@@ -417,7 +418,7 @@ impl Coordinator for Service {
     ) -> Result<Response<v1::StartVmsResponse>, Status> {
         let cell = self.node(&request)?;
         let r = request.into_inner();
-        let data = Data::from([("host_ip".to_string(), r.host_ip.clone())]);
+        let data = Data::from([(VM_START_HOST_IP.to_string(), r.host_ip.clone())]);
         Self::send_in(&cell, &r.node_id, VM_START_MESSAGE, data)?;
         cell.emit(group_event::Kind::VmsStartRequested(
             v1::VmsStartRequested {

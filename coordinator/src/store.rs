@@ -327,14 +327,7 @@ pub fn node_changed(node: &Node) -> v1::NodeChanged {
     }
 }
 
-/// One node's credentials, as the dispatcher receives them when it creates a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credential {
-    pub node_id: String,
-    pub role: String,
-    /// Secret: the coordinator keeps only its hash.
-    pub token: String,
-}
+pub use coordinator_client::Credential;
 
 /// Every group the coordinator serves.
 pub struct Store {

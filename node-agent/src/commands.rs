@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::SystemTime;
 
+use coordinator_client::network;
+use proto::multinode::{NETWORK_MESSAGE, VM_START_MESSAGE, VM_STOP_MESSAGE};
+use proto::signal::{self, Outcome, Signal, TestCase};
+
 use crate::transport::{Entries, Failure, Transport};
 use crate::{cache, env, netinfo};
 
@@ -149,7 +153,11 @@ pub async fn run(command: &str, args: &[String]) -> Result<(), Failure> {
                 ))
             })?;
             let mut transport = Transport::open(timeout).await?;
-            recorded("start-vms", "lava_vm_start", transport.start_vms(&ip).await)
+            recorded(
+                "start-vms",
+                VM_START_MESSAGE,
+                transport.start_vms(&ip).await,
+            )
         }
         "lava-wait-for-vms" => {
             if !args.is_empty() {
@@ -158,27 +166,26 @@ pub async fn run(command: &str, args: &[String]) -> Result<(), Failure> {
             let mut transport = Transport::open(timeout).await?;
             recorded(
                 "wait-for-vms",
-                "lava_vm_stop",
+                VM_STOP_MESSAGE,
                 transport.wait_for_vms(deadline).await,
             )
         }
         "lava-network" => network(args, timeout, deadline).await,
         "lava-test-case" => test_case(args).await,
         "lava-test-set" => match args {
-            [verb, name] if verb == "start" => {
-                println(&format!("<LAVA_SIGNAL_TESTSET START {}>", word(name)?))
-            }
-            [verb] | [verb, _] if verb == "stop" => println("<LAVA_SIGNAL_TESTSET STOP>"),
+            [verb, name] if verb == "start" => emit(&Signal::TestSetStart {
+                name: word(name)?.to_string(),
+            }),
+            [verb] | [verb, _] if verb == "stop" => emit(&Signal::TestSetStop),
             _ => Err(usage("lava-test-set start <name> | lava-test-set stop")),
         },
         "lava-test-raise" => {
             if args.is_empty() {
                 return Err(usage("lava-test-raise <message>"));
             }
-            println(&format!(
-                "<LAVA_SIGNAL_TESTRAISE {}>",
-                args.join(" ").replace('>', ")")
-            ))?;
+            emit(&Signal::TestRaise {
+                message: args.join(" "),
+            })?;
             Err(Failure::MultiNode(format!(
                 "test raised: {}",
                 args.join(" ")
@@ -201,13 +208,14 @@ fn check_id(id: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints a signal for the dispatcher to read.
+fn emit(signal: &Signal) -> Result<(), Failure> {
+    println(&signal.to_string())
+}
+
 /// Test case names and set names may not contain white space (LAVA's rule).
 fn word(name: &str) -> Result<&str, Failure> {
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c == '>' || c == '<')
-    {
+    if !signal::is_word(name) {
         return Err(Failure::Usage(format!(
             "{name:?} may not be empty or contain spaces, '<' or '>'"
         )));
@@ -218,10 +226,10 @@ fn word(name: &str) -> Result<&str, Failure> {
 /// Records a MultiNode call as a test case `multinode-<api>-<id>`, as LAVA does, and
 /// passes its outcome on.
 fn recorded<T>(api: &str, id: &str, outcome: Result<T, Failure>) -> Result<T, Failure> {
-    let result = if outcome.is_ok() { "pass" } else { "fail" };
-    println(&format!(
-        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=multinode-{api}-{id} RESULT={result}>"
-    ))?;
+    emit(&Signal::TestCase(TestCase::new(
+        format!("multinode-{api}-{id}"),
+        Outcome::of(outcome.is_ok()),
+    )))?;
     outcome
 }
 
@@ -234,17 +242,20 @@ async fn test_case(args: &[String]) -> Result<(), Failure> {
             if rest.len() < 2 {
                 return Err(usage(USAGE));
             }
+            // The command's output stands between these, as LAVA's lava-test-case has it.
+            emit(&Signal::StartTc {
+                id: name.to_string(),
+            })?;
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(rest[1..].join(" "))
                 .status()
                 .await
                 .map_err(|e| Failure::Infrastructure(format!("cannot run sh: {e}")))?;
-            (
-                if status.success() { "pass" } else { "fail" }.to_string(),
-                None,
-                None,
-            )
+            emit(&Signal::EndTc {
+                id: name.to_string(),
+            })?;
+            (Outcome::of(status.success()), None, None)
         }
         Some("--result") => {
             let mut options: BTreeMap<&str, &str> = BTreeMap::new();
@@ -258,29 +269,28 @@ async fn test_case(args: &[String]) -> Result<(), Failure> {
                     _ => return Err(usage(USAGE)),
                 }
             }
-            let result = options.get("--result").copied().unwrap_or_default();
-            if !["pass", "fail", "skip", "unknown"].contains(&result) {
-                return Err(usage(USAGE));
-            }
+            let result: Outcome = options
+                .get("--result")
+                .copied()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| usage(USAGE))?;
             let measurement = options.get("--measurement").map(|m| word(m)).transpose()?;
             let units = options.get("--units").map(|u| word(u)).transpose()?;
             (
-                result.to_string(),
+                result,
                 measurement.map(str::to_string),
                 units.map(str::to_string),
             )
         }
         _ => return Err(usage(USAGE)),
     };
-    let mut line = format!("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID={name} RESULT={result}");
-    if let Some(m) = measurement {
-        line.push_str(&format!(" MEASUREMENT={m}"));
-    }
-    if let Some(u) = units {
-        line.push_str(&format!(" UNITS={u}"));
-    }
-    line.push('>');
-    println(&line)
+    emit(&Signal::TestCase(TestCase {
+        id: name.to_string(),
+        result,
+        measurement,
+        units,
+    }))
 }
 
 async fn network(
@@ -305,7 +315,7 @@ async fn network(
             let role = role.first().map(String::as_str);
             let entries = recorded(
                 "network-collect",
-                "network_info",
+                NETWORK_MESSAGE,
                 transport.network_collect(role, deadline).await,
             )?;
             cache::write(&env::network_cache_file(), &entries)
@@ -327,7 +337,7 @@ async fn network(
 fn lookup(entries: &Entries, node: &str, key: &str) -> Option<String> {
     let by_hostname = entries
         .iter()
-        .find(|(_, k, v)| k == "hostname" && v == node)
+        .find(|(_, k, v)| k == network::HOSTNAME && v == node)
         .map(|(n, _, _)| n.as_str());
     let target = if entries.iter().any(|(n, _, _)| n == node) {
         Some(node)
@@ -359,8 +369,8 @@ async fn append_hosts(
     let mut text = String::new();
     for node in nodes {
         let (Some(ip), Some(host)) = (
-            lookup(&entries, node, "ipv4"),
-            lookup(&entries, node, "hostname"),
+            lookup(&entries, node, network::IPV4),
+            lookup(&entries, node, network::HOSTNAME),
         ) else {
             continue;
         };

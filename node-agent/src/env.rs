@@ -31,7 +31,7 @@ pub const DEFAULT_NETWORK_CACHE: &str = "/tmp/lava_multi_node_network_cache.txt"
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The coordinator to connect to, with its CA when one is configured.
-pub fn coordinator_target() -> Result<coordinator::Target, String> {
+pub fn coordinator_target() -> Result<coordinator_client::Target, String> {
     let url = var(COORDINATOR).ok_or_else(|| format!("{COORDINATOR} is not set"))?;
     let ca_pem = match var(COORDINATOR_CA) {
         None => None,
@@ -39,7 +39,7 @@ pub fn coordinator_target() -> Result<coordinator::Target, String> {
             Some(std::fs::read(&path).map_err(|e| format!("{COORDINATOR_CA}={path}: {e}"))?)
         }
     };
-    Ok(coordinator::Target { url, ca_pem })
+    Ok(coordinator_client::Target { url, ca_pem })
 }
 
 pub fn var(name: &str) -> Option<String> {

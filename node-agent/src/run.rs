@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use coordinator::NodeClient;
+use coordinator_client::NodeClient;
 
 use crate::commands::COMMANDS;
 use crate::env;

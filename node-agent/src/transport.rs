@@ -5,10 +5,10 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
-use coordinator::group::{NETWORK_MESSAGE, VM_START_MESSAGE, VM_STOP_MESSAGE};
-use coordinator::{ClientError, NodeClient};
+use coordinator_client::{ClientError, NodeClient, Senders, network};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use proto::markers::{self, Call, Reply};
+use proto::multinode::{NETWORK_MESSAGE, VM_START_HOST_IP, VM_START_MESSAGE, VM_STOP_MESSAGE};
 use proto::v1::NetworkInfo;
 
 use crate::env;
@@ -146,8 +146,11 @@ impl Transport {
         match self {
             Transport::Grpc(client) => Ok(client.start_vms(host_ip).await?),
             Transport::Marker(_) => {
-                self.send(VM_START_MESSAGE, vec![("host_ip".into(), host_ip.into())])
-                    .await
+                self.send(
+                    VM_START_MESSAGE,
+                    vec![(VM_START_HOST_IP.into(), host_ip.into())],
+                )
+                .await
             }
         }
     }
@@ -168,7 +171,7 @@ impl Transport {
         match self {
             Transport::Grpc(client) => Ok(client.network_broadcast(info).await?),
             Transport::Marker(_) => {
-                let data = coordinator::network::to_data(&info).into_iter().collect();
+                let data = network::to_data(&info).into_iter().collect();
                 self.send(NETWORK_MESSAGE, data).await
             }
         }
@@ -186,7 +189,7 @@ impl Transport {
                 Ok(nodes
                     .iter()
                     .flat_map(|(node, info)| {
-                        coordinator::network::to_data(info)
+                        network::to_data(info)
                             .into_iter()
                             .map(move |(k, v)| (node.clone(), k, v))
                     })
@@ -207,7 +210,7 @@ impl Transport {
     }
 }
 
-fn flatten(senders: coordinator::group::Senders) -> Entries {
+fn flatten(senders: Senders) -> Entries {
     senders
         .into_iter()
         .flat_map(|(node, data)| data.into_iter().map(move |(k, v)| (node.clone(), k, v)))

@@ -1,5 +1,6 @@
 //! Property tests (proptest) of the wire formats against arbitrary input: the console
-//! marker scanner and parsers, and LAVA's legacy frame header and request decoder. Input
+//! marker scanner and parsers, LAVA's test shell signals, and LAVA's legacy frame header
+//! and request decoder. Input
 //! that arrives from consoles and sockets may be anything; none of it may panic, and
 //! whatever we write must read back the same. Bounded: each property runs a fixed
 //! number of cases (about a second in all), so `cargo test` stays fast.
@@ -9,6 +10,7 @@
 use proptest::prelude::*;
 use proto::legacy::{self, HEADER_LEN, Request};
 use proto::markers::{self, Call, Reply, Scanner};
+use proto::signal::{self, Outcome, ShellDone, Signal, TestCase};
 
 /// Text of any Unicode, white space and marker characters included.
 fn any_text() -> impl Strategy<Value = String> {
@@ -45,8 +47,83 @@ fn any_reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
+/// What a signal's parameter may hold (`signal::is_word`), `=`, `:` and `/` included.
+fn word() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.:/=+-]{1,12}"
+}
+
+fn any_signal() -> impl Strategy<Value = Signal> {
+    let outcome = prop::sample::select(Outcome::ALL.to_vec());
+    prop_oneof![
+        (word(), prop::option::of(word()))
+            .prop_map(|(run_id, uuid)| Signal::StartRun { run_id, uuid }),
+        (word(), prop::option::of(word()))
+            .prop_map(|(run_id, uuid)| Signal::EndRun { run_id, uuid }),
+        word().prop_map(|id| Signal::StartTc { id }),
+        word().prop_map(|id| Signal::EndTc { id }),
+        (
+            word(),
+            outcome.clone(),
+            prop::option::of(word()),
+            prop::option::of(word())
+        )
+            .prop_map(
+                |(id, result, measurement, units)| Signal::TestCase(TestCase {
+                    id,
+                    result,
+                    measurement,
+                    units
+                })
+            ),
+        (word(), outcome, word()).prop_map(|(id, result, reference)| Signal::TestReference {
+            id,
+            result,
+            reference
+        }),
+        word().prop_map(|name| Signal::TestSetStart { name }),
+        Just(Signal::TestSetStop),
+        prop::collection::vec(word(), 1..5).prop_map(|words| Signal::TestRaise {
+            message: words.join(" ")
+        }),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn a_signal_reads_back_from_a_console_line_among_noise(
+        signal in any_signal(),
+        before in "[^<\n]{0,20}",
+        after in "[^\n]{0,20}",
+    ) {
+        prop_assert!(signal::is_word(signal.name()));
+        let line = format!("{before}{signal}{after}");
+        prop_assert_eq!(Signal::find(&line), Some(Ok(signal.clone())));
+        prop_assert_eq!(signal.to_string().parse::<Signal>(), Ok(signal));
+    }
+
+    #[test]
+    fn signals_read_from_any_text_without_panicking(text in any_text()) {
+        let _ = Signal::find(&text);
+        let _ = text.parse::<Signal>();
+        let _ = ShellDone::find(&text);
+        let line = format!("<LAVA_SIGNAL_{text}>");
+        let _ = Signal::find(&line);
+    }
+
+    #[test]
+    fn any_raise_message_makes_one_marker_that_reads_back(message in any_text()) {
+        let line = Signal::TestRaise { message }.to_string();
+        prop_assert!(!line.contains('\n'));
+        prop_assert_eq!(line.matches('>').count(), 1);
+        // Read back, the message has its white space runs made one space; from then on
+        // it reads back as written.
+        if let Some(Ok(again)) = Signal::find(&line) {
+            prop_assert_eq!(again.name(), "TESTRAISE");
+            prop_assert_eq!(Signal::find(&again.to_string()), Some(Ok(again)));
+        }
+    }
 
     #[test]
     fn the_scanner_takes_any_bytes_in_any_pieces(

@@ -36,8 +36,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use coordinator::group::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use job_schemas::{Job, Topology, VmGroup};
+use proto::multinode::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use regex::Regex;
 
 use crate::joblog::{JobLog, Level};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coordinator::relay::Relay;
 use proto::markers::Scanner;
-use regex::Regex;
+use proto::signal::{ShellDone, Signal};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -18,13 +18,10 @@ use crate::joblog::{JobLog, Level};
 use crate::testdef::{CaseResult, ResultParser};
 use hostctl::console::{Console, ConsoleError};
 
-/// The line a test shell ends with; the digits are the script's exit status. The
-/// command that prints it is typed with `$?`, so its echo never matches.
-pub const DONE_MARKER: &str = "<LAVA_TEST_SHELL_DONE";
-
-/// The command that runs `script` on a shell and prints the end marker.
+/// The command that runs `script` on a shell and prints the end marker
+/// ([`ShellDone`]: the script's exit status; the command's own echo never matches).
 pub fn run_command(script: &str) -> String {
-    format!("sh {script}; echo \"{DONE_MARKER} $?>\"")
+    format!("sh {script}; {}", ShellDone::echo())
 }
 
 /// One test definition of the shell: its run id (the script's start and end markers
@@ -73,8 +70,6 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     node: &str,
 ) -> Result<ShellOutcome, ShellError> {
     let deadline = Instant::now() + timeout;
-    let done = Regex::new(&format!(r"{} (\d+)>", regex::escape(DONE_MARKER)))
-        .map_err(|e| ConsoleError::Io(std::io::Error::other(e.to_string())))?;
     let mut scanner = Scanner::new();
     let mut results: Vec<DefinitionResults> = definitions
         .iter()
@@ -96,24 +91,30 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         for line in lines {
             log.line(Level::Target, Some(node), line.as_str());
-            if let Some(found) = done.captures(&line) {
-                let exit_status = found[1].parse().unwrap_or(-1);
+            if let Some(done) = ShellDone::find(&line) {
                 return Ok(ShellOutcome {
                     results,
-                    exit_status,
+                    exit_status: done.status,
                     multinode_errors,
                 });
             }
-            if let Some(index) = run_marker(&line, "STARTRUN", definitions) {
-                current = Some(index);
-                continue;
-            }
-            if let Some(index) = run_marker(&line, "ENDRUN", definitions) {
-                if let Some(entry) = results.get_mut(index) {
-                    entry.finished = true;
+            match Signal::find(&line) {
+                Some(Ok(Signal::StartRun { run_id, .. })) => {
+                    if let Some(index) = definition(&run_id, definitions) {
+                        current = Some(index);
+                        continue;
+                    }
                 }
-                current = None;
-                continue;
+                Some(Ok(Signal::EndRun { run_id, .. })) => {
+                    if let Some(index) = definition(&run_id, definitions) {
+                        if let Some(entry) = results.get_mut(index) {
+                            entry.finished = true;
+                        }
+                        current = None;
+                        continue;
+                    }
+                }
+                _ => {}
             }
             for call in scanner.feed(format!("{line}\n").as_bytes()) {
                 let call = match call {
@@ -164,9 +165,7 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Which definition a `<LAVA_SIGNAL_STARTRUN id>` / `ENDRUN` line names.
-fn run_marker(line: &str, kind: &str, definitions: &[Definition]) -> Option<usize> {
-    let rest = line.trim().strip_prefix(&format!("<LAVA_SIGNAL_{kind} "))?;
-    let id = rest.strip_suffix('>')?;
-    definitions.iter().position(|d| d.run_id == id)
+/// Which definition a run signal names.
+fn definition(run_id: &str, definitions: &[Definition]) -> Option<usize> {
+    definitions.iter().position(|d| d.run_id == run_id)
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use job_schemas::{Report, TestDefinition};
+use proto::signal::Signal;
 use regex::Regex;
 
 use hostctl::ssh::shell_quote;
@@ -58,7 +59,11 @@ pub fn script(
             script.push_str(&format!("export {key}={}\n", shell_quote(value)));
         }
     }
-    script.push_str(&format!("echo '<LAVA_SIGNAL_STARTRUN {run_id}>'\n"));
+    let run = |signal: Signal| format!("echo {}\n", shell_quote(&signal.to_string()));
+    script.push_str(&run(Signal::StartRun {
+        run_id: run_id.to_string(),
+        uuid: None,
+    }));
     for step in definition.install.iter().flat_map(|s| &s.steps) {
         script.push_str(step);
         script.push('\n');
@@ -67,7 +72,10 @@ pub fn script(
         script.push_str(step);
         script.push('\n');
     }
-    script.push_str(&format!("echo '<LAVA_SIGNAL_ENDRUN {run_id}>'\n"));
+    script.push_str(&run(Signal::EndRun {
+        run_id: run_id.to_string(),
+        uuid: None,
+    }));
     script
 }
 
@@ -90,34 +98,33 @@ pub struct CaseResult {
 
 /// Reads results out of test shell output lines.
 pub struct ResultParser {
-    signal: Regex,
     pattern: Option<(Regex, BTreeMap<String, String>)>,
 }
 
 impl ResultParser {
     /// A parser for `lava-test-case` signals, plus `definition`'s parse pattern if any.
     pub fn new(definition: Option<&TestDefinition>) -> Result<Self, regex::Error> {
-        let signal = Regex::new(r"<LAVA_SIGNAL_TESTCASE ([^>]*)>")?;
         let pattern = match definition.and_then(|d| d.parse.as_ref()) {
             None => None,
             Some(parse) => Some((Regex::new(&parse.pattern)?, parse.fixupdict.clone())),
         };
-        Ok(Self { signal, pattern })
+        Ok(Self { pattern })
     }
 
     /// The result a line reports, if it reports one.
     pub fn line(&self, line: &str) -> Option<CaseResult> {
-        if let Some(signal) = self.signal.captures(line) {
-            let fields: BTreeMap<&str, &str> = signal[1]
-                .split_whitespace()
-                .filter_map(|pair| pair.split_once('='))
-                .collect();
-            return Some(CaseResult {
-                name: fields.get("TEST_CASE_ID")?.to_string(),
-                result: TestResult::parse(fields.get("RESULT")?)?,
-                measurement: fields.get("MEASUREMENT").and_then(|m| m.parse().ok()),
-                units: fields.get("UNITS").map(|u| u.to_string()),
-            });
+        match Signal::find(line) {
+            Some(Ok(Signal::TestCase(case))) => {
+                return Some(CaseResult {
+                    name: case.id,
+                    result: TestResult::parse(case.result.as_str())?,
+                    measurement: case.measurement.and_then(|m| m.parse().ok()),
+                    units: case.units,
+                });
+            }
+            // A line with a broken signal reports nothing.
+            Some(Err(_)) => return None,
+            _ => {}
         }
         let (pattern, fixups) = self.pattern.as_ref()?;
         let found = pattern.captures(line)?;
@@ -157,7 +164,7 @@ run:
     - 'for i in $(seq $COUNT); do echo "case-$i: PASS"; done'
     - 'echo "odd: BAD"'
     - 'echo "$GREETING"'
-    - 'echo "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=boot RESULT=pass MEASUREMENT=3.5 UNITS=s>"'
+    - 'echo "BOOT_SIGNAL"'
 parse:
   pattern: '^(?P<test_case_id>[\w-]+): (?P<result>\w+)$'
   fixupdict:
@@ -167,7 +174,15 @@ parse:
 
     #[test]
     fn a_yaml_definition_runs_and_its_results_are_read_back() {
-        let definition = from_yaml("smoke.yaml", DEFINITION).unwrap();
+        // A step that prints a signal itself, as lava-test-case would.
+        let boot = Signal::TestCase(proto::signal::TestCase {
+            id: "boot".into(),
+            result: proto::signal::Outcome::Pass,
+            measurement: Some("3.5".into()),
+            units: Some("s".into()),
+        });
+        let yaml = DEFINITION.replace("BOOT_SIGNAL", &boot.to_string());
+        let definition = from_yaml("smoke.yaml", &yaml).unwrap();
         let overrides = BTreeMap::from([("GREETING".to_string(), "it's $(not run)".to_string())]);
         let script = script(&definition, &overrides, "1_smoke");
         let output = std::process::Command::new("sh")
@@ -181,10 +196,17 @@ parse:
             text.contains("it's $(not run)\n"),
             "parameters are quoted: {text}"
         );
+        let (run_id, uuid) = ("1_smoke".to_string(), None);
+        let start = Signal::StartRun {
+            run_id: run_id.clone(),
+            uuid: None,
+        };
+        let end = Signal::EndRun { run_id, uuid };
         assert!(
-            text.starts_with("<LAVA_SIGNAL_STARTRUN 1_smoke>\ninstalling\n"),
+            text.starts_with(&format!("{start}\ninstalling\n")),
             "{text}"
         );
+        assert!(text.ends_with(&format!("{end}\n")), "{text}");
         let parser = ResultParser::new(Some(&definition)).unwrap();
         let results: Vec<CaseResult> = text.lines().filter_map(|l| parser.line(l)).collect();
         let summary: Vec<(String, TestResult)> =

@@ -4,7 +4,22 @@
 
 use proto::v1::NetworkInfo;
 
-use crate::group::Data;
+use crate::Data;
+
+/// The keys, as LAVA's `lava-network` writes them.
+pub const HOSTNAME: &str = "hostname";
+pub const HOSTNAME_FULL: &str = "hostname-full";
+pub const IPV4: &str = "ipv4";
+pub const NETMASK: &str = "netmask";
+pub const BROADCAST: &str = "broadcast";
+pub const IPV6: &str = "ipv6";
+pub const MAC: &str = "mac";
+pub const DEFAULT_GATEWAY: &str = "default-gateway";
+
+/// The key of the `n`th name server, from 1: `dns_1`, `dns_2`, ...
+pub fn dns_key(n: usize) -> String {
+    format!("dns_{n}")
+}
 
 pub fn to_data(info: &NetworkInfo) -> Data {
     let mut data = Data::new();
@@ -13,16 +28,16 @@ pub fn to_data(info: &NetworkInfo) -> Data {
             data.insert(key.to_string(), value.to_string());
         }
     };
-    put("hostname", &info.hostname);
-    put("hostname-full", &info.hostname_full);
-    put("ipv4", &info.ipv4);
-    put("netmask", &info.netmask);
-    put("broadcast", &info.broadcast);
-    put("ipv6", &info.ipv6);
-    put("mac", &info.mac);
-    put("default-gateway", &info.default_gateway);
+    put(HOSTNAME, &info.hostname);
+    put(HOSTNAME_FULL, &info.hostname_full);
+    put(IPV4, &info.ipv4);
+    put(NETMASK, &info.netmask);
+    put(BROADCAST, &info.broadcast);
+    put(IPV6, &info.ipv6);
+    put(MAC, &info.mac);
+    put(DEFAULT_GATEWAY, &info.default_gateway);
     for (i, dns) in info.dns.iter().enumerate() {
-        put(&format!("dns_{}", i + 1), dns);
+        put(&dns_key(i + 1), dns);
     }
     data
 }
@@ -30,16 +45,16 @@ pub fn to_data(info: &NetworkInfo) -> Data {
 pub fn from_data(data: &Data) -> NetworkInfo {
     let get = |key: &str| data.get(key).cloned().unwrap_or_default();
     NetworkInfo {
-        hostname: get("hostname"),
-        hostname_full: get("hostname-full"),
-        ipv4: get("ipv4"),
-        netmask: get("netmask"),
-        broadcast: get("broadcast"),
-        ipv6: get("ipv6"),
-        mac: get("mac"),
-        default_gateway: get("default-gateway"),
+        hostname: get(HOSTNAME),
+        hostname_full: get(HOSTNAME_FULL),
+        ipv4: get(IPV4),
+        netmask: get(NETMASK),
+        broadcast: get(BROADCAST),
+        ipv6: get(IPV6),
+        mac: get(MAC),
+        default_gateway: get(DEFAULT_GATEWAY),
         dns: (1..)
-            .map_while(|i| data.get(&format!("dns_{i}")).cloned())
+            .map_while(|i| data.get(&dns_key(i)).cloned())
             .collect(),
     }
 }

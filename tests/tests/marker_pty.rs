@@ -58,7 +58,7 @@ impl Group {
 /// address), relaying its markers. Returns the exit status and everything it printed.
 async fn run_on_pty(group: &Group, script: &str) -> (i32, String) {
     let bin = tempfile::tempdir().unwrap();
-    let installed = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+    let installed = Command::new(system_tests::binary("node-agent"))
         .arg("install")
         .arg(bin.path())
         .status()

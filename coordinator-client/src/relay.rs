@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use proto::markers::{self, Call, Reply};
 
+use crate::Senders;
 use crate::client::{ClientError, NodeClient};
-use crate::group::Senders;
 
 /// Answers one node's marker calls.
 pub struct Relay {

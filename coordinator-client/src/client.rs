@@ -1,6 +1,6 @@
 //! Clients of the coordinator: [`NodeClient`] (what a node may do, with its token) and
 //! [`AdminClient`] (what the dispatcher does). Used by the node agent, the dispatcher's
-//! marker relay and tests.
+//! marker relay, tests and benchmarks.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,8 +13,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::group::{Data, Senders};
-pub use crate::store::Credential;
+pub use crate::Credential;
+use crate::{Data, Senders};
 
 /// Why a client call failed, in the terms a test shell acts on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
