@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::lab::{Lab, http, seed_job};
+use system_tests::{ApiClient, SEED_HOST_STEPS};
+
+use crate::lab::{Lab, seed_job};
 use crate::report::Table;
 use crate::stats::Sample;
 
@@ -14,14 +16,12 @@ const CLIENTS: usize = 8;
 const SUBMISSIONS: usize = 1000;
 const QUEUED: usize = 50;
 
-const HOST_STEPS: &str = "/actions/2/parameters/testdef_repos/0/inline/run/steps";
-
 /// The seed job padded with harmless host test steps to at least `bytes`.
 fn job_of_size(bytes: usize) -> Result<String, String> {
     let mut job = seed_job()?;
     let mut i = 0;
     while job.to_string().len() < bytes {
-        job.pointer_mut(HOST_STEPS)
+        job.pointer_mut(SEED_HOST_STEPS)
             .and_then(Value::as_array_mut)
             .ok_or("the seed job's host test has no steps")?
             .push(json!(format!(
@@ -37,7 +37,7 @@ fn job_of_size(bytes: usize) -> Result<String, String> {
 fn long_job() -> Result<String, String> {
     let mut job = seed_job()?;
     job["vm_group"]["auto_start_vms"] = json!(false);
-    *job.pointer_mut(HOST_STEPS)
+    *job.pointer_mut(SEED_HOST_STEPS)
         .ok_or("the seed job's host test has no steps")? = json!(["sleep 3600"]);
     Ok(job.to_string())
 }
@@ -49,53 +49,40 @@ pub fn idle_rss(lab: &Lab) -> u64 {
 
 pub fn run(lab: &Lab, idle_rss_kib: u64) -> Result<Table, String> {
     // One job running (it holds the only device) and 50 behind it.
-    let running = lab.submit(&long_job()?)?;
+    let running = lab.api.submit(&long_job()?)?;
     let seed = seed_job()?.to_string();
     for _ in 0..QUEUED {
-        lab.submit(&seed)?;
+        lab.api.submit(&seed)?;
     }
-    let state = |id: u64| -> Result<String, String> {
-        Ok(lab.job(id)?["state"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string())
-    };
     // Until the job runs: the scheduler starts it as soon as it is stored, and the
     // daemon's memory is read with the job under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while state(running)? != "running" {
-        if Instant::now() > deadline {
-            return Err(format!("job {running} did not start"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.api
+        .wait_for_state(running, "running", Duration::from_secs(60))
+        .map_err(|e| format!("job {running} did not start: {e}"))?;
     let busy_rss = lab.rss_kib();
     let job = job_of_size(5 * 1024)?;
     eprintln!(
         "bench: api, {SUBMISSIONS} submissions of {} bytes by {CLIENTS} clients",
         job.len()
     );
+    // A client each; every submission is a fresh connection.
+    let clients = (0..CLIENTS)
+        .map(|_| ApiClient::new(lab.api.url(), lab.api.token()))
+        .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let latencies = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                scope.spawn(|| {
+        let workers: Vec<_> = clients
+            .iter()
+            .map(|api| {
+                let job = job.as_str();
+                scope.spawn(move || {
                     let mut times = Vec::new();
                     for _ in 0..SUBMISSIONS / CLIENTS {
                         let t = Instant::now();
-                        let (status, body) = http(
-                            &lab.addr,
-                            "POST",
-                            "/api/v1/jobs",
-                            Some(&lab.token),
-                            job.as_bytes(),
-                        )?;
-                        if status != 201 {
-                            return Err(format!("HTTP {status}: {body}"));
-                        }
+                        api.submit(job)?;
                         times.push(t.elapsed());
                     }
-                    Ok(times)
+                    Ok::<_, String>(times)
                 })
             })
             .collect();

@@ -33,9 +33,15 @@ fn dispatcher_run(lab: &Lab, job: &str) -> Result<DispatcherRun, String> {
     let posted = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
-    let id = lab.submit(job)?;
-    let lines = lab.follow(id)?;
-    let health = lab.job(id)?["state"]["health"]
+    let id = lab.api.submit(job)?;
+    // The log's lines that carry a message.
+    let lines: Vec<Value> = lab
+        .api
+        .follow_log(id)?
+        .into_iter()
+        .filter(|v| v.get("msg").is_some())
+        .collect();
+    let health = lab.api.job(id)?["state"]["health"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -94,7 +100,7 @@ fn by_hand(
             "-i",
         ])
         .arg(&system_tests::test_images().lab_key)
-        .arg(format!("root@{}", lab.host.address))
+        .arg(format!("root@{}", lab.ssh.host.address))
         .arg(format!("mkdir -p {dir} && cd {dir} && exec {command}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -141,12 +147,8 @@ fn hand_run(lab: &Lab, launches: &[(String, String)], prompt: &Regex) -> Result<
         let _ = child.kill();
         let _ = child.wait();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lab.host.processes().iter().any(|p| p.starts_with("qemu")) {
-        if Instant::now() > deadline {
-            return Err("qemu started by hand did not stop".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !lab.ssh.host.until_no_qemu(Duration::from_secs(30)) {
+        return Err("qemu started by hand did not stop".into());
     }
     result.map(|()| took)
 }

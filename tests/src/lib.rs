@@ -1,8 +1,25 @@
-//! Shared helpers for the system tests in `tests/tests/`: where the shipped corpora
-//! live, the project's binaries, and real processes (a standalone coordinator, test
-//! shells running the node agent) that are always cleaned up.
+//! The harness of the system tests in `tests/tests/` and of the benchmarks in `bench/`:
+//! where the shipped corpora live, the project's binaries, and real processes (a
+//! standalone coordinator, test shells running the node agent, sshd as an `ssh-host`
+//! device, `dispatcher serve`) that are always cleaned up.
+//!
+//! - [`Daemon`]: the one way to start `dispatcher serve` (and [`create_token`] for it);
+//! - [`ApiClient`]: the one client of its HTTP API (on `reqwest`, with a token);
+//!   [`http`] is the raw HTTP/1.1 request for probes below what a client would send;
+//! - [`SshLab`]: a lab of `ssh-host` devices and the daemon's configuration for it;
+//! - [`chromium`]: the daemon's web page in headless Chromium;
+//! - [`e2e_job`]: the jobs of `tests/jobs/e2e/` (the seed job, [`SEED_JOB`]) with this
+//!   machine's test images filled in.
 //!
 //! Nothing here fakes a component: tests use the real binaries over real sockets.
+
+mod api;
+mod browser;
+mod ssh_lab;
+
+pub use api::ApiClient;
+pub use browser::{chromium, chromium_showing};
+pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,6 +37,29 @@ pub fn repo_root() -> PathBuf {
 /// `tests/jobs/`, the corpus of valid and invalid jobs.
 pub fn jobs_dir() -> PathBuf {
     repo_root().join("tests").join("jobs")
+}
+
+/// The seed job of `tests/jobs/e2e/`: a host and two VMs ([`e2e_job`] fills it in).
+pub const SEED_JOB: &str = "seed-vm-group.json";
+
+/// Where the steps of the seed job's host test shell are (a JSON pointer).
+pub const SEED_HOST_STEPS: &str = "/actions/2/parameters/testdef_repos/0/inline/run/steps";
+
+/// The job `name` of `tests/jobs/e2e/` with this machine's test images filled in
+/// (`@GUEST_KERNEL@`, `@GUEST_INITRD@`, `@GUEST_DISK@`) and its host a device of
+/// `host_type` (`@HOST_TYPE@`, in the jobs that have one).
+pub fn e2e_job(name: &str, host_type: &str) -> String {
+    let images = test_images();
+    let path = jobs_dir().join("e2e").join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
+        .replace(
+            "@GUEST_INITRD@",
+            &images.guest_initramfs.display().to_string(),
+        )
+        .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
+        .replace("@HOST_TYPE@", host_type)
 }
 
 /// `device-types/`, the device types and example devices shipped with the product.
@@ -279,6 +319,25 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Runs `command` to its end and fails the test unless it succeeded (its stderr in the
+/// message); its output.
+pub fn succeeded(command: &mut Command) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert_success(out, format_args!("{command:?}"))
+}
+
+/// Fails the test unless `out` is a success, saying `what` and its stderr; `out`.
+fn assert_success(out: std::process::Output, what: std::fmt::Arguments) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Makes an ed25519 key pair with no passphrase at `path` (and `path.pub`), with the
 /// real `ssh-keygen`.
 pub fn ssh_keygen(path: &Path) {
@@ -346,15 +405,7 @@ impl SshHost {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = |name: &str| dir.path().join(name);
         let run = |program: &str, args: &[&str]| {
-            let out = Command::new(program)
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("{program}: {e}"));
-            assert!(
-                out.status.success(),
-                "{program} {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = succeeded(Command::new(program).args(args));
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let hostkey = path("hostkey");
@@ -545,6 +596,22 @@ impl SshHost {
             .collect();
         assert!(left.is_empty(), "qemu left behind: {left:?}");
     }
+
+    /// Waits, at most `within`, until no qemu runs in the host's namespace (a VM whose
+    /// console was hung up stops on its own, and nothing announces it); whether none
+    /// is left.
+    pub fn until_no_qemu(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.pids_of("qemu").is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for SshHost {
@@ -575,19 +642,23 @@ impl Drop for SshHost {
 
 /// `dispatcher token create NAME [ARGS] --config CONFIG`: the new token's secret.
 pub fn create_token(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(binary("dispatcher"))
+    try_create_token(&binary("dispatcher"), config, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`create_token`] with the `dispatcher` binary at `dispatcher` (a benchmark runs
+/// its release build).
+pub fn try_create_token(dispatcher: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(dispatcher)
         .args(["token", "create"])
         .args(args)
         .arg("--config")
         .arg(config)
         .output()
-        .unwrap_or_else(|e| panic!("dispatcher token create: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .map_err(|e| format!("dispatcher token create: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The daemon configuration line that lets jobs name the test images with `file://`
@@ -644,9 +715,21 @@ pub fn daemon_config(dir: &Path, devices: &Path, host: &SshHost, extra: &str) ->
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Authorization: Token` when `token` is
-/// given): the status and the body as sent, chunk-size lines and all (JSON answers read
-/// with [`json_of`]).
+/// given), written by hand: the status and the body as sent, chunk-size lines and all
+/// (JSON answers read with [`json_of`]). For what the API must answer to requests no
+/// client would send (bodies that are not JSON or too large, no token, a wrong one);
+/// everything else goes through [`ApiClient`].
 pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    raw_http(addr, method, path, token, body).map_err(|e| format!("{method} {path} to {addr}: {e}"))
+}
+
+fn raw_http(
     addr: &str,
     method: &str,
     path: &str,
@@ -687,6 +770,18 @@ pub fn json_of(body: &str) -> serde_json::Value {
     let start = body.find('{').unwrap_or(0);
     let end = body.rfind('}').map_or(body.len(), |e| e + 1);
     serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON pointers of the diagnostics in a 400 answer to a submitted job.
+pub fn diagnostic_pointers(answer: &str) -> Vec<String> {
+    json_of(answer)["diagnostics"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["pointer"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The images the project builds for its tests (`scripts/build-images.sh`).
@@ -806,11 +901,7 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> String {
     let out = child
         .wait_with_output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} rejected the input: {}\n{input}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = assert_success(out, format_args!("{program} rejected the input\n{input}\n"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -840,7 +931,8 @@ pub struct Daemon {
 impl Daemon {
     /// `dispatcher serve --config CONFIG`; returns once it listens.
     pub fn start(config: &Path) -> Self {
-        Self::spawn(Command::new(binary("dispatcher")), config)
+        Self::try_start(Command::new(binary("dispatcher")), config)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The daemon with an open-file limit (soft and hard) of `limit`, set by
@@ -850,33 +942,33 @@ impl Daemon {
         command
             .arg(format!("--nofile={limit}:{limit}"))
             .arg(binary("dispatcher"));
-        Self::spawn(command, config)
+        Self::try_start(command, config).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(mut command: Command, config: &Path) -> Self {
+    /// `COMMAND serve --config CONFIG`, where `command` runs the dispatcher (another
+    /// build of it, under a wrapper, with its own environment or stderr); returns once
+    /// it listens.
+    pub fn try_start(mut command: Command, config: &Path) -> Result<Self, String> {
         let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("dispatcher serve: {e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let mut stdout = BufReader::new(stdout);
+            .map_err(|e| format!("dispatcher serve: {e}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut first = String::new();
-        stdout
-            .read_line(&mut first)
-            .unwrap_or_else(|e| panic!("read the daemon's banner: {e}"));
-        let url = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("daemon did not start: {first:?}"))
-            .to_string();
-        Self {
+        let read = stdout.read_line(&mut first);
+        let Some(url) = first.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the daemon did not start: {first:?} ({read:?})"));
+        };
+        Ok(Self {
+            url: url.to_string(),
             child,
-            url,
             _stdout: stdout,
-        }
+        })
     }
 
     /// `ADDR` (host:port).
@@ -884,20 +976,42 @@ impl Daemon {
         self.url.trim_start_matches("http://").to_string()
     }
 
+    /// A client of this daemon's API with `token`.
+    pub fn api(&self, token: &str) -> ApiClient {
+        ApiClient::new(&self.url, token).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The `dispatcher` CLI (`args`) against this daemon with `token`, run in the
+    /// repository's root.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(binary("dispatcher"))
+            .args(args)
+            .env("LAVA_DISPATCHER_URL", &self.url)
+            .env("LAVA_DISPATCHER_TOKEN", token)
+            .current_dir(repo_root())
+            .output()
+            .unwrap_or_else(|e| panic!("dispatcher {args:?}: {e}"))
+    }
+
     /// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
     pub fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_else(|e| panic!("/proc/{}/status: {e}", self.pid()));
-        status
+        self.try_status_kb(field).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Daemon::status_kb`], an error when the daemon is gone.
+    pub fn try_status_kb(&self, field: &str) -> Result<u64, String> {
+        let path = format!("/proc/{}/status", self.pid());
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("{path}: {e}"))?
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+            .ok_or_else(|| format!("no {field} in {path}"))
     }
 
     /// Open file descriptors of the daemon now.
@@ -915,9 +1029,18 @@ impl Daemon {
 
     /// SIGTERM, and waits for the graceful shutdown to finish.
     pub fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
+        let _ = self.terminate();
+    }
+
+    /// SIGTERM, and waits for the graceful shutdown to finish: how the daemon exited.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus, String> {
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).map_err(|e| e.to_string())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| format!("SIGTERM to the daemon: {e}"))?;
+        self.child
+            .wait()
+            .map_err(|e| format!("waiting for the daemon: {e}"))
     }
 }
 

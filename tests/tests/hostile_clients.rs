@@ -73,8 +73,7 @@ impl Lab {
 }
 
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    system_tests::http(addr, method, path, token, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    system_tests::http(addr, method, path, token, body).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Both devices in maintenance: a submitted job stays queued.

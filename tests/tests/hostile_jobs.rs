@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use system_tests::{Daemon, create_token, http, jobs_dir, json_of, kvm_daemon_config, test_images};
+use system_tests::{Daemon, create_token, e2e_job, http, json_of, kvm_daemon_config, test_images};
 
 /// A daemon with two `kvm` devices whose jobs may name the test images (and nothing
 /// else) with `file://`; its token.
@@ -219,36 +219,18 @@ fn jobs_cannot_name_the_dispatchers_files_its_loopback_or_more_devices_than_the_
 /// machine's loopback: the connection fails, and the loopback service never sees it.
 #[test]
 fn a_guest_on_the_daemons_machine_cannot_reach_its_loopback() {
-    let images = test_images();
     let dir = tempfile::tempdir().unwrap();
     let (daemon, token) = daemon(dir.path());
+    let api = daemon.api(&token);
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port();
-    let job = std::fs::read_to_string(jobs_dir().join("e2e/single-kvm-image.json"))
-        .unwrap()
-        .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
-        .replace("@LOOPBACK_PORT@", &port.to_string());
-    let (status, answer) = submit(&daemon, &token, &serde_json::from_str(&job).unwrap());
-    assert_eq!(status, 201, "{answer:#}");
-    let id = answer["id"].as_u64().unwrap();
+    let job = e2e_job("single-kvm-image.json", "kvm").replace("@LOOPBACK_PORT@", &port.to_string());
+    let id = api.submit(&job).unwrap();
     // A followed log ends with the job.
-    let addr = daemon.addr();
-    http(
-        &addr,
-        "GET",
-        &format!("/api/v1/jobs/{id}/log?follow=1"),
-        Some(&token),
-        b"",
-    )
-    .unwrap();
-    let (status, body) = http(
-        &addr,
-        "GET",
-        &format!("/api/v1/jobs/{id}/results"),
-        Some(&token),
-        b"",
-    )
-    .unwrap();
+    api.follow_log(id).unwrap();
+    let (status, body) = api
+        .request("GET", &format!("/api/v1/jobs/{id}/results"), b"")
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let results = json_of(&body);
     let cases: Vec<(String, String)> = results["results"]["nodes"][0]["results"]

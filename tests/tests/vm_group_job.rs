@@ -10,23 +10,14 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    SshHost, TestImages, binary, free_port, jobs_dir, kvm_devices, parse_junit, parse_tap,
+    SEED_JOB, SshHost, binary, e2e_job, free_port, kvm_devices, parse_junit, parse_tap,
     static_node_agent, test_images,
 };
 
-/// A job from `tests/jobs/e2e/`, with the test images filled in.
-fn job(name: &str, images: &TestImages, host_type: &str, dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(jobs_dir().join("e2e").join(name)).unwrap();
-    let text = text
-        .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
-        .replace(
-            "@GUEST_INITRD@",
-            &images.guest_initramfs.display().to_string(),
-        )
-        .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
-        .replace("@HOST_TYPE@", host_type);
+/// A job from `tests/jobs/e2e/`, with the test images filled in, written into `dir`.
+fn job(name: &str, host_type: &str, dir: &Path) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, e2e_job(name, host_type)).unwrap();
     path
 }
 
@@ -78,7 +69,7 @@ fn results(report: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn the_seed_job_runs_end_to_end_on_an_ssh_host() {
-    let (report, status, _host, dir) = run_on_ssh_host_keeping("seed-vm-group.json");
+    let (report, status, _host, dir) = run_on_ssh_host_keeping(SEED_JOB);
     // The log shows transfers as they go and who each MultiNode wait waited for.
     let log =
         std::fs::read_to_string(only_job_dir(&dir.path().join("state")).join("job.log")).unwrap();
@@ -123,7 +114,7 @@ fn run_on_ssh_host_keeping(name: &str) -> (Value, i32, SshHost, tempfile::TempDi
     let images = test_images();
     let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
     let dir = tempfile::tempdir().unwrap();
-    let job = job(name, &images, "ssh-host", dir.path());
+    let job = job(name, "ssh-host", dir.path());
     let devices = host.device_files(dir.path(), true);
     let (report, status) =
         dispatcher_run(&job, &devices, &dir.path().join("state"), &host.scratch());
@@ -254,7 +245,7 @@ fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others()
 fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
     let images = test_images();
     let dir = tempfile::tempdir().unwrap();
-    let job = job("seed-vm-group.json", &images, "qemu-host", dir.path());
+    let job = job(SEED_JOB, "qemu-host", dir.path());
     let devices = dir.path().join("devices");
     std::fs::create_dir_all(&devices).unwrap();
     std::fs::write(
@@ -291,9 +282,8 @@ fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
 /// machine, talking through the coordinator and over their shared LAN.
 #[test]
 fn a_device_group_of_two_kvm_devices_runs_here() {
-    let images = test_images();
     let dir = tempfile::tempdir().unwrap();
-    let job = job("device-group-two-kvm.json", &images, "kvm", dir.path());
+    let job = job("device-group-two-kvm.json", "kvm", dir.path());
     let devices = kvm_devices(dir.path(), &["kvm-01", "kvm-02"]);
     let state = dir.path().join("state");
     let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
@@ -316,12 +306,11 @@ fn a_device_group_of_two_kvm_devices_runs_here() {
 /// a service on this machine's loopback through qemu's user network (10.0.2.2).
 #[test]
 fn a_single_kvm_device_boots_an_image_and_cannot_reach_this_machine() {
-    let images = test_images();
     let dir = tempfile::tempdir().unwrap();
     // A service only this machine should reach; after the job, its queue must be empty.
     let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port();
-    let job = job("single-kvm-image.json", &images, "kvm", dir.path());
+    let job = job("single-kvm-image.json", "kvm", dir.path());
     let text = std::fs::read_to_string(&job)
         .unwrap()
         .replace("@LOOPBACK_PORT@", &port.to_string());

@@ -1,0 +1,152 @@
+use system_tests::{
+    SshLab, chromium, chromium_showing, diagnostic_pointers, http, jobs_dir, json_of, parse_junit,
+    parse_tap,
+};
+
+#[test]
+fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
+    let lab = SshLab::new();
+    let (daemon, api) = lab.serve();
+    let (addr, token) = (daemon.addr(), api.token().to_string());
+
+    let (status, _) = http(&addr, "GET", "/api/v1/devices", None, b"").unwrap();
+    assert_eq!(status, 401, "reads need a token unless public_reads is set");
+    let (status, _) = http(&addr, "GET", "/api/v1/devices", Some("wrong"), b"").unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = api.request("GET", "/api/v1/devices", b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let devices = json_of(&body);
+    assert_eq!(devices["devices"][0]["hostname"], "ssh-host-01", "{body}");
+    assert_eq!(devices["devices"][0]["state"]["state"], "idle", "{body}");
+
+    let invalid = std::fs::read(jobs_dir().join("invalid/three-mistakes.json")).unwrap();
+    let (status, body) = api.request("POST", "/api/v1/jobs", &invalid).unwrap();
+    assert_eq!(status, 400, "{body}");
+    let found = diagnostic_pointers(&body);
+    assert!(
+        found.iter().any(|p| p == "/vm_group/vms/1/cont"),
+        "{found:?}"
+    );
+    assert!(found.len() >= 3, "every problem at once: {found:?}");
+
+    let huge = vec![b' '; 100_000];
+    let (status, _) = http(&addr, "POST", "/api/v1/jobs", Some(&token), &huge).unwrap();
+    assert_eq!(status, 413, "a job past max_job_bytes");
+
+    // A read-only token reads, and may neither submit, cancel nor set health.
+    let reader = daemon.api(&lab.token(&["dashboard", "--read-only"]));
+    let (status, body) = reader.request("GET", "/api/v1/devices", b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let seed = lab.seed_job();
+    for (method, path, body) in [
+        ("POST", "/api/v1/jobs", seed.as_bytes()),
+        ("POST", "/api/v1/jobs/1/cancel", &b""[..]),
+        (
+            "PUT",
+            "/api/v1/devices/ssh-host-01/health",
+            &br#"{"health":"bad"}"#[..],
+        ),
+    ] {
+        let (status, answer) = reader.request(method, path, body).unwrap();
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer.contains("token dashboard is read-only"), "{answer}");
+    }
+
+    let job = lab.dir.path().join("seed.json");
+    std::fs::write(&job, lab.seed_job()).unwrap();
+    let out = daemon.cli(&token, &["submit", job.to_str().unwrap(), "--follow"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("client.client-side.ping-server -- PASS")
+            && stdout.contains("server.server-side.sync-all-up -- PASS"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[server] info: start: boot"),
+        "the log was followed: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+
+    let (status, body) = api.request("GET", "/api/v1/jobs/1", b"").unwrap();
+    assert_eq!(status, 200);
+    let job = json_of(&body);
+    assert_eq!(job["state"]["state"], "finished", "{body}");
+    assert_eq!(job["state"]["health"], "complete", "{body}");
+    let devices = api.devices().unwrap();
+    assert_eq!(devices["devices"][0]["state"]["state"], "idle", "{devices}");
+    lab.host.assert_no_qemu();
+
+    // Results as JUnit and TAP, from the CLI, read by independent parsers.
+    let junit = daemon.cli(&token, &["results", "1", "--format", "junit"]);
+    let cases = parse_junit(&String::from_utf8_lossy(&junit.stdout));
+    assert!(
+        cases.len() >= 7 && cases.iter().all(|(_, o)| o == "pass"),
+        "{cases:?}"
+    );
+    let tap = daemon.cli(&token, &["results", "1", "--format", "tap"]);
+    let (passed, failed, _, good_plan) = parse_tap(&String::from_utf8_lossy(&tap.stdout));
+    assert_eq!((passed, failed, good_plan), (cases.len(), 0, true));
+
+    // The web page shows the finished job: its group, its log, its results.
+    let page = chromium_showing(
+        &format!("{}/?token={token}#/job/1", daemon.url),
+        5000,
+        "job-finished.png",
+        "id=\"results-table\"",
+    );
+    assert!(page.contains("id=\"results-table\""), "{page}");
+    assert!(
+        page.contains("ping-server") && page.contains("class=\"pass\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-node=\"client\""),
+        "the group diagram: {page}"
+    );
+    let list = chromium(
+        &format!("{}/?token={token}#/", daemon.url),
+        3000,
+        "jobs.png",
+    );
+    assert!(
+        list.contains("ssh-host-01") && list.contains("#/job/1"),
+        "{list}"
+    );
+
+    // Each node's raw console, downloadable; nothing outside the job's directory.
+    let (status, console) = api
+        .request("GET", "/api/v1/jobs/1/console/server", b"")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(console.contains("LAVA_TEST_SHELL_DONE"), "{console}");
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/api/v1/jobs/1/console/..%2Fjob.json",
+        Some(&token),
+        b"",
+    )
+    .unwrap();
+    assert!(status == 400 || status == 404, "{status}");
+
+    let (status, body) = http(&addr, "GET", "/healthz", None, b"").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, metrics) = http(&addr, "GET", "/metrics", None, b"").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "dispatcher_jobs{state=\"finished\"} 1",
+        "dispatcher_jobs_finished{health=\"complete\"} 1",
+        "dispatcher_queue_length 0",
+        "dispatcher_devices{state=\"idle\",health=\"unknown\"} 1",
+        "dispatcher_coordinator_waiters 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatcher_transfer_bytes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 1_000_000, "the images went to the host: {metrics}");
+}
