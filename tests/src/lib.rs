@@ -468,8 +468,20 @@ impl SshHost {
         );
         run("ip", &["-n", &netns, "link", "set", &peer, "up"]);
         run("ip", &["-n", &netns, "link", "set", "lo", "up"]);
+        // The sessions' shell must not run this machine's ~/.bashrc: bash sources it for
+        // ssh commands, and a user's startup files (pyenv's rehash lock, left behind when
+        // a test cuts a session mid-rehash, makes every later shell wait a minute) are no
+        // part of the device under test. The bind mount stays inside the namespace's own
+        // mount namespace (`ip netns exec` makes one, slave to the host's).
+        std::fs::write(path("bashrc"), "").unwrap_or_else(|e| panic!("bashrc: {e}"));
         let mut sshd = Command::new("ip")
-            .args(["netns", "exec", &netns, "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .args(["netns", "exec", &netns, "sh", "-c"])
+            .arg(
+                "rc=\"$HOME/.bashrc\"; if [ -f \"$rc\" ]; then mount --bind \"$1\" \"$rc\" || exit 1; fi; \
+                 exec /usr/sbin/sshd -D -e -f \"$2\"",
+            )
+            .arg("sh")
+            .arg(path("bashrc"))
             .arg(path("sshd_config"))
             .stderr(Stdio::piped())
             .spawn()
