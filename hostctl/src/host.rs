@@ -9,16 +9,15 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::console::{ConsoleError, ConsoleLog};
+use crate::launch::{QemuCommand, VmImages, VmNetwork, qemu_command};
 use crate::local::{LocalError, LocalProcess};
 use crate::ssh::{SshError, SshSession, SshTarget};
 use lab::accel::Accel;
-use lab::device::QemuOverrides;
-use lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
+use lab::device::PowerCommands;
+use lab::qemu_template::QemuTemplate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("host {host}: {source}")]
-    Template { host: String, source: TemplateError },
     #[error(transparent)]
     Local(#[from] LocalError),
     #[error("host {host} did not boot: {source}")]
@@ -50,13 +49,33 @@ impl UpHost {
     }
 }
 
+/// The qemu command of a `qemu-host` device booted on this machine from `images`,
+/// in `workdir`, its port 22 forwarded to `ssh_port` on this machine's loopback.
+pub fn qemu_host_command(
+    name: &str,
+    qemu: &QemuTemplate,
+    images: &VmImages,
+    accel: Accel,
+    ssh_port: u16,
+    workdir: &Path,
+) -> QemuCommand {
+    qemu_command(
+        qemu,
+        accel,
+        name,
+        &workdir.display().to_string(),
+        images,
+        &VmNetwork::qemu_host(ssh_port),
+    )
+}
+
 /// Boots a `qemu-host` device on this machine and connects to it. `ssh.port` is the
 /// local port forwarded to the VM's port 22.
 #[allow(clippy::too_many_arguments)]
 pub async fn boot_qemu_host(
     name: &str,
-    template: &QemuTemplate,
-    overrides: &QemuOverrides,
+    qemu: &QemuTemplate,
+    images: &VmImages,
     accel: Accel,
     ssh: &SshTarget,
     workdir: &Path,
@@ -64,48 +83,9 @@ pub async fn boot_qemu_host(
     boot_timeout: Duration,
     log: ConsoleLog,
 ) -> Result<UpHost, HostError> {
-    let mut template = template.clone();
-    if let Some(memory) = overrides.memory_mib {
-        template.memory_mib = memory;
-    }
-    if let Some(cpus) = overrides.cpus {
-        template.cpus = cpus;
-    }
-    if let Some(append) = &overrides.append {
-        template.append = Some(append.clone());
-    }
-    let qmp = workdir.join("qmp.sock").display().to_string();
-    let mut values =
-        LaunchValues::new(&template, accel, name, &workdir.display().to_string(), &qmp);
-    for (key, path) in [
-        ("kernel", &overrides.kernel),
-        ("ramdisk", &overrides.ramdisk),
-        ("rootfs", &overrides.rootfs),
-        ("image", &overrides.image),
-    ] {
-        if let Some(path) = path {
-            values.set(key, path.display().to_string());
-        }
-    }
-    values.set(
-        "netdev",
-        // Isolated like a local VM (see `vm::ISOLATED_USER_NETDEV`): the host device
-        // runs the job's code too; the forwarded SSH port still reaches it.
-        format!(
-            "{},hostfwd=tcp:127.0.0.1:{}-:22",
-            crate::vm::ISOLATED_USER_NETDEV,
-            ssh.port
-        ),
-    );
-    values.set("mac", "52:54:00:00:00:01");
-    let argv = template
-        .render(&values)
-        .map_err(|source| HostError::Template {
-            host: name.to_string(),
-            source,
-        })?;
-    tracing::info!(host = name, ?argv, "booting qemu-host");
-    let process = LocalProcess::spawn(name, &argv, log, Some(qmp))?;
+    let command = qemu_host_command(name, qemu, images, accel, ssh.port, workdir);
+    tracing::info!(host = name, argv = ?command.argv, "booting qemu-host");
+    let process = LocalProcess::spawn(name, &command.argv, log, command.qmp_socket)?;
     prompt_then_ssh(name, process, prompt, ssh, boot_timeout).await
 }
 
@@ -172,7 +152,7 @@ async fn power(host: &str, command: &str) -> Result<(), HostError> {
 /// prompt on the console, then connect over SSH.
 pub async fn boot_board(
     name: &str,
-    power_commands: &lab::device::PowerCommands,
+    power_commands: &PowerCommands,
     console_command: &str,
     ssh: &SshTarget,
     prompt: &Regex,
@@ -195,9 +175,47 @@ pub async fn boot_board(
 }
 
 /// Powers a board off (after its job, or when giving up on it).
-pub async fn power_off_board(
-    name: &str,
-    power_commands: &lab::device::PowerCommands,
-) -> Result<(), HostError> {
+pub async fn power_off_board(name: &str, power_commands: &PowerCommands) -> Result<(), HostError> {
     power(name, &power_commands.off).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab::device::DeviceKind;
+
+    #[test]
+    fn a_qemu_host_boots_with_its_devices_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("host-1.toml"),
+            "hostname = \"host-1\"\ndevice_type = \"qemu-host\"\n\
+             [ssh]\naddress = \"127.0.0.1\"\nport = 2222\nhost_key = \"trust-on-first-use\"\n\
+             [qemu]\nkernel = \"/srv/bzImage\"\nrootfs = \"/srv/root.img\"\n\
+             append = \"console=ttyS0 init=/sbin/agent\"\n",
+        )
+        .unwrap();
+        let (lab, _) = lab::Lab::load_with_builtin_types(dir.path()).unwrap();
+        let DeviceKind::QemuHost { qemu, images, ssh } = &lab.devices["host-1"].kind else {
+            panic!("not a qemu-host");
+        };
+        let command = qemu_host_command(
+            "host-1",
+            qemu,
+            images,
+            Accel::Tcg,
+            ssh.port,
+            Path::new("/w/host"),
+        );
+        let argv = command.argv.join(" ");
+        assert!(argv.contains("-kernel /srv/bzImage"), "{argv}");
+        assert!(
+            argv.contains("-append console=ttyS0 init=/sbin/agent "),
+            "{argv}"
+        );
+        assert!(argv.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{argv}");
+        assert!(argv.contains("mac=52:54:00:00:00:01"), "{argv}");
+        assert!(argv.contains("file=/srv/root.img,"), "{argv}");
+        assert_eq!(command.qmp_socket.as_deref(), Some("/w/host/qmp.sock"));
+    }
 }

@@ -4,6 +4,7 @@
 //! * [`transfer`]: files onto a host through its SHA-256 cache;
 //! * [`fetch`] and [`images`]: what a job may fetch and the local image store;
 //! * [`console`]: serial consoles, their logs and prompt waits;
+//! * [`launch`]: the one qemu command line of a VM, its MAC addresses and group LAN;
 //! * [`vm`] and [`local`]: qemu VMs launched here or on a host, QMP, local processes;
 //! * [`host`]: host-device bring-up (power on, boot, wait for SSH).
 //!
@@ -14,6 +15,7 @@ pub mod console;
 pub mod fetch;
 pub mod host;
 pub mod images;
+pub mod launch;
 pub mod local;
 pub mod ssh;
 pub mod transfer;

@@ -13,14 +13,11 @@ use regex::Regex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::console::{Console, ConsoleError, ConsoleLog};
+pub use crate::launch::{GroupLan, ISOLATED_USER_NETDEV, VmImages, VmNetwork};
+use crate::launch::{LanError, qemu_command};
 use crate::ssh::{SshError, SshSession, shell_quote};
 use lab::accel::Accel;
-use lab::qemu_template::{LaunchValues, QemuTemplate, TemplateError};
-
-/// qemu user networking for a VM on the dispatcher's own machine: no route out of the
-/// VM (`restrict=on`), so neither this machine's loopback (10.0.2.2) nor any network it
-/// reaches is open to a job; forwarded ports still work.
-pub const ISOLATED_USER_NETDEV: &str = "user,id=n0,restrict=on";
+use lab::qemu_template::QemuTemplate;
 
 /// How to start one VM on a host.
 #[derive(Debug, Clone)]
@@ -37,70 +34,10 @@ pub struct VmPlan {
     pub qmp_socket: Option<String>,
 }
 
-/// The images one VM boots from, as paths on the host.
-#[derive(Debug, Clone, Default)]
-pub struct VmImages {
-    pub kernel: Option<String>,
-    pub ramdisk: Option<String>,
-    pub dtb: Option<String>,
-    pub image: Option<String>,
-    pub rootfs: Option<String>,
-}
-
-/// A VM's network: its own NIC (qemu user networking by default: the VM reaches the
-/// host device at 10.0.2.2 and anything the host reaches, NATed) and, in a group, a
-/// second NIC on the group's LAN where the group's VMs reach each other directly.
-#[derive(Debug, Clone, Default)]
-pub struct VmNetwork {
-    /// `-netdev` of the first NIC, e.g. `user,id=n0`.
-    pub netdev: Option<String>,
-    pub mac: Option<String>,
-    pub lan: Option<GroupLan>,
-}
-
-/// One VM's place on its group's LAN: a qemu multicast socket segment (no bridge, no
-/// root on the host, nothing to clean up), one per group, told apart by port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupLan {
-    pub netdev: String,
-    pub mac: String,
-    /// The VM's address on the LAN, with prefix (`10.99.7.2/24`).
-    pub address: String,
-}
-
-impl GroupLan {
-    /// The LAN of group `group` (any number; it picks the port and subnet) for the
-    /// `member`-th VM of the group (from 0).
-    pub fn member(group: u32, member: u8) -> Self {
-        let port = 20_000 + group % 40_000;
-        let subnet = group % 250;
-        Self {
-            netdev: format!("socket,id=n1,mcast=230.0.0.1:{port},localaddr=127.0.0.1"),
-            mac: format!("52:54:00:99:{:02x}:{:02x}", subnet, member),
-            address: format!("10.99.{subnet}.{}/24", u16::from(member) + 2),
-        }
-    }
-
-    /// The shell command that brings the LAN up inside the VM (its second NIC, `eth1`).
-    pub fn up_command(&self) -> String {
-        format!(
-            "ip link set eth1 up && ip addr add {} dev eth1",
-            self.address
-        )
-    }
-
-    /// The address without its prefix.
-    pub fn ip(&self) -> &str {
-        self.address.split('/').next().unwrap_or(&self.address)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error(transparent)]
     Ssh(#[from] SshError),
-    #[error("qemu template: {0}")]
-    Template(#[from] TemplateError),
     #[error("VM {vm}: `{command}` failed with {status:?}: {stderr}")]
     Prepare {
         vm: String,
@@ -115,7 +52,7 @@ pub enum VmError {
 }
 
 impl VmPlan {
-    /// A plan from a device type's qemu template.
+    /// A plan from a device type's qemu template (see [`qemu_command`]).
     pub fn from_template(
         name: &str,
         workdir: &str,
@@ -123,41 +60,20 @@ impl VmPlan {
         accel: Accel,
         images: &VmImages,
         network: &VmNetwork,
-    ) -> Result<Self, VmError> {
-        let qmp = format!("{workdir}/qmp.sock");
-        let mut values = LaunchValues::new(template, accel, name, workdir, &qmp);
-        for (key, value) in [
-            ("kernel", &images.kernel),
-            ("ramdisk", &images.ramdisk),
-            ("dtb", &images.dtb),
-            ("image", &images.image),
-            ("rootfs", &images.rootfs),
-        ] {
-            if let Some(value) = value {
-                values.set(key, value);
-            }
-        }
-        if let (Some(netdev), Some(mac)) = (&network.netdev, &network.mac) {
-            values.set("netdev", netdev.as_str());
-            values.set("mac", mac.as_str());
-        }
-        if let Some(lan) = &network.lan {
-            values.set("lan", lan.netdev.as_str());
-            values.set("lan_mac", lan.mac.as_str());
-        }
-        let argv = template.render(&values)?;
-        let uses_qmp = argv.iter().any(|a| a.contains(&qmp));
-        Ok(Self {
+    ) -> Self {
+        let command = qemu_command(template, accel, name, workdir, images, network);
+        Self {
             name: name.to_string(),
             workdir: workdir.to_string(),
             prepare: Vec::new(),
-            attach: argv
+            attach: command
+                .argv
                 .iter()
                 .map(|a| shell_quote(a))
                 .collect::<Vec<_>>()
                 .join(" "),
-            qmp_socket: uses_qmp.then_some(qmp),
-        })
+            qmp_socket: command.qmp_socket,
+        }
     }
 
     /// A plan from a job's `launch_with` commands (run on the host as written: the test
@@ -274,24 +190,24 @@ impl RunningVm {
 
     /// Brings up the group LAN inside the VM (its second NIC, `eth1`) from its console.
     pub async fn configure_lan(&mut self, lan: &GroupLan, prompt: &Regex) -> Result<(), VmError> {
-        let command = lan.up_command();
-        let (output, code) = self
-            .console
-            .run(&command, prompt, Duration::from_secs(30))
+        lan.bring_up(&mut self.console, prompt)
             .await
-            .map_err(|source| VmError::Console {
-                vm: self.name.clone(),
-                source,
-            })?;
-        if code != 0 {
-            return Err(VmError::Prepare {
-                vm: self.name.clone(),
-                command,
-                status: u32::try_from(code).ok(),
-                stderr: output.trim().to_string(),
-            });
-        }
-        Ok(())
+            .map_err(|err| match err {
+                LanError::Console(source) => VmError::Console {
+                    vm: self.name.clone(),
+                    source,
+                },
+                LanError::Failed {
+                    command,
+                    code,
+                    output,
+                } => VmError::Prepare {
+                    vm: self.name.clone(),
+                    command,
+                    status: u32::try_from(code).ok(),
+                    stderr: output,
+                },
+            })
     }
 
     /// Stops the VM: QMP `quit` when it has a QMP socket, then TERM and finally KILL to
@@ -354,14 +270,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_lans_differ_by_group_and_member() {
-        let a = GroupLan::member(7, 0);
-        let b = GroupLan::member(7, 1);
-        let other = GroupLan::member(8, 0);
-        assert_eq!(a.netdev, b.netdev);
-        assert_ne!(a.netdev, other.netdev);
-        assert_ne!(a.mac, b.mac);
-        assert_eq!((a.ip(), b.ip()), ("10.99.7.2", "10.99.7.3"));
+    fn a_template_plan_is_the_one_qemu_command_quoted_for_the_host_shell() {
+        let lab = lab::Lab::builtin().unwrap();
+        let vm_type = lab.vm_type("kvm").unwrap();
+        let images = VmImages {
+            kernel: Some("/c/vmlinuz".into()),
+            ..Default::default()
+        };
+        let network = VmNetwork::group_vm(2, GroupLan::of_job(9, 2));
+        let plan = VmPlan::from_template(
+            "lava-9-a",
+            "/h/vms/a",
+            vm_type.qemu,
+            Accel::Kvm,
+            &images,
+            &network,
+        );
+        let command = qemu_command(
+            vm_type.qemu,
+            Accel::Kvm,
+            "lava-9-a",
+            "/h/vms/a",
+            &images,
+            &network,
+        );
+        let quoted: Vec<String> = command.argv.iter().map(|a| shell_quote(a)).collect();
+        assert_eq!(plan.attach, quoted.join(" "));
+        assert!(
+            plan.attach
+                .contains("-append 'console=ttyS0 panic=-1 quiet no_timer_check'"),
+            "{}",
+            plan.attach
+        );
+        assert!(
+            plan.attach.contains("mac=52:54:00:12:34:12,"),
+            "{}",
+            plan.attach
+        );
+        assert_eq!(plan.qmp_socket.as_deref(), Some("/h/vms/a/qmp.sock"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(crate) const DEFAULT_HOST_ROLE: &str = "host";
 
 /// The most VMs one `vm_group` may have, counting each VM's `count`. The VMs of a group
 /// share one /24 network on which each gets its own address, and the dispatcher hands
-/// out at most 250 of them (see `dispatcher::vm::GroupLan`).
+/// out at most 250 of them (see `hostctl::launch::GroupLan`).
 pub const MAX_VMS_PER_GROUP: usize = 250;
 
 /// The longest timeout, job or action, in seconds: 365 days. Far more than a test run

@@ -1,21 +1,24 @@
-//! Devices: one file per device instance (`<devices dir>/<hostname>.toml`).
+//! Devices: one file per device instance (`<devices dir>/<hostname>.toml`), read as a
+//! [`DeviceFile`] and kept, checked and resolved to its type, as a [`Device`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
 use super::accel::AccelChoice;
+use super::device_type::DeviceType;
+use super::qemu_template::{QemuTemplate, VmImages};
 
-/// One device file.
+/// One device file, as written (unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Device {
+pub(crate) struct DeviceFile {
     /// Unique in the lab; must equal the file name without `.toml`.
     pub hostname: String,
     pub device_type: String,
     #[serde(default)]
     pub description: Option<String>,
-    /// Jobs select devices by tags (every tag a job asks for must be here).
     #[serde(default)]
     pub tags: Vec<String>,
     /// Overrides the device type's accelerator choice.
@@ -28,7 +31,89 @@ pub struct Device {
     #[serde(default)]
     pub console: Option<ConsoleSettings>,
     #[serde(default)]
-    pub qemu: Option<QemuOverrides>,
+    pub qemu: Option<QemuOverridesFile>,
+}
+
+/// Per-device qemu settings and, for `qemu-host` devices, the host image to boot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QemuOverridesFile {
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub ramdisk: Option<PathBuf>,
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    #[serde(default)]
+    pub append: Option<String>,
+}
+
+/// A checked device, resolved to its device type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Device {
+    /// Unique in the lab; the file name without `.toml`.
+    pub hostname: String,
+    pub device_type: Arc<DeviceType>,
+    pub description: Option<String>,
+    /// Jobs select devices by tags (every tag a job asks for must be here).
+    pub tags: Vec<String>,
+    pub kind: DeviceKind,
+}
+
+/// How the dispatcher gets the device to a shell, with everything that needs: the
+/// variant is the device type's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A VM started on the dispatcher's machine from its type's template, with the
+    /// device's settings applied; it boots its job's images.
+    Vm { qemu: QemuTemplate },
+    /// A host device booted here with qemu from `images`, then reached over SSH (`ssh`
+    /// gives the local port forwarded to its port 22).
+    QemuHost {
+        qemu: QemuTemplate,
+        /// Paths on this machine; a kernel or a disk image at least.
+        images: VmImages,
+        ssh: SshSettings,
+    },
+    /// A running machine reached over SSH.
+    SshHost { ssh: SshSettings },
+    /// A board powered by the admin's commands, its console the admin's command, then
+    /// reached over SSH.
+    Board {
+        ssh: SshSettings,
+        power: PowerCommands,
+        console: ConsoleSettings,
+    },
+}
+
+impl DeviceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceKind::Vm { .. } => "vm",
+            DeviceKind::QemuHost { .. } => "qemu-host",
+            DeviceKind::SshHost { .. } => "ssh-host",
+            DeviceKind::Board { .. } => "board",
+        }
+    }
+}
+
+impl Device {
+    /// How the device is reached over SSH, for the kinds that are.
+    pub fn ssh(&self) -> Option<&SshSettings> {
+        match &self.kind {
+            DeviceKind::QemuHost { ssh, .. }
+            | DeviceKind::SshHost { ssh }
+            | DeviceKind::Board { ssh, .. } => Some(ssh),
+            DeviceKind::Vm { .. } => None,
+        }
+    }
 }
 
 /// How to reach the device over SSH once it is up.
@@ -110,26 +195,6 @@ pub struct PowerCommands {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSettings {
     pub command: String,
-}
-
-/// Per-device qemu settings and, for `qemu-host` devices, the host image to boot.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct QemuOverrides {
-    #[serde(default)]
-    pub memory_mib: Option<u32>,
-    #[serde(default)]
-    pub cpus: Option<u32>,
-    #[serde(default)]
-    pub kernel: Option<PathBuf>,
-    #[serde(default)]
-    pub ramdisk: Option<PathBuf>,
-    #[serde(default)]
-    pub rootfs: Option<PathBuf>,
-    #[serde(default)]
-    pub image: Option<PathBuf>,
-    #[serde(default)]
-    pub append: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,19 +1,83 @@
-//! Device types: what a lab admin says about a kind of device (`device-types/<name>.toml`).
+//! Device types: what a lab admin says about a kind of device
+//! (`device-types/<name>.toml`), read as a [`DeviceTypeFile`] and kept, checked, as a
+//! [`DeviceType`].
 
+use std::time::Duration;
+
+use regex::Regex;
 use serde::Deserialize;
 
-use super::qemu_template::QemuTemplate;
+use super::qemu_template::{QemuTemplate, QemuTemplateFile};
 
-/// How the dispatcher gets a device of this type to a shell.
+/// The `kind` of a device type file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeviceKind {
+pub(crate) enum KindFile {
+    Vm,
+    QemuHost,
+    SshHost,
+    Board,
+}
+
+impl KindFile {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            KindFile::Vm => "vm",
+            KindFile::QemuHost => "qemu-host",
+            KindFile::SshHost => "ssh-host",
+            KindFile::Board => "board",
+        }
+    }
+}
+
+/// One device type file, as written (unchecked).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceTypeFile {
+    /// Must equal the file name without `.toml`.
+    pub name: String,
+    pub kind: KindFile,
+    pub description: String,
+    pub arch: String,
+    #[serde(default)]
+    pub virtualization: bool,
+    pub shell_prompt: String,
+    /// Seconds.
+    pub boot_timeout: u64,
+    #[serde(default)]
+    pub qemu: Option<QemuTemplateFile>,
+}
+
+/// A checked device type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeviceType {
+    /// Unique in the lab; the file name without `.toml`.
+    pub name: String,
+    pub kind: TypeKind,
+    pub description: String,
+    /// CPU architecture of the device (`x86_64`, `armv7`, `aarch64`).
+    pub arch: String,
+    /// Host kinds: can this device run VMs, i.e. be a vm_group host? Never set on a
+    /// `vm` type.
+    pub virtualization: bool,
+    /// The shell prompt, unless a job gives its own; compiled once, at load.
+    pub prompt: Regex,
+    /// From power-on or launch to the shell prompt before boot is a failure; more
+    /// than zero.
+    pub boot_timeout: Duration,
+}
+
+/// How the dispatcher gets a device of a type to a shell, with what the type gives
+/// for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeKind {
     /// A virtual machine: launched with qemu on a vm_group host, or on the dispatcher
     /// machine when it is a device of its own.
-    Vm,
+    Vm(QemuTemplate),
     /// A host device that is itself a qemu VM the dispatcher boots locally and then
     /// reaches over SSH.
-    QemuHost,
+    QemuHost(QemuTemplate),
     /// An already running machine reached over SSH.
     SshHost,
     /// A physical board: powered by the admin's commands, its console reached by the
@@ -21,39 +85,32 @@ pub enum DeviceKind {
     Board,
 }
 
-impl DeviceKind {
-    pub fn is_host(self) -> bool {
-        !matches!(self, DeviceKind::Vm)
+impl TypeKind {
+    pub fn is_host(&self) -> bool {
+        !matches!(self, TypeKind::Vm(_))
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            DeviceKind::Vm => "vm",
-            DeviceKind::QemuHost => "qemu-host",
-            DeviceKind::SshHost => "ssh-host",
-            DeviceKind::Board => "board",
+            TypeKind::Vm(_) => "vm",
+            TypeKind::QemuHost(_) => "qemu-host",
+            TypeKind::SshHost => "ssh-host",
+            TypeKind::Board => "board",
         }
     }
 }
 
-/// One device type file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceType {
-    /// Must equal the file name without `.toml`.
-    pub name: String,
-    pub kind: DeviceKind,
-    pub description: String,
-    /// CPU architecture of the device (`x86_64`, `armv7`, `aarch64`).
-    pub arch: String,
-    /// Host kinds: can this device run VMs, i.e. be a vm_group host?
-    #[serde(default)]
-    pub virtualization: bool,
-    /// Regular expression matching the shell prompt, unless a job gives its own.
-    pub shell_prompt: String,
-    /// Seconds from power-on or launch to the shell prompt before boot is a failure.
-    pub boot_timeout: u64,
-    /// The qemu command line, for `vm` and `qemu-host` kinds.
-    #[serde(default)]
-    pub qemu: Option<QemuTemplate>,
+impl DeviceType {
+    /// The qemu template of a kind started with qemu (`vm`, `qemu-host`).
+    pub fn qemu(&self) -> Option<&QemuTemplate> {
+        match &self.kind {
+            TypeKind::Vm(qemu) | TypeKind::QemuHost(qemu) => Some(qemu),
+            TypeKind::SshHost | TypeKind::Board => None,
+        }
+    }
+
+    /// The shell prompt as written.
+    pub fn shell_prompt(&self) -> &str {
+        self.prompt.as_str()
+    }
 }

@@ -3,6 +3,13 @@
 //! Loading checks everything at once and reports every problem with its file, line and
 //! key, the same way job validation does, so a daemon never starts on a half-understood
 //! lab and `dispatcher devices check DIR` can be run before deploying a change.
+//!
+//! What loading produces is the runtime model, not the files: a [`DeviceType`] has its
+//! prompt compiled and its timeout as a `Duration`; a [`Device`] holds its type and,
+//! as a [`DeviceKind`] variant, exactly what its kind needs (a `qemu-host` its checked
+//! qemu template, boot images and SSH settings; a `board` its power and console
+//! commands). The file shapes, full of `Option`s, stay inside this crate: nothing that
+//! runs a job can hold a device that was not checked.
 
 pub mod accel;
 mod builtin;
@@ -13,19 +20,35 @@ pub mod qemu_template;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use job_schemas::{DeviceCatalog, DeviceTypeClass, Diagnostic, Report};
+use regex::Regex;
 use serde::de::DeserializeOwned;
 
 pub use builtin::BUILTIN_DEVICE_TYPES;
-use device::Device;
-use device_type::{DeviceKind, DeviceType};
+pub use device::{Device, DeviceKind};
+use device::{DeviceFile, QemuOverridesFile};
+pub use device_type::{DeviceType, TypeKind};
+use device_type::{DeviceTypeFile, KindFile};
+use qemu_template::{Overrides, QemuTemplate, VmImages};
 
 /// A loaded, checked lab.
 #[derive(Debug, Clone, Default)]
 pub struct Lab {
-    pub device_types: BTreeMap<String, DeviceType>,
+    pub device_types: BTreeMap<String, Arc<DeviceType>>,
     pub devices: BTreeMap<String, Device>,
+    /// Types whose file had errors, with that file: a device of one is refused
+    /// naming it.
+    refused_types: BTreeMap<String, PathBuf>,
+}
+
+/// A `vm` device type with its template: what a vm_group job's VMs are started as.
+#[derive(Debug, Clone, Copy)]
+pub struct VmType<'a> {
+    pub device_type: &'a DeviceType,
+    pub qemu: &'a QemuTemplate,
 }
 
 /// The problems of one file.
@@ -90,7 +113,7 @@ impl Lab {
         collect_toml(types_dir, &mut sources, &mut report);
         let mut lab = Lab::default();
         for (path, text) in &sources {
-            if let Some(t) = parse_file::<DeviceType>(path, text, &mut report) {
+            if let Some(t) = parse_file::<DeviceTypeFile>(path, text, &mut report) {
                 lab.add_type(path, t, &mut report);
             }
         }
@@ -111,7 +134,7 @@ impl Lab {
         let mut lab = Lab::default();
         for (file, text) in BUILTIN_DEVICE_TYPES {
             let path = Path::new("device-types").join(file);
-            if let Some(t) = parse_file::<DeviceType>(&path, text, &mut report) {
+            if let Some(t) = parse_file::<DeviceTypeFile>(&path, text, &mut report) {
                 lab.add_type(&path, t, &mut report);
             }
         }
@@ -139,7 +162,7 @@ impl Lab {
         let mut catalog = DeviceCatalog::new();
         for (name, t) in &self.device_types {
             let class = match t.kind {
-                DeviceKind::Vm => DeviceTypeClass::Virtual,
+                TypeKind::Vm(_) => DeviceTypeClass::Virtual,
                 _ => DeviceTypeClass::Host {
                     virtualization: t.virtualization,
                 },
@@ -149,9 +172,18 @@ impl Lab {
         catalog
     }
 
-    fn add_type(&mut self, path: &Path, t: DeviceType, report: &mut LabReport) {
-        let mut problems = check_type(path, &t);
-        if self.device_types.contains_key(&t.name) {
+    /// The `vm` device type `name`, as a job names it for its VMs.
+    pub fn vm_type(&self, name: &str) -> Option<VmType<'_>> {
+        let device_type = self.device_types.get(name)?;
+        match &device_type.kind {
+            TypeKind::Vm(qemu) => Some(VmType { device_type, qemu }),
+            _ => None,
+        }
+    }
+
+    fn add_type(&mut self, path: &Path, t: DeviceTypeFile, report: &mut LabReport) {
+        let (checked, mut problems) = check_type(path, &t);
+        if self.device_types.contains_key(&t.name) || self.refused_types.contains_key(&t.name) {
             problems.push(Diagnostic::error(
                 "/name",
                 format!("device type \"{}\" is defined twice", t.name),
@@ -159,8 +191,15 @@ impl Lab {
         }
         let has_errors = problems.iter().any(Diagnostic::is_error);
         report.add(path, problems);
-        if !has_errors {
-            self.device_types.insert(t.name.clone(), t);
+        match checked {
+            Some(checked) if !has_errors => {
+                self.device_types.insert(t.name, Arc::new(checked));
+            }
+            _ => {
+                self.refused_types
+                    .entry(t.name)
+                    .or_insert_with(|| path.to_path_buf());
+            }
         }
     }
 
@@ -169,13 +208,13 @@ impl Lab {
         let mut sources = Vec::new();
         collect_toml(dir, &mut sources, report);
         for (path, text) in &sources {
-            if let Some(d) = parse_file::<Device>(path, text, report) {
+            if let Some(d) = parse_file::<DeviceFile>(path, text, report) {
                 self.add_device(path, d, report);
             }
         }
     }
 
-    fn add_device(&mut self, path: &Path, d: Device, report: &mut LabReport) {
+    fn add_device(&mut self, path: &Path, d: DeviceFile, report: &mut LabReport) {
         let mut problems = Vec::new();
         if file_stem(path) != d.hostname {
             problems.push(
@@ -190,31 +229,47 @@ impl Lab {
                 format!("device \"{}\" is defined twice", d.hostname),
             ));
         }
-        match self.device_types.get(&d.device_type) {
+        let kind = match self.device_types.get(&d.device_type) {
+            Some(t) => device_kind(&d, t, &mut problems).map(|kind| (t.clone(), kind)),
             None => {
-                let known: Vec<&str> = self.device_types.keys().map(String::as_str).collect();
-                problems.push(
-                    Diagnostic::error(
-                        "/device_type",
-                        format!("unknown device type \"{}\"", d.device_type),
-                    )
-                    .expected(format!(
-                        "one of {}",
-                        job_schemas::one_of(known.iter().copied())
-                    ))
-                    .maybe_hint(job_schemas::did_you_mean(
-                        &d.device_type,
-                        known.iter().copied(),
-                    )),
-                );
+                problems.push(self.unknown_type(&d.device_type));
+                None
             }
-            Some(t) => problems.extend(check_device_for_kind(&d, t.kind)),
-        }
+        };
         let has_errors = problems.iter().any(Diagnostic::is_error);
         report.add(path, problems);
-        if !has_errors {
-            self.devices.insert(d.hostname.clone(), d);
+        if let (Some((device_type, kind)), false) = (kind, has_errors) {
+            self.devices.insert(
+                d.hostname.clone(),
+                Device {
+                    hostname: d.hostname,
+                    device_type,
+                    description: d.description,
+                    tags: d.tags,
+                    kind,
+                },
+            );
         }
+    }
+
+    /// A device's type that is not in the lab: refused (its file says why) or unknown.
+    fn unknown_type(&self, name: &str) -> Diagnostic {
+        if let Some(file) = self.refused_types.get(name) {
+            return Diagnostic::error(
+                "/device_type",
+                format!(
+                    "device type \"{name}\" was refused: {} has errors",
+                    file.display()
+                ),
+            );
+        }
+        let known: Vec<&str> = self.device_types.keys().map(String::as_str).collect();
+        Diagnostic::error("/device_type", format!("unknown device type \"{name}\""))
+            .expected(format!(
+                "one of {}",
+                job_schemas::one_of(known.iter().copied())
+            ))
+            .maybe_hint(job_schemas::did_you_mean(name, known.iter().copied()))
     }
 }
 
@@ -285,7 +340,9 @@ fn toml_diagnostic(text: &str, err: &toml::de::Error) -> Diagnostic {
     d
 }
 
-fn check_type(path: &Path, t: &DeviceType) -> Vec<Diagnostic> {
+/// The checked device type and every problem of its file (the type is `None` when
+/// one of them is an error).
+fn check_type(path: &Path, t: &DeviceTypeFile) -> (Option<DeviceType>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     if file_stem(path) != t.name {
         out.push(
@@ -294,106 +351,154 @@ fn check_type(path: &Path, t: &DeviceType) -> Vec<Diagnostic> {
                 .found(format!("\"{}\"", t.name)),
         );
     }
-    if let Err(err) = regex::Regex::new(&t.shell_prompt) {
-        out.push(
-            Diagnostic::error(
-                "/shell_prompt",
-                "shell_prompt is not a valid regular expression",
-            )
-            .found(
-                err.to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-            ),
-        );
-    }
+    let prompt = match Regex::new(&t.shell_prompt) {
+        Ok(prompt) => Some(prompt),
+        Err(err) => {
+            out.push(
+                Diagnostic::error(
+                    "/shell_prompt",
+                    "shell_prompt is not a valid regular expression",
+                )
+                .found(
+                    err.to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                ),
+            );
+            None
+        }
+    };
     if t.boot_timeout == 0 {
         out.push(
             Diagnostic::error("/boot_timeout", "boot_timeout must be more than 0 seconds")
                 .found("0"),
         );
     }
-    let needs_qemu = matches!(t.kind, DeviceKind::Vm | DeviceKind::QemuHost);
-    match (&t.qemu, needs_qemu) {
-        (None, true) => out.push(
-            Diagnostic::error(
+    let needs_qemu = matches!(t.kind, KindFile::Vm | KindFile::QemuHost);
+    let qemu = match (&t.qemu, needs_qemu) {
+        (None, true) => {
+            out.push(
+                Diagnostic::error(
+                    "/qemu",
+                    format!("a \"{}\" device type needs a [qemu] table", t.kind.as_str()),
+                )
+                .expected("binary, memory_mib, cpus, cpu and args"),
+            );
+            None
+        }
+        (Some(_), false) => {
+            out.push(Diagnostic::error(
                 "/qemu",
-                format!("a \"{}\" device type needs a [qemu] table", t.kind.as_str()),
-            )
-            .expected("binary, memory_mib, cpus, cpu and args"),
-        ),
-        (Some(_), false) => out.push(Diagnostic::error(
-            "/qemu",
-            format!(
-                "a \"{}\" device type is not started with qemu; remove [qemu]",
-                t.kind.as_str()
-            ),
-        )),
+                format!(
+                    "a \"{}\" device type is not started with qemu; remove [qemu]",
+                    t.kind.as_str()
+                ),
+            ));
+            None
+        }
         (Some(qemu), true) => {
-            for err in qemu.check() {
-                out.push(
-                    Diagnostic::error(err.pointer().unwrap_or("/qemu/args"), err.to_string())
-                        .expected(format!(
-                            "one of {}",
-                            job_schemas::one_of(
-                                qemu_template::ALWAYS_SET
-                                    .iter()
-                                    .chain(qemu_template::OPTIONAL)
-                                    .copied()
-                            )
-                        )),
-                );
-            }
             if qemu.memory_mib == 0 || qemu.cpus == 0 {
                 out.push(Diagnostic::error(
                     "/qemu",
                     "memory_mib and cpus must be more than 0",
                 ));
             }
+            match qemu.check() {
+                Ok(template) => Some(template),
+                Err(errors) => {
+                    for err in errors {
+                        out.push(Diagnostic::error(err.pointer(), err.to_string()).expected(
+                            format!(
+                                "one of {}",
+                                job_schemas::one_of(
+                                    qemu_template::ALWAYS_SET
+                                        .iter()
+                                        .chain(qemu_template::OPTIONAL)
+                                        .copied()
+                                )
+                            ),
+                        ));
+                    }
+                    None
+                }
+            }
         }
-        (None, false) => {}
-    }
-    if t.kind == DeviceKind::Vm && t.virtualization {
+        (None, false) => None,
+    };
+    if t.kind == KindFile::Vm && t.virtualization {
         out.push(Diagnostic::error(
             "/virtualization",
             "virtualization applies to host devices (a VM cannot host VMs here)",
         ));
     }
-    out
+    let kind = match (t.kind, qemu) {
+        (KindFile::Vm, Some(qemu)) => Some(TypeKind::Vm(qemu)),
+        (KindFile::QemuHost, Some(qemu)) => Some(TypeKind::QemuHost(qemu)),
+        (KindFile::SshHost, _) => Some(TypeKind::SshHost),
+        (KindFile::Board, _) => Some(TypeKind::Board),
+        (KindFile::Vm | KindFile::QemuHost, None) => None,
+    };
+    let checked = match (kind, prompt) {
+        (Some(kind), Some(prompt)) if t.boot_timeout > 0 => Some(DeviceType {
+            name: t.name.clone(),
+            kind,
+            description: t.description.clone(),
+            arch: t.arch.clone(),
+            virtualization: t.virtualization,
+            prompt,
+            boot_timeout: Duration::from_secs(t.boot_timeout),
+        }),
+        _ => None,
+    };
+    (checked, out)
 }
 
-/// What each kind of device needs in its device file.
-fn check_device_for_kind(d: &Device, kind: DeviceKind) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
+/// What a device of type `t` is, from its file; `None` with the reasons in `out` when
+/// the file lacks what the kind needs.
+fn device_kind(d: &DeviceFile, t: &DeviceType, out: &mut Vec<Diagnostic>) -> Option<DeviceKind> {
+    let kind = t.kind.as_str();
     let mut require = |present: bool, table: &str, why: &str| {
         if !present {
             out.push(
                 Diagnostic::error(format!("/{table}"), format!("missing [{table}]: {why}"))
-                    .hint(format!("a \"{}\" device needs [{table}]", kind.as_str())),
+                    .hint(format!("a \"{kind}\" device needs [{table}]")),
             );
         }
+        present
     };
-    match kind {
-        DeviceKind::Vm => {}
-        DeviceKind::QemuHost => {
-            require(
+    let checked = match &t.kind {
+        TypeKind::Vm(qemu) => Some(DeviceKind::Vm {
+            qemu: device_template(d, qemu),
+        }),
+        TypeKind::QemuHost(qemu) => {
+            let images = d.qemu.as_ref().map(host_images).unwrap_or_default();
+            let has_ssh = require(
                 d.ssh.is_some(),
                 "ssh",
                 "the dispatcher reaches the booted host over SSH",
             );
-            let boots = d
-                .qemu
-                .as_ref()
-                .is_some_and(|q| q.kernel.is_some() || q.image.is_some());
-            require(boots, "qemu", "kernel or image of the host device to boot");
+            let boots = require(
+                images.kernel.is_some() || images.image.is_some(),
+                "qemu",
+                "kernel or image of the host device to boot",
+            );
+            match (&d.ssh, has_ssh && boots) {
+                (Some(ssh), true) => Some(DeviceKind::QemuHost {
+                    qemu: device_template(d, qemu),
+                    images,
+                    ssh: ssh.clone(),
+                }),
+                _ => None,
+            }
         }
-        DeviceKind::SshHost => {
+        TypeKind::SshHost => {
             require(d.ssh.is_some(), "ssh", "the host is reached over SSH");
+            d.ssh.clone().map(|ssh| DeviceKind::SshHost { ssh })
         }
-        DeviceKind::Board => {
+        TypeKind::Board => {
             require(
                 d.ssh.is_some(),
                 "ssh",
@@ -405,13 +510,255 @@ fn check_device_for_kind(d: &Device, kind: DeviceKind) -> Vec<Diagnostic> {
                 "console",
                 "the console connection command",
             );
+            match (&d.ssh, &d.power, &d.console) {
+                (Some(ssh), Some(power), Some(console)) => Some(DeviceKind::Board {
+                    ssh: ssh.clone(),
+                    power: power.clone(),
+                    console: console.clone(),
+                }),
+                _ => None,
+            }
         }
-    }
-    if matches!(kind, DeviceKind::SshHost | DeviceKind::Board) && d.qemu.is_some() {
-        out.push(Diagnostic::error(
+    };
+    match (&t.kind, &d.qemu) {
+        (TypeKind::SshHost | TypeKind::Board, Some(_)) => out.push(Diagnostic::error(
             "/qemu",
             "this device is not started with qemu; remove [qemu]",
-        ));
+        )),
+        (TypeKind::Vm(_) | TypeKind::QemuHost(_), Some(qemu)) => {
+            if qemu.memory_mib == Some(0) || qemu.cpus == Some(0) {
+                out.push(Diagnostic::error(
+                    "/qemu",
+                    "memory_mib and cpus must be more than 0",
+                ));
+            }
+            let images = [
+                ("kernel", &qemu.kernel),
+                ("ramdisk", &qemu.ramdisk),
+                ("rootfs", &qemu.rootfs),
+                ("image", &qemu.image),
+            ];
+            if matches!(t.kind, TypeKind::Vm(_)) {
+                for (key, _) in images.iter().filter(|(_, path)| path.is_some()) {
+                    out.push(Diagnostic::warning(
+                        format!("/qemu/{key}"),
+                        "a vm device boots the images its job gives; this one is not used",
+                    ));
+                }
+            }
+        }
+        (_, None) => {}
     }
-    out
+    checked
+}
+
+/// The device's template: its type's, with the device's settings applied.
+fn device_template(d: &DeviceFile, qemu: &QemuTemplate) -> QemuTemplate {
+    let o = d.qemu.as_ref();
+    qemu.with_overrides(Overrides {
+        accel: d.accel,
+        memory_mib: o.and_then(|o| o.memory_mib),
+        cpus: o.and_then(|o| o.cpus),
+        append: o.and_then(|o| o.append.as_deref()),
+    })
+}
+
+/// The images a `qemu-host` device boots, from its `[qemu]` table.
+fn host_images(o: &QemuOverridesFile) -> VmImages {
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    VmImages {
+        kernel: path(&o.kernel),
+        ramdisk: path(&o.ramdisk),
+        dtb: None,
+        image: path(&o.image),
+        rootfs: path(&o.rootfs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM_TYPE: &str = r#"
+name = "vmx"
+kind = "vm"
+description = "a VM"
+arch = "x86_64"
+shell_prompt = '[#$] ?$'
+boot_timeout = 30
+
+[qemu]
+binary = "qemu-system-x86_64"
+memory_mib = 256
+cpus = 1
+cpu = { kvm = "host", tcg = "max" }
+append = "console=ttyS0"
+args = [["-m", "{memory_mib}"], ["-kernel", "{kernel}"], ["-append", "{append}"]]
+"#;
+
+    /// A lab directory with `types` and `devices` as `(file stem, contents)`.
+    fn lab_dir(types: &[(&str, &str)], devices: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("types")).unwrap();
+        std::fs::create_dir_all(dir.path().join("devices")).unwrap();
+        for (name, text) in types {
+            std::fs::write(dir.path().join(format!("types/{name}.toml")), text).unwrap();
+        }
+        for (name, text) in devices {
+            std::fs::write(dir.path().join(format!("devices/{name}.toml")), text).unwrap();
+        }
+        dir
+    }
+
+    fn load(dir: &tempfile::TempDir) -> Result<(Lab, LabReport), LabReport> {
+        Lab::load(&dir.path().join("types"), Some(&dir.path().join("devices")))
+    }
+
+    /// `(file name, pointer, message)` of every error.
+    fn errors(report: &LabReport) -> Vec<(String, String, String)> {
+        report
+            .files
+            .iter()
+            .flat_map(|f| {
+                f.report.errors().map(|d| {
+                    (
+                        f.path.file_name().unwrap().to_string_lossy().into_owned(),
+                        d.pointer.clone(),
+                        d.message.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_device_whose_type_lacks_a_template_is_refused_at_load() {
+        let no_qemu = VM_TYPE.split("[qemu]").next().unwrap();
+        let dir = lab_dir(
+            &[("vmx", no_qemu)],
+            &[("vm-1", "hostname = \"vm-1\"\ndevice_type = \"vmx\"\n")],
+        );
+        let report = load(&dir).unwrap_err();
+        let errors = errors(&report);
+        assert!(
+            errors
+                .iter()
+                .any(|(file, pointer, message)| file == "vmx.toml"
+                    && pointer == "/qemu"
+                    && message.contains("needs a [qemu] table")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|(file, pointer, message)| file == "vm-1.toml"
+                    && pointer == "/device_type"
+                    && message.contains("\"vmx\" was refused")
+                    && message.contains("vmx.toml has errors")),
+            "{errors:?}"
+        );
+        let rendered = report.render();
+        assert!(rendered.contains("vmx.toml at /qemu"), "{rendered}");
+        assert!(rendered.contains("vm-1.toml at /device_type"), "{rendered}");
+    }
+
+    #[test]
+    fn the_prompt_is_compiled_once_and_shared_by_the_types_devices() {
+        let dir = lab_dir(
+            &[("vmx", VM_TYPE)],
+            &[
+                ("vm-1", "hostname = \"vm-1\"\ndevice_type = \"vmx\"\n"),
+                ("vm-2", "hostname = \"vm-2\"\ndevice_type = \"vmx\"\n"),
+            ],
+        );
+        let (lab, _) = load(&dir).unwrap();
+        let vmx = &lab.device_types["vmx"];
+        for device in lab.devices.values() {
+            // The device holds its type, not its type's name: one compiled prompt.
+            assert!(Arc::ptr_eq(&device.device_type, vmx));
+        }
+        assert!(vmx.prompt.is_match("root@vm:~# "));
+        assert_eq!(vmx.shell_prompt(), "[#$] ?$");
+        assert_eq!(vmx.boot_timeout, Duration::from_secs(30));
+        assert!(lab.vm_type("vmx").is_some());
+
+        let bad = VM_TYPE.replace("'[#$] ?$'", "'[#$'");
+        let dir = lab_dir(&[("vmx", &bad)], &[]);
+        let errors = errors(&load(&dir).unwrap_err());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].1, "/shell_prompt");
+    }
+
+    #[test]
+    fn a_devices_settings_are_in_its_template_and_its_kind_has_what_it_needs() {
+        let host_type = VM_TYPE
+            .replace("name = \"vmx\"", "name = \"hostx\"")
+            .replace("kind = \"vm\"", "kind = \"qemu-host\"");
+        let ssh =
+            "[ssh]\naddress = \"127.0.0.1\"\nport = 2222\nhost_key = \"trust-on-first-use\"\n";
+        let dir = lab_dir(
+            &[("vmx", VM_TYPE), ("hostx", &host_type)],
+            &[
+                (
+                    "vm-1",
+                    "hostname = \"vm-1\"\ndevice_type = \"vmx\"\naccel = \"tcg\"\n\
+                     [qemu]\nmemory_mib = 512\nappend = \"console=ttyS0 quiet\"\n",
+                ),
+                (
+                    "host-1",
+                    &format!(
+                        "hostname = \"host-1\"\ndevice_type = \"hostx\"\n{ssh}\
+                         [qemu]\nkernel = \"/srv/bzImage\"\nappend = \"console=ttyS0 x\"\n"
+                    ),
+                ),
+            ],
+        );
+        let (lab, warnings) = load(&dir).unwrap();
+        assert!(!warnings.has_errors());
+        let DeviceKind::Vm { qemu } = &lab.devices["vm-1"].kind else {
+            panic!("vm-1 is not a vm");
+        };
+        assert_eq!(qemu.memory_mib(), 512);
+        assert_eq!(qemu.cpus(), 1);
+        assert_eq!(qemu.append(), Some("console=ttyS0 quiet"));
+        assert_eq!(qemu.accel(), accel::AccelChoice::Tcg);
+        // The type's own template is untouched.
+        assert_eq!(
+            lab.device_types["vmx"].qemu().unwrap().append(),
+            Some("console=ttyS0")
+        );
+        let DeviceKind::QemuHost { qemu, images, ssh } = &lab.devices["host-1"].kind else {
+            panic!("host-1 is not a qemu-host");
+        };
+        assert_eq!(qemu.append(), Some("console=ttyS0 x"));
+        assert_eq!(images.kernel.as_deref(), Some("/srv/bzImage"));
+        assert_eq!(ssh.port, 2222);
+        assert!(
+            lab.vm_type("hostx").is_none(),
+            "a host type is not a VM type"
+        );
+
+        let dir = lab_dir(
+            &[("hostx", &host_type)],
+            &[("host-2", "hostname = \"host-2\"\ndevice_type = \"hostx\"\n")],
+        );
+        let errors = errors(&load(&dir).unwrap_err());
+        let pointers: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(pointers, ["/ssh", "/qemu"], "{errors:?}");
+    }
+
+    #[test]
+    fn the_builtin_types_load_with_their_kinds() {
+        let lab = Lab::builtin().unwrap();
+        for (name, kind) in [
+            ("kvm", "vm"),
+            ("qemu-host", "qemu-host"),
+            ("ssh-host", "ssh-host"),
+            ("arndale", "board"),
+        ] {
+            assert_eq!(lab.device_types[name].kind.as_str(), kind);
+        }
+        assert!(lab.vm_type("kvm").is_some());
+        assert!(lab.vm_type("ssh-host").is_none());
+    }
 }

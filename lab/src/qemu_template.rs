@@ -3,7 +3,9 @@
 //!
 //! A group is dropped when one of its optional placeholders has no value (no `-initrd`
 //! without a ramdisk), so one template serves disk-image and kernel boots alike.
-//! Placeholders are checked when the device type loads, not when a VM starts.
+//! Placeholders are checked when the device type loads, not when a VM starts: a
+//! [`QemuTemplate`] exists only checked (from [`QemuTemplateFile::check`]), so
+//! rendering it cannot fail.
 
 use std::collections::BTreeMap;
 
@@ -27,10 +29,10 @@ pub const OPTIONAL: &[&str] = &[
     "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "netdev", "mac", "lan", "lan_mac",
 ];
 
-/// The `[qemu]` table of a device type (and, overridden, of a device).
+/// The `[qemu]` table of a device type file, as written (unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct QemuTemplate {
+pub(crate) struct QemuTemplateFile {
     /// The qemu program, e.g. `qemu-system-x86_64`.
     pub binary: String,
     pub memory_mib: u32,
@@ -53,6 +55,100 @@ pub struct CpuModels {
     pub tcg: String,
 }
 
+/// A device type's qemu command line, checked: every placeholder is a known one and
+/// every brace is closed. A device's template has the device's own settings (memory,
+/// CPUs, kernel command line, accelerator) applied; a VM's launch never looks at the
+/// device file again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuTemplate {
+    binary: String,
+    memory_mib: u32,
+    cpus: u32,
+    accel: AccelChoice,
+    cpu: CpuModels,
+    append: Option<String>,
+    args: Vec<Vec<Arg>>,
+}
+
+/// One argument of the template, split at its placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Arg(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// One of [`ALWAYS_SET`] or [`OPTIONAL`].
+    Value(&'static str),
+}
+
+/// A device's settings over its type's template (the `[qemu]` table and `accel` of a
+/// device file).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Overrides<'a> {
+    pub accel: Option<AccelChoice>,
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u32>,
+    pub append: Option<&'a str>,
+}
+
+/// The images one VM boots, each a `T`: a path on the machine its qemu runs on
+/// ([`VmImages`]), or a URL as a job gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images<T> {
+    pub kernel: Option<T>,
+    pub ramdisk: Option<T>,
+    pub dtb: Option<T>,
+    pub image: Option<T>,
+    pub rootfs: Option<T>,
+}
+
+/// The images one VM boots, as paths on the machine its qemu runs on.
+pub type VmImages = Images<String>;
+
+impl<T> Default for Images<T> {
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            ramdisk: None,
+            dtb: None,
+            image: None,
+            rootfs: None,
+        }
+    }
+}
+
+impl<T> Images<T> {
+    /// Sets the image of `kind`, the name of its placeholder (`kernel`, `ramdisk`,
+    /// `dtb`, `rootfs`; anything else is the disk image).
+    pub fn set(&mut self, kind: &str, value: T) {
+        let slot = match kind {
+            "kernel" => &mut self.kernel,
+            "ramdisk" => &mut self.ramdisk,
+            "dtb" => &mut self.dtb,
+            "rootfs" => &mut self.rootfs,
+            _ => &mut self.image,
+        };
+        *slot = Some(value);
+    }
+
+    /// `(placeholder, image)` of every image given.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        [
+            ("kernel", &self.kernel),
+            ("ramdisk", &self.ramdisk),
+            ("dtb", &self.dtb),
+            ("image", &self.image),
+            ("rootfs", &self.rootfs),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
 /// Values for one launch. Keys are placeholder names.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchValues {
@@ -65,24 +161,21 @@ pub enum TemplateError {
     Unknown { name: String, pointer: String },
     #[error("unclosed '{{' in \"{arg}\"")]
     Unclosed { arg: String, pointer: String },
-    #[error("placeholder {{{0}}} must be set for every launch")]
-    Missing(String),
 }
 
 impl TemplateError {
     /// Where in the `[qemu]` table the problem is, as a JSON-pointer-like path.
-    pub fn pointer(&self) -> Option<&str> {
+    pub fn pointer(&self) -> &str {
         match self {
             TemplateError::Unknown { pointer, .. } | TemplateError::Unclosed { pointer, .. } => {
-                Some(pointer)
+                pointer
             }
-            TemplateError::Missing(_) => None,
         }
     }
 }
 
 impl LaunchValues {
-    /// The values every launch has.
+    /// The values every launch has, and the template's kernel command line.
     pub fn new(
         template: &QemuTemplate,
         accel: Accel,
@@ -116,65 +209,116 @@ impl LaunchValues {
         }
         self
     }
+
+    /// Sets every image given.
+    pub fn set_images(&mut self, images: &VmImages) -> &mut Self {
+        for (name, path) in images.iter() {
+            self.set(name, path.as_str());
+        }
+        self
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+}
+
+impl QemuTemplateFile {
+    /// The checked template, or every unknown placeholder and unclosed brace, each with
+    /// where it is.
+    pub(crate) fn check(&self) -> Result<QemuTemplate, Vec<TemplateError>> {
+        let mut errors = Vec::new();
+        let mut args = Vec::with_capacity(self.args.len());
+        for (g, group) in self.args.iter().enumerate() {
+            let mut parsed = Vec::with_capacity(group.len());
+            for (a, arg) in group.iter().enumerate() {
+                match parse_arg(arg, &format!("/qemu/args/{g}/{a}")) {
+                    Ok(arg) => parsed.push(arg),
+                    Err(mut found) => errors.append(&mut found),
+                }
+            }
+            args.push(parsed);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(QemuTemplate {
+            binary: self.binary.clone(),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            accel: self.accel,
+            cpu: self.cpu.clone(),
+            append: self.append.clone(),
+            args,
+        })
+    }
 }
 
 impl QemuTemplate {
-    /// Checks every placeholder names a known value.
-    pub fn check(&self) -> Vec<TemplateError> {
-        let mut errors = Vec::new();
-        for (g, group) in self.args.iter().enumerate() {
-            for (a, arg) in group.iter().enumerate() {
-                let pointer = format!("/qemu/args/{g}/{a}");
-                match placeholders(arg) {
-                    Err(()) => errors.push(TemplateError::Unclosed {
-                        arg: arg.clone(),
-                        pointer,
-                    }),
-                    Ok(names) => {
-                        for name in names {
-                            if !ALWAYS_SET.contains(&name) && !OPTIONAL.contains(&name) {
-                                errors.push(TemplateError::Unknown {
-                                    name: name.to_string(),
-                                    pointer: pointer.clone(),
-                                });
-                            }
-                        }
-                    }
-                }
-            }
+    /// This template with a device's settings applied.
+    pub(crate) fn with_overrides(&self, overrides: Overrides<'_>) -> Self {
+        let mut template = self.clone();
+        if let Some(accel) = overrides.accel {
+            template.accel = accel;
         }
-        errors
+        if let Some(memory) = overrides.memory_mib {
+            template.memory_mib = memory;
+        }
+        if let Some(cpus) = overrides.cpus {
+            template.cpus = cpus;
+        }
+        if let Some(append) = overrides.append {
+            template.append = Some(append.to_string());
+        }
+        template
+    }
+
+    /// The qemu program.
+    pub fn binary(&self) -> &str {
+        &self.binary
+    }
+
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mib
+    }
+
+    pub fn cpus(&self) -> u32 {
+        self.cpus
+    }
+
+    /// The accelerator asked for (the device's, when it names one).
+    pub fn accel(&self) -> AccelChoice {
+        self.accel
+    }
+
+    /// The kernel command line of kernel boots.
+    pub fn append(&self) -> Option<&str> {
+        self.append.as_deref()
     }
 
     /// The full command line: binary, then every group whose placeholders all have values.
-    pub fn render(&self, values: &LaunchValues) -> Result<Vec<String>, TemplateError> {
+    pub fn render(&self, values: &LaunchValues) -> Vec<String> {
         let mut argv = vec![self.binary.clone()];
         'groups: for group in &self.args {
             let mut rendered = Vec::with_capacity(group.len());
             for arg in group {
-                let names = placeholders(arg).map_err(|()| TemplateError::Unclosed {
-                    arg: arg.clone(),
-                    pointer: String::new(),
-                })?;
-                for name in &names {
+                for name in arg.placeholders() {
                     // A kernel command line means nothing without a kernel, and qemu
                     // refuses `-append` alone: an image boot drops it.
-                    if *name == "append" && !values.values.contains_key("kernel") {
+                    if name == "append" && !values.has("kernel") {
                         continue 'groups;
                     }
-                    if values.values.contains_key(name) {
-                        continue;
-                    }
-                    if OPTIONAL.contains(name) {
+                    // Every always-set value is there ([`LaunchValues::new`]): a value
+                    // missing is an optional one, whose group is dropped.
+                    if !values.has(name) {
                         continue 'groups;
                     }
-                    return Err(TemplateError::Missing(name.to_string()));
                 }
-                rendered.push(substitute(arg, &values.values));
+                rendered.push(arg.substitute(values));
             }
             argv.extend(rendered);
         }
-        Ok(argv)
+        argv
     }
 }
 
@@ -182,54 +326,84 @@ impl QemuTemplate {
 /// (`user,id=n0`), put in as they are.
 const OPTION_LISTS: &[&str] = &["netdev", "lan"];
 
-/// `arg` with its placeholders replaced in one pass, so a value that contains
-/// `{something}` is never expanded again. A value inside a longer argument
-/// (`file={image},if=virtio`) is part of a qemu option list, where `,` separates
-/// options: its commas are doubled, qemu's escape, so a path like `/a,id=x` stays one
-/// path instead of adding an option. An argument that is only the placeholder
-/// (`-kernel {kernel}`) is taken by qemu as it is.
-fn substitute(arg: &str, values: &BTreeMap<&'static str, String>) -> String {
-    let whole = arg.starts_with('{') && arg.ends_with('}') && arg.matches('{').count() == 1;
-    let mut out = String::with_capacity(arg.len());
+impl Arg {
+    fn placeholders(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().filter_map(|p| match p {
+            Piece::Value(name) => Some(*name),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// The argument with its placeholders replaced, so a value that contains
+    /// `{something}` is never expanded. A value inside a longer argument
+    /// (`file={image},if=virtio`) is part of a qemu option list, where `,` separates
+    /// options: its commas are doubled, qemu's escape, so a path like `/a,id=x` stays
+    /// one path instead of adding an option. An argument that is only the placeholder
+    /// (`-kernel {kernel}`) is taken by qemu as it is.
+    fn substitute(&self, values: &LaunchValues) -> String {
+        let whole = matches!(self.0.as_slice(), [Piece::Value(_)]);
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Value(name) => {
+                    let value = values.values.get(name).map(String::as_str).unwrap_or("");
+                    if whole || OPTION_LISTS.contains(name) {
+                        out.push_str(value);
+                    } else {
+                        out.push_str(&value.replace(',', ",,"));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One argument split at its `{names}`, or every problem in it.
+fn parse_arg(arg: &str, pointer: &str) -> Result<Arg, Vec<TemplateError>> {
+    let mut pieces = Vec::new();
+    let mut errors = Vec::new();
     let mut rest = arg;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        if open > 0 {
+            pieces.push(Piece::Text(rest[..open].to_string()));
+        }
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
+            errors.push(TemplateError::Unclosed {
+                arg: arg.to_string(),
+                pointer: pointer.to_string(),
+            });
+            rest = "";
             break;
         };
         let name = &after[..close];
-        let value = values.get(name).map(String::as_str).unwrap_or_default();
-        if whole || OPTION_LISTS.contains(&name) {
-            out.push_str(value);
-        } else {
-            out.push_str(&value.replace(',', ",,"));
+        match ALWAYS_SET.iter().chain(OPTIONAL).find(|k| **k == name) {
+            Some(known) => pieces.push(Piece::Value(known)),
+            None => errors.push(TemplateError::Unknown {
+                name: name.to_string(),
+                pointer: pointer.to_string(),
+            }),
         }
         rest = &after[close + 1..];
     }
-    out.push_str(rest);
-    out
-}
-
-/// The `{names}` in one argument, or `Err` for an unclosed brace.
-fn placeholders(arg: &str) -> Result<Vec<&str>, ()> {
-    let mut names = Vec::new();
-    let mut rest = arg;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or(())?;
-        names.push(&after[..close]);
-        rest = &after[close + 1..];
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
     }
-    Ok(names)
+    if errors.is_empty() {
+        Ok(Arg(pieces))
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn template(args: &[&[&str]]) -> QemuTemplate {
-        QemuTemplate {
+    pub(crate) fn template_file(args: &[&[&str]]) -> QemuTemplateFile {
+        QemuTemplateFile {
             binary: "qemu-system-x86_64".into(),
             memory_mib: 256,
             cpus: 1,
@@ -246,6 +420,10 @@ mod tests {
         }
     }
 
+    fn template(args: &[&[&str]]) -> QemuTemplate {
+        template_file(args).check().unwrap()
+    }
+
     #[test]
     fn renders_and_drops_groups_without_values() {
         let t = template(&[
@@ -258,7 +436,7 @@ mod tests {
         ]);
         let mut values = LaunchValues::new(&t, Accel::Tcg, "vm1", "/w", "/w/qmp.sock");
         values.set("kernel", "/w/vmlinuz");
-        let argv = t.render(&values).unwrap();
+        let argv = t.render(&values);
         assert_eq!(
             argv,
             [
@@ -281,12 +459,14 @@ mod tests {
 
     #[test]
     fn check_names_unknown_and_unclosed_placeholders() {
-        let t = template(&[&["-m", "{memroy_mib}"], &["-x", "{accel"]]);
-        let errors = t.check();
+        let errors = template_file(&[&["-m", "{memroy_mib}"], &["-x", "{accel"]])
+            .check()
+            .unwrap_err();
         assert_eq!(errors.len(), 2);
-        assert_eq!(errors[0].pointer(), Some("/qemu/args/0/1"));
+        assert_eq!(errors[0].pointer(), "/qemu/args/0/1");
         assert!(errors[0].to_string().contains("memroy_mib"));
-        assert_eq!(errors[1].pointer(), Some("/qemu/args/1/1"));
+        assert_eq!(errors[1].pointer(), "/qemu/args/1/1");
+        assert!(errors[1].to_string().contains("unclosed"));
     }
 
     #[test]
@@ -300,7 +480,7 @@ mod tests {
         let mut values = LaunchValues::new(&t, Accel::Tcg, "vm1", "/w", "/w/qmp.sock");
         values.set("image", "/srv/a,id=evil,file=/etc/shadow{qmp_socket}");
         values.set("netdev", "user,id=n0,restrict=on");
-        let argv = t.render(&values).unwrap();
+        let argv = t.render(&values);
         assert_eq!(
             argv,
             [
@@ -309,6 +489,49 @@ mod tests {
                 "file=/srv/a,,id=evil,,file=/etc/shadow{qmp_socket},if=virtio,format=raw",
                 "-netdev",
                 "user,id=n0,restrict=on",
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_change_only_what_they_name() {
+        let t = template(&[&["-m", "{memory_mib}"], &["-append", "{append}"]]);
+        let same = t.with_overrides(Overrides::default());
+        assert_eq!(same, t);
+        let changed = t.with_overrides(Overrides {
+            accel: Some(AccelChoice::Tcg),
+            memory_mib: Some(1024),
+            cpus: None,
+            append: Some("console=ttyS0 init=/bin/sh"),
+        });
+        assert_eq!(changed.accel(), AccelChoice::Tcg);
+        assert_eq!((changed.memory_mib(), changed.cpus()), (1024, 1));
+        assert_eq!(changed.append(), Some("console=ttyS0 init=/bin/sh"));
+    }
+
+    #[test]
+    fn images_go_to_their_placeholders() {
+        let t = template(&[
+            &["-kernel", "{kernel}"],
+            &["-dtb", "{dtb}"],
+            &["-drive", "file={image}"],
+        ]);
+        let mut images = VmImages::default();
+        images.set("kernel", "/k".into());
+        images.set("dtb", "/d".into());
+        images.set("image", "/i".into());
+        let mut values = LaunchValues::new(&t, Accel::Kvm, "vm", "/w", "/w/q");
+        values.set_images(&images);
+        assert_eq!(
+            t.render(&values),
+            [
+                "qemu-system-x86_64",
+                "-kernel",
+                "/k",
+                "-dtb",
+                "/d",
+                "-drive",
+                "file=/i"
             ]
         );
     }

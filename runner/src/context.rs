@@ -1,5 +1,5 @@
-//! What every node pipeline of one job shares, whatever the job's shape: the job, the
-//! lab, where files go, the log, the coordinator group with a client per node, the
+//! What every node pipeline of one job shares, whatever the job's shape: the job,
+//! where files go, the log, the coordinator group with a client per node, the
 //! reports of nodes that ended; and the steps all shapes use (test definitions, their
 //! scripts, test shells on a console, recording a node's end).
 
@@ -22,7 +22,6 @@ use crate::testdef::{self, ResultParser};
 use hostctl::console::{Console, ConsoleLog};
 use hostctl::images::ImageStore;
 use hostctl::ssh::shell_quote;
-use lab::Lab;
 use states::ErrorClass;
 
 /// A progress callback for a transfer (`done`, `total` bytes) that logs each quarter
@@ -57,7 +56,6 @@ pub fn progress_logger(
 
 pub struct GroupContext<'a> {
     pub job: &'a Job,
-    pub lab: &'a Lab,
     pub settings: &'a RunSettings,
     pub log: &'a JobLog,
     pub coordination: &'a Coordination,
@@ -73,7 +71,6 @@ impl<'a> GroupContext<'a> {
     /// Creates the job's coordinator group and a client for each node.
     pub async fn create(
         job: &'a Job,
-        lab: &'a Lab,
         settings: &'a RunSettings,
         log: &'a JobLog,
         coordination: &'a Coordination,
@@ -106,7 +103,6 @@ impl<'a> GroupContext<'a> {
         coordination.log_waits(&group_id, log);
         Ok(Self {
             job,
-            lab,
             settings,
             log,
             coordination,

@@ -4,6 +4,7 @@
 //! images, fetched into the image store), `boot` (to the prompt, group LAN up), `test`,
 //! `finalize` (the VM stopped). The nodes share a LAN segment, as a vm_group's VMs do.
 
+use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
@@ -12,12 +13,11 @@ use super::context::GroupContext;
 use super::{Failure, nodes};
 use crate::joblog::Level;
 use hostctl::images::ImageStore;
+use hostctl::launch::{GroupLan, QemuCommand, VmImages, VmNetwork, qemu_command};
 use hostctl::local::LocalProcess;
-use hostctl::vm::GroupLan;
-use lab::accel::{self, HostFacts};
-use lab::device::Device;
-use lab::device_type::DeviceKind;
-use lab::qemu_template::LaunchValues;
+use lab::accel::{self, Accel, HostFacts};
+use lab::device::{Device, DeviceKind};
+use lab::qemu_template::QemuTemplate;
 use states::ErrorClass;
 
 /// One node and the device it runs on.
@@ -58,119 +58,104 @@ async fn pipeline(ctx: &GroupContext<'_>, node: &DeviceNode<'_>) {
         .await;
 }
 
+/// The node's VM as it starts here: its name, qemu command and place on the LAN.
+struct NodeVm {
+    name: String,
+    command: QemuCommand,
+    lan: GroupLan,
+}
+
+impl NodeVm {
+    /// Node `node_id`, the `index`-th of job `job_id`, from its device's template.
+    fn new(
+        job_id: u64,
+        node_id: &str,
+        index: u8,
+        qemu: &QemuTemplate,
+        accel: Accel,
+        workdir: &Path,
+        images: &VmImages,
+    ) -> Self {
+        let name = format!("lava-{job_id}-{node_id}");
+        let lan = GroupLan::of_job(job_id, index);
+        let command = qemu_command(
+            qemu,
+            accel,
+            &name,
+            &workdir.display().to_string(),
+            images,
+            &VmNetwork::device_vm(index, lan.clone()),
+        );
+        Self { name, command, lan }
+    }
+}
+
 /// Starts the node's VM here and brings it to its prompt with its LAN up.
 async fn boot(
     ctx: &GroupContext<'_>,
     node: &DeviceNode<'_>,
 ) -> Result<(LocalProcess, Regex), Failure> {
-    let device_type = ctx
-        .lab
-        .device_types
-        .get(&node.device.device_type)
-        .ok_or_else(|| {
-            Failure::infra(
-                "boot",
-                format!("unknown device type {}", node.device.device_type),
-            )
-        })?;
-    if device_type.kind != DeviceKind::Vm {
+    let device_type = &node.device.device_type;
+    let DeviceKind::Vm { qemu } = &node.device.kind else {
         return Err(Failure::new(
             ErrorClass::Job,
             "boot",
             format!(
                 "device_group nodes on {} devices ({}) cannot run in this version; vm devices can",
-                device_type.kind.as_str(),
+                node.device.kind.as_str(),
                 node.device.hostname
             ),
         ));
-    }
-    let mut template = device_type.qemu.clone().ok_or_else(|| {
-        Failure::infra("boot", format!("{} has no qemu template", device_type.name))
-    })?;
-    if let Some(overrides) = &node.device.qemu {
-        if let Some(memory) = overrides.memory_mib {
-            template.memory_mib = memory;
-        }
-        if let Some(cpus) = overrides.cpus {
-            template.cpus = cpus;
-        }
-    }
-    let prompt = Regex::new(&device_type.shell_prompt)
-        .map_err(|e| Failure::infra("boot", format!("{}: shell_prompt: {e}", device_type.name)))?;
+    };
+    let prompt = device_type.prompt.clone();
     let workdir = ctx.settings.work_dir.join("vms").join(&node.id);
     std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
-    let qmp = workdir.join("qmp.sock").display().to_string();
-    let name = format!("lava-{}-{}", ctx.settings.job_id, node.id);
-    let accel = accel::decide(
-        node.device.accel.unwrap_or(template.accel),
-        HostFacts::probe_local(),
-    )
-    .accel;
-    let mut values = LaunchValues::new(
-        &template,
-        accel,
-        &name,
-        &workdir.display().to_string(),
-        &qmp,
-    );
+    let accel = accel::decide(qemu.accel(), HostFacts::probe_local()).accel;
     let store = ImageStore::new(&ctx.settings.image_store, ctx.settings.fetch.clone())
         .map_err(|e| Failure::infra("boot", e))?;
-    let images = nodes::images_for(ctx.job, &node.role, None);
-    for (kind, url) in images.iter() {
+    let mut images = VmImages::default();
+    for (kind, url) in nodes::images_for(ctx.job, &node.role, None).iter() {
         let download =
             super::context::progress_logger(ctx.log, &node.id, &format!("{kind} download"));
         let local = store.fetch(url, download).await.map_err(|e| {
             Failure::new(ErrorClass::Job, "boot", format!("{} {kind}: {e}", node.id))
         })?;
-        values.set(kind, local.display().to_string());
+        images.set(kind, local.display().to_string());
     }
-    let lan_group = u32::try_from(ctx.settings.job_id % u64::from(u32::MAX)).unwrap_or(0);
-    let lan = GroupLan::member(lan_group, node.index);
-    // `restrict=on`: the guest runs the job's code on the dispatcher's own machine, and
-    // qemu's user networking would otherwise route 10.0.2.2 to this machine's loopback
-    // (the API, the coordinator's ports, anything listening there) and on to every
-    // network the dispatcher reaches. Its console carries the MultiNode calls and its
-    // group LAN the traffic between nodes, so it needs neither.
-    values.set("netdev", hostctl::vm::ISOLATED_USER_NETDEV);
-    values.set(
-        "mac",
-        format!("52:54:00:12:35:{:02x}", 0x10 + u32::from(node.index)),
+    let NodeVm { name, command, lan } = NodeVm::new(
+        ctx.settings.job_id,
+        &node.id,
+        node.index,
+        qemu,
+        accel,
+        &workdir,
+        &images,
     );
-    values.set("lan", lan.netdev.as_str());
-    values.set("lan_mac", lan.mac.as_str());
-    let argv = template
-        .render(&values)
-        .map_err(|e| Failure::new(ErrorClass::Job, "boot", e))?;
     ctx.log.line(
         Level::Info,
         Some(&node.id),
         format!(
             "starting {} on this machine: {}",
             node.device.hostname,
-            argv.join(" ")
+            command.argv.join(" ")
         ),
     );
-    let mut process = LocalProcess::spawn(&name, &argv, ctx.console_log(&node.id), Some(qmp))
-        .map_err(|e| Failure::infra("boot", e))?;
+    let mut process = LocalProcess::spawn(
+        &name,
+        &command.argv,
+        ctx.console_log(&node.id),
+        command.qmp_socket,
+    )
+    .map_err(|e| Failure::infra("boot", e))?;
     let booted = async {
         process
             .console
-            .expect(&prompt, Duration::from_secs(device_type.boot_timeout))
+            .expect(&prompt, device_type.boot_timeout)
             .await
             .map_err(|e| super::context::guest_boot_failure(&e, format!("{name}: {e}")))?;
-        let command = lan.up_command();
-        let (output, code) = process
-            .console
-            .run(&command, &prompt, Duration::from_secs(30))
+        lan.bring_up(&mut process.console, &prompt)
             .await
-            .map_err(|e| Failure::infra("boot", e))?;
-        if code != 0 {
-            return Err(Failure::infra(
-                "boot",
-                format!("`{command}` exited with {code}: {}", output.trim()),
-            ));
-        }
-        Ok::<(), Failure>(())
+            .map_err(|e| Failure::infra("boot", e))
     }
     .await;
     match booted {
@@ -179,5 +164,53 @@ async fn boot(
             process.stop(Duration::from_secs(10)).await;
             Err(failure)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_device_starts_with_its_own_kernel_command_line_and_the_jobs_lan() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("vm-1.toml"),
+            "hostname = \"vm-1\"\ndevice_type = \"kvm\"\n\
+             [qemu]\nmemory_mib = 512\nappend = \"console=ttyS0 init=/bin/sh\"\n",
+        )
+        .unwrap();
+        let (lab, _) = lab::Lab::load_with_builtin_types(dir.path()).unwrap();
+        let DeviceKind::Vm { qemu } = &lab.devices["vm-1"].kind else {
+            panic!("vm-1 is not a vm");
+        };
+        let images = VmImages {
+            kernel: Some("/s/vmlinuz".into()),
+            ..Default::default()
+        };
+        let vm = NodeVm::new(
+            77,
+            "client",
+            1,
+            qemu,
+            Accel::Tcg,
+            Path::new("/j/vms/client"),
+            &images,
+        );
+        assert_eq!(vm.name, "lava-77-client");
+        assert_eq!(vm.lan, GroupLan::of_job(77, 1));
+        let argv = vm.command.argv.join(" ");
+        assert!(argv.contains("-m 512 "), "{argv}");
+        assert!(
+            argv.contains("-append console=ttyS0 init=/bin/sh "),
+            "{argv}"
+        );
+        assert!(argv.contains("user,id=n0,restrict=on"), "{argv}");
+        assert!(argv.contains("mac=52:54:00:12:35:11,"), "{argv}");
+        assert!(argv.contains(&vm.lan.netdev), "{argv}");
+        assert_eq!(
+            vm.command.qmp_socket.as_deref(),
+            Some("/j/vms/client/qmp.sock")
+        );
     }
 }

@@ -45,12 +45,13 @@ use context::{GroupContext, case_reports, failed_report, shell_failure};
 pub use coordination::Coordination;
 use hostctl::console::Console;
 use hostctl::images::ImageStore;
+use hostctl::launch::{GroupLan, VmImages, VmNetwork};
 use hostctl::ssh::{SshSession, shell_quote};
 use hostctl::transfer;
-use hostctl::vm::{self, GroupLan, RunningVm, VmImages, VmNetwork, VmPlan};
-use lab::Lab;
+use hostctl::vm::{self, RunningVm, VmPlan};
 use lab::accel::{self, HostFacts};
 use lab::device::Device;
+use lab::{Lab, VmType};
 use nodes::{GroupPlan, VmNode};
 use report::{JobReport, NodeReport};
 use states::ErrorClass;
@@ -144,7 +145,7 @@ pub async fn run_job(
         (Topology::Single { .. } | Topology::DeviceGroup { .. }, _)
             if devices.len() == job.members().len() =>
         {
-            run_device_group(job, lab, devices, coordination, settings, log).await
+            run_device_group(job, devices, coordination, settings, log).await
         }
         _ => fail_all_roles(
             job,
@@ -188,6 +189,8 @@ struct GroupRun<'a> {
     ctx: GroupContext<'a>,
     group: &'a VmGroup,
     plan: GroupPlan,
+    /// The device type of each of `plan.vms`, in order.
+    vm_types: Vec<VmType<'a>>,
     /// The job's directory on the host.
     job_dir: String,
     /// Process groups of the VMs launched, for the last-resort cleanup.
@@ -212,11 +215,31 @@ async fn run_vm_group(
     log: &JobLog,
 ) -> Vec<NodeReport> {
     let plan = GroupPlan::new(job, group);
-    let ctx =
-        match GroupContext::create(job, lab, settings, log, coordination, plan.members()).await {
-            Ok(ctx) => ctx,
-            Err(failure) => return fail_all_roles(job, failure),
-        };
+    // The job names its VMs' types; validation checked them against this lab.
+    let vm_types = match plan
+        .vms
+        .iter()
+        .map(|vm| {
+            lab.vm_type(&vm.spec.device_type).ok_or_else(|| {
+                Failure::new(
+                    ErrorClass::Job,
+                    "plan",
+                    format!(
+                        "{}: \"{}\" is not a vm device type of this lab",
+                        vm.id, vm.spec.device_type
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(types) => types,
+        Err(failure) => return fail_all_roles(job, failure),
+    };
+    let ctx = match GroupContext::create(job, settings, log, coordination, plan.members()).await {
+        Ok(ctx) => ctx,
+        Err(failure) => return fail_all_roles(job, failure),
+    };
     log.line(
         Level::Info,
         None,
@@ -224,7 +247,7 @@ async fn run_vm_group(
             "vm_group job {}: host {} ({}), {} VM(s): {}",
             settings.job_id,
             host.hostname,
-            host.device_type,
+            host.device_type.name,
             plan.vms.len(),
             plan.vms
                 .iter()
@@ -237,6 +260,7 @@ async fn run_vm_group(
         ctx,
         group,
         plan,
+        vm_types,
         job_dir: format!("{}/jobs/{}", settings.host_dir, settings.job_id),
         launched: Arc::default(),
     };
@@ -248,7 +272,6 @@ async fn run_vm_group(
 /// A device_group (or single-device) job: a node per device.
 async fn run_device_group(
     job: &Job,
-    lab: &Lab,
     devices: &[Device],
     coordination: &Coordination,
     settings: &RunSettings,
@@ -259,7 +282,7 @@ async fn run_device_group(
         .into_iter()
         .map(|m| (m.node, m.role))
         .collect();
-    let ctx = match GroupContext::create(job, lab, settings, log, coordination, members).await {
+    let ctx = match GroupContext::create(job, settings, log, coordination, members).await {
         Ok(ctx) => ctx,
         Err(failure) => return fail_all_roles(job, failure),
     };
@@ -304,17 +327,10 @@ fn fail_all_roles(job: &Job, failure: Failure) -> Vec<NodeReport> {
 
 impl GroupRun<'_> {
     async fn run(&self, host: &Device) -> Vec<NodeReport> {
-        let Some(host_type) = self.lab.device_types.get(&host.device_type) else {
-            self.fail_all(
-                &self.plan.host_id,
-                &Failure::infra("boot", format!("unknown device type {}", host.device_type)),
-            );
-            return self.reports(None);
-        };
         let up = {
             let _section = self.log.section(Some(&self.plan.host_id), "boot");
             tokio::select! {
-                up = host_device::bring_up_host(host, host_type, self.settings, self.log) => up,
+                up = host_device::bring_up_host(host, self.settings, self.log) => up,
                 () = canceled(self.settings.cancel.clone()) => Err(Failure::new(
                     ErrorClass::Canceled,
                     "boot",
@@ -337,12 +353,10 @@ impl GroupRun<'_> {
             match prepared {
                 Err(failure) => self.fail_all(&self.plan.host_id, &failure),
                 Ok(deployed) => {
-                    let vms = futures::future::join_all(
-                        self.plan
-                            .vms
-                            .iter()
-                            .map(|vm| self.vm_pipeline(&up.ssh, vm, &deployed)),
-                    );
+                    let vms =
+                        futures::future::join_all(self.plan.vms.iter().zip(&self.vm_types).map(
+                            |(vm, vm_type)| self.vm_pipeline(&up.ssh, vm, *vm_type, &deployed),
+                        ));
                     tokio::join!(self.host_pipeline(&up.ssh), vms);
                 }
             }
@@ -489,14 +503,7 @@ impl GroupRun<'_> {
                         sent.remote_path
                     }
                 };
-                let slot = match kind {
-                    "kernel" => &mut paths.kernel,
-                    "ramdisk" => &mut paths.ramdisk,
-                    "dtb" => &mut paths.dtb,
-                    "rootfs" => &mut paths.rootfs,
-                    _ => &mut paths.image,
-                };
-                *slot = Some(remote);
+                paths.set(kind, remote);
             }
             images.insert(vm.id.clone(), paths);
         }
@@ -575,7 +582,13 @@ impl GroupRun<'_> {
     }
 
     /// One VM: wait for the start signal, boot, test shells, stop.
-    async fn vm_pipeline(&self, session: &SshSession, vm: &VmNode, deployed: &Deployed) {
+    async fn vm_pipeline(
+        &self,
+        session: &SshSession,
+        vm: &VmNode,
+        vm_type: VmType<'_>,
+        deployed: &Deployed,
+    ) {
         let node = vm.id.as_str();
         let mut results = Vec::new();
         let mut running: Option<RunningVm> = None;
@@ -591,7 +604,7 @@ impl GroupRun<'_> {
             }
             let prompt = {
                 let _section = self.log.section(Some(node), "boot");
-                let (vm_running, prompt) = self.boot_vm(session, vm, deployed).await?;
+                let (vm_running, prompt) = self.boot_vm(session, vm, vm_type, deployed).await?;
                 running = Some(vm_running);
                 prompt
             };
@@ -633,54 +646,33 @@ impl GroupRun<'_> {
         &self,
         session: &SshSession,
         vm: &VmNode,
+        vm_type: VmType<'_>,
         deployed: &Deployed,
     ) -> Result<(RunningVm, Regex), Failure> {
-        let vm_type = self
-            .lab
-            .device_types
-            .get(&vm.spec.device_type)
-            .ok_or_else(|| {
-                Failure::infra(
-                    "boot",
-                    format!("unknown device type {}", vm.spec.device_type),
-                )
-            })?;
-        let prompt_text = vm
-            .spec
-            .shell_prompt
-            .as_deref()
-            .unwrap_or(&vm_type.shell_prompt);
-        let prompt = Regex::new(prompt_text)
-            .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell_prompt: {e}")))?;
+        // The job's own prompt, compiled once for this VM; else its type's.
+        let prompt = match &vm.spec.shell_prompt {
+            Some(text) => Regex::new(text)
+                .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell_prompt: {e}")))?,
+            None => vm_type.device_type.prompt.clone(),
+        };
         let name = format!("lava-{}-{}", self.settings.job_id, vm.id);
         let workdir = format!("{}/vms/{}", self.job_dir, vm.id);
-        let lan_group = u32::try_from(self.settings.job_id % u64::from(u32::MAX)).unwrap_or(0);
-        let lan = GroupLan::member(lan_group, vm.index);
+        let lan = GroupLan::of_job(self.settings.job_id, vm.index);
         let plan = if vm.spec.launch_with.is_empty() {
-            let template = vm_type.qemu.as_ref().ok_or_else(|| {
-                Failure::infra(
-                    "boot",
-                    format!("device type {} has no qemu template", vm_type.name),
-                )
-            })?;
-            let accel = accel::decide(template.accel, deployed.facts).accel;
+            let accel = accel::decide(vm_type.qemu.accel(), deployed.facts).accel;
             let images = deployed.images.get(&vm.id).cloned().unwrap_or_default();
             VmPlan::from_template(
                 &name,
                 &workdir,
-                template,
+                vm_type.qemu,
                 accel,
                 &images,
-                &VmNetwork {
-                    netdev: Some("user,id=n0".into()),
-                    mac: Some(format!("52:54:00:12:34:{:02x}", 0x10 + u32::from(vm.index))),
-                    lan: Some(lan.clone()),
-                },
+                &VmNetwork::group_vm(vm.index, lan.clone()),
             )
         } else {
             VmPlan::from_launch_with(&name, &workdir, &vm.spec.launch_with)
-        }
-        .map_err(|e| Failure::new(ErrorClass::Job, "boot", e))?;
+                .map_err(|e| Failure::new(ErrorClass::Job, "boot", e))?
+        };
         for command in plan.prepare.iter().chain([&plan.attach]) {
             self.log.line(
                 Level::Debug,
@@ -696,7 +688,7 @@ impl GroupRun<'_> {
         }
         let booted = async {
             running
-                .wait_for_prompt(&prompt, Duration::from_secs(vm_type.boot_timeout))
+                .wait_for_prompt(&prompt, vm_type.device_type.boot_timeout)
                 .await
                 .map_err(|e| match &e {
                     vm::VmError::Console { source, .. } => {

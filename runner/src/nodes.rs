@@ -18,33 +18,7 @@ pub struct VmNode {
 }
 
 /// What a VM boots, as the job gives it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageUrls {
-    pub kernel: Option<Url>,
-    pub ramdisk: Option<Url>,
-    pub dtb: Option<Url>,
-    pub image: Option<Url>,
-    pub rootfs: Option<Url>,
-}
-
-impl ImageUrls {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// `(name, url)` of every image given.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Url)> {
-        [
-            ("kernel", &self.kernel),
-            ("ramdisk", &self.ramdisk),
-            ("dtb", &self.dtb),
-            ("image", &self.image),
-            ("rootfs", &self.rootfs),
-        ]
-        .into_iter()
-        .filter_map(|(name, url)| url.as_ref().map(|u| (name, u)))
-    }
-}
+pub type ImageUrls = lab::qemu_template::Images<Url>;
 
 /// A vm_group job's nodes.
 #[derive(Debug, Clone)]

@@ -148,7 +148,7 @@ impl OneShot {
                     self.lab
                         .devices
                         .values()
-                        .map(|d| format!("{} ({})", d.hostname, d.device_type))
+                        .map(|d| format!("{} ({})", d.hostname, d.device_type.name))
                         .collect::<Vec<_>>()
                         .join(", ")
                 }

@@ -115,7 +115,7 @@ pub fn views(lab: &Lab) -> Vec<DeviceView> {
         .values()
         .map(|d| DeviceView {
             hostname: d.hostname.clone(),
-            device_type: d.device_type.clone(),
+            device_type: d.device_type.name.clone(),
             tags: d.tags.iter().cloned().collect(),
             state: DeviceState::Idle,
             health: DeviceHealth::Good,

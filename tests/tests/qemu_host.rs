@@ -14,12 +14,12 @@ use hostctl::transfer;
 use hostctl::vm::{self, VmImages, VmNetwork, VmPlan};
 use lab::Lab;
 use lab::accel::{self, Accel, AccelChoice, HostFacts};
-use lab::device::{HostKeyPolicy, QemuOverrides};
+use lab::device::HostKeyPolicy;
 use regex::Regex;
 use system_tests::{free_port, test_images};
 
 /// How to reach the project's host-device image booted here, and its images.
-fn host_device(dir: &tempfile::TempDir) -> (SshTarget, QemuOverrides) {
+fn host_device(dir: &tempfile::TempDir) -> (SshTarget, VmImages) {
     let images = test_images();
     let ssh = SshTarget {
         host: "127.0.0.1".into(),
@@ -29,13 +29,13 @@ fn host_device(dir: &tempfile::TempDir) -> (SshTarget, QemuOverrides) {
         host_key: HostKeyPolicy::Fingerprint(images.hostdev_fingerprint.clone()),
         known_hosts: dir.path().join("known_hosts"),
     };
-    let overrides = QemuOverrides {
-        kernel: Some(images.hostdev_kernel.clone()),
-        ramdisk: Some(images.hostdev_initramfs.clone()),
-        rootfs: Some(images.hostdev_rootfs.clone()),
+    let boot = VmImages {
+        kernel: Some(images.hostdev_kernel.display().to_string()),
+        ramdisk: Some(images.hostdev_initramfs.display().to_string()),
+        rootfs: Some(images.hostdev_rootfs.display().to_string()),
         ..Default::default()
     };
-    (ssh, overrides)
+    (ssh, boot)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,17 +44,17 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
     let lab = Lab::builtin().unwrap();
     let host_type = &lab.device_types["qemu-host"];
     let dir = tempfile::tempdir().unwrap();
-    let (ssh, overrides) = host_device(&dir);
+    let (ssh, boot) = host_device(&dir);
     let local_accel = accel::decide(AccelChoice::Auto, HostFacts::probe_local()).accel;
     let up = host::boot_qemu_host(
         "qemu-host-test",
-        host_type.qemu.as_ref().unwrap(),
-        &overrides,
+        host_type.qemu().unwrap(),
+        &boot,
         local_accel,
         &ssh,
         dir.path(),
         &Regex::new(&images.hostdev_prompt).unwrap(),
-        Duration::from_secs(host_type.boot_timeout),
+        host_type.boot_timeout,
         ConsoleLog::default(),
     )
     .await
@@ -86,7 +86,7 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
 
     // The kvm type boots `quiet`: serial output is slow under nested KVM (the guest
     // reaches its prompt in ~12 s with it, ~24 s without).
-    let template = lab.device_types["kvm"].qemu.clone().unwrap();
+    let template = lab.device_types["kvm"].qemu().unwrap().clone();
     let plan = VmPlan::from_template(
         "guest",
         "/var/lib/lava-dispatcher/vms/guest",
@@ -102,8 +102,7 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
             mac: Some("52:54:00:12:34:56".to_string()),
             lan: None,
         },
-    )
-    .unwrap();
+    );
     let mut guest = vm::launch(&up.ssh, &plan, ConsoleLog::default())
         .await
         .unwrap();
@@ -165,13 +164,13 @@ async fn a_host_that_never_reaches_its_prompt_fails_and_leaves_nothing() {
     let lab = Lab::builtin().unwrap();
     let host_type = &lab.device_types["qemu-host"];
     let dir = tempfile::tempdir().unwrap();
-    let (ssh, overrides) = host_device(&dir);
+    let (ssh, boot) = host_device(&dir);
     let name = format!("qemu-host-silent-{}", std::process::id());
     let local_accel = accel::decide(AccelChoice::Auto, HostFacts::probe_local()).accel;
     let booted = host::boot_qemu_host(
         &name,
-        host_type.qemu.as_ref().unwrap(),
-        &overrides,
+        host_type.qemu().unwrap(),
+        &boot,
         local_accel,
         &ssh,
         dir.path(),

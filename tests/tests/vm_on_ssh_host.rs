@@ -71,7 +71,7 @@ async fn boot_guests(count: usize) {
     );
     let accel = accel::decide(AccelChoice::Auto, facts).accel;
     let lab = Lab::builtin().unwrap();
-    let template = lab.device_types["kvm"].qemu.clone().unwrap();
+    let template = lab.device_types["kvm"].qemu().unwrap().clone();
     let prompt = Regex::new(&images.guest_prompt).unwrap();
     let mut launched = Vec::new();
     for i in 0..count {
@@ -91,8 +91,7 @@ async fn boot_guests(count: usize) {
                 mac: Some(format!("52:54:00:12:34:{:02x}", 0x10 + i)),
                 lan: Some(GroupLan::member(1, u8::try_from(i).unwrap())),
             },
-        )
-        .unwrap();
+        );
         launched.push(
             vm::launch(&session, &plan, ConsoleLog::default())
                 .await

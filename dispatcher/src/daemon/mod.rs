@@ -161,7 +161,7 @@ impl Daemon {
         let devices: Vec<(String, String)> = lab
             .devices
             .values()
-            .map(|d| (d.hostname.clone(), d.device_type.clone()))
+            .map(|d| (d.hostname.clone(), d.device_type.name.clone()))
             .collect();
         store.sync_devices(&devices)?;
         let cut_short = store.recover_after_restart()?;
@@ -209,7 +209,7 @@ impl Daemon {
         let device_keys: Vec<PathBuf> = lab
             .devices
             .values()
-            .filter_map(|d| d.ssh.as_ref().and_then(|s| s.identity_file.clone()))
+            .filter_map(|d| d.ssh().and_then(|s| s.identity_file.clone()))
             .collect();
         let policy = config.job_policy(&device_keys);
         hostctl::console::set_max_log_bytes(config.max_console_bytes);
