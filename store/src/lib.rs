@@ -179,25 +179,21 @@ pub struct NewJob {
     pub members: Vec<Member>,
 }
 
-/// A job as stored. Timestamps are unix seconds.
+/// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
-    pub id: u64,
-    pub name: Option<String>,
+    #[serde(flatten)]
+    pub summary: JobSummary,
     /// The submitted JSON, byte for byte.
     pub definition: String,
-    pub priority: u8,
-    pub state: JobState,
-    pub submitted_at: i64,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
     pub results: Option<serde_json::Value>,
     /// The job's nodes, as validation found them at submission; `None` for a job
     /// submitted before the store kept them (see [`Store::set_members`]).
     pub members: Option<Vec<Member>>,
 }
 
-/// A job in a listing: no definition, no results.
+/// A job without its definition and results: what a listing shows. Timestamps are
+/// unix seconds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobSummary {
     pub id: u64,

@@ -156,29 +156,22 @@ fn token_of(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// A request whose token may read (or that needs none: public reads).
-struct CanRead;
+/// A request whose token may write (`WRITE`), or read (or that needs none: public
+/// reads).
+struct Authorized<const WRITE: bool>;
 
-/// A request whose token may write.
-struct CanWrite;
+type CanRead = Authorized<false>;
+type CanWrite = Authorized<true>;
 
-impl FromRequestParts<Arc<Api>> for CanRead {
+impl<const WRITE: bool> FromRequestParts<Arc<Api>> for Authorized<WRITE> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        let token = token_of(&parts.headers);
-        api.service.authorize(token, Access::Read).await?;
-        Ok(CanRead)
-    }
-}
-
-impl FromRequestParts<Arc<Api>> for CanWrite {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        let token = token_of(&parts.headers);
-        api.service.authorize(token, Access::Write).await?;
-        Ok(CanWrite)
+        let access = if WRITE { Access::Write } else { Access::Read };
+        api.service
+            .authorize(token_of(&parts.headers), access)
+            .await?;
+        Ok(Authorized)
     }
 }
 
@@ -539,6 +532,77 @@ async fn openapi() -> Response {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use super::*;
+    use store::{Conflict, Invalid, Missing};
+
+    /// What each kind of failure answers: the store's kinds whatever the backend.
+    #[test]
+    fn service_errors_become_statuses_and_keep_their_messages() {
+        let illegal = states::JobState::Submitted
+            .apply(states::JobEvent::Started)
+            .unwrap_err();
+        for (err, status, message) in [
+            (ServiceError::NoToken, 401, "this needs an `Authorization"),
+            (ServiceError::UnknownToken, 401, "unknown token"),
+            (
+                ServiceError::ReadOnlyToken("ro".into()),
+                403,
+                "token ro is read-only",
+            ),
+            (
+                ServiceError::NoSuchJob("99".into()),
+                404,
+                "there is no job 99",
+            ),
+            (ServiceError::BodyTimeout(3), 408, "within 3 s"),
+            (ServiceError::Busy, 503, "too many logs"),
+            (
+                StoreError::NotFound(Missing::Job(7)).into(),
+                404,
+                "there is no job 7",
+            ),
+            (
+                StoreError::NotFound(Missing::Device("kvm-9".into())).into(),
+                404,
+                "there is no device kvm-9",
+            ),
+            (
+                StoreError::IllegalTransition {
+                    job: 7,
+                    source: illegal,
+                }
+                .into(),
+                409,
+                "job 7: a submitted job cannot go through Started",
+            ),
+            (
+                StoreError::Conflict(Conflict::DuplicateToken("ci".into())).into(),
+                409,
+                "a token named ci already exists",
+            ),
+            (
+                StoreError::Invalid(Invalid::JobState("done".into())).into(),
+                400,
+                "unknown job state \"done\"",
+            ),
+            (
+                StoreError::Backend("disk".into()).into(),
+                500,
+                "database error: disk",
+            ),
+            (
+                StoreError::Unavailable("locked".into()).into(),
+                503,
+                "locked",
+            ),
+        ] {
+            let answer = ApiError::from(err);
+            assert_eq!(answer.status.as_u16(), status, "{}", answer.body);
+            let text = answer.body["error"].as_str().unwrap_or_default();
+            assert!(text.contains(message), "{text}");
+        }
+    }
 
     /// Every route the router serves is described in openapi.json with the same
     /// methods, and nothing else is: read from this file's own `.route(...)` lines.

@@ -90,13 +90,8 @@ pub struct Submitted {
 /// One job: `GET /api/v1/jobs/{id}`.
 #[derive(Debug, Serialize)]
 pub struct JobView {
-    pub id: u64,
-    pub name: Option<String>,
-    pub priority: u8,
-    pub state: JobState,
-    pub submitted_at: i64,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
+    #[serde(flatten)]
+    pub job: JobSummary,
     /// The nodes of the job's results, once it has them (else null).
     pub nodes: Value,
     /// The nodes the job has (or will have): for the web page's group diagram.
@@ -270,13 +265,7 @@ impl Dispatcher {
             .cloned()
             .unwrap_or(Value::Null);
         Ok(JobView {
-            id: record.id,
-            name: record.name,
-            priority: record.priority,
-            state: record.state,
-            submitted_at: record.submitted_at,
-            started_at: record.started_at,
-            ended_at: record.ended_at,
+            job: record.summary,
             nodes,
             members,
         })
@@ -286,20 +275,18 @@ impl Dispatcher {
     /// them.
     pub async fn results(&self, id: u64, format: ResultsFormat) -> Result<Results, ServiceError> {
         let record = self.job_record(id).await?;
+        let state = record.summary.state;
         if format == ResultsFormat::Json {
             return Ok(Results::Json(JobResults {
                 id,
-                state: record.state,
+                state,
                 results: record.results,
             }));
         }
         let report: JobReport = record
             .results
             .and_then(|r| serde_json::from_value(r).ok())
-            .ok_or(ServiceError::NoResultsYet {
-                id,
-                state: record.state,
-            })?;
+            .ok_or(ServiceError::NoResultsYet { id, state })?;
         Ok(Results::Rendered {
             content_type: format.content_type(),
             text: format.render(&report),
