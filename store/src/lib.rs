@@ -9,11 +9,13 @@
 //! daemon holds an `Arc<dyn Store>` and a PostgreSQL backend could replace the SQLite
 //! one without touching its callers. A backend that blocks does so off the async
 //! threads itself: [`SqliteStore`] runs every call on tokio's blocking pool, so no
-//! caller has to remember to, and a slow query never stalls the API.
+//! caller has to remember to, and a slow query never stalls the async threads.
 //!
 //! [`SqliteStore`] is the default backend: one file next to the lab configuration,
-//! nothing to install or run beside the dispatcher (the library is bundled), and in WAL
-//! mode readers (the CLI, the API) never block the writer.
+//! nothing to install or run beside the dispatcher (the library is bundled). In WAL
+//! mode another process reading the file (`sqlite3`) does not block the daemon's
+//! writes; within the daemon, calls take turns on one connection, each a short
+//! transaction.
 
 mod sqlite;
 

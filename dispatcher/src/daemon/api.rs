@@ -27,7 +27,7 @@ use states::DeviceHealth;
 use store::StoreError;
 
 /// What every handler has: the service, and what only HTTP needs.
-pub struct Api {
+struct Api {
     service: Dispatcher,
     /// Places for long-lived answers (followed logs, console downloads): a request
     /// in flight is never evicted, so without a bound a reader could hold every
