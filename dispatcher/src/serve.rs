@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use dispatcher::daemon::{Daemon, DaemonConfig};
-use store::{Store, TokenScope};
+use store::{SqliteStore, Store, TokenScope};
 
 use crate::exit;
 
@@ -70,7 +70,21 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     } else {
         TokenScope::ReadWrite
     };
-    match Store::open(&config.database()).and_then(|store| store.create_scoped_token(name, scope)) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return exit::UNREADABLE;
+        }
+    };
+    let created = runtime.block_on(async {
+        let store = SqliteStore::open(&config.database()).await?;
+        store.create_token(name, scope).await
+    });
+    match created {
         Ok(token) => {
             println!("{token}");
             exit::OK

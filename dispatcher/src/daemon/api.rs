@@ -1,6 +1,10 @@
 //! The HTTP API (JSON, `/api/v1`): jobs submitted, listed, followed, canceled; devices
 //! listed and their health set. Writes need `Authorization: Token <secret>` (tokens
 //! made with `dispatcher token create`); reads too unless `public_reads` is set.
+//!
+//! Handlers only parse the request, check its token and call the service
+//! ([`Dispatcher`]); [`ServiceError`]s become statuses in one place
+//! ([`ApiError::from`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,15 +20,29 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Shared, logs};
+use super::logs;
+use super::service::{Access, Dispatcher, Metrics, Results, ServiceError};
 use runner::formats::ResultsFormat;
-use runner::report::JobReport;
-use runner::validation;
-use states::{DeviceHealth, Health, JobEvent, JobState};
-use store::{Member, StoreError, TokenScope};
+use states::DeviceHealth;
+use store::StoreError;
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    let limit = shared.config.max_job_bytes;
+/// What every handler has: the service, and what only HTTP needs.
+struct Api {
+    service: Dispatcher,
+    /// Places for long-lived answers (followed logs, console downloads): a request
+    /// in flight is never evicted, so without a bound a reader could hold every
+    /// connection the daemon has.
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// The API's routes over `service`, with at most `max_streams` long-lived answers at
+/// once.
+pub fn router(service: Dispatcher, max_streams: usize) -> Router {
+    let limit = service.config().max_job_bytes;
+    let api = Arc::new(Api {
+        service,
+        streams: Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
+    });
     Router::new()
         .route("/api/v1/jobs", post(submit).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(job))
@@ -41,7 +59,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(shared)
+        .with_state(api)
 }
 
 /// An error answer: a status and `{"error": message}` (plus details where there are).
@@ -50,38 +68,50 @@ struct ApiError {
     body: Value,
 }
 
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: json!({ "error": message.into() }),
-        }
-    }
-
-    fn no_job(id: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("there is no job {id}"))
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(self.body)).into_response()
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        let status = match err {
-            StoreError::NoSuchJob(_) | StoreError::NoSuchDevice(_) => StatusCode::NOT_FOUND,
-            StoreError::Illegal { .. } => StatusCode::CONFLICT,
-            StoreError::UnknownState(_) | StoreError::BadPriority(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+/// The one place a service error becomes a status.
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        let status = match &err {
+            ServiceError::NoToken | ServiceError::UnknownToken => StatusCode::UNAUTHORIZED,
+            ServiceError::ReadOnlyToken(_) => StatusCode::FORBIDDEN,
+            ServiceError::BadRequest(_) | ServiceError::InvalidJob(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NoSuchJob(_) | ServiceError::NoConsole { .. } => StatusCode::NOT_FOUND,
+            ServiceError::NoResultsYet { .. } => StatusCode::CONFLICT,
+            ServiceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ServiceError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Store(store) => match store {
+                StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::Conflict(_) | StoreError::IllegalTransition { .. } => {
+                    StatusCode::CONFLICT
+                }
+                StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+                StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         };
-        Self::new(status, err.to_string())
+        let mut body = json!({ "error": err.to_string() });
+        if let ServiceError::InvalidJob(report) = &err {
+            body["diagnostics"] = json!(report.diagnostics());
+            body["omitted"] = json!(report.omitted());
+            body["report"] = json!(report.render("job"));
+        }
+        Self { status, body }
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// A JSON answer.
+fn ok(value: impl serde::Serialize) -> ApiResult {
+    Ok(axum::Json(value).into_response())
+}
 
 /// The job id of a `/jobs/{id}` route. An id too large for the database (past
 /// i64::MAX) names no job: 404 like any other missing job, not a database error.
@@ -93,28 +123,55 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+            .map_err(|e| ServiceError::BadRequest(e.body_text()))?;
         let raw = params
             .iter()
             .find(|(name, _)| name == "id")
             .map(|(_, value)| value.as_str())
             .unwrap_or_default();
-        parse_job_id(raw).map(JobId)
+        Ok(JobId(parse_job_id(raw)?))
     }
 }
 
-fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
+fn parse_job_id(raw: &str) -> Result<u64, ServiceError> {
     match raw.parse::<u64>() {
         Ok(id) if i64::try_from(id).is_ok() => Ok(id),
         // A whole number all the same: a job that does not exist.
-        Ok(_) => Err(ApiError::no_job(raw)),
+        Ok(_) => Err(ServiceError::NoSuchJob(raw.to_string())),
         Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
-            Err(ApiError::no_job(raw))
+            Err(ServiceError::NoSuchJob(raw.to_string()))
         }
-        Err(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{raw:?} is not a job id (a whole number)"),
-        )),
+        Err(_) => Err(ServiceError::BadRequest(format!(
+            "{raw:?} is not a job id (a whole number)"
+        ))),
+    }
+}
+
+/// The request's token, if it has one.
+fn token_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Token "))
+        .map(str::trim)
+}
+
+/// A request whose token may write (`WRITE`), or read (or that needs none: public
+/// reads).
+struct Authorized<const WRITE: bool>;
+
+type CanRead = Authorized<false>;
+type CanWrite = Authorized<true>;
+
+impl<const WRITE: bool> FromRequestParts<Arc<Api>> for Authorized<WRITE> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let access = if WRITE { Access::Write } else { Access::Read };
+        api.service
+            .authorize(token_of(&parts.headers), access)
+            .await?;
+        Ok(Authorized)
     }
 }
 
@@ -125,128 +182,42 @@ fn parse_job_id(raw: &str) -> Result<u64, ApiError> {
 /// `max_job_bytes`, as the `Bytes` extractor applies it.)
 struct TimedBody(Bytes);
 
-impl FromRequest<Arc<Shared>> for TimedBody {
+impl FromRequest<Arc<Api>> for TimedBody {
     type Rejection = Response;
 
-    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, Response> {
-        let (parts, body) = request.into_parts();
-        authorize(shared, &parts.headers, true)
+    async fn from_request(request: Request, api: &Arc<Api>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        CanWrite::from_request_parts(&mut parts, api)
             .await
             .map_err(IntoResponse::into_response)?;
         let request = Request::from_parts(parts, body);
-        let seconds = shared.config.http_body_timeout_secs;
+        let seconds = api.service.config().http_body_timeout_secs;
         match tokio::time::timeout(
             Duration::from_secs(seconds),
-            Bytes::from_request(request, shared),
+            Bytes::from_request(request, api),
         )
         .await
         {
             Ok(Ok(bytes)) => Ok(Self(bytes)),
             Ok(Err(rejection)) => Err(rejection.into_response()),
-            Err(_) => Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {seconds} s"),
-            )
-            .into_response()),
+            Err(_) => Err(ApiError::from(ServiceError::BodyTimeout(seconds)).into_response()),
         }
     }
 }
 
 /// A place for a long-lived answer, held until its body is dropped; 503 when every
 /// place is taken (the client may try again), so readers cannot take every connection.
-fn stream_place(shared: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    shared.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many logs and consoles are being read at once; try again later",
-        )
-    })
+fn stream_place(api: &Api) -> Result<tokio::sync::OwnedSemaphorePermit, ServiceError> {
+    api.streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ServiceError::Busy)
 }
 
-/// Checks the request's token; reads pass without one when reads are public.
-async fn authorize(shared: &Arc<Shared>, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
-    if !write && shared.config.public_reads {
-        return Ok(());
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Token "))
-        .map(|t| t.trim().to_string());
-    let Some(token) = token else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this needs an `Authorization: Token <secret>` header (dispatcher token create)",
-        ));
-    };
-    let scope = shared
-        .blocking(move |shared| shared.store.token_scope(&token))
-        .await?;
-    match scope {
-        Some((name, TokenScope::ReadOnly)) if write => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("token {name} is read-only (dispatcher token create NAME without --read-only)"),
-        )),
-        Some(_) => Ok(()),
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
-    }
-}
-
-async fn submit(State(shared): State<Arc<Shared>>, TimedBody(body): TimedBody) -> ApiResult {
+async fn submit(State(api): State<Arc<Api>>, TimedBody(body): TimedBody) -> ApiResult {
     // The token was checked before the body was read (`TimedBody`).
-    // Validation costs time in proportion to the job (and its diagnostics): on the
-    // blocking pool, so other requests are answered meanwhile.
-    let (id, members, warnings, omitted_warnings) = shared
-        .blocking(move |shared| {
-            let text = std::str::from_utf8(&body).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the job is not UTF-8: {e}"),
-                )
-            })?;
-            let validated = validation::validate_for_run(text, &shared.lab, &shared.policy)
-                .map_err(|report| ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    body: json!({
-                        "error": format!("the job is not valid: {} problem(s)", report.error_count()),
-                        "diagnostics": report.diagnostics(),
-                        "omitted": report.omitted(),
-                        "report": report.render("job"),
-                    }),
-                })?;
-            let job = validated.job;
-            let members = members_of(&job);
-            let id = shared.store.submit_with_members(
-                job.name.as_deref(),
-                text,
-                job.priority.value(),
-                &members,
-            )?;
-            shared.remember_validated(id, job);
-            let warnings = serde_json::to_value(&validated.warnings).unwrap_or_default();
-            Ok::<_, ApiError>((id, members, warnings, validated.omitted_warnings))
-        })
-        .await?;
-    shared.wake.notify_one();
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "id": id, "nodes": members, "warnings": warnings,
-            "omitted_warnings": omitted_warnings,
-        })),
-    )
-        .into_response())
-}
-
-/// Every node the job will have, with its role.
-fn members_of(job: &job_schemas::Job) -> Vec<Member> {
-    job.members()
-        .into_iter()
-        .map(|m| Member {
-            node: m.node,
-            role: m.role,
-        })
-        .collect()
+    let submitted = api.service.submit(Vec::from(body)).await?;
+    Ok((StatusCode::CREATED, axum::Json(submitted)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -255,81 +226,16 @@ struct ListQuery {
 }
 
 async fn list_jobs(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    State(api): State<Arc<Api>>,
     Query(query): Query<ListQuery>,
+    _: CanRead,
 ) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    let jobs = shared
-        .blocking(move |shared| shared.store.jobs(query.state.as_deref()))
-        .await?;
-    let jobs: Vec<Value> = jobs
-        .iter()
-        .map(|j| {
-            json!({
-                "id": j.id, "name": j.name, "priority": j.priority, "state": j.state,
-                "submitted_at": j.submitted_at, "started_at": j.started_at, "ended_at": j.ended_at,
-            })
-        })
-        .collect();
-    Ok(axum::Json(json!({ "jobs": jobs })).into_response())
+    let jobs = api.service.jobs(query.state.as_deref()).await?;
+    ok(json!({ "jobs": jobs }))
 }
 
-async fn job_record(shared: &Arc<Shared>, id: u64) -> Result<store::JobRecord, ApiError> {
-    shared
-        .blocking(move |shared| shared.store.job(id))
-        .await?
-        .ok_or_else(|| ApiError::no_job(id))
-}
-
-/// That job `id` exists (its state read alone, not its definition).
-async fn job_exists(shared: &Arc<Shared>, id: u64) -> Result<(), ApiError> {
-    shared
-        .blocking(move |shared| shared.store.job_state(id))
-        .await?
-        .map(drop)
-        .ok_or_else(|| ApiError::no_job(id))
-}
-
-async fn job(State(shared): State<Arc<Shared>>, headers: HeaderMap, JobId(id): JobId) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    // The nodes the job has (or will have), for the web page's group diagram: kept
-    // from its validation at submission, never validated again here. A job submitted
-    // before the store kept them is validated once, and the answer kept.
-    let record = shared
-        .blocking(move |shared| {
-            let Some(mut record) = shared.store.job(id)? else {
-                return Err(ApiError::no_job(id));
-            };
-            if record.members.is_none() {
-                let members =
-                    validation::validate_job(&record.definition, &shared.lab, &shared.policy)
-                        .map(|v| members_of(&v.job))
-                        .unwrap_or_default();
-                shared.store.set_members(id, &members)?;
-                record.members = Some(members);
-            }
-            Ok(record)
-        })
-        .await?;
-    let nodes = record
-        .results
-        .as_ref()
-        .and_then(|r| r.get("nodes"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    Ok(axum::Json(json!({
-        "id": record.id,
-        "name": record.name,
-        "priority": record.priority,
-        "state": record.state,
-        "submitted_at": record.submitted_at,
-        "started_at": record.started_at,
-        "ended_at": record.ended_at,
-        "nodes": nodes,
-        "members": record.members.unwrap_or_default(),
-    }))
-    .into_response())
+async fn job(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanRead) -> ApiResult {
+    ok(api.service.job_view(id).await?)
 }
 
 #[derive(Deserialize)]
@@ -339,62 +245,29 @@ struct ResultsQuery {
 }
 
 async fn results(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    State(api): State<Arc<Api>>,
     JobId(id): JobId,
     Query(query): Query<ResultsQuery>,
+    _: CanRead,
 ) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    let record = job_record(&shared, id).await?;
     let format = match query.format.as_deref() {
-        None | Some("json") => None,
-        Some(name) => Some(ResultsFormat::parse(name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("unknown results format {name:?}: expected json, junit or tap"),
-            )
-        })?),
+        None => ResultsFormat::Json,
+        Some(name) => ResultsFormat::parse(name).ok_or_else(|| {
+            ServiceError::BadRequest(format!(
+                "unknown results format {name:?}: expected json, junit or tap"
+            ))
+        })?,
     };
-    let Some(format) = format else {
-        return Ok(axum::Json(
-            json!({ "id": id, "state": record.state, "results": record.results }),
-        )
-        .into_response());
-    };
-    let report: JobReport = record
-        .results
-        .and_then(|r| serde_json::from_value(r).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                format!("job {id} has no results yet (it is {})", record.state),
-            )
-        })?;
-    Ok((
-        [(header::CONTENT_TYPE, format.content_type())],
-        format.render(&report),
-    )
-        .into_response())
+    match api.service.results(id, format).await? {
+        Results::Json(results) => ok(results),
+        Results::Rendered { content_type, text } => {
+            Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+        }
+    }
 }
 
-async fn cancel(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    JobId(id): JobId,
-) -> ApiResult {
-    authorize(&shared, &headers, true).await?;
-    let state = shared
-        .blocking(move |shared| shared.store.apply(id, JobEvent::CancelRequested))
-        .await?;
-    if matches!(state, JobState::Canceling) {
-        shared.cancel_running(id);
-    }
-    if state.is_finished() {
-        // A queued job ends here, not in a job task: its followers are told now.
-        shared.job_ended.notify_waiters();
-    }
-    shared.wake.notify_one();
-    Ok(axum::Json(json!({ "id": id, "state": state })).into_response())
+async fn cancel(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanWrite) -> ApiResult {
+    ok(api.service.cancel(id).await?)
 }
 
 #[derive(Deserialize)]
@@ -408,42 +281,35 @@ struct LogQuery {
 }
 
 async fn log(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    State(api): State<Arc<Api>>,
     JobId(id): JobId,
     Query(query): Query<LogQuery>,
+    _: CanRead,
 ) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    job_exists(&shared, id).await?;
-    let path = shared.config.job_dir(id).join("job.log");
+    let path = api.service.log_path(id).await?;
     let follow = query.follow == Some(1);
-    let place = stream_place(&shared)?;
-    let stream = logs::lines(shared, id, path, query.from.unwrap_or(0), follow)
-        .await
-        .map(move |chunk| {
-            let _held = &place;
-            chunk
-        });
+    let place = stream_place(&api)?;
+    let stream = logs::lines(
+        api.service.clone(),
+        id,
+        path,
+        query.from.unwrap_or(0),
+        follow,
+    )
+    .await
+    .map(move |chunk| {
+        let _held = &place;
+        chunk
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| ServiceError::Internal(e.to_string()).into())
 }
 
-async fn devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    let devices = shared.blocking(|shared| shared.store.devices()).await?;
-    let devices: Vec<Value> = devices
-        .into_iter()
-        .map(|d| {
-            let tags = shared.tags_of(&d.hostname);
-            json!({
-                "hostname": d.hostname, "device_type": d.device_type,
-                "state": d.state, "health": d.health, "tags": tags,
-            })
-        })
-        .collect();
-    Ok(axum::Json(json!({ "devices": devices })).into_response())
+async fn devices(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {
+    let devices = api.service.devices().await?;
+    ok(json!({ "devices": devices }))
 }
 
 #[derive(Deserialize)]
@@ -452,110 +318,72 @@ struct HealthBody {
 }
 
 async fn set_health(
-    State(shared): State<Arc<Shared>>,
+    State(api): State<Arc<Api>>,
     Path(hostname): Path<String>,
     // The token was checked before the body was read.
     TimedBody(body): TimedBody,
 ) -> ApiResult {
     let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected {{\"health\": \"good|unknown|bad|maintenance|retired\"}}: {e}"),
-        )
+        ServiceError::BadRequest(format!(
+            "expected {{\"health\": \"good|unknown|bad|maintenance|retired\"}}: {e}"
+        ))
     })?;
-    let health = wanted.health;
-    let device = hostname.clone();
-    shared
-        .blocking(move |shared| shared.store.set_device_health(&device, health))
-        .await?;
-    shared.wake.notify_one();
-    Ok(axum::Json(json!({ "hostname": hostname, "health": wanted.health })).into_response())
+    ok(api.service.set_health(hostname, wanted.health).await?)
 }
 
-async fn device_types(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    let types: Vec<Value> = shared
-        .lab
-        .device_types
-        .values()
-        .map(|t| {
-            json!({
-                "name": t.name, "kind": t.kind.as_str(), "description": t.description,
-                "arch": t.arch, "virtualization": t.virtualization,
-            })
-        })
-        .collect();
-    Ok(axum::Json(json!({ "device_types": types })).into_response())
+async fn device_types(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {
+    ok(json!({ "device_types": api.service.device_types() }))
 }
 
 /// `GET /healthz`: 200 when the database answers.
-async fn healthz(State(shared): State<Arc<Shared>>) -> ApiResult {
-    shared.blocking(|shared| shared.store.job_state(0)).await?;
+async fn healthz(State(api): State<Arc<Api>>) -> ApiResult {
+    api.service.check_store().await?;
     Ok("ok\n".into_response())
 }
 
 /// `GET /metrics`: Prometheus text format. Public, like `/healthz`: counts only.
-async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
-    let (jobs, device_records) = shared
-        .blocking(|shared| Ok::<_, StoreError>((shared.store.jobs(None)?, shared.store.devices()?)))
-        .await?;
+async fn metrics(State(api): State<Arc<Api>>) -> ApiResult {
+    let text = prometheus_text(&api.service.metrics().await?);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The numbers in Prometheus text format.
+fn prometheus_text(metrics: &Metrics) -> String {
     let mut text = String::new();
     family(
         &mut text,
         "dispatcher_jobs gauge",
         "Jobs in the database by state.",
-        ["submitted", "scheduled", "running", "canceling", "finished"].map(|state| {
-            let n = jobs.iter().filter(|j| j.state.name() == state).count();
-            (format!("state=\"{state}\""), n as u64)
-        }),
+        metrics
+            .jobs_by_state
+            .iter()
+            .map(|(state, n)| (format!("state=\"{state}\""), *n)),
     );
     family(
         &mut text,
         "dispatcher_jobs_finished gauge",
         "Finished jobs by health.",
-        [
-            ("complete", Health::Complete),
-            ("incomplete", Health::Incomplete),
-            ("canceled", Health::Canceled),
-        ]
-        .map(|(name, health)| {
-            let n = jobs
-                .iter()
-                .filter(|j| matches!(&j.state, JobState::Finished(o) if o.health == health))
-                .count();
-            (format!("health=\"{name}\""), n as u64)
-        }),
+        metrics
+            .finished_by_health
+            .iter()
+            .map(|(health, n)| (format!("health=\"{health}\""), *n)),
     );
-    let queued = jobs
-        .iter()
-        .filter(|j| j.state == JobState::Submitted)
-        .count();
     family(
         &mut text,
         "dispatcher_queue_length gauge",
         "Jobs waiting for devices.",
-        [(String::new(), queued as u64)],
+        [(String::new(), metrics.queued)],
     );
-    let mut devices: std::collections::BTreeMap<String, u64> = Default::default();
-    for device in device_records {
-        // The names the API shows: the serde names of the state and health.
-        let state = serde_json::to_value(device.state).unwrap_or_default();
-        let health = serde_json::to_value(device.health).unwrap_or_default();
-        let labels = format!(
-            "state=\"{}\",health=\"{}\"",
-            state["state"].as_str().unwrap_or_default(),
-            health.as_str().unwrap_or_default()
-        );
-        *devices.entry(labels).or_default() += 1;
-    }
     family(
         &mut text,
         "dispatcher_devices gauge",
         "Devices by state and health.",
-        devices,
+        metrics
+            .devices
+            .iter()
+            .map(|((state, health), n)| (format!("state=\"{state}\",health=\"{health}\""), *n)),
     );
-    // A standalone coordinator serves its own numbers.
-    if let Some((groups, waiters)) = shared.coordination.gauges() {
+    if let Some((groups, waiters)) = metrics.coordinator {
         family(
             &mut text,
             "dispatcher_coordinator_groups gauge",
@@ -573,12 +401,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> ApiResult {
         &mut text,
         "dispatcher_transfer_bytes_total counter",
         "Image and agent bytes sent to hosts.",
-        [(
-            String::new(),
-            hostctl::transfer::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
-        )],
+        [(String::new(), metrics.transfer_bytes)],
     );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    text
 }
 
 /// One metric family in Prometheus text format: `name_and_type` is "name gauge", each
@@ -668,47 +493,21 @@ async fn security_headers(mut response: Response) -> Response {
 /// (escape sequences included), as far as it got when asked: streamed from the file
 /// in chunks, so a slow reader of a large console holds one chunk, not the file.
 async fn console(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    State(api): State<Arc<Api>>,
     JobId(id): JobId,
     Path((_, node)): Path<(String, String)>,
+    _: CanRead,
 ) -> ApiResult {
-    authorize(&shared, &headers, false).await?;
-    job_exists(&shared, id).await?;
-    // Node ids are role names with an optional `-N`: nothing that could leave the
-    // job's directory.
-    if node.is_empty()
-        || !node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{node:?} is not a node name"),
-        ));
-    }
-    let path = shared
-        .config
-        .job_dir(id)
-        .join(format!("console-{node}.log"));
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("job {id} has no console log for {node}"),
-        )
-    };
-    let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
-    let length = file.metadata().await.map_err(|_| missing())?.len();
-    let place = stream_place(&shared)?;
+    let console = api.service.console(id, &node).await?;
+    let place = stream_place(&api)?;
     // What is there now: a console still being written keeps growing past it.
     use tokio::io::AsyncReadExt as _;
     let body = Body::from_stream(
-        tokio_util::io::ReaderStream::with_capacity(file.take(length), 64 * 1024).map(
-            move |chunk| {
+        tokio_util::io::ReaderStream::with_capacity(console.file.take(console.length), 64 * 1024)
+            .map(move |chunk| {
                 let _held = &place;
                 chunk
-            },
-        ),
+            }),
     );
     Ok((
         [
@@ -716,7 +515,7 @@ async fn console(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             ),
-            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+            (header::CONTENT_LENGTH, HeaderValue::from(console.length)),
         ],
         body,
     )
@@ -733,6 +532,77 @@ async fn openapi() -> Response {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use super::*;
+    use store::{Conflict, Invalid, Missing};
+
+    /// What each kind of failure answers: the store's kinds whatever the backend.
+    #[test]
+    fn service_errors_become_statuses_and_keep_their_messages() {
+        let illegal = states::JobState::Submitted
+            .apply(states::JobEvent::Started)
+            .unwrap_err();
+        for (err, status, message) in [
+            (ServiceError::NoToken, 401, "this needs an `Authorization"),
+            (ServiceError::UnknownToken, 401, "unknown token"),
+            (
+                ServiceError::ReadOnlyToken("ro".into()),
+                403,
+                "token ro is read-only",
+            ),
+            (
+                ServiceError::NoSuchJob("99".into()),
+                404,
+                "there is no job 99",
+            ),
+            (ServiceError::BodyTimeout(3), 408, "within 3 s"),
+            (ServiceError::Busy, 503, "too many logs"),
+            (
+                StoreError::NotFound(Missing::Job(7)).into(),
+                404,
+                "there is no job 7",
+            ),
+            (
+                StoreError::NotFound(Missing::Device("kvm-9".into())).into(),
+                404,
+                "there is no device kvm-9",
+            ),
+            (
+                StoreError::IllegalTransition {
+                    job: 7,
+                    source: illegal,
+                }
+                .into(),
+                409,
+                "job 7: a submitted job cannot go through Started",
+            ),
+            (
+                StoreError::Conflict(Conflict::DuplicateToken("ci".into())).into(),
+                409,
+                "a token named ci already exists",
+            ),
+            (
+                StoreError::Invalid(Invalid::JobState("done".into())).into(),
+                400,
+                "unknown job state \"done\"",
+            ),
+            (
+                StoreError::Backend("disk".into()).into(),
+                500,
+                "database error: disk",
+            ),
+            (
+                StoreError::Unavailable("locked".into()).into(),
+                503,
+                "locked",
+            ),
+        ] {
+            let answer = ApiError::from(err);
+            assert_eq!(answer.status.as_u16(), status, "{}", answer.body);
+            let text = answer.body["error"].as_str().unwrap_or_default();
+            assert!(text.contains(message), "{text}");
+        }
+    }
 
     /// Every route the router serves is described in openapi.json with the same
     /// methods, and nothing else is: read from this file's own `.route(...)` lines.

@@ -9,7 +9,6 @@
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -17,7 +16,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::Shared;
+use super::service::Dispatcher;
 use runner::joblog::LogLine;
 
 /// Bytes read from the file at a time.
@@ -38,7 +37,7 @@ const FALLBACK: Duration = Duration::from_secs(1);
 /// headers (a browser page rendered once, a script with a short budget) sees the log
 /// so far, as when the whole log was read before answering.
 pub async fn lines(
-    shared: Arc<Shared>,
+    service: Dispatcher,
     id: u64,
     path: PathBuf,
     from: usize,
@@ -52,7 +51,7 @@ pub async fn lines(
             partial: Vec::new(),
             overlong: false,
         },
-        shared,
+        service,
         id,
         follow,
         finished_seen: false,
@@ -78,7 +77,7 @@ pub async fn lines(
 
 struct Reader {
     cursor: Cursor,
-    shared: Arc<Shared>,
+    service: Dispatcher,
     id: u64,
     follow: bool,
     /// The job was seen finished: one more read to the end of the file, then stop.
@@ -104,7 +103,7 @@ impl Reader {
             if !self.follow || self.finished_seen {
                 return None;
             }
-            let ended = self.shared.job_ended.notified();
+            let ended = self.service.job_ended().notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
             // Finished first, then read to the end once more: a line written just
@@ -114,7 +113,7 @@ impl Reader {
                 continue;
             }
             if self.size.is_none() && !self.writer_gone {
-                self.size = self.shared.log_size(self.id);
+                self.size = self.service.log_size(self.id);
             }
             let grew = async {
                 match self.size.as_mut() {
@@ -134,11 +133,7 @@ impl Reader {
     }
 
     async fn job_finished(&self) -> bool {
-        let id = self.id;
-        let state = self
-            .shared
-            .blocking(move |shared| shared.store.job_state(id))
-            .await;
+        let state = self.service.job_state(self.id).await;
         // A job that is gone, or a database that fails, ends the follow.
         state.ok().flatten().is_none_or(|s| s.is_finished())
     }

@@ -9,11 +9,16 @@
 //! devices all at once in one transaction, and starts the job. A restart loses nothing
 //! submitted: queued jobs stay queued, and jobs that were running end `incomplete`
 //! ("dispatcher restarted"), their devices back in the pool.
+//!
+//! `service.rs` is what clients can ask of the daemon (typed requests and answers);
+//! `api.rs` is the HTTP API over it. The store is an `Arc<dyn store::Store>` (SQLite
+//! by default), whose calls keep their blocking work off the async threads.
 
 pub mod api;
 pub mod config;
 pub mod http;
 mod logs;
+pub mod service;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +37,7 @@ use runner::validation::{self, JobPolicy};
 use runner::{self, Coordination, RunSettings};
 use scheduler::{self, Request};
 use states::{ErrorClass, Outcome};
-use store::{Store, StoreError};
+use store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,11 +56,11 @@ pub enum DaemonError {
     Coordinator(String),
 }
 
-/// What the API handlers, the scheduler and the job tasks share.
+/// What the service, the scheduler and the job tasks share.
 pub struct Shared {
     pub config: DaemonConfig,
     pub lab: Lab,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub coordination: Coordination,
     pub policy: JobPolicy,
     /// Wakes the scheduler.
@@ -71,11 +76,6 @@ pub struct Shared {
     /// The size of each running job's log, changed as it grows: what followers of the
     /// log wait on.
     log_sizes: Mutex<HashMap<u64, watch::Receiver<u64>>>,
-    /// Places for long-lived answers (followed logs, console downloads): a request
-    /// in flight is never evicted, so without a bound a reader could hold every
-    /// connection the daemon has. Half of `max_connections`: the other half stays
-    /// free for everything else.
-    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -92,23 +92,6 @@ impl Shared {
     pub fn remember_validated(&self, id: u64, job: job_schemas::Job) {
         if let Ok(mut validated) = self.validated.lock() {
             validated.insert(id, job);
-        }
-    }
-
-    /// Runs `f` (store calls, validation: anything that blocks) on tokio's blocking
-    /// pool, so the API's async threads keep answering meanwhile.
-    pub async fn blocking<T, E>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Shared) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: Send + 'static + From<StoreError>,
-    {
-        let shared = self.clone();
-        match tokio::task::spawn_blocking(move || f(&shared)).await {
-            Ok(result) => result,
-            Err(err) => Err(E::from(StoreError::Blocking(err.to_string()))),
         }
     }
 
@@ -157,14 +140,14 @@ impl Daemon {
                 source,
             })?;
         }
-        let store = Store::open(&config.database())?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database()).await?);
         let devices: Vec<(String, String)> = lab
             .devices
             .values()
             .map(|d| (d.hostname.clone(), d.device_type.name.clone()))
             .collect();
-        store.sync_devices(&devices)?;
-        let cut_short = store.recover_after_restart()?;
+        store.sync_devices(devices).await?;
+        let cut_short = store.recover_after_restart().await?;
         for &job in &cut_short {
             tracing::warn!(
                 job,
@@ -245,10 +228,14 @@ impl Daemon {
             running: Mutex::default(),
             validated: Mutex::default(),
             log_sizes: Mutex::default(),
-            streams: Arc::new(tokio::sync::Semaphore::new((max_connections / 2).max(1))),
         });
         let (stop, stopped) = watch::channel(false);
-        let router = api::router(shared.clone());
+        // Half of the connections at most for long-lived answers (followed logs,
+        // console downloads): the other half stays free for everything else.
+        let router = api::router(
+            service::Dispatcher::new(shared.clone()),
+            max_connections / 2,
+        );
         let server = tokio::spawn(http::serve(listener, router, limits, stopped.clone()));
         let scheduler = tokio::spawn(schedule_forever(shared.clone(), stopped));
         tracing::info!(%addr, "dispatcher daemon listening");
@@ -364,10 +351,9 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
         if *stopped.borrow() {
             return;
         }
-        // Store calls and the validation of jobs queued before a restart block: off the
-        // async threads, like the API's.
+        // A task of its own, so a panic in a pass is logged and the next pass runs.
         let pass = shared.clone();
-        match tokio::task::spawn_blocking(move || schedule_once(&pass)).await {
+        match tokio::spawn(async move { schedule_once(&pass).await }).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!(%err, "scheduling failed"),
             Err(err) => tracing::error!(%err, "the scheduling pass panicked"),
@@ -386,9 +372,21 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// One scheduling pass: every job that can get all its devices now starts.
-fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
-    let queued = shared.store.queue()?;
+/// Why a scheduling pass stopped short.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Validation or planning on the blocking pool died (a panic).
+    #[error("validation or planning panicked: {0}")]
+    Panicked(#[from] tokio::task::JoinError),
+}
+
+/// One scheduling pass: every job that can get all its devices now starts. Store calls
+/// are async; validating a job queued before a restart and planning cost CPU, so they
+/// run on the blocking pool.
+async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
+    let queued = shared.store.queue().await?;
     let mut known = shared
         .validated
         .lock()
@@ -400,10 +398,14 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
         let validated = match known.remove(&record.id) {
             Some(job) => Ok(job),
             // Queued before this daemon started: read and validated once.
-            None => match shared.store.job(record.id)? {
+            None => match shared.store.job(record.id).await? {
                 Some(stored) => {
-                    validation::validate_for_run(&stored.definition, &shared.lab, &shared.policy)
-                        .map(|v| v.job)
+                    let pass = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        validation::validate_for_run(&stored.definition, &pass.lab, &pass.policy)
+                            .map(|v| v.job)
+                    })
+                    .await?
                 }
                 None => continue,
             },
@@ -416,9 +418,7 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     "the job no longer fits the lab:\n{}",
                     report.render(&format!("job {}", record.id))
                 );
-                shared
-                    .store
-                    .apply(record.id, states::JobEvent::CancelRequested)?;
+                shared.store.cancel(record.id).await?;
                 tracing::warn!(job = record.id, %message, "queued job dropped");
                 continue;
             }
@@ -438,20 +438,26 @@ fn schedule_once(shared: &Arc<Shared>) -> Result<(), StoreError> {
     }
     let devices: Vec<_> = shared
         .store
-        .devices()?
+        .devices()
+        .await?
         .into_iter()
         .map(|d| {
             let tags = shared.tags_of(&d.hostname).into_iter().collect();
             d.into_view(tags)
         })
         .collect();
-    for assignment in scheduler::plan(&requests, &devices, scheduler::Policy::default()) {
+    let plan = tokio::task::spawn_blocking(move || {
+        scheduler::plan(&requests, &devices, scheduler::Policy::default())
+    })
+    .await?;
+    for assignment in plan {
         let Some(job) = jobs.remove(&assignment.job_id) else {
             continue;
         };
         shared
             .store
-            .reserve(assignment.job_id, &assignment.devices)?;
+            .reserve(assignment.job_id, &assignment.devices)
+            .await?;
         let (switch, cancel) = watch::channel(false);
         if let Ok(mut running) = shared.running.lock() {
             running.insert(assignment.job_id, switch);
@@ -493,9 +499,7 @@ async fn run_job(
         }
         Err(outcome) => (outcome, None),
     };
-    let finished = shared
-        .blocking(move |shared| shared.store.finish(job_id, &outcome, results.as_ref()))
-        .await;
+    let finished = shared.store.finish(job_id, outcome, results).await;
     match finished {
         Ok(state) => tracing::info!(job = job_id, %state, "job ended"),
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
@@ -520,7 +524,8 @@ async fn run_job_inner(
 ) -> Result<runner::report::JobReport, Outcome> {
     let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
     shared
-        .blocking(move |shared| shared.store.start(job_id))
+        .store
+        .start(job_id)
         .await
         .map_err(|e| infra(format!("cannot start: {e}")))?;
     let job_dir = shared.config.job_dir(job_id);

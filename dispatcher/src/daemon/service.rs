@@ -1,0 +1,491 @@
+//! What the daemon does for its clients, with no HTTP in it: [`Dispatcher`] takes typed
+//! requests (a token, a job's text, an id) and gives typed answers or a
+//! [`ServiceError`]. The HTTP API (`api.rs`) only parses requests, calls it, and turns
+//! its answers into responses (and its errors into statuses, in one place).
+//!
+//! Store calls are async (the store keeps its blocking work off the async threads);
+//! job validation, which costs time in proportion to the job, runs on the blocking
+//! pool here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use super::{DaemonConfig, Shared};
+use job_schemas::{Diagnostic, Report};
+use runner::formats::ResultsFormat;
+use runner::report::JobReport;
+use runner::validation;
+use states::{DeviceHealth, DeviceState, Health, JobState};
+use store::{JOB_STATE_NAMES, JobSummary, Member, Missing, NewJob, StoreError, TokenScope};
+
+/// The daemon's service: every request a client can make. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// What a request wants to do with the daemon's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Jobs, logs, results and devices; no token needed when reads are public.
+    Read,
+    /// Submit, cancel, set a device's health: a token that may write.
+    Write,
+}
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("this needs an `Authorization: Token <secret>` header (dispatcher token create)")]
+    NoToken,
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("token {0} is read-only (dispatcher token create NAME without --read-only)")]
+    ReadOnlyToken(String),
+    /// The request itself is malformed (not UTF-8, a body of the wrong shape, a word
+    /// for an id, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The job failed validation: every problem found.
+    #[error("the job is not valid: {} problem(s)", .0.error_count())]
+    InvalidJob(Box<Report>),
+    /// A job id no job has (also one too large for any job: the id as given).
+    #[error("there is no job {0}")]
+    NoSuchJob(String),
+    #[error("job {id} has no console log for {node}")]
+    NoConsole { id: u64, node: String },
+    #[error("job {id} has no results yet (it is {state})")]
+    NoResultsYet { id: u64, state: JobState },
+    /// The request's body did not arrive within the deadline, in seconds.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    /// Every place for a long-lived answer is taken.
+    #[error("too many logs and consoles are being read at once; try again later")]
+    Busy,
+    /// Work on the blocking pool died before answering.
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A queued job: `POST /api/v1/jobs`.
+#[derive(Debug, Serialize)]
+pub struct Submitted {
+    pub id: u64,
+    /// Every node the job will have, with its role.
+    pub nodes: Vec<Member>,
+    /// What validation warned about (the job runs all the same).
+    pub warnings: Vec<Diagnostic>,
+    /// Warnings found beyond those in `warnings`.
+    pub omitted_warnings: usize,
+}
+
+/// One job: `GET /api/v1/jobs/{id}`.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// The nodes of the job's results, once it has them (else null).
+    pub nodes: Value,
+    /// The nodes the job has (or will have): for the web page's group diagram.
+    pub members: Vec<Member>,
+}
+
+/// A job's results as JSON: `GET /api/v1/jobs/{id}/results`.
+#[derive(Debug, Serialize)]
+pub struct JobResults {
+    pub id: u64,
+    pub state: JobState,
+    pub results: Option<Value>,
+}
+
+/// A job's results, in the format asked for.
+#[derive(Debug)]
+pub enum Results {
+    Json(JobResults),
+    /// Rendered as JUnit or TAP.
+    Rendered {
+        content_type: &'static str,
+        text: String,
+    },
+}
+
+/// A job's state after a cancel: `POST /api/v1/jobs/{id}/cancel`.
+#[derive(Debug, Serialize)]
+pub struct Canceled {
+    pub id: u64,
+    pub state: JobState,
+}
+
+/// A device with its tags: `GET /api/v1/devices`.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    pub hostname: String,
+    pub device_type: String,
+    pub state: DeviceState,
+    pub health: DeviceHealth,
+    pub tags: Vec<String>,
+}
+
+/// A device's health as set: `PUT /api/v1/devices/{hostname}/health`.
+#[derive(Debug, Serialize)]
+pub struct HealthSet {
+    pub hostname: String,
+    pub health: DeviceHealth,
+}
+
+/// A device type of the lab: `GET /api/v1/device-types`.
+#[derive(Debug, Serialize)]
+pub struct DeviceTypeView {
+    pub name: String,
+    pub kind: &'static str,
+    pub description: String,
+    pub arch: String,
+    pub virtualization: bool,
+}
+
+/// A node's console log as far as it got: its file and length when asked.
+pub struct Console {
+    pub file: tokio::fs::File,
+    pub length: u64,
+}
+
+/// The daemon's numbers (`GET /metrics`).
+#[derive(Debug)]
+pub struct Metrics {
+    /// Jobs by state name, every state named.
+    pub jobs_by_state: Vec<(&'static str, u64)>,
+    /// Finished jobs by health name, every health named.
+    pub finished_by_health: Vec<(&'static str, u64)>,
+    /// Jobs waiting for devices.
+    pub queued: u64,
+    /// Devices by (state, health) names.
+    pub devices: BTreeMap<(String, String), u64>,
+    /// The embedded coordinator's groups and blocked calls (a standalone one serves
+    /// its own numbers).
+    pub coordinator: Option<(usize, usize)>,
+    /// Image and agent bytes sent to hosts.
+    pub transfer_bytes: u64,
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub fn config(&self) -> &DaemonConfig {
+        &self.shared.config
+    }
+
+    /// Checks a request's token (`None`: it has none) for `access`; reads pass without
+    /// one when reads are public.
+    pub async fn authorize(&self, token: Option<&str>, access: Access) -> Result<(), ServiceError> {
+        if access == Access::Read && self.shared.config.public_reads {
+            return Ok(());
+        }
+        let token = token.ok_or(ServiceError::NoToken)?;
+        match self.shared.store.token_scope(token).await? {
+            Some((name, TokenScope::ReadOnly)) if access == Access::Write => {
+                Err(ServiceError::ReadOnlyToken(name))
+            }
+            Some(_) => Ok(()),
+            None => Err(ServiceError::UnknownToken),
+        }
+    }
+
+    /// Validates and queues a job (`text` as submitted), and wakes the scheduler.
+    pub async fn submit(&self, text: Vec<u8>) -> Result<Submitted, ServiceError> {
+        let text = String::from_utf8(text)
+            .map_err(|e| ServiceError::BadRequest(format!("the job is not UTF-8: {e}")))?;
+        let shared = self.shared.clone();
+        let (validated, text) = off_thread(move || {
+            let validated = validation::validate_for_run(&text, &shared.lab, &shared.policy);
+            (validated, text)
+        })
+        .await?;
+        let validated = validated.map_err(|report| ServiceError::InvalidJob(Box::new(report)))?;
+        let job = validated.job;
+        let nodes = members_of(&job);
+        let id = self
+            .shared
+            .store
+            .submit(NewJob {
+                name: job.name.clone(),
+                definition: text,
+                priority: job.priority.value(),
+                members: nodes.clone(),
+            })
+            .await?;
+        self.shared.remember_validated(id, job);
+        self.shared.wake.notify_one();
+        Ok(Submitted {
+            id,
+            nodes,
+            warnings: validated.warnings,
+            omitted_warnings: validated.omitted_warnings,
+        })
+    }
+
+    /// Jobs, newest first, all or those in the state named `state`.
+    pub async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, ServiceError> {
+        Ok(self.shared.store.jobs(state).await?)
+    }
+
+    /// Job `id` with its nodes. The nodes were kept from its validation at submission,
+    /// so reading a job never validates it again; a job submitted before the store
+    /// kept them is validated once, and the answer kept.
+    pub async fn job_view(&self, id: u64) -> Result<JobView, ServiceError> {
+        let mut record = self.job_record(id).await?;
+        let members = match record.members.take() {
+            Some(members) => members,
+            None => {
+                let shared = self.shared.clone();
+                let definition = std::mem::take(&mut record.definition);
+                let members = off_thread(move || {
+                    validation::validate_job(&definition, &shared.lab, &shared.policy)
+                        .map(|v| members_of(&v.job))
+                        .unwrap_or_default()
+                })
+                .await?;
+                self.shared.store.set_members(id, members.clone()).await?;
+                members
+            }
+        };
+        let nodes = record
+            .results
+            .as_ref()
+            .and_then(|r| r.get("nodes"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(JobView {
+            job: record.summary,
+            nodes,
+            members,
+        })
+    }
+
+    /// Job `id`'s results: as stored (JSON), or rendered as JUnit or TAP once it has
+    /// them.
+    pub async fn results(&self, id: u64, format: ResultsFormat) -> Result<Results, ServiceError> {
+        let record = self.job_record(id).await?;
+        let state = record.summary.state;
+        if format == ResultsFormat::Json {
+            return Ok(Results::Json(JobResults {
+                id,
+                state,
+                results: record.results,
+            }));
+        }
+        let report: JobReport = record
+            .results
+            .and_then(|r| serde_json::from_value(r).ok())
+            .ok_or(ServiceError::NoResultsYet { id, state })?;
+        Ok(Results::Rendered {
+            content_type: format.content_type(),
+            text: format.render(&report),
+        })
+    }
+
+    /// Cancels job `id`: a queued one ends now, a running one is told to stop.
+    pub async fn cancel(&self, id: u64) -> Result<Canceled, ServiceError> {
+        let state = self.shared.store.cancel(id).await?;
+        if matches!(state, JobState::Canceling) {
+            self.shared.cancel_running(id);
+        }
+        if state.is_finished() {
+            // A queued job ends here, not in a job task: its followers are told now.
+            self.shared.job_ended.notify_waiters();
+        }
+        self.shared.wake.notify_one();
+        Ok(Canceled { id, state })
+    }
+
+    /// Job `id`'s state, or `None` when there is no such job.
+    pub async fn job_state(&self, id: u64) -> Result<Option<JobState>, ServiceError> {
+        Ok(self.shared.store.job_state(id).await?)
+    }
+
+    /// The file of job `id`'s log (it may not exist yet).
+    pub async fn log_path(&self, id: u64) -> Result<PathBuf, ServiceError> {
+        self.job_exists(id).await?;
+        Ok(self.shared.config.job_dir(id).join("job.log"))
+    }
+
+    /// The growth signal of job `id`'s log while the job runs here.
+    pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
+        self.shared.log_size(id)
+    }
+
+    /// Signalled whenever a job ends.
+    pub fn job_ended(&self) -> &Notify {
+        &self.shared.job_ended
+    }
+
+    /// Node `node`'s console log of job `id`, as far as it got now.
+    pub async fn console(&self, id: u64, node: &str) -> Result<Console, ServiceError> {
+        self.job_exists(id).await?;
+        // Node ids are role names with an optional `-N`: nothing that could leave the
+        // job's directory.
+        if node.is_empty()
+            || !node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "{node:?} is not a node name"
+            )));
+        }
+        let path = self
+            .shared
+            .config
+            .job_dir(id)
+            .join(format!("console-{node}.log"));
+        let missing = || ServiceError::NoConsole {
+            id,
+            node: node.to_string(),
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+        let length = file.metadata().await.map_err(|_| missing())?.len();
+        Ok(Console { file, length })
+    }
+
+    /// Every device, with its tags from the lab files.
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
+        let devices = self.shared.store.devices().await?;
+        Ok(devices
+            .into_iter()
+            .map(|d| DeviceView {
+                tags: self.shared.tags_of(&d.hostname),
+                hostname: d.hostname,
+                device_type: d.device_type,
+                state: d.state,
+                health: d.health,
+            })
+            .collect())
+    }
+
+    /// Sets a device's health, and wakes the scheduler (the device may serve now).
+    pub async fn set_health(
+        &self,
+        hostname: String,
+        health: DeviceHealth,
+    ) -> Result<HealthSet, ServiceError> {
+        self.shared
+            .store
+            .set_device_health(&hostname, health)
+            .await?;
+        self.shared.wake.notify_one();
+        Ok(HealthSet { hostname, health })
+    }
+
+    /// The lab's device types.
+    pub fn device_types(&self) -> Vec<DeviceTypeView> {
+        self.shared
+            .lab
+            .device_types
+            .values()
+            .map(|t| DeviceTypeView {
+                name: t.name.clone(),
+                kind: t.kind.as_str(),
+                description: t.description.clone(),
+                arch: t.arch.clone(),
+                virtualization: t.virtualization,
+            })
+            .collect()
+    }
+
+    /// `Ok` when the store answers.
+    pub async fn check_store(&self) -> Result<(), ServiceError> {
+        self.shared.store.job_state(0).await?;
+        Ok(())
+    }
+
+    /// The daemon's numbers now.
+    pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
+        let jobs = self.shared.store.jobs(None).await?;
+        let devices = self.shared.store.devices().await?;
+        let count = |keep: &dyn Fn(&JobState) -> bool| {
+            jobs.iter().filter(|j| keep(&j.state)).count() as u64
+        };
+        let jobs_by_state = JOB_STATE_NAMES
+            .iter()
+            .map(|&name| (name, count(&|s| s.name() == name)))
+            .collect();
+        let finished_by_health = [
+            ("complete", Health::Complete),
+            ("incomplete", Health::Incomplete),
+            ("canceled", Health::Canceled),
+        ]
+        .into_iter()
+        .map(|(name, health)| {
+            let finished = |s: &JobState| matches!(s, JobState::Finished(o) if o.health == health);
+            (name, count(&finished))
+        })
+        .collect();
+        let mut by_state_and_health = BTreeMap::new();
+        for device in devices {
+            // The names the API shows: the serde names of the state and health.
+            let state = serde_json::to_value(device.state).unwrap_or_default();
+            let health = serde_json::to_value(device.health).unwrap_or_default();
+            let key = (
+                state["state"].as_str().unwrap_or_default().to_string(),
+                health.as_str().unwrap_or_default().to_string(),
+            );
+            *by_state_and_health.entry(key).or_default() += 1;
+        }
+        Ok(Metrics {
+            jobs_by_state,
+            finished_by_health,
+            queued: count(&|s| *s == JobState::Submitted),
+            devices: by_state_and_health,
+            coordinator: self.shared.coordination.gauges(),
+            transfer_bytes: hostctl::transfer::BYTES_SENT.load(Ordering::Relaxed),
+        })
+    }
+
+    async fn job_record(&self, id: u64) -> Result<store::JobRecord, ServiceError> {
+        self.shared.store.job(id).await?.ok_or_else(|| no_job(id))
+    }
+
+    /// That job `id` exists (its state read alone, not its definition).
+    async fn job_exists(&self, id: u64) -> Result<(), ServiceError> {
+        self.shared
+            .store
+            .job_state(id)
+            .await?
+            .map(drop)
+            .ok_or_else(|| no_job(id))
+    }
+}
+
+fn no_job(id: u64) -> ServiceError {
+    ServiceError::Store(StoreError::NotFound(Missing::Job(id)))
+}
+
+/// Runs `f` (validation: CPU in proportion to the job) on the blocking pool, so the
+/// async threads keep answering meanwhile.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("validation did not complete: {e}")))
+}
+
+/// Every node the job will have, with its role.
+fn members_of(job: &job_schemas::Job) -> Vec<Member> {
+    job.members()
+        .into_iter()
+        .map(|m| Member {
+            node: m.node,
+            role: m.role,
+        })
+        .collect()
+}

@@ -1,0 +1,1350 @@
+//! The SQLite backend of [`Store`]: one database file in WAL mode, one connection
+//! behind a mutex, and every call run on tokio's blocking pool.
+//!
+//! Job and device states are stored as the JSON their serde derives produce, so they
+//! round-trip exactly; the plain `state`/`health` columns beside them exist for queries
+//! and for humans reading the file with `sqlite3`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::types::Type;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Conflict, DeviceRecord, Invalid, JOB_STATE_NAMES, JobRecord, JobSummary, Member, Missing,
+    NewJob, Queued, RESTART_MESSAGE, Store, StoreError, TokenScope,
+};
+use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
+
+/// How long a writer waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations: `MIGRATIONS[n]` brings `user_version` from `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, devices, tokens.
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT,
+        definition TEXT NOT NULL,
+        priority INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 100),
+        submitted_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at INTEGER,
+        state TEXT NOT NULL,
+        state_json TEXT NOT NULL,
+        health TEXT,
+        error_class TEXT,
+        error TEXT,
+        results TEXT
+    );
+    CREATE INDEX jobs_state ON jobs (state);
+    CREATE TABLE devices (
+        hostname TEXT PRIMARY KEY,
+        device_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        job_id INTEGER REFERENCES jobs (id),
+        health TEXT NOT NULL
+    );
+    CREATE INDEX devices_job ON devices (job_id);
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );",
+    // 2: the scheduler's view of the queue from the index alone (a row's later columns
+    // sit behind its definition, in overflow pages); tokens that may only read.
+    "CREATE INDEX jobs_queue ON jobs (state, id, priority, submitted_at);
+    ALTER TABLE tokens ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;",
+    // 3: a job's nodes as found when it was validated at submission (JSON `[{"node",
+    // "role"}]`), so reading a job never validates it again. NULL for jobs submitted
+    // before this column existed: filled in on their first read.
+    "ALTER TABLE jobs ADD COLUMN members TEXT;",
+];
+
+/// The default [`Store`]: a SQLite file. Needs a tokio runtime (its calls run on the
+/// runtime's blocking pool).
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and brings its schema up to
+    /// date.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let path = path.to_path_buf();
+        let db = blocking(move || Db::open(&path)).await?;
+        Ok(SqliteStore { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool, so the caller's async thread keeps going.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, Fail> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        blocking(move || f(&db)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Fail> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(StoreError::from),
+        // The thread died (a panic) before answering; a transaction it had open rolled
+        // back when dropped.
+        Err(err) => Err(StoreError::Unavailable(format!(
+            "a database call did not complete: {err}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, job: NewJob) -> Result<u64, StoreError> {
+        self.call(move |db| db.submit(&job)).await
+    }
+
+    async fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        self.call(move |db| db.job(id)).await
+    }
+
+    async fn job_state(&self, id: u64) -> Result<Option<JobState>, StoreError> {
+        self.call(move |db| db.job_state(id)).await
+    }
+
+    async fn set_members(&self, id: u64, members: Vec<Member>) -> Result<(), StoreError> {
+        self.call(move |db| db.set_members(id, &members)).await
+    }
+
+    async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, StoreError> {
+        let state = state.map(str::to_string);
+        self.call(move |db| db.jobs(state.as_deref())).await
+    }
+
+    async fn queue(&self) -> Result<Vec<Queued>, StoreError> {
+        self.call(Db::queue).await
+    }
+
+    async fn reserve(&self, job: u64, hostnames: &[String]) -> Result<(), StoreError> {
+        let hostnames = hostnames.to_vec();
+        self.call(move |db| db.reserve(job, &hostnames)).await
+    }
+
+    async fn start(&self, job: u64) -> Result<(), StoreError> {
+        self.call(move |db| db.apply(job, JobEvent::Started).map(drop))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        job: u64,
+        outcome: Outcome,
+        results: Option<serde_json::Value>,
+    ) -> Result<JobState, StoreError> {
+        self.call(move |db| db.finish(job, outcome, results.as_ref()))
+            .await
+    }
+
+    async fn cancel(&self, job: u64) -> Result<JobState, StoreError> {
+        self.call(move |db| db.apply(job, JobEvent::CancelRequested))
+            .await
+    }
+
+    async fn recover_after_restart(&self) -> Result<Vec<u64>, StoreError> {
+        self.call(Db::recover_after_restart).await
+    }
+
+    async fn sync_devices(&self, devices: Vec<(String, String)>) -> Result<(), StoreError> {
+        self.call(move |db| db.sync_devices(&devices)).await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.call(Db::devices).await
+    }
+
+    async fn set_device_health(
+        &self,
+        hostname: &str,
+        health: DeviceHealth,
+    ) -> Result<(), StoreError> {
+        let hostname = hostname.to_string();
+        self.call(move |db| db.set_device_health(&hostname, health))
+            .await
+    }
+
+    async fn create_token(&self, name: &str, scope: TokenScope) -> Result<String, StoreError> {
+        let name = name.to_string();
+        self.call(move |db| db.create_token(&name, scope)).await
+    }
+
+    async fn token_scope(&self, token: &str) -> Result<Option<(String, TokenScope)>, StoreError> {
+        let token = token.to_string();
+        self.call(move |db| db.token_scope(&token)).await
+    }
+}
+
+/// Why a call failed inside this backend: a [`StoreError`] already, or a SQLite or
+/// JSON error still to be told as one. Private, so no `rusqlite` type reaches the
+/// public API.
+enum Fail {
+    Store(StoreError),
+    Sql(rusqlite::Error),
+    Json(serde_json::Error),
+}
+
+impl From<StoreError> for Fail {
+    fn from(err: StoreError) -> Self {
+        Fail::Store(err)
+    }
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(err: rusqlite::Error) -> Self {
+        Fail::Sql(err)
+    }
+}
+
+impl From<serde_json::Error> for Fail {
+    fn from(err: serde_json::Error) -> Self {
+        Fail::Json(err)
+    }
+}
+
+impl From<Fail> for StoreError {
+    fn from(fail: Fail) -> Self {
+        match fail {
+            Fail::Store(err) => err,
+            // Another process holds the lock past the busy timeout, or the file cannot
+            // be opened or written: the database is there, just not usable now.
+            Fail::Sql(err)
+                if matches!(
+                    err.sqlite_error_code(),
+                    Some(
+                        ErrorCode::DatabaseBusy
+                            | ErrorCode::DatabaseLocked
+                            | ErrorCode::CannotOpen
+                            | ErrorCode::ReadOnly
+                            | ErrorCode::DiskFull
+                    )
+                ) =>
+            {
+                StoreError::Unavailable(err.to_string())
+            }
+            Fail::Sql(err) => StoreError::Backend(err.to_string()),
+            Fail::Json(err) => StoreError::Backend(format!("a stored value as JSON: {err}")),
+        }
+    }
+}
+
+/// The connection and the synchronous calls the async ones run on the blocking pool.
+struct Db {
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Db, Fail> {
+        let mut conn = Connection::open(path)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "SQLite refused WAL journal mode");
+        }
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        migrate(&mut conn)?;
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// A panic while holding the lock cannot leave a half-done change behind (an
+    /// unfinished transaction rolls back when dropped), so a poisoned lock is still
+    /// safe to use.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one transaction, committed only if `f` succeeds. IMMEDIATE takes the
+    /// write lock up front, so a concurrent writer waits (busy_timeout) instead of
+    /// failing halfway through with SQLITE_BUSY.
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Fail>) -> Result<T, Fail> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn submit(&self, job: &NewJob) -> Result<u64, Fail> {
+        if job.priority > 100 {
+            return Err(StoreError::Invalid(Invalid::Priority(job.priority)).into());
+        }
+        let state = JobState::Submitted;
+        let id: u64 = self.lock().query_row(
+            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
+                 members)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            params![
+                job.name,
+                job.definition,
+                job.priority,
+                now(),
+                state.name(),
+                serde_json::to_string(&state)?,
+                serde_json::to_string(&job.members)?
+            ],
+            |row| row.get(0),
+        )?;
+        tracing::info!(job = id, name = ?job.name, priority = job.priority, "job submitted");
+        Ok(id)
+    }
+
+    fn job(&self, id: u64) -> Result<Option<JobRecord>, Fail> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, definition, results, members FROM jobs WHERE id = ?1"
+        );
+        Ok(self.lock().query_row(&sql, [id], job_from_row).optional()?)
+    }
+
+    fn job_state(&self, id: u64) -> Result<Option<JobState>, Fail> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        Ok(self
+            .lock()
+            .query_row("SELECT state_json FROM jobs WHERE id = ?1", [id], |row| {
+                json_column(row, 0)
+            })
+            .optional()?)
+    }
+
+    fn set_members(&self, id: u64, members: &[Member]) -> Result<(), Fail> {
+        let changed = if storable(id) {
+            self.lock().execute(
+                "UPDATE jobs SET members = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(members)?],
+            )?
+        } else {
+            0
+        };
+        if changed == 0 {
+            return Err(StoreError::NotFound(Missing::Job(id)).into());
+        }
+        Ok(())
+    }
+
+    fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, Fail> {
+        if let Some(name) = state.filter(|s| !JOB_STATE_NAMES.contains(s)) {
+            return Err(StoreError::Invalid(Invalid::JobState(name.to_string())).into());
+        }
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC"
+        ))?;
+        let rows = stmt.query_map([state], summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn queue(&self) -> Result<Vec<Queued>, Fail> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, priority, submitted_at FROM jobs WHERE state = 'submitted' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Queued {
+                id: row.get(0)?,
+                priority: row.get(1)?,
+                submitted_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Applies `event` to job `id` and returns the new state. Finishing frees the job's
+    /// devices.
+    fn apply(&self, id: u64, event: JobEvent) -> Result<JobState, Fail> {
+        self.write(|tx| transition(tx, id, event))
+    }
+
+    fn reserve(&self, job_id: u64, hostnames: &[String]) -> Result<(), Fail> {
+        self.write(|tx| {
+            transition(tx, job_id, JobEvent::Scheduled)?;
+            let reserved = serde_json::to_string(&DeviceState::Reserved(job_id))?;
+            for hostname in hostnames {
+                // Checked one by one after the previous ones were taken, so a hostname
+                // listed twice is refused too; any error rolls the whole lot back.
+                let device = device_in(tx, hostname)?
+                    .ok_or_else(|| StoreError::NotFound(Missing::Device(hostname.clone())))?;
+                if !schedulable(device.state, device.health) {
+                    return Err(StoreError::Conflict(Conflict::DeviceNotFree {
+                        hostname: hostname.clone(),
+                        state: device.state,
+                        health: device.health,
+                    })
+                    .into());
+                }
+                tx.execute(
+                    "UPDATE devices SET state = ?2, job_id = ?3 WHERE hostname = ?1",
+                    params![hostname, reserved, job_id],
+                )?;
+            }
+            tracing::info!(job = job_id, devices = ?hostnames, "devices reserved");
+            Ok(())
+        })
+    }
+
+    fn finish(
+        &self,
+        job_id: u64,
+        outcome: Outcome,
+        results: Option<&serde_json::Value>,
+    ) -> Result<JobState, Fail> {
+        self.write(|tx| {
+            // An infrastructure failure leaves the job's devices not known to be good
+            // (LAVA's "unknown"): still schedulable, but an admin sees which devices
+            // had trouble. Set before the transition releases them.
+            if matches!(outcome.error, Some((ErrorClass::Infrastructure, _))) {
+                tx.execute(
+                    "UPDATE devices SET health = ?2 WHERE job_id = ?1 AND health = ?3",
+                    params![
+                        job_id,
+                        enum_text(&DeviceHealth::Unknown)?,
+                        enum_text(&DeviceHealth::Good)?
+                    ],
+                )?;
+            }
+            let state = transition(tx, job_id, JobEvent::Ended(outcome))?;
+            let results = results.map(serde_json::to_string).transpose()?;
+            tx.execute(
+                "UPDATE jobs SET results = ?2 WHERE id = ?1",
+                params![job_id, results],
+            )?;
+            Ok(state)
+        })
+    }
+
+    fn recover_after_restart(&self) -> Result<Vec<u64>, Fail> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM jobs WHERE state IN ('scheduled', 'running', 'canceling')
+                 ORDER BY id",
+            )?;
+            let ids = stmt
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<Vec<u64>, _>>()?;
+            // Not `JobState::apply`: a restart is no event of the job's own life, and a
+            // job being canceled must not end "canceled" as if its nodes stopped cleanly.
+            let ended = JobState::Finished(Outcome::incomplete(
+                ErrorClass::Infrastructure,
+                RESTART_MESSAGE,
+            ));
+            for &id in &ids {
+                write_state(tx, id, &ended)?;
+                release_devices(tx, id)?;
+            }
+            if !ids.is_empty() {
+                tracing::warn!(jobs = ?ids, "jobs cut short by a restart ended incomplete");
+            }
+            Ok(ids)
+        })
+    }
+
+    fn sync_devices(&self, devices: &[(String, String)]) -> Result<(), Fail> {
+        let idle = serde_json::to_string(&DeviceState::Idle)?;
+        let offline = serde_json::to_string(&DeviceState::Offline)?;
+        let unknown = enum_text(&DeviceHealth::Unknown)?;
+        let retired = enum_text(&DeviceHealth::Retired)?;
+        self.write(|tx| {
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lab (hostname TEXT PRIMARY KEY)",
+                [],
+            )?;
+            tx.execute("DELETE FROM temp.lab", [])?;
+            for (hostname, device_type) in devices {
+                tx.execute("INSERT OR IGNORE INTO temp.lab VALUES (?1)", [hostname])?;
+                tx.execute(
+                    "INSERT INTO devices (hostname, device_type, state, health)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (hostname) DO UPDATE SET device_type = excluded.device_type",
+                    params![hostname, device_type, idle, unknown],
+                )?;
+            }
+            let revived = tx.execute(
+                "UPDATE devices SET state = ?1, health = ?2
+                 WHERE state = ?3 AND health = ?4 AND hostname IN (SELECT hostname FROM temp.lab)",
+                params![idle, unknown, offline, retired],
+            )?;
+            let gone = tx.execute(
+                "UPDATE devices SET health = ?1,
+                     state = CASE WHEN job_id IS NULL THEN ?2 ELSE state END
+                 WHERE hostname NOT IN (SELECT hostname FROM temp.lab)
+                   AND NOT (health = ?1 AND state = ?2)",
+                params![retired, offline],
+            )?;
+            tracing::info!(
+                lab = devices.len(),
+                revived,
+                retired = gone,
+                "devices synced"
+            );
+            Ok(())
+        })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, Fail> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{DEVICE_COLUMNS} ORDER BY hostname"))?;
+        let rows = stmt.query_map([], device_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_device_health(&self, hostname: &str, health: DeviceHealth) -> Result<(), Fail> {
+        let changed = self.lock().execute(
+            "UPDATE devices SET health = ?2 WHERE hostname = ?1",
+            params![hostname, enum_text(&health)?],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(Missing::Device(hostname.to_string())).into());
+        }
+        tracing::info!(device = hostname, ?health, "device health set");
+        Ok(())
+    }
+
+    fn create_token(&self, name: &str, scope: TokenScope) -> Result<String, Fail> {
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let inserted = self.lock().execute(
+            "INSERT INTO tokens (name, sha256, created_at, read_only) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                name,
+                sha256_hex(&secret),
+                now(),
+                scope == TokenScope::ReadOnly
+            ],
+        );
+        match inserted {
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                Err(StoreError::Conflict(Conflict::DuplicateToken(name.to_string())).into())
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                tracing::info!(token = name, "API token created");
+                Ok(secret)
+            }
+        }
+    }
+
+    fn token_scope(&self, token: &str) -> Result<Option<(String, TokenScope)>, Fail> {
+        let found = self
+            .lock()
+            .query_row(
+                "SELECT name, read_only FROM tokens WHERE sha256 = ?1",
+                [sha256_hex(token)],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+            )
+            .optional()?;
+        Ok(found.map(|(name, read_only)| {
+            let scope = if read_only {
+                TokenScope::ReadOnly
+            } else {
+                TokenScope::ReadWrite
+            };
+            (name, scope)
+        }))
+    }
+}
+
+/// Brings the schema from its `user_version` up to `MIGRATIONS.len()`, each step in a
+/// transaction with its version bump, so a crash never leaves half a migration.
+fn migrate(conn: &mut Connection) -> Result<(), Fail> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len();
+    let start = usize::try_from(found)
+        .ok()
+        .filter(|v| *v <= known)
+        .ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "the database schema is version {found}, newer than this dispatcher's {known}"
+            ))
+        })?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+/// Reads job `id`'s state, applies `event`, writes the result and its consequences for
+/// the job's devices. Runs inside the caller's transaction.
+fn transition(tx: &Connection, id: u64, event: JobEvent) -> Result<JobState, Fail> {
+    let missing = || Fail::Store(StoreError::NotFound(Missing::Job(id)));
+    if !storable(id) {
+        return Err(missing());
+    }
+    let json: String = tx
+        .query_row("SELECT state_json FROM jobs WHERE id = ?1", [id], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .ok_or_else(missing)?;
+    let current: JobState = serde_json::from_str(&json)?;
+    let next = current
+        .apply(event)
+        .map_err(|source| StoreError::IllegalTransition { job: id, source })?;
+    write_state(tx, id, &next)?;
+    match next {
+        JobState::Running => {
+            let running = serde_json::to_string(&DeviceState::Running(id))?;
+            tx.execute(
+                "UPDATE devices SET state = ?2 WHERE job_id = ?1",
+                params![id, running],
+            )?;
+        }
+        JobState::Finished(_) => release_devices(tx, id)?,
+        _ => {}
+    }
+    tracing::info!(job = id, from = %current, to = %next, "job state changed");
+    Ok(next)
+}
+
+/// Stores `state` for job `id`, stamping the start (first time running) and end times
+/// and copying a finished job's outcome into plain columns for queries.
+fn write_state(tx: &Connection, id: u64, state: &JobState) -> Result<(), Fail> {
+    let (health, class, message) = match state {
+        JobState::Finished(outcome) => (
+            Some(enum_text(&outcome.health)?),
+            outcome
+                .error
+                .as_ref()
+                .map(|(c, _)| enum_text(c))
+                .transpose()?,
+            outcome.error.as_ref().map(|(_, m)| m.clone()),
+        ),
+        _ => (None, None, None),
+    };
+    tx.execute(
+        "UPDATE jobs SET state = ?2, state_json = ?3, health = ?4, error_class = ?5,
+             error = ?6,
+             started_at = CASE WHEN ?2 = 'running' THEN coalesce(started_at, ?7)
+                          ELSE started_at END,
+             ended_at = CASE WHEN ?2 = 'finished' THEN ?7 ELSE ended_at END
+         WHERE id = ?1",
+        params![
+            id,
+            state.name(),
+            serde_json::to_string(state)?,
+            health,
+            class,
+            message,
+            now()
+        ],
+    )?;
+    Ok(())
+}
+
+/// The devices of job `id` become idle, or offline if they were retired meanwhile.
+fn release_devices(tx: &Connection, id: u64) -> Result<(), Fail> {
+    tx.execute(
+        "UPDATE devices SET job_id = NULL,
+             state = CASE WHEN health = ?2 THEN ?3 ELSE ?4 END
+         WHERE job_id = ?1",
+        params![
+            id,
+            enum_text(&DeviceHealth::Retired)?,
+            serde_json::to_string(&DeviceState::Offline)?,
+            serde_json::to_string(&DeviceState::Idle)?
+        ],
+    )?;
+    Ok(())
+}
+
+fn device_in(tx: &Connection, hostname: &str) -> Result<Option<DeviceRecord>, Fail> {
+    let sql = format!("{DEVICE_COLUMNS} WHERE hostname = ?1");
+    Ok(tx.query_row(&sql, [hostname], device_from_row).optional()?)
+}
+
+/// A job's columns up to its definition, in [`summary_from_row`]'s order.
+const SUMMARY_COLUMNS: &str = "id, name, priority, state_json, submitted_at, started_at, ended_at";
+
+/// Whether `id` can be a job's id: SQLite's integers are signed 64-bit, so a larger id
+/// names no job (rather than failing to bind as a query parameter).
+fn storable(id: u64) -> bool {
+    i64::try_from(id).is_ok()
+}
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
+    Ok(JobSummary {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        priority: row.get(2)?,
+        state: json_column(row, 3)?,
+        submitted_at: row.get(4)?,
+        started_at: row.get(5)?,
+        ended_at: row.get(6)?,
+    })
+}
+
+/// [`SUMMARY_COLUMNS`], then definition, results and members.
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        summary: summary_from_row(row)?,
+        definition: row.get(7)?,
+        results: row
+            .get::<_, Option<String>>(8)?
+            .map(|text| parse_json(8, &text))
+            .transpose()?,
+        members: row
+            .get::<_, Option<String>>(9)?
+            .map(|text| parse_json(9, &text))
+            .transpose()?,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "SELECT hostname, device_type, state, health FROM devices";
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let health: String = row.get(3)?;
+    Ok(DeviceRecord {
+        hostname: row.get(0)?,
+        device_type: row.get(1)?,
+        state: json_column(row, 2)?,
+        // Stored as the bare serde name ("good"), so it reads back as a JSON string.
+        health: serde_json::from_value(serde_json::Value::String(health))
+            .map_err(|e| conversion_error(3, e))?,
+    })
+}
+
+fn json_column<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    parse_json(idx, &text)
+}
+
+fn parse_json<T: DeserializeOwned>(idx: usize, text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| conversion_error(idx, e))
+}
+
+fn conversion_error(idx: usize, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
+}
+
+/// A unit enum's serde name ("incomplete"), the same text the API shows.
+fn enum_text<T: Serialize>(value: &T) -> Result<String, Fail> {
+    Ok(serde_json::to_string(value)?.trim_matches('"').to_string())
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Unix seconds now (0 on a clock set before 1970 rather than failing a write).
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The SQLite backend through the [`Store`] trait, as the daemon uses it; raw
+    //! connections only to look at the file itself.
+
+    use super::*;
+    use serde_json::json;
+    use states::Health;
+
+    async fn open(path: &Path) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(path).await.unwrap())
+    }
+
+    /// A new store in a temporary directory with the `kvm` devices `devices`.
+    async fn temp_store(
+        devices: &[&str],
+    ) -> (tempfile::TempDir, std::path::PathBuf, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatcher.sqlite");
+        let store = open(&path).await;
+        store.sync_devices(lab(devices)).await.unwrap();
+        (dir, path, store)
+    }
+
+    fn new_job(name: Option<&str>, definition: &str, priority: u8) -> NewJob {
+        NewJob {
+            name: name.map(str::to_string),
+            definition: definition.to_string(),
+            priority,
+            members: Vec::new(),
+        }
+    }
+
+    fn lab(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "kvm".to_string()))
+            .collect()
+    }
+
+    fn hosts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    async fn device_state(store: &dyn Store, hostname: &str) -> DeviceState {
+        device(store, hostname).await.state
+    }
+
+    async fn summary(store: &dyn Store, id: u64) -> JobSummary {
+        store.job(id).await.unwrap().unwrap().summary
+    }
+
+    async fn job_state(store: &dyn Store, id: u64) -> JobState {
+        summary(store, id).await.state
+    }
+
+    async fn device(store: &dyn Store, hostname: &str) -> DeviceRecord {
+        let devices = store.devices().await.unwrap();
+        devices
+            .into_iter()
+            .find(|d| d.hostname == hostname)
+            .unwrap()
+    }
+
+    async fn token_name(store: &dyn Store, token: &str) -> Option<String> {
+        store
+            .token_scope(token)
+            .await
+            .unwrap()
+            .map(|(name, _)| name)
+    }
+
+    #[tokio::test]
+    async fn a_job_lives_through_its_states_and_frees_its_devices() {
+        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02"]).await;
+        let definition = r#"{"job_name": "boot", "priority": "high"}"#;
+        let id = store
+            .submit(new_job(Some("boot"), definition, 100))
+            .await
+            .unwrap();
+        let job = store.job(id).await.unwrap().unwrap();
+        assert_eq!(job.summary.state, JobState::Submitted);
+        assert_eq!(job.definition, definition, "the definition is kept as is");
+        assert_eq!((job.summary.priority, job.summary.started_at), (100, None));
+
+        store
+            .reserve(id, &hosts(&["kvm-01", "kvm-02"]))
+            .await
+            .unwrap();
+        assert_eq!(job_state(&*store, id).await, JobState::Scheduled);
+        assert_eq!(
+            device_state(&*store, "kvm-02").await,
+            DeviceState::Reserved(id)
+        );
+
+        store.start(id).await.unwrap();
+        assert_eq!(job_state(&*store, id).await, JobState::Running);
+        assert_eq!(
+            device_state(&*store, "kvm-01").await,
+            DeviceState::Running(id)
+        );
+        assert!(summary(&*store, id).await.started_at.is_some());
+
+        let results = json!({"lava": {"boot": "pass"}});
+        let outcome = Outcome::incomplete(ErrorClass::Test, "lava-test-raise");
+        let end = store
+            .finish(id, outcome.clone(), Some(results.clone()))
+            .await
+            .unwrap();
+        assert_eq!(end, JobState::Finished(outcome));
+        let job = store.job(id).await.unwrap().unwrap();
+        assert_eq!(job.summary.state, end, "the outcome round-trips exactly");
+        assert_eq!(job.results, Some(results));
+        assert!(job.summary.ended_at.is_some());
+        assert_eq!(device_state(&*store, "kvm-01").await, DeviceState::Idle);
+        assert_eq!(device_state(&*store, "kvm-02").await, DeviceState::Idle);
+
+        let second = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        let all: Vec<u64> = store
+            .jobs(None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(all, [second, id], "newest first");
+        let finished = store.jobs(Some("finished")).await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].id, id);
+        assert!(matches!(
+            store.jobs(Some("done")).await,
+            Err(StoreError::Invalid(Invalid::JobState(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn canceling_a_scheduled_job_frees_its_devices() {
+        let (_dir, _path, store) = temp_store(&["kvm-01"]).await;
+        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(id, &hosts(&["kvm-01"])).await.unwrap();
+        let state = store.cancel(id).await.unwrap();
+        assert!(matches!(
+            state,
+            JobState::Finished(Outcome {
+                health: Health::Canceled,
+                ..
+            })
+        ));
+        assert_eq!(device_state(&*store, "kvm-01").await, DeviceState::Idle);
+    }
+
+    #[tokio::test]
+    async fn an_illegal_transition_is_refused_and_changes_nothing() {
+        let (_dir, _path, store) = temp_store(&[]).await;
+        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        let before = store.job(id).await.unwrap().unwrap();
+
+        let err = store.start(id).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("submitted") && message.contains("Started"),
+            "{message}"
+        );
+        assert!(matches!(
+            store
+                .finish(id, Outcome::complete(), Some(json!({"x": 1})))
+                .await,
+            Err(StoreError::IllegalTransition { .. })
+        ));
+        assert_eq!(store.job(id).await.unwrap().unwrap(), before);
+        assert!(matches!(
+            store.start(id + 1).await,
+            Err(StoreError::NotFound(Missing::Job(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reserve_is_all_or_nothing() {
+        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02", "kvm-03", "kvm-04"]).await;
+        let first = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(first, &hosts(&["kvm-02"])).await.unwrap();
+        store
+            .set_device_health("kvm-04", DeviceHealth::Maintenance)
+            .await
+            .unwrap();
+
+        let second = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        for (asked, culprit, why) in [
+            (
+                &["kvm-01", "kvm-02", "kvm-03"][..],
+                "kvm-02",
+                "kvm-01 would be taken before the busy kvm-02 is reached",
+            ),
+            (&["kvm-01", "kvm-04"], "kvm-04", "maintenance is not free"),
+            (&["kvm-01", "kvm-01"], "kvm-01", "a device serves one node"),
+            (&["kvm-01", "kvm-99"], "kvm-99", "no such device"),
+        ] {
+            let err = store.reserve(second, &hosts(asked)).await.unwrap_err();
+            assert!(err.to_string().contains(culprit), "{why}: {err}");
+            // Everything rolled back.
+            assert_eq!(job_state(&*store, second).await, JobState::Submitted);
+            for (host, state) in [
+                ("kvm-01", DeviceState::Idle),
+                ("kvm-02", DeviceState::Reserved(first)),
+                ("kvm-03", DeviceState::Idle),
+            ] {
+                assert_eq!(device_state(&*store, host).await, state, "{why}");
+            }
+        }
+        assert!(matches!(
+            store.reserve(second, &hosts(&["kvm-99"])).await,
+            Err(StoreError::NotFound(Missing::Device(ref h))) if h == "kvm-99"
+        ));
+
+        // A job that is not queued cannot take devices either.
+        assert!(matches!(
+            store.reserve(first, &hosts(&["kvm-03"])).await,
+            Err(StoreError::IllegalTransition { .. })
+        ));
+        assert_eq!(device_state(&*store, "kvm-03").await, DeviceState::Idle);
+        store
+            .reserve(second, &hosts(&["kvm-01", "kvm-03"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            device_state(&*store, "kvm-03").await,
+            DeviceState::Reserved(second)
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_the_file_keeps_everything() {
+        let (_dir, path, store) = temp_store(&["kvm-01", "kvm-02"]).await;
+        store
+            .set_device_health("kvm-02", DeviceHealth::Bad)
+            .await
+            .unwrap();
+        let id = store
+            .submit(new_job(Some("kept"), r#"{"a": 1}"#, 7))
+            .await
+            .unwrap();
+        store.reserve(id, &hosts(&["kvm-01"])).await.unwrap();
+        store.start(id).await.unwrap();
+        let token = store
+            .create_token("ci", TokenScope::ReadWrite)
+            .await
+            .unwrap();
+        let job = store.job(id).await.unwrap().unwrap();
+        let devices = store.devices().await.unwrap();
+        drop(store);
+
+        let store = open(&path).await;
+        assert_eq!(store.job(id).await.unwrap().unwrap(), job);
+        assert_eq!(store.devices().await.unwrap(), devices);
+        assert_eq!(devices[1].health, DeviceHealth::Bad);
+        assert_eq!(token_name(&*store, &token).await.as_deref(), Some("ci"));
+        let next = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        assert!(next > id, "ids are not reused");
+
+        let raw = Connection::open(&path).unwrap();
+        let version: i64 = raw
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        let mode: String = raw
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!((version, mode.as_str()), (3, "wal"));
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let (_dir, path, store) = temp_store(&[]).await;
+        drop(store);
+        let raw = Connection::open(&path).unwrap();
+        raw.pragma_update(None, "user_version", 4).unwrap();
+        drop(raw);
+        let err = SqliteStore::open(&path).await.err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why)
+                if why.contains("version 4, newer than this dispatcher's 3")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_previous_version_gains_the_members_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        // What the previous dispatcher made: schema version 2, a job in it.
+        let mut raw = Connection::open(&path).unwrap();
+        for (version, sql) in MIGRATIONS[..2].iter().enumerate() {
+            let tx = raw.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", version + 1).unwrap();
+            tx.commit().unwrap();
+        }
+        raw.execute(
+            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json)
+             VALUES ('old', '{}', 50, 1, 'submitted', '{\"state\":\"submitted\"}')",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+
+        let store = open(&path).await;
+        let old = store.jobs(None).await.unwrap()[0].id;
+        assert_eq!(
+            store.job(old).await.unwrap().unwrap().members,
+            None,
+            "not known yet"
+        );
+        let members = vec![Member {
+            node: "host".into(),
+            role: "host".into(),
+        }];
+        store.set_members(old, members.clone()).await.unwrap();
+        assert_eq!(
+            store.job(old).await.unwrap().unwrap().members,
+            Some(members)
+        );
+        let new = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        assert_eq!(store.job(new).await.unwrap().unwrap().members, Some(vec![]));
+        assert_eq!(
+            store.job_state(new).await.unwrap(),
+            Some(JobState::Submitted)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_id_past_sqlite_integers_names_no_job() {
+        let (_dir, _path, store) = temp_store(&[]).await;
+        assert_eq!(store.job(u64::MAX).await.unwrap(), None);
+        assert_eq!(store.job_state(u64::MAX).await.unwrap(), None);
+        assert!(matches!(
+            store.cancel(u64::MAX).await,
+            Err(StoreError::NotFound(Missing::Job(u64::MAX)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn recovery_after_restart_ends_active_jobs_and_keeps_the_queue() {
+        let (_dir, path, store) = temp_store(&["kvm-01", "kvm-02", "kvm-03", "kvm-04"]).await;
+        let running = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store
+            .reserve(running, &hosts(&["kvm-01", "kvm-02"]))
+            .await
+            .unwrap();
+        store.start(running).await.unwrap();
+        let scheduled = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(scheduled, &hosts(&["kvm-03"])).await.unwrap();
+        let canceling = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(canceling, &hosts(&["kvm-04"])).await.unwrap();
+        store.start(canceling).await.unwrap();
+        store.cancel(canceling).await.unwrap();
+        let done = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        let canceled = store.cancel(done).await.unwrap();
+        let queued = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        drop(store);
+
+        let store = open(&path).await;
+        let ended = store.recover_after_restart().await.unwrap();
+        assert_eq!(ended, [running, scheduled, canceling]);
+        let restarted = JobState::Finished(Outcome::incomplete(
+            ErrorClass::Infrastructure,
+            RESTART_MESSAGE,
+        ));
+        for id in [running, scheduled, canceling] {
+            assert_eq!(job_state(&*store, id).await, restarted);
+            assert!(summary(&*store, id).await.ended_at.is_some());
+        }
+        for device in store.devices().await.unwrap() {
+            assert_eq!(device.state, DeviceState::Idle, "{}", device.hostname);
+        }
+        assert_eq!(
+            job_state(&*store, done).await,
+            canceled,
+            "finished jobs are untouched"
+        );
+        assert_eq!(job_state(&*store, queued).await, JobState::Submitted);
+        assert!(store.recover_after_restart().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn syncing_devices_keeps_known_ones_and_retires_departed_ones() {
+        let (_dir, _path, store) = temp_store(&["a", "b", "c"]).await;
+        store
+            .set_device_health("a", DeviceHealth::Good)
+            .await
+            .unwrap();
+        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(id, &hosts(&["c"])).await.unwrap();
+
+        store.sync_devices(lab(&["a", "d"])).await.unwrap();
+        assert_eq!(
+            device(&*store, "a").await.health,
+            DeviceHealth::Good,
+            "kept"
+        );
+        assert_eq!(
+            (
+                device(&*store, "b").await.state,
+                device(&*store, "b").await.health
+            ),
+            (DeviceState::Offline, DeviceHealth::Retired)
+        );
+        // A departed device still holding a job keeps it until the job ends.
+        assert_eq!(device(&*store, "c").await.state, DeviceState::Reserved(id));
+        assert_eq!(device(&*store, "c").await.health, DeviceHealth::Retired);
+        assert_eq!(
+            (
+                device(&*store, "d").await.state,
+                device(&*store, "d").await.health
+            ),
+            (DeviceState::Idle, DeviceHealth::Unknown)
+        );
+        store.cancel(id).await.unwrap();
+        assert_eq!(device(&*store, "c").await.state, DeviceState::Offline);
+
+        store.sync_devices(lab(&["a", "b", "d"])).await.unwrap();
+        assert_eq!(
+            (
+                device(&*store, "b").await.state,
+                device(&*store, "b").await.health
+            ),
+            (DeviceState::Idle, DeviceHealth::Unknown),
+            "a device back in the lab is usable again"
+        );
+        assert!(matches!(
+            store.set_device_health("zz", DeviceHealth::Bad).await,
+            Err(StoreError::NotFound(Missing::Device(ref h))) if h == "zz"
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_infrastructure_failure_leaves_its_devices_unknown() {
+        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02"]).await;
+        for host in ["kvm-01", "kvm-02"] {
+            store
+                .set_device_health(host, DeviceHealth::Good)
+                .await
+                .unwrap();
+        }
+        // A test failure says nothing about the device.
+        for (host, outcome, after) in [
+            (
+                "kvm-01",
+                Outcome::incomplete(ErrorClass::Infrastructure, "host lost"),
+                DeviceHealth::Unknown,
+            ),
+            (
+                "kvm-02",
+                Outcome::incomplete(ErrorClass::Test, "a case failed"),
+                DeviceHealth::Good,
+            ),
+        ] {
+            let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
+            store.reserve(id, &hosts(&[host])).await.unwrap();
+            store.start(id).await.unwrap();
+            store.finish(id, outcome, None).await.unwrap();
+            let device = device(&*store, host).await;
+            assert_eq!((device.state, device.health), (DeviceState::Idle, after));
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_only_as_hashes_each_with_its_scope() {
+        let (_dir, path, store) = temp_store(&[]).await;
+        let secret = store
+            .create_token("ci", TokenScope::ReadWrite)
+            .await
+            .unwrap();
+        let other = store
+            .create_token("dashboard", TokenScope::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(secret.len(), 64);
+        assert_ne!(secret, other);
+
+        let raw = Connection::open(&path).unwrap();
+        let mut stmt = raw
+            .prepare("SELECT name, sha256, CAST(created_at AS TEXT) FROM tokens")
+            .unwrap();
+        let rows: Vec<[String; 3]> = stmt
+            .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in &rows {
+            assert!(
+                row.iter()
+                    .all(|v| !v.contains(&secret) && !v.contains(&other)),
+                "a secret is in the table: {row:?}"
+            );
+        }
+        let ci = rows.iter().find(|r| r[0] == "ci").unwrap();
+        assert_eq!(ci[1], sha256_hex(&secret));
+
+        assert_eq!(
+            store.token_scope(&secret).await.unwrap(),
+            Some(("ci".to_string(), TokenScope::ReadWrite))
+        );
+        assert_eq!(
+            store.token_scope(&other).await.unwrap(),
+            Some(("dashboard".to_string(), TokenScope::ReadOnly))
+        );
+        assert_eq!(
+            token_name(&*store, &ci[1]).await,
+            None,
+            "the hash is no token"
+        );
+        assert_eq!(token_name(&*store, "wrong").await, None);
+        assert!(matches!(
+            store.create_token("ci", TokenScope::ReadWrite).await,
+            Err(StoreError::Conflict(Conflict::DuplicateToken(ref n))) if n == "ci"
+        ));
+        assert_eq!(token_name(&*store, &secret).await.as_deref(), Some("ci"));
+    }
+
+    #[tokio::test]
+    async fn out_of_range_values_are_refused() {
+        let (_dir, _path, store) = temp_store(&[]).await;
+        assert!(matches!(
+            store.submit(new_job(None, "{}", 101)).await,
+            Err(StoreError::Invalid(Invalid::Priority(101)))
+        ));
+        assert!(store.jobs(None).await.unwrap().is_empty(), "nothing stored");
+        for id in [1, u64::MAX] {
+            assert!(matches!(
+                store.set_members(id, Vec::new()).await,
+                Err(StoreError::NotFound(Missing::Job(got))) if got == id
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_summarizes_without_definitions() {
+        let (_dir, _path, store) = temp_store(&[]).await;
+        let id = store
+            .submit(new_job(
+                Some("big"),
+                &format!("{{\"x\": \"{}\"}}", "a".repeat(1000)),
+                3,
+            ))
+            .await
+            .unwrap();
+        let record = store.job(id).await.unwrap().unwrap();
+        assert_eq!(
+            (record.summary.name.as_deref(), record.summary.priority),
+            (Some("big"), 3)
+        );
+        let listed = store.jobs(Some("submitted")).await.unwrap();
+        assert_eq!(listed, [record.summary]);
+        assert!(store.jobs(Some("running")).await.unwrap().is_empty());
+    }
+
+    /// Many callers at once, as the daemon's tasks are: each device goes to exactly one
+    /// job, and every job gets all of its devices or none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reservations_never_share_a_device() {
+        let (_dir, _path, store) = temp_store(&["a", "b", "c"]).await;
+        let mut tasks = Vec::new();
+        for pair in [["a", "b"], ["b", "c"], ["c", "a"], ["a", "b"]] {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
+                store.reserve(id, &hosts(&pair)).await.map(|()| (id, pair))
+            }));
+        }
+        let mut won = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(got) => won.push(got),
+                Err(err) => assert!(matches!(err, StoreError::Conflict(_)), "{err}"),
+            }
+        }
+        // Any two of the pairs share a device: exactly one job got its pair.
+        assert_eq!(won.len(), 1, "{won:?}");
+        let (id, pair) = won[0];
+        for host in ["a", "b", "c"] {
+            let expected = if pair.contains(&host) {
+                DeviceState::Reserved(id)
+            } else {
+                DeviceState::Idle
+            };
+            assert_eq!(device_state(&*store, host).await, expected, "{host}");
+        }
+        let queued = store.queue().await.unwrap();
+        assert_eq!(queued.len(), 3, "the losers stay queued: {queued:?}");
+    }
+}
