@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::NodeClient;
 use coordinator::relay::Relay;
 use job_schemas::{Job, TestDefinitionSource, TestShell};
+use parking_lot::Mutex;
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -154,7 +155,7 @@ impl<'a> GroupContext<'a> {
     /// Every node's report, in member order; a node whose pipeline never reported was
     /// cut short by `cut_short`.
     pub fn reports(&self, cut_short: Option<Failure>) -> Vec<NodeReport> {
-        let finished = self.finished.lock().map(|f| f.clone()).unwrap_or_default();
+        let finished = self.finished.lock().clone();
         self.members
             .iter()
             .map(|(node, role)| {
@@ -238,9 +239,7 @@ impl<'a> GroupContext<'a> {
                 &format!("{action}: {message}"),
             );
         }
-        if let Ok(mut finished) = self.finished.lock() {
-            finished.insert(report.node.clone(), report);
-        }
+        self.finished.lock().insert(report.node.clone(), report);
     }
 
     pub fn client(&self, node: &str) -> Result<NodeClient, Failure> {

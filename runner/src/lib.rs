@@ -33,10 +33,11 @@ pub mod validation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use job_schemas::{Job, Topology, VmGroup};
+use parking_lot::Mutex;
 use proto::multinode::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use regex::Regex;
 
@@ -683,9 +684,7 @@ impl GroupRun<'_> {
         let mut running = vm::launch(session, &plan, self.console_log(&vm.id))
             .await
             .map_err(|e| Failure::infra("boot", e))?;
-        if let Ok(mut launched) = self.launched.lock() {
-            launched.push(running.process_group);
-        }
+        self.launched.lock().push(running.process_group);
         let booted = async {
             running
                 .wait_for_prompt(&prompt, vm_type.device_type.boot_timeout)
@@ -726,7 +725,7 @@ impl GroupRun<'_> {
     /// pipeline cut short by the job timeout did not stop its VM) and removes the
     /// job's directory on the host.
     async fn clean_host(&self, session: &SshSession) {
-        let groups = self.launched.lock().map(|g| g.clone()).unwrap_or_default();
+        let groups = self.launched.lock().clone();
         let mut script = String::new();
         for group in groups.iter().filter(|g| **g > 1) {
             script.push_str(&format!("kill -KILL -- -{group} 2>/dev/null; "));

@@ -21,8 +21,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -181,9 +182,7 @@ impl Default for Registry {
 impl Registry {
     /// Asks the connection idle the longest (if any is idle) to close.
     fn evict_longest_idle(&self) {
-        let Ok(open) = self.open.lock() else {
-            return;
-        };
+        let open = self.open.lock();
         let victim = open
             .values()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0)
@@ -241,9 +240,7 @@ impl Connection {
         self.state
             .idle_since
             .store(millis_since(epoch), Ordering::Release);
-        if let Ok(mut open) = self.registry.open.lock() {
-            open.insert(id, self.state.clone());
-        }
+        self.registry.open.lock().insert(id, self.state.clone());
         let io = TokioIo::new(Watched {
             io: stream,
             state: self.state.clone(),
@@ -289,9 +286,7 @@ impl Connection {
                 }
             }
         }
-        if let Ok(mut open) = self.registry.open.lock() {
-            open.remove(&id);
-        }
+        self.registry.open.lock().remove(&id);
     }
 
     /// When this connection closes if nothing happens: none while a request is in

@@ -23,7 +23,9 @@ pub mod service;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use job_schemas::Job;
@@ -90,26 +92,18 @@ impl Shared {
 
     /// Remembers a queued job as validated at submission.
     pub fn remember_validated(&self, id: u64, job: job_schemas::Job) {
-        if let Ok(mut validated) = self.validated.lock() {
-            validated.insert(id, job);
-        }
+        self.validated.lock().insert(id, job);
     }
 
     /// The growth signal of job `id`'s log while the job runs here.
     pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
-        self.log_sizes
-            .lock()
-            .ok()
-            .and_then(|sizes| sizes.get(&id).cloned())
+        self.log_sizes.lock().get(&id).cloned()
     }
 
     /// Asks a running job to stop; `false` when it is not running here.
     pub fn cancel_running(&self, job_id: u64) -> bool {
-        let running = self.running.lock().map(|r| r.get(&job_id).cloned());
-        match running {
-            Ok(Some(switch)) => switch.send(true).is_ok(),
-            _ => false,
-        }
+        let switch = self.running.lock().get(&job_id).cloned();
+        switch.is_some_and(|switch| switch.send(true).is_ok())
     }
 }
 
@@ -256,12 +250,8 @@ impl Daemon {
         // The scheduler first: a pass under way may still start a job, which must be
         // among the switches below.
         let _ = self.scheduler.await;
-        let switches: Vec<watch::Sender<bool>> = self
-            .shared
-            .running
-            .lock()
-            .map(|r| r.values().cloned().collect())
-            .unwrap_or_default();
+        let switches: Vec<watch::Sender<bool>> =
+            self.shared.running.lock().values().cloned().collect();
         for switch in &switches {
             let _ = switch.send(true);
         }
@@ -387,11 +377,7 @@ enum PassError {
 /// run on the blocking pool.
 async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
     let queued = shared.store.queue().await?;
-    let mut known = shared
-        .validated
-        .lock()
-        .map(|mut v| std::mem::take(&mut *v))
-        .unwrap_or_default();
+    let mut known = std::mem::take(&mut *shared.validated.lock());
     let mut jobs = HashMap::new();
     let mut requests = Vec::new();
     for record in queued {
@@ -459,9 +445,7 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
             .reserve(assignment.job_id, &assignment.devices)
             .await?;
         let (switch, cancel) = watch::channel(false);
-        if let Ok(mut running) = shared.running.lock() {
-            running.insert(assignment.job_id, switch);
-        }
+        shared.running.lock().insert(assignment.job_id, switch);
         tokio::spawn(run_job(
             shared.clone(),
             assignment.job_id,
@@ -471,9 +455,7 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
         ));
     }
     // Still queued: remembered for the next pass.
-    if let Ok(mut validated) = shared.validated.lock() {
-        validated.extend(jobs);
-    }
+    shared.validated.lock().extend(jobs);
     Ok(())
 }
 
@@ -504,12 +486,8 @@ async fn run_job(
         Ok(state) => tracing::info!(job = job_id, %state, "job ended"),
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
     }
-    if let Ok(mut running) = shared.running.lock() {
-        running.remove(&job_id);
-    }
-    if let Ok(mut sizes) = shared.log_sizes.lock() {
-        sizes.remove(&job_id);
-    }
+    shared.running.lock().remove(&job_id);
+    shared.log_sizes.lock().remove(&job_id);
     shared.job_ended.notify_waiters();
     shared.wake.notify_one();
     drop(cancel);
@@ -533,9 +511,7 @@ async fn run_job_inner(
         .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;
     let log = JobLog::open(&job_dir.join("job.log"), shared.config.max_log_bytes)
         .map_err(|e| infra(format!("cannot open the job log: {e}")))?;
-    if let Ok(mut sizes) = shared.log_sizes.lock() {
-        sizes.insert(job_id, log.subscribe());
-    }
+    shared.log_sizes.lock().insert(job_id, log.subscribe());
     log.line(
         Level::Info,
         None,
