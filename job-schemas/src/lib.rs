@@ -25,6 +25,8 @@ mod suggest;
 #[cfg(test)]
 mod tests;
 mod urls;
+#[cfg(test)]
+mod v1_keys_tests;
 
 // Lets the unit tests share `tests/support` with the example, which names the crate.
 #[cfg(test)]
@@ -33,9 +35,10 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member, NodeKind,
-    ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
-    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
+    Action, Command, CommandRun, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member,
+    NodeKind, PackageManager, ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue,
+    Steps, TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology,
+    VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
@@ -75,6 +78,16 @@ impl Validated {
 pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Report> {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
+        Err(_) if is_lava_v2_yaml(text) => {
+            return Err(Report::new(vec![
+                Diagnostic::error(
+                    "",
+                    "this is a LAVA v2 YAML job; this dispatcher reads LAVA v1 JSON jobs",
+                )
+                .hint("write the job as LAVA v1 JSON (device_type, timeout, actions with command and parameters)"),
+            ])
+            .with_positions(text));
+        }
         Err(err) => return Err(Report::new(vec![Diagnostic::parse_error(&err)])),
     };
     validate_value(&value, ctx)
@@ -86,6 +99,33 @@ pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Re
                 .into_diagnostics();
             validated
         })
+}
+
+/// The keys a LAVA v2 job starts with, at the top of a YAML mapping.
+const LAVA_V2_KEYS: [&str; 8] = [
+    "device_type",
+    "job_name",
+    "timeouts",
+    "actions",
+    "priority",
+    "visibility",
+    "protocols",
+    "context",
+];
+
+/// Text that is no JSON but a YAML mapping whose first key is one a LAVA v2 job has:
+/// said in one line rather than as a JSON syntax error at its first character. Reads at
+/// most the lines before the first key.
+fn is_lava_v2_yaml(text: &str) -> bool {
+    let first = text
+        .lines()
+        .map(str::trim_end)
+        .find(|line| !(line.is_empty() || line.starts_with('#') || line == &"---"));
+    first.is_some_and(|line| {
+        line.split_once(':').is_some_and(|(key, rest)| {
+            LAVA_V2_KEYS.contains(&key) && (rest.is_empty() || rest.starts_with(' '))
+        })
+    })
 }
 
 /// Validates a test definition (LAVA's test-definition format, as fetched from a

@@ -65,8 +65,10 @@ impl Default for Priority {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Topology {
+    /// One device: of a type, or a particular one (`target`, LAVA v1), or both.
+    /// Validation guarantees at least one of the two.
     Single {
-        device_type: String,
+        device_type: Option<String>,
         target: Option<String>,
     },
     DeviceGroup {
@@ -168,13 +170,18 @@ pub enum Command {
     DeployLinaroKernel(Box<DeployKernel>),
     BootLinaroImage,
     LavaTestShell(TestShell),
-    /// Accepted for compatibility and ignored (with a warning at validation).
+    /// Shell commands run in one shell on the node, each a test case (LAVA v1).
+    LavaCommandRun(CommandRun),
+    /// `submit_results` and `submit_results_on_host`: accepted for compatibility and
+    /// ignored (with a warning at validation).
     SubmitResults,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployImage {
     pub image: Url,
+    #[serde(default)]
+    pub target_type: Option<TargetType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +190,67 @@ pub struct DeployKernel {
     pub ramdisk: Option<Url>,
     pub dtb: Option<Url>,
     pub rootfs: Option<Url>,
+    #[serde(default)]
+    pub target_type: Option<TargetType>,
+}
+
+/// The distribution a deployed image runs (LAVA v1's `target_type`): what the defaults
+/// that depend on it are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetType {
+    Ubuntu,
+    Debian,
+    Fedora,
+    /// OpenEmbedded.
+    Oe,
+    Android,
+}
+
+/// How packages are installed on a target (`install.deps` of a test definition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageManager {
+    Apt,
+    Yum,
+    Opkg,
+}
+
+impl PackageManager {
+    /// The command that installs packages, non-interactively; the package names follow.
+    pub fn install_command(self) -> &'static str {
+        match self {
+            PackageManager::Apt => "DEBIAN_FRONTEND=noninteractive apt-get install -y -q",
+            PackageManager::Yum => "yum -e 0 -y -q install",
+            PackageManager::Opkg => "opkg install",
+        }
+    }
+}
+
+impl TargetType {
+    /// The package manager LAVA v1 used on this distribution; `None` on Android, which
+    /// installs no packages.
+    pub fn package_manager(self) -> Option<PackageManager> {
+        match self {
+            TargetType::Ubuntu | TargetType::Debian => Some(PackageManager::Apt),
+            TargetType::Fedora => Some(PackageManager::Yum),
+            TargetType::Oe => Some(PackageManager::Opkg),
+            TargetType::Android => None,
+        }
+    }
+}
+
+/// `lava_command_run`: commands run in order in one shell (a `cd` or `export` carries
+/// over), the whole list `iterations` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandRun {
+    pub commands: Vec<String>,
+    /// A regular expression (named groups `test_case_id`, `result`...) matched at the
+    /// start of each output line; `None`: LAVA's default `name : result` lines.
+    pub parser: Option<String>,
+    /// Words of the output mapped to results (`pass`, `fail`, `skip`, `unknown`).
+    pub fixupdict: BTreeMap<String, String>,
+    pub iterations: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -256,13 +324,32 @@ impl ScalarValue {
 }
 
 impl Job {
+    /// The target type the deploy actions of `role` name (the last one that names one),
+    /// as LAVA v1 read it from the deployment.
+    pub fn target_type(&self, role: &str) -> Option<TargetType> {
+        self.actions_for(role)
+            .filter_map(|a| match &a.command {
+                Command::DeployLinaroImage(d) => d.target_type,
+                Command::DeployLinaroKernel(d) => d.target_type,
+                _ => None,
+            })
+            .last()
+    }
+
     /// Every role in definition order (a single-device job has the one role
     /// [`SINGLE_DEVICE_ROLE`]).
     pub fn roles(&self) -> Vec<RoleSpec> {
         match &self.topology {
-            Topology::Single { device_type, .. } => vec![RoleSpec {
+            Topology::Single {
+                device_type,
+                target,
+            } => vec![RoleSpec {
                 name: SINGLE_DEVICE_ROLE.to_string(),
-                device_type: device_type.clone(),
+                // A job naming only its device runs on whatever type the lab gives it.
+                device_type: device_type
+                    .clone()
+                    .or_else(|| target.as_ref().map(|t| format!("(the type of {t})")))
+                    .unwrap_or_default(),
                 count: 1,
                 kind: NodeKind::Device,
             }],
@@ -322,10 +409,12 @@ impl Job {
     pub(crate) fn from_valid_value(value: &Value) -> Result<Job, InternalError> {
         let raw: RawJob = serde_json::from_value(value.clone()).map_err(internal)?;
         let topology = match (raw.device_type, raw.device_group, raw.vm_group) {
-            (Some(device_type), None, None) => Topology::Single {
-                device_type,
-                target: raw.target,
-            },
+            (device_type, None, None) if device_type.is_some() || raw.target.is_some() => {
+                Topology::Single {
+                    device_type,
+                    target: raw.target,
+                }
+            }
             (None, Some(roles), None) => Topology::DeviceGroup { roles },
             (None, None, Some(group)) => Topology::VmGroup(group.into_model()),
             _ => return Err(internal("topology not exactly one of three")),
@@ -483,6 +572,33 @@ struct RawTestShell {
 }
 
 #[derive(Deserialize)]
+struct RawCommandRun {
+    commands: Vec<String>,
+    parser: Option<String>,
+    #[serde(default)]
+    fixupdict: Vec<String>,
+    iterations: Option<u32>,
+}
+
+impl RawCommandRun {
+    fn into_model(self) -> CommandRun {
+        CommandRun {
+            commands: self.commands,
+            parser: self.parser,
+            // The schema admits only WORD:RESULT entries; blanks around either are
+            // LAVA's to strip.
+            fixupdict: self
+                .fixupdict
+                .iter()
+                .filter_map(|entry| entry.split_once(':'))
+                .map(|(word, result)| (word.trim().to_string(), result.trim().to_string()))
+                .collect(),
+            iterations: self.iterations.unwrap_or(1),
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct RawRepo {
     inline: TestDefinition,
     #[serde(default)]
@@ -528,7 +644,11 @@ impl RawAction {
                     .collect();
                 Command::LavaTestShell(TestShell { definitions })
             }
-            "submit_results" => Command::SubmitResults,
+            "lava_command_run" => {
+                let raw: RawCommandRun = serde_json::from_value(params).map_err(internal)?;
+                Command::LavaCommandRun(raw.into_model())
+            }
+            "submit_results" | "submit_results_on_host" => Command::SubmitResults,
             other => return Err(internal(format!("unknown command {other}"))),
         };
         Ok(Action {

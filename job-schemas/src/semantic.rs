@@ -16,6 +16,29 @@ use crate::{pointer, suggest, urls};
 /// Top-level keys LAVA's scheduler writes into sub-jobs itself and refuses from users.
 const RESERVED_KEYS: [&str; 4] = ["target_group", "group_size", "sub_id", "role"];
 
+/// The top-level keys the dispatcher reads; any other is accepted with a warning, as
+/// LAVA v1 accepted (and ignored) keys it did not know.
+const KNOWN_KEYS: [&str; 12] = [
+    "job_name",
+    "timeout",
+    "logging_level",
+    "priority",
+    "tags",
+    "device_type",
+    "target",
+    "health_check",
+    "metadata",
+    "device_group",
+    "vm_group",
+    "actions",
+];
+
+/// Commands LAVA v1 used to send results to its dashboard. The dispatcher keeps results
+/// itself, so these are accepted and ignored whole, parameters included.
+pub(crate) fn is_result_submission(command: &str) -> bool {
+    matches!(command, "submit_results" | "submit_results_on_host")
+}
+
 /// The role a `vm_group` host plays when the job names none.
 pub(crate) const DEFAULT_HOST_ROLE: &str = "host";
 
@@ -49,6 +72,7 @@ pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
             )),
         );
     }
+    check_unknown_keys(top, &mut out);
     check_topology(top, &mut out);
     check_timeouts(job, &mut out);
     if let Some(priority) = top.get("priority") {
@@ -65,15 +89,38 @@ pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
     out
 }
 
+/// LAVA v1 accepted any top-level key (`health-check`, `image_type`...) and ignored
+/// those it did not use: so does the dispatcher, saying so, with a hint when the key is
+/// a likely typo of one it reads.
+fn check_unknown_keys(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic>) {
+    for key in top.keys() {
+        if KNOWN_KEYS.contains(&key.as_str()) || is_reserved_key(key) {
+            continue;
+        }
+        let diagnostic = Diagnostic::warning(
+            pointer::push("", key),
+            format!("unknown key \"{key}\" is ignored"),
+        );
+        out.push(match suggest::did_you_mean(key, KNOWN_KEYS) {
+            Some(hint) => diagnostic.hint(hint),
+            None => {
+                diagnostic.hint("LAVA v1 ignored keys it did not know; so does this dispatcher")
+            }
+        });
+    }
+}
+
 fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic>) {
     let present: Vec<&str> = ["device_type", "device_group", "vm_group"]
         .into_iter()
         .filter(|k| top.contains_key(*k))
         .collect();
     match present.as_slice() {
+        // A target alone names the device, whose type the lab knows.
+        [] if top.contains_key("target") => {}
         [] => out.push(
             Diagnostic::error("", "the job does not say where to run")
-                .expected("exactly one of device_type, device_group or vm_group")
+                .expected("exactly one of device_type (or target), device_group or vm_group")
                 .found("none of them"),
         ),
         [_] => {}
@@ -90,7 +137,9 @@ fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic
             }
         }
     }
-    if top.contains_key("target") && !top.contains_key("device_type") {
+    if top.contains_key("target")
+        && (top.contains_key("device_group") || top.contains_key("vm_group"))
+    {
         out.push(
             Diagnostic::error(
                 "/target",
@@ -329,8 +378,12 @@ fn check_timeouts(job: &Value, out: &mut Vec<Diagnostic>) {
         check("/timeout".to_string(), timeout);
     }
     for (i, action) in actions(job) {
-        // submit_results is ignored whole, its parameters included.
-        if action.get("command").and_then(Value::as_str) == Some("submit_results") {
+        // Result submissions are ignored whole, their parameters included.
+        if action
+            .get("command")
+            .and_then(Value::as_str)
+            .is_some_and(is_result_submission)
+        {
             continue;
         }
         if let Some(timeout) = action.pointer("/parameters/timeout") {
@@ -507,7 +560,7 @@ pub fn url_parameters(command: &str) -> &'static [&'static str] {
 fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
     let job_timeout = job.get("timeout").and_then(Value::as_u64);
     // With two topologies the role checks would only echo that conflict.
-    let single_device = job.get("device_type").is_some()
+    let single_device = (job.get("device_type").is_some() || job.get("target").is_some())
         && job.get("device_group").is_none()
         && job.get("vm_group").is_none();
     // The same for every action naming an unknown role: built once.
@@ -522,10 +575,13 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
             .and_then(Value::as_str)
             .unwrap_or_default();
         let params = action.get("parameters");
-        if command == "submit_results" {
+        if is_result_submission(command) {
             out.push(
-                Diagnostic::warning(pointer::push(&at, "command"), "submit_results is ignored")
-                    .hint("results are kept by the dispatcher: GET /api/v1/jobs/{id}/results"),
+                Diagnostic::warning(
+                    pointer::push(&at, "command"),
+                    format!("{command} is ignored"),
+                )
+                .hint("results are kept by the dispatcher: GET /api/v1/jobs/{id}/results"),
             );
             continue;
         }
@@ -582,6 +638,27 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
         }
         if command == "lava_test_shell" {
             check_test_shell(&at, params, ctx, out);
+        }
+        if command == "lava_command_run"
+            && let Some(parser) = params.and_then(|p| p.get("parser")).and_then(Value::as_str)
+        {
+            check_parse_pattern(&format!("{at}/parameters/parser"), parser, out);
+        }
+        if command == "lava_command_run"
+            && let Some(value) = params.and_then(|p| p.get("iterations"))
+        {
+            // The typed job holds it as a u32.
+            let max = u64::from(u32::MAX);
+            let at = format!("{at}/parameters/iterations");
+            if let Some(n) = integer_at(&at, value, "iterations", 1, max, out)
+                && n > max
+            {
+                out.push(
+                    Diagnostic::error(at, format!("iterations {n} is out of range"))
+                        .expected(format!("an integer from 1 to {max}"))
+                        .found(n.to_string()),
+                );
+            }
         }
     }
 }
@@ -690,7 +767,10 @@ fn check_vms(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
                 None => roleless_deploys.push(format!("/actions/{i}")),
             }
         }
-        if command == "lava_test_shell" && role.is_none_or(|r| r == host_role) {
+        // Commands of a lava_command_run can call lava-start-vms as a test shell can.
+        if matches!(command, "lava_test_shell" | "lava_command_run")
+            && role.is_none_or(|r| r == host_role)
+        {
             host_has_test_shell = true;
         }
     }

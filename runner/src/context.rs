@@ -193,7 +193,7 @@ impl<'a> GroupContext<'a> {
         {
             let _section = self.log.section(Some(node), "test");
             let dir = format!("/tmp/lava-{}/tests/{index}", self.settings.job_id);
-            let definitions = self.definitions(shell, index).await?;
+            let definitions = self.definitions(&shell, index).await?;
             let files = self.scripts(node, role, &definitions, &dir, None);
             for (path, content) in &files {
                 files::write_console_file(console, prompt, path, content)

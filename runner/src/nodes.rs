@@ -2,6 +2,9 @@
 //! images each VM boots, and which test shells each node runs, all read from the typed
 //! job before anything is started.
 
+use std::borrow::Cow;
+
+use crate::testdef;
 use job_schemas::{Command, Job, NodeKind, RoleSpec, TestShell, VmGroup, VmSpec};
 use url::Url;
 
@@ -100,11 +103,16 @@ pub fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls 
     images
 }
 
-/// The test shells a role runs, in job order, with their timeouts (seconds).
-pub fn test_shells<'a>(job: &'a Job, role: &'a str) -> Vec<(&'a TestShell, Option<u64>)> {
+/// The test shells a role runs, in job order, with their timeouts (seconds): its
+/// `lava_test_shell` actions, and its `lava_command_run` actions as the shells that run
+/// their commands (`testdef::command_run_shell`).
+pub fn test_shells<'a>(job: &'a Job, role: &'a str) -> Vec<(Cow<'a, TestShell>, Option<u64>)> {
     job.actions_for(role)
         .filter_map(|a| match &a.command {
-            Command::LavaTestShell(shell) => Some((shell, a.timeout_secs)),
+            Command::LavaTestShell(shell) => Some((Cow::Borrowed(shell), a.timeout_secs)),
+            Command::LavaCommandRun(run) => {
+                Some((Cow::Owned(testdef::command_run_shell(run)), a.timeout_secs))
+            }
             _ => None,
         })
         .collect()

@@ -133,10 +133,13 @@ impl OneShot {
         let Some(assignment) = plan.first() else {
             let wanted: Vec<String> = needs
                 .iter()
-                .map(|n| match &n.hostname {
-                    Some(h) => format!("{h} ({})", n.device_type),
-                    None if n.tags.is_empty() => n.device_type.clone(),
-                    None => format!("{} with tags {:?}", n.device_type, n.tags),
+                .map(|n| {
+                    let device_type = n.device_type.as_deref().unwrap_or("any device type");
+                    match &n.hostname {
+                        Some(h) => format!("{h} ({device_type})"),
+                        None if n.tags.is_empty() => device_type.to_string(),
+                        None => format!("{device_type} with tags {:?}", n.tags),
+                    }
                 })
                 .collect();
             return Err(OneShotError::NoDevice(format!(

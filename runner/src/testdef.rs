@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use job_schemas::{Report, TestDefinition};
+use job_schemas::{
+    CommandRun, ParsePattern, Report, Steps, TestDefinition, TestDefinitionSource, TestMetadata,
+    TestShell,
+};
 use proto::signal::Signal;
 use regex::Regex;
 
@@ -77,6 +80,98 @@ pub fn script(
         uuid: None,
     }));
     script
+}
+
+/// The name a `lava_command_run` action's results are reported under, as LAVA v1's.
+pub const COMMAND_RUN_NAME: &str = "lava-command";
+
+/// Results of a `lava_command_run` without a parser: lines `name : result`, LAVA v1's
+/// default (the result word in lower or upper case).
+const DEFAULT_COMMAND_PATTERN: &str =
+    r"^\s*(?P<test_case_id>.*?)\s+:\s+(?P<result>pass|fail|skip|unknown|PASS|FAIL|SKIP|UNKNOWN)";
+
+/// The longest test case name a command gives (the commands themselves can be long).
+const MAX_CASE_NAME: usize = 128;
+
+/// A `lava_command_run` action as the test shell that runs it: one definition whose
+/// steps are the commands, in one shell, each followed by its result (pass when it
+/// exited 0), the list `iterations` times; output lines matching the action's parser
+/// (anchored at the line's start, leading blanks ignored, as LAVA v1 matched) are
+/// results too.
+pub fn command_run_shell(run: &CommandRun) -> TestShell {
+    let mut steps = Vec::new();
+    let looped = run.iterations > 1;
+    if looped {
+        steps.push("lava_command_iteration=0".to_string());
+        steps.push(format!(
+            "while [ \"$lava_command_iteration\" -lt {} ]; do",
+            run.iterations
+        ));
+        steps.push("lava_command_iteration=$((lava_command_iteration + 1))".to_string());
+    }
+    for command in &run.commands {
+        let case = case_name(command);
+        let signal = |result| {
+            shell_quote(
+                &Signal::TestCase(proto::signal::TestCase::new(case.clone(), result)).to_string(),
+            )
+        };
+        // The command on a line of its own, so a trailing `&` or comment stays its own.
+        steps.push(command.clone());
+        steps.push(format!(
+            "if [ $? -eq 0 ]; then echo {}; else echo {}; fi",
+            signal(proto::signal::Outcome::Pass),
+            signal(proto::signal::Outcome::Fail)
+        ));
+    }
+    if looped {
+        steps.push("done".to_string());
+    }
+    let (pattern, fixupdict) = match &run.parser {
+        Some(parser) => (format!(r"^\s*(?:{parser})"), run.fixupdict.clone()),
+        None => (DEFAULT_COMMAND_PATTERN.to_string(), BTreeMap::new()),
+    };
+    TestShell {
+        definitions: vec![TestDefinitionSource::Inline {
+            definition: TestDefinition {
+                metadata: TestMetadata {
+                    name: COMMAND_RUN_NAME.to_string(),
+                    format: None,
+                    description: Some("lava_command_run".to_string()),
+                },
+                params: BTreeMap::new(),
+                install: None,
+                run: Steps { steps },
+                parse: Some(ParsePattern { pattern, fixupdict }),
+            },
+            parameters: BTreeMap::new(),
+        }],
+    }
+}
+
+/// A command as a test case name: LAVA v1 named each case after its command; here
+/// characters a result signal cannot carry become `_`, and a long one is cut.
+fn case_name(command: &str) -> String {
+    let mut name = String::new();
+    for c in command.trim().chars() {
+        let c = if c.is_ascii_alphanumeric() || "._-".contains(c) {
+            c
+        } else {
+            '_'
+        };
+        if !(c == '_' && name.ends_with('_')) {
+            name.push(c);
+        }
+        if name.len() >= MAX_CASE_NAME {
+            break;
+        }
+    }
+    let name = name.trim_matches('_');
+    if name.is_empty() {
+        "command".to_string()
+    } else {
+        name.to_string()
+    }
 }
 
 fn is_shell_name(key: &str) -> bool {
@@ -224,6 +319,86 @@ parse:
             (results[3].measurement, results[3].units.as_deref()),
             (Some(3.5), Some("s"))
         );
+    }
+
+    fn run_command_shell(run: &CommandRun) -> Vec<(String, TestResult)> {
+        let TestDefinitionSource::Inline { definition, .. } =
+            &command_run_shell(run).definitions[0]
+        else {
+            panic!("a command run is an inline definition");
+        };
+        let script = script(definition, &BTreeMap::new(), "0.0_lava-command");
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let parser = ResultParser::new(Some(definition)).unwrap();
+        text.lines()
+            .filter_map(|l| parser.line(l))
+            .map(|r| (r.name, r.result))
+            .collect()
+    }
+
+    #[test]
+    fn command_run_commands_share_one_shell_and_each_is_a_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = CommandRun {
+            commands: vec![
+                format!("cd {}", shell_quote(&dir.path().display().to_string())),
+                "export WORD=kept".to_string(),
+                "test \"$WORD\" = kept && test -d .".to_string(),
+                "false".to_string(),
+                "echo 'bench : PASS' # a comment".to_string(),
+                "echo '   latency : fail'".to_string(),
+            ],
+            parser: None,
+            fixupdict: BTreeMap::new(),
+            iterations: 1,
+        };
+        let results = run_command_shell(&run);
+        let pass = TestResult::Pass;
+        let fail = TestResult::Fail;
+        assert_eq!(
+            results,
+            [
+                (case_name(&run.commands[0]), pass),
+                ("export_WORD_kept".to_string(), pass),
+                ("test_WORD_kept_test_-d_.".to_string(), pass),
+                // A failing command is a failed case; the next ones still run.
+                ("false".to_string(), fail),
+                ("bench".to_string(), pass),
+                ("echo_bench_PASS_a_comment".to_string(), pass),
+                ("latency".to_string(), fail),
+                ("echo_latency_fail".to_string(), pass),
+            ]
+        );
+    }
+
+    #[test]
+    fn command_run_parser_fixupdict_and_iterations() {
+        let run = CommandRun {
+            commands: vec!["echo 'selftests: timers [PASS]'; echo 'selftests: net [SKIP]'; echo 'x selftests: y [FAIL]'".to_string()],
+            parser: Some(r"selftests:\s(?P<test_case_id>\S+)\s\[(?P<result>\w+)\]".to_string()),
+            fixupdict: BTreeMap::from([
+                ("PASS".to_string(), "pass".to_string()),
+                ("SKIP".to_string(), "skip".to_string()),
+            ]),
+            iterations: 2,
+        };
+        let results = run_command_shell(&run);
+        let case = case_name(&run.commands[0]);
+        let once = [
+            ("timers".to_string(), TestResult::Pass),
+            ("net".to_string(), TestResult::Skip),
+            // Not at the start of its line: LAVA v1 matched from the start only.
+            (case, TestResult::Pass),
+        ];
+        let twice: Vec<_> = once.iter().chain(once.iter()).cloned().collect();
+        assert_eq!(results, twice);
+        assert!(case_name(&"x".repeat(500)).len() <= MAX_CASE_NAME);
+        assert_eq!(case_name("  <>  "), "command");
     }
 
     #[test]

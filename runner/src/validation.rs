@@ -128,6 +128,9 @@ fn topology_pointer(job: &job_schemas::Job) -> &'static str {
     match &job.topology {
         Topology::VmGroup(_) => "/vm_group/host/device_type",
         Topology::DeviceGroup { .. } => "/device_group",
+        Topology::Single {
+            target: Some(_), ..
+        } => "/target",
         Topology::Single { .. } => "/device_type",
     }
 }

@@ -26,7 +26,8 @@ pub struct DeviceView {
 /// One device a job needs (one per node that runs on a device of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Need {
-    pub device_type: String,
+    /// `None`: any type (a job naming only its `target` device).
+    pub device_type: Option<String>,
     pub tags: BTreeSet<String>,
     /// A particular device (`target` of a single-device job).
     pub hostname: Option<String>,
@@ -72,7 +73,7 @@ pub fn needs(job: &job_schemas::Job) -> Vec<Need> {
     let tags = |t: &[String]| t.iter().cloned().collect::<BTreeSet<String>>();
     match &job.topology {
         Topology::VmGroup(group) => vec![Need {
-            device_type: group.host_device_type.clone(),
+            device_type: Some(group.host_device_type.clone()),
             tags: tags(&group.host_tags),
             hostname: None,
         }],
@@ -88,7 +89,7 @@ pub fn needs(job: &job_schemas::Job) -> Vec<Need> {
             .iter()
             .flat_map(|r| {
                 (0..r.count).map(|_| Need {
-                    device_type: r.device_type.clone(),
+                    device_type: Some(r.device_type.clone()),
                     tags: tags(&r.tags),
                     hostname: None,
                 })
@@ -98,7 +99,9 @@ pub fn needs(job: &job_schemas::Job) -> Vec<Need> {
 }
 
 fn fits(need: &Need, device: &DeviceView) -> bool {
-    device.device_type == need.device_type
+    need.device_type
+        .as_ref()
+        .is_none_or(|t| *t == device.device_type)
         && need.tags.is_subset(&device.tags)
         && need.hostname.as_ref().is_none_or(|h| *h == device.hostname)
 }
@@ -167,7 +170,10 @@ pub fn shortfall(needs: &[Need], devices: &[DeviceView]) -> Option<String> {
     for (need, wanted) in kinds {
         let have = present.iter().filter(|i| fits(need, &devices[**i])).count();
         if have < wanted {
-            let mut what = format!("device_type \"{}\"", need.device_type);
+            let mut what = match &need.device_type {
+                Some(device_type) => format!("device_type \"{device_type}\""),
+                None => "any device type".to_string(),
+            };
             if !need.tags.is_empty() {
                 let tags: Vec<&str> = need.tags.iter().map(String::as_str).collect();
                 what.push_str(&format!(" with tags {}", tags.join(", ")));
@@ -251,7 +257,7 @@ mod tests {
 
     fn need(kind: &str, tags: &[&str]) -> Need {
         Need {
-            device_type: kind.into(),
+            device_type: Some(kind.into()),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             hostname: None,
         }
@@ -363,5 +369,40 @@ mod tests {
         assert_eq!(shortfall(&vec![need("kvm", &[]); 2], &some_down), None);
         some_down[0].health = DeviceHealth::Retired;
         assert!(shortfall(&vec![need("kvm", &[]); 2], &some_down).is_some());
+    }
+
+    #[test]
+    fn a_target_gets_exactly_that_device_whatever_its_type() {
+        let devices = vec![
+            device("kvm-01", "kvm", &[]),
+            device("panda-01", "panda", &[]),
+            device("kvm-02", "kvm", &[]),
+        ];
+        let by_name = |hostname: &str, device_type: Option<&str>| Need {
+            device_type: device_type.map(str::to_string),
+            tags: BTreeSet::new(),
+            hostname: Some(hostname.to_string()),
+        };
+        let job = request(1, 50, 0, vec![by_name("kvm-02", None)]);
+        assert_eq!(
+            plan(&[job], &devices, Policy::default())[0].devices,
+            vec!["kvm-02".to_string()]
+        );
+        // Busy: the job waits for it rather than taking another of its type.
+        let mut busy = devices.clone();
+        busy[2].state = DeviceState::Running(7);
+        let job = request(1, 50, 0, vec![by_name("kvm-02", None)]);
+        assert!(plan(&[job], &busy, Policy::default()).is_empty());
+        // A type that the named device does not have, or a name the lab lacks.
+        assert_eq!(
+            shortfall(&[by_name("kvm-02", Some("panda"))], &devices).as_deref(),
+            Some(
+                "the job needs 1 device(s) of device_type \"panda\" named \"kvm-02\"; the lab has 0"
+            )
+        );
+        assert_eq!(
+            shortfall(&[by_name("panda01", None)], &devices).as_deref(),
+            Some("the job needs 1 device(s) of any device type named \"panda01\"; the lab has 0")
+        );
     }
 }

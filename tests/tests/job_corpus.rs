@@ -139,3 +139,28 @@ fn the_seed_job_routes_actions_to_roles_like_lava() {
         assert_eq!(job.actions_for(role).count(), 2, "{role}");
     }
 }
+
+#[test]
+fn a_target_is_checked_against_the_lab_before_running() {
+    let lab = Lab::builtin().unwrap();
+    let job = |target: &str| {
+        format!(
+            r#"{{"timeout": 60, "target": "{target}", "actions": [{{"command": "boot_linaro_image"}},
+            {{"command": "lava_command_run", "parameters": {{"commands": ["true"]}}}}]}}"#
+        )
+    };
+    // The format is fine either way; only the lab knows which devices exist.
+    assert!(validation::validate_job(&job("panda01"), &lab, &policy()).is_ok());
+    let report = validation::validate_for_run(&job("panda01"), &lab, &policy()).unwrap_err();
+    let errors: Vec<(&str, &str)> = report
+        .errors()
+        .map(|d| (d.pointer.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            "/target",
+            "the job needs 1 device(s) of any device type named \"panda01\"; the lab has 0"
+        )]
+    );
+}
