@@ -375,3 +375,52 @@ fn assert_nothing_runs_from(dir: &Path, what: &str) {
         "{what}"
     );
 }
+
+/// A LAVA v1 job naming its device by `target` (no `device_type`) and running
+/// `lava_command_run`: it runs on exactly that device of two, each command in one shell
+/// on the guest's console is a case (a failing one fails only itself), output lines
+/// are results through the default pattern or the job's parser, and no VM is left.
+#[test]
+fn lava_command_run_on_the_device_named_by_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("command-run-on-target.json", "kvm", dir.path());
+    let devices = kvm_devices(dir.path(), &["kvm-01", "kvm-02"]);
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "device.lava-command.cd_proc",
+            // Run in the directory the previous command changed to.
+            "device.lava-command.test_-r_version",
+            "device.lava-command.export_GREETING_hello",
+            // With the variable the previous command exported.
+            "device.lava-command.test_GREETING_hello",
+            "device.lava-command.answer",
+            "device.lava-command.check",
+        ],
+    );
+    assert_eq!(
+        result_of(&report, "device.lava-command.false").as_deref(),
+        Some("fail"),
+        "{report:#}"
+    );
+    assert_eq!(
+        result_of(&report, "device.lava-command.other").as_deref(),
+        Some("fail"),
+        "{report:#}"
+    );
+    // Twice: the second action's commands ran for each of its two iterations.
+    let checks = results(&report)
+        .into_iter()
+        .filter(|(name, _)| name == "device.lava-command.check")
+        .count();
+    assert_eq!(checks, 2, "{report:#}");
+    // A failed case fails the tests, not the job.
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 1, "a failed case exits 1");
+    let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
+    assert!(log.contains("starting kvm-02 on this machine"), "{log}");
+    assert!(!log.contains("starting kvm-01"), "{log}");
+    assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
+}
