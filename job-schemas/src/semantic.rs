@@ -18,7 +18,7 @@ const RESERVED_KEYS: [&str; 4] = ["target_group", "group_size", "sub_id", "role"
 
 /// The top-level keys the dispatcher reads; any other is accepted with a warning, as
 /// LAVA v1 accepted (and ignored) keys it did not know.
-const KNOWN_KEYS: [&str; 12] = [
+pub(crate) const KNOWN_KEYS: [&str; 12] = [
     "job_name",
     "timeout",
     "logging_level",

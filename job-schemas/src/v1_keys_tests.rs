@@ -230,3 +230,19 @@ fn a_lava_v2_yaml_job_is_refused_in_one_line_saying_so() {
     };
     assert!(report.errors().all(|d| !d.message.contains("LAVA v2")));
 }
+
+#[test]
+fn the_known_top_level_keys_are_the_schemas() {
+    let schema: serde_json::Value = serde_json::from_str(crate::JOB_SCHEMA).unwrap_or_default();
+    let mut in_schema: Vec<&str> = schema["properties"]
+        .as_object()
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut known = crate::semantic::KNOWN_KEYS.to_vec();
+    in_schema.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(
+        in_schema, known,
+        "a key the schema describes would be warned about"
+    );
+}
