@@ -33,9 +33,10 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member, NodeKind,
-    ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
-    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
+    Action, Command, DEFAULT_TESTDEF, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member,
+    NodeKind, ParsePattern, Priority, RepoDefinition, RepoSource, RoleSpec, SINGLE_DEVICE_ROLE,
+    ScalarValue, Steps, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology,
+    VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};

@@ -86,6 +86,21 @@ pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Val
             Some(Diagnostic::error(pointer, refused).found(text))
         })
         .collect();
+    problems.extend(repo_urls(&value).into_iter().filter_map(|(pointer, text)| {
+        let url = url::Url::parse(&text).ok()?;
+        let refused = if url.scheme() == "file" {
+            let path = url.to_file_path().ok()?;
+            format!(
+                "repository refused: {}",
+                policy.fetch.local_dir(&path).err()?
+            )
+        } else {
+            // Only the scheme differs from an image's URL: the host is checked alike.
+            let as_http = url::Url::parse(&format!("http://{}/", url.host_str()?)).ok()?;
+            format!("URL refused: {}", policy.fetch.check_url(&as_http).err()?)
+        };
+        Some(Diagnostic::error(pointer, refused).found(text))
+    }));
     if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &views(lab)) {
         problems.push(
             Diagnostic::error(topology_pointer(&validated.job), shortfall)
@@ -132,6 +147,31 @@ fn topology_pointer(job: &job_schemas::Job) -> &'static str {
     }
 }
 
+/// `(JSON pointer, URL)` of every repository a job's test shells name (`git-repo`, and
+/// `bzr-repo` when it is a URL rather than a Launchpad name).
+fn repo_urls(job: &Value) -> Vec<(String, String)> {
+    let mut urls = Vec::new();
+    let actions = job.get("actions").and_then(Value::as_array);
+    for (i, action) in actions.into_iter().flatten().enumerate() {
+        let repos = action
+            .pointer("/parameters/testdef_repos")
+            .and_then(Value::as_array);
+        for (j, repo) in repos.into_iter().flatten().enumerate() {
+            for key in ["git-repo", "bzr-repo"] {
+                if let Some(url) = repo.get(key).and_then(Value::as_str)
+                    && !url.starts_with("lp:")
+                {
+                    urls.push((
+                        format!("/actions/{i}/parameters/testdef_repos/{j}/{key}"),
+                        url.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    urls
+}
+
 /// `(JSON pointer, URL)` of every image and test-definition URL in a job.
 fn job_urls(job: &Value) -> Vec<(String, String)> {
     let mut urls = Vec::new();
@@ -157,6 +197,17 @@ fn job_urls(job: &Value) -> Vec<(String, String)> {
         for (j, url) in testdefs.into_iter().flatten().enumerate() {
             if let Some(url) = strings(Some(url)) {
                 urls.push((format!("/actions/{i}/parameters/testdef_urls/{j}"), url));
+            }
+        }
+        let repos = params
+            .and_then(|p| p.get("testdef_repos"))
+            .and_then(Value::as_array);
+        for (j, repo) in repos.into_iter().flatten().enumerate() {
+            if let Some(url) = strings(repo.get("url")) {
+                urls.push((
+                    format!("/actions/{i}/parameters/testdef_repos/{j}/url"),
+                    url,
+                ));
             }
         }
     }
