@@ -213,3 +213,76 @@ fn job_urls(job: &Value) -> Vec<(String, String)> {
     }
     urls
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a panic is a failure report.
+
+    use std::path::PathBuf;
+
+    use super::*;
+    use hostctl::fetch::FetchLimits;
+
+    fn job(repos: &[Value]) -> String {
+        serde_json::json!({
+            "timeout": 60,
+            "device_type": "kvm",
+            "actions": [{"command": "lava_test_shell", "parameters": {"testdef_repos": repos}}]
+        })
+        .to_string()
+    }
+
+    fn pointers(report: &Report) -> Vec<String> {
+        report.errors().map(|d| d.pointer.clone()).collect()
+    }
+
+    #[test]
+    fn repositories_are_checked_against_the_labs_fetch_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repos");
+        std::fs::create_dir_all(root.join("tests.git")).unwrap();
+        std::fs::write(root.join("file.yaml"), "x").unwrap();
+        let policy = JobPolicy {
+            fetch: Arc::new(FetchPolicy::restricted(
+                std::slice::from_ref(&root),
+                &[],
+                Vec::new(),
+                FetchLimits::default(),
+            )),
+            ..JobPolicy::default()
+        };
+        let lab = Lab::builtin().unwrap();
+        let url = |p: PathBuf| format!("file://{}", p.display());
+        let fine = job(&[serde_json::json!({"git-repo": url(root.join("tests.git"))})]);
+        // The built-in lab has device types but no devices: that error is not ours.
+        let repo_errors = |text: &str| match validate_for_run(text, &lab, &policy) {
+            Ok(_) => Vec::new(),
+            Err(report) => pointers(&report)
+                .into_iter()
+                .filter(|p| p != "/device_type")
+                .collect::<Vec<_>>(),
+        };
+        assert_eq!(repo_errors(&fine), Vec::<String>::new());
+        let bad = job(&[
+            // A file, not a repository.
+            serde_json::json!({"git-repo": url(root.join("file.yaml"))}),
+            // Loopback, which this lab does not allow.
+            serde_json::json!({"git-repo": "git://127.0.0.1/tests.git"}),
+            // Launchpad names are not URLs to check here.
+            serde_json::json!({"bzr-repo": "lp:tests"}),
+            serde_json::json!({"url": "http://[::1]/smoke.yaml"}),
+        ]);
+        let report = validate_for_run(&bad, &lab, &policy).unwrap_err();
+        assert_eq!(
+            repo_errors(&bad),
+            [
+                "/actions/0/parameters/testdef_repos/0/git-repo",
+                "/actions/0/parameters/testdef_repos/1/git-repo",
+                "/actions/0/parameters/testdef_repos/3/url",
+            ],
+            "{}",
+            report.render("job")
+        );
+        assert!(report.render("job").contains("is not a directory"));
+    }
+}
