@@ -890,6 +890,85 @@ mod tests {
         ));
     }
 
+    /// A static HTTP server of `dir` on loopback (git's "dumb" HTTP protocol needs
+    /// nothing more): GET only, one thread per connection, until the test ends.
+    fn serve_files(dir: PathBuf) -> u16 {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(&stream);
+                    let mut request = String::new();
+                    reader.read_line(&mut request).unwrap_or_default();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let path = request.split(' ').nth(1).unwrap_or("/");
+                    let path = path.split('?').next().unwrap_or("/");
+                    let body = if path.contains("..") {
+                        None
+                    } else {
+                        std::fs::read(dir.join(path.trim_start_matches('/'))).ok()
+                    };
+                    let mut out = &stream;
+                    let _ = match body {
+                        Some(body) => out
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| out.write_all(&body)),
+                        None => out.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        ),
+                    };
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_fetches_connect_to_the_checked_address_only() {
+        let dir = tempfile::tempdir().unwrap();
+        repository(dir.path());
+        let served = dir.path().join("served");
+        std::fs::create_dir_all(&served).unwrap();
+        sh(
+            dir.path(),
+            "git clone -q --bare tests.git served/tests.git && git -C served/tests.git update-server-info",
+        );
+        let port = serve_files(served);
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/tests.git")).unwrap();
+        // A lab that allows its loopback mirror: the pinned path (checked address,
+        // curl's resolve, no redirects, no proxy) fetches.
+        let lab = Arc::new(FetchPolicy::restricted(
+            &[],
+            &[],
+            vec!["127.0.0.0/8".parse().unwrap()],
+            FetchLimits::default(),
+        ));
+        let cache = RepoCache::new(dir.path().join("cache"), lab);
+        let tree = cache
+            .git(&url, Some("main"), "defs/one.yaml")
+            .await
+            .unwrap();
+        assert_eq!(list(&tree.archive), "echo second\n");
+        // The same URL under a lab that does not allow loopback.
+        let strict = RepoCache::new(dir.path().join("cache2"), policy(&[]));
+        assert!(matches!(
+            strict.git(&url, Some("main"), "defs/one.yaml").await,
+            Err(RepoError::Refused(FetchError::Address { .. }))
+        ));
+    }
+
     #[test]
     fn a_tar_repo_gives_its_definition_and_the_whole_tree() {
         let dir = tempfile::tempdir().unwrap();
