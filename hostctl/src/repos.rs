@@ -348,9 +348,11 @@ impl RepoCache {
         let exported = run_tool(
             url,
             &brz,
+            // No top directory in the archive: the tree's top is the test's.
             &[
                 "export",
                 "--quiet",
+                "--root=",
                 "--format=tgz",
                 &archive_arg,
                 &branch_arg,
@@ -991,6 +993,50 @@ mod tests {
         assert!(matches!(
             cache.tar(b"\x1f\x8bnot gzip", "x"),
             Err(RepoError::Archive(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_bazaar_branch_at_a_revision_through_breezy() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().display().to_string();
+        sh(
+            dir.path(),
+            &format!(
+                "export HOME='{home}' BRZ_LOG=/dev/null && brz init -q src && cd src \
+                 && mkdir -p defs scripts \
+                 && printf 'metadata: {{name: one}}\\nrun: {{steps: [./scripts/a.sh]}}\\n' > defs/one.yaml \
+                 && printf 'echo first\\n' > scripts/a.sh && brz whoami 't <t@t>' && brz add -q \
+                 && brz commit -q -m one && printf 'echo second\\n' > scripts/a.sh \
+                 && brz commit -q -m two"
+            ),
+        );
+        let url = Url::from_directory_path(dir.path().join("src")).unwrap();
+        let cache = cache_in(dir.path());
+        let first = cache
+            .bzr(url.as_str(), Some("1"), "defs/one.yaml")
+            .await
+            .unwrap();
+        assert!(
+            first.definition.contains("name: one"),
+            "{}",
+            first.definition
+        );
+        assert_eq!(list(&first.archive), "echo first\n");
+        let last = cache
+            .bzr(url.as_str(), None, "defs/one.yaml")
+            .await
+            .unwrap();
+        assert_eq!(list(&last.archive), "echo second\n");
+        assert!(matches!(
+            cache.bzr(url.as_str(), None, "lavatest.yaml").await,
+            Err(RepoError::NoDefinition { .. })
+        ));
+        // Outside the lab's roots.
+        let elsewhere = RepoCache::new(dir.path().join("c2"), policy(&[dir.path().join("x")]));
+        assert!(matches!(
+            elsewhere.bzr(url.as_str(), None, "defs/one.yaml").await,
+            Err(RepoError::Refused(FetchError::OutsideRoots { .. }))
         ));
     }
 
