@@ -19,6 +19,8 @@ PACKAGES=(
     chromium         # the web page tests: headless, DOM and screenshots
     fonts-dejavu-core # readable screenshots
     perl             # TAP::Parser (perl-modules) reads the TAP results in tests
+    git              # test definitions from git repositories (the dispatcher fetches with it); git daemon in tests
+    brz              # test definitions from Bazaar branches (bzr-repo), as LAVA v1 fetched them with bzr
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
 # step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that

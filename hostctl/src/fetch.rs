@@ -86,6 +86,8 @@ pub enum FetchError {
     Denied { path: String },
     #[error("{path} is not a regular file")]
     NotAFile { path: String },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
     #[error("{what} is larger than the lab's limit of {limit} bytes ({key})")]
     TooLarge {
         what: String,
@@ -153,6 +155,31 @@ impl FetchPolicy {
     /// The file a `file://` path may be read as: symlinks resolved, under a root, not
     /// denied, a regular file. Callers use the returned path, not the one they had.
     pub fn local_file(&self, path: &Path) -> Result<PathBuf, FetchError> {
+        self.local_entry(path, false)
+    }
+
+    /// The directory a `file://` repository may be read from: as [`Self::local_file`],
+    /// but a directory (a git repository, a Bazaar branch).
+    pub fn local_dir(&self, path: &Path) -> Result<PathBuf, FetchError> {
+        self.local_entry(path, true)
+    }
+
+    fn local_entry(&self, path: &Path, directory: bool) -> Result<PathBuf, FetchError> {
+        let shown = path.display().to_string();
+        let canonical = self.under_roots(path)?;
+        let meta = std::fs::metadata(&canonical).map_err(|e| FetchError::Missing {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        match (directory, meta.is_dir(), meta.is_file()) {
+            (true, true, _) | (false, _, true) => Ok(canonical),
+            (true, ..) => Err(FetchError::NotADirectory { path: shown }),
+            (false, ..) => Err(FetchError::NotAFile { path: shown }),
+        }
+    }
+
+    /// `path` with symlinks resolved, under a root and not denied.
+    fn under_roots(&self, path: &Path) -> Result<PathBuf, FetchError> {
         let shown = path.display().to_string();
         if let FileAccess::Under { roots, .. } = &self.files
             && roots.is_empty()
@@ -177,13 +204,6 @@ impl FetchPolicy {
             if denied.iter().any(|d| canonical.starts_with(d)) {
                 return Err(FetchError::Denied { path: shown });
             }
-        }
-        let meta = std::fs::metadata(&canonical).map_err(|e| FetchError::Missing {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
-        if !meta.is_file() {
-            return Err(FetchError::NotAFile { path: shown });
         }
         Ok(canonical)
     }

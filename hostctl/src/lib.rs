@@ -3,6 +3,7 @@
 //! * [`ssh`]: SSH sessions and SFTP to host devices, with host-key checks;
 //! * [`transfer`]: files onto a host through its SHA-256 cache;
 //! * [`fetch`] and [`images`]: what a job may fetch and the local image store;
+//! * [`repos`]: test definition trees (git, Bazaar, tar) fetched and cached here;
 //! * [`console`]: serial consoles, their logs and prompt waits;
 //! * [`launch`]: the one qemu command line of a VM, its MAC addresses and group LAN;
 //! * [`vm`] and [`local`]: qemu VMs launched here or on a host, QMP, local processes;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod images;
 pub mod launch;
 pub mod local;
+pub mod repos;
 pub mod ssh;
 pub mod transfer;
 pub mod vm;

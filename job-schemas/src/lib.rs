@@ -35,9 +35,10 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, CommandRun, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member,
-    NodeKind, PackageManager, ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue,
-    Steps, TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology,
+    Action, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GroupRole, Job,
+    LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority, RepoDefinition,
+    RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TargetType, TestDefinition,
+    TestDefinitionSource, TestMetadata, TestShell, Topology,
     VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;

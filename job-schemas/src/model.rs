@@ -266,6 +266,42 @@ pub enum TestDefinitionSource {
         definition: TestDefinition,
         parameters: BTreeMap<String, String>,
     },
+    /// A definition inside a repository or archive (`testdef_repos` with `git-repo`,
+    /// `bzr-repo`, `tar-repo` or `url`): the whole tree goes to the node.
+    Repository(RepoDefinition),
+}
+
+/// LAVA v1's default definition path inside a repository.
+pub const DEFAULT_TESTDEF: &str = "lavatest.yaml";
+
+/// A test definition that lives in a tree of files.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepoDefinition {
+    pub source: RepoSource,
+    /// The definition's path inside the tree, relative to its top.
+    pub testdef: String,
+    /// The job's values over the definition's `params`.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Where a definition's tree comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepoSource {
+    /// `revision`: a branch, tag or commit; `None`: the repository's HEAD.
+    Git { url: Url, revision: Option<String> },
+    /// `url` as written (Bazaar also has `lp:` names); `revision`: a revision spec.
+    Bzr {
+        url: String,
+        revision: Option<String>,
+    },
+    /// The archive's bytes (decoded from base64 at validation).
+    Tar {
+        #[serde(skip)]
+        archive: Vec<u8>,
+    },
+    /// One definition file; the tree is that file alone.
+    File { url: Url },
 }
 
 /// A test definition in LAVA's format (the same whether inline or fetched as YAML).
@@ -600,9 +636,61 @@ impl RawCommandRun {
 
 #[derive(Deserialize)]
 struct RawRepo {
-    inline: TestDefinition,
+    inline: Option<TestDefinition>,
+    #[serde(rename = "git-repo")]
+    git_repo: Option<Url>,
+    #[serde(rename = "bzr-repo")]
+    bzr_repo: Option<String>,
+    #[serde(rename = "tar-repo")]
+    tar_repo: Option<String>,
+    url: Option<Url>,
+    testdef: Option<String>,
+    revision: Option<String>,
     #[serde(default)]
     parameters: BTreeMap<String, ScalarValue>,
+}
+
+impl RawRepo {
+    fn into_model(self) -> Result<TestDefinitionSource, InternalError> {
+        let parameters: BTreeMap<String, String> = self
+            .parameters
+            .into_iter()
+            .map(|(k, v)| (k, v.as_shell_text()))
+            .collect();
+        if let Some(definition) = self.inline {
+            return Ok(TestDefinitionSource::Inline {
+                definition,
+                parameters,
+            });
+        }
+        let revision = self.revision;
+        let (source, testdef) = if let Some(url) = self.git_repo {
+            (RepoSource::Git { url, revision }, self.testdef)
+        } else if let Some(url) = self.bzr_repo {
+            (RepoSource::Bzr { url, revision }, self.testdef)
+        } else if let Some(text) = self.tar_repo {
+            let archive = crate::semantic::decode_base64(&text)
+                .ok_or_else(|| internal("tar-repo is not base64"))?;
+            (RepoSource::Tar { archive }, self.testdef)
+        } else if let Some(url) = self.url {
+            // LAVA v1: the definition is the downloaded file, named as the URL's last
+            // segment.
+            let name = url
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_TESTDEF)
+                .to_string();
+            (RepoSource::File { url }, Some(name))
+        } else {
+            return Err(internal("testdef_repos entry with no source"));
+        };
+        Ok(TestDefinitionSource::Repository(RepoDefinition {
+            source,
+            testdef: testdef.unwrap_or_else(|| DEFAULT_TESTDEF.to_string()),
+            parameters,
+        }))
+    }
 }
 
 impl RawAction {
@@ -631,17 +719,9 @@ impl RawAction {
                     .testdef_urls
                     .into_iter()
                     .map(TestDefinitionSource::Url)
-                    .chain(raw.testdef_repos.into_iter().map(|repo| {
-                        TestDefinitionSource::Inline {
-                            definition: repo.inline,
-                            parameters: repo
-                                .parameters
-                                .into_iter()
-                                .map(|(k, v)| (k, v.as_shell_text()))
-                                .collect(),
-                        }
-                    }))
-                    .collect();
+                    .map(Ok)
+                    .chain(raw.testdef_repos.into_iter().map(RawRepo::into_model))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Command::LavaTestShell(TestShell { definitions })
             }
             "lava_command_run" => {

@@ -93,6 +93,40 @@ fn translate(error: &ValidationError<'_>) -> Vec<Diagnostic> {
                     .found(found(instance)),
             ]
         }
+        // The schema's `oneOf`s are lists of `{"required": [key]}`: exactly one of
+        // those keys.
+        ValidationErrorKind::OneOfNotValid { .. }
+        | ValidationErrorKind::OneOfMultipleValid { .. } => {
+            let keys: Vec<&str> = parent
+                .and_then(|p| p.get("oneOf"))
+                .and_then(Value::as_array)
+                .map(|alternatives| {
+                    alternatives
+                        .iter()
+                        .filter_map(|a| a.pointer("/required/0").and_then(Value::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let present: Vec<&str> = keys
+                .iter()
+                .copied()
+                .filter(|k| instance.get(*k).is_some())
+                .collect();
+            let message = if present.is_empty() {
+                "none of the keys that say what this is"
+            } else {
+                "more than one of the keys that say what this is"
+            };
+            vec![
+                Diagnostic::error(&at, message)
+                    .expected(format!("exactly one of {}", keys.join(", ")))
+                    .found(if present.is_empty() {
+                        "none".to_string()
+                    } else {
+                        present.join(", ")
+                    }),
+            ]
+        }
         ValidationErrorKind::Minimum { limit } => {
             vec![out_of_range(&at, instance, format!("at least {limit}"))]
         }

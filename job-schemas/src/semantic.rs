@@ -689,6 +689,20 @@ fn check_test_shell(
         }
     }
     for (j, repo) in repos.into_iter().flatten().enumerate() {
+        check_repo(
+            &format!("{at}/parameters/testdef_repos/{j}"),
+            repo,
+            ctx,
+            out,
+        );
+        if let Some(text) = repo.get("url").and_then(Value::as_str) {
+            check_url_at(
+                &format!("{at}/parameters/testdef_repos/{j}/url"),
+                text,
+                ctx,
+                out,
+            );
+        }
         let pattern_at = format!("{at}/parameters/testdef_repos/{j}/inline/parse/pattern");
         if let Some(pattern) = repo
             .pointer("/inline/parse/pattern")
@@ -696,6 +710,121 @@ fn check_test_shell(
         {
             check_parse_pattern(&pattern_at, pattern, out);
         }
+    }
+}
+
+/// A `tar-repo`'s archive: standard base64, line breaks allowed (LAVA v1 read it with
+/// Python's `base64.decode`, which skips them).
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+}
+
+/// One `testdef_repos` entry beyond the schema: its source's URL under the policy,
+/// `testdef` and `revision` only where they mean something, `testdef` a relative path
+/// that stays inside the tree, `tar-repo` real base64.
+fn check_repo(at: &str, repo: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
+    let text = |key: &str| repo.get(key).and_then(Value::as_str);
+    for (key, schemes) in [
+        ("git-repo", &["git", "http", "https", "file"]),
+        ("bzr-repo", &["bzr", "http", "https", "file"]),
+    ] {
+        // Launchpad's short names (`lp:project`) are what most bzr jobs use.
+        if let Some(url) = text(key).filter(|u| key == "git-repo" || !u.starts_with("lp:")) {
+            check_repo_url(&pointer::push(at, key), url, schemes, ctx, out);
+        }
+    }
+    if let Some(archive) = text("tar-repo")
+        && decode_base64(archive).is_none()
+    {
+        out.push(
+            Diagnostic::error(
+                pointer::push(at, "tar-repo"),
+                "tar-repo is not valid base64",
+            )
+            .expected("a tar archive encoded in standard base64"),
+        );
+    }
+    let is_tree = ["git-repo", "bzr-repo", "tar-repo"]
+        .iter()
+        .any(|k| repo.get(*k).is_some());
+    if let Some(path) = text("testdef") {
+        // With no source at all, the schema already said so.
+        if !is_tree && (repo.get("inline").is_some() || repo.get("url").is_some()) {
+            out.push(
+                Diagnostic::error(
+                    pointer::push(at, "testdef"),
+                    "testdef has no meaning without git-repo, bzr-repo or tar-repo",
+                )
+                .hint("inline definitions are the definition; a url names its file itself"),
+            );
+        }
+        let climbs = std::path::Path::new(path).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if climbs {
+            out.push(
+                Diagnostic::error(
+                    pointer::push(at, "testdef"),
+                    "testdef must be a path inside the repository",
+                )
+                .expected("a relative path without \"..\", such as tests/smoke.yaml")
+                .found(format!("\"{path}\"")),
+            );
+        }
+    }
+    if repo.get("revision").is_some()
+        && repo.get("git-repo").is_none()
+        && repo.get("bzr-repo").is_none()
+    {
+        out.push(
+            Diagnostic::error(
+                pointer::push(at, "revision"),
+                "revision has no meaning without git-repo or bzr-repo",
+            )
+            .hint("remove it, or name the repository it is a revision of"),
+        );
+    }
+}
+
+/// A repository's URL: one of `schemes`; `file://` under the lab's roots (a directory,
+/// so only the lexical check here); network URLs with a host.
+fn check_repo_url(
+    at: &str,
+    text: &str,
+    schemes: &[&str],
+    ctx: &ValidationContext,
+    out: &mut Vec<Diagnostic>,
+) {
+    let expected = format!(
+        "a URL with scheme {} (file:// under an allowed root)",
+        schemes.join(", ")
+    );
+    let problem = match url::Url::parse(text) {
+        Err(err) => Some(format!("not a URL: {err}")),
+        Ok(url) if !schemes.contains(&url.scheme()) => {
+            Some(format!("unsupported URL scheme \"{}\"", url.scheme()))
+        }
+        Ok(url) if url.scheme() == "file" => urls::check_url(text, &ctx.file_roots)
+            .err()
+            .map(|e| e.to_string()),
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+            Some("the URL has no host".to_string())
+        }
+        Ok(_) => None,
+    };
+    if let Some(problem) = problem {
+        out.push(
+            Diagnostic::error(at, format!("repository URL refused: {problem}"))
+                .expected(expected)
+                .found(format!("\"{text}\"")),
+        );
     }
 }
 

@@ -272,3 +272,43 @@ fn a_role_named_like_another_roles_numbered_node_is_refused_at_its_role() {
         ])
     );
 }
+
+#[test]
+fn testdef_repos_become_typed_sources_with_lava_v1_defaults() {
+    use crate::{Command, DEFAULT_TESTDEF, RepoSource, TestDefinitionSource};
+    // A tar archive's bytes, with a line break inside the base64 as LAVA v1 allowed.
+    let job = r#"{"timeout": 60, "device_type": "kvm", "actions": [
+      {"command": "lava_test_shell", "parameters": {"testdef_repos": [
+        {"git-repo": "git://example.org/t.git", "revision": "stable", "parameters": {"N": 3}},
+        {"git-repo": "https://example.org/t.git", "testdef": "a/b.yaml"},
+        {"bzr-repo": "lp:tests"},
+        {"tar-repo": "aGVs\nbG8="},
+        {"url": "https://example.org/defs/smoke.yaml", "parameters": {"X": true}}
+      ]}}]}"#;
+    let validated = validate_str(job, &context()).unwrap();
+    let Command::LavaTestShell(shell) = &validated.job.actions[0].command else {
+        panic!("not a test shell");
+    };
+    let repos: Vec<_> = shell
+        .definitions
+        .iter()
+        .map(|d| match d {
+            TestDefinitionSource::Repository(r) => r,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(matches!(
+        &repos[0].source,
+        RepoSource::Git { url, revision: Some(r) } if url.as_str() == "git://example.org/t.git" && r == "stable"
+    ));
+    assert_eq!(repos[0].testdef, DEFAULT_TESTDEF);
+    assert_eq!(repos[0].parameters["N"], "3");
+    assert_eq!(repos[1].testdef, "a/b.yaml");
+    assert!(
+        matches!(&repos[2].source, RepoSource::Bzr { url, revision: None } if url == "lp:tests")
+    );
+    assert!(matches!(&repos[3].source, RepoSource::Tar { archive } if archive == b"hello"));
+    assert!(matches!(&repos[4].source, RepoSource::File { .. }));
+    assert_eq!(repos[4].testdef, "smoke.yaml");
+    assert_eq!(repos[4].parameters["X"], "true");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coordinator::NodeClient;
 use coordinator::relay::Relay;
-use job_schemas::{Job, TestDefinitionSource, TestShell};
+use job_schemas::{Job, RepoDefinition, RepoSource, TestDefinitionSource, TestShell};
 use parking_lot::Mutex;
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +22,7 @@ use crate::joblog::{JobLog, Level};
 use crate::testdef::{self, ResultParser};
 use hostctl::console::{Console, ConsoleLog};
 use hostctl::images::ImageStore;
+use hostctl::repos::{RepoCache, RepoError, Tree};
 use hostctl::ssh::shell_quote;
 use states::ErrorClass;
 
@@ -55,6 +56,9 @@ pub fn progress_logger(
     }
 }
 
+/// Values computed once per job by whichever node asks first, by key.
+type OnceMap<T> = Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<Result<T, Failure>>>>>;
+
 pub struct GroupContext<'a> {
     pub job: &'a Job,
     pub settings: &'a RunSettings,
@@ -66,6 +70,10 @@ pub struct GroupContext<'a> {
     clients: BTreeMap<String, NodeClient>,
     /// Reports of nodes whose pipeline ended, by node id.
     finished: Arc<Mutex<BTreeMap<String, NodeReport>>>,
+    /// Test definition trees of this job, by source: fetched once for every node.
+    trees: OnceMap<Tree>,
+    /// Commits the job's git revisions resolved to, by URL and revision.
+    commits: OnceMap<String>,
 }
 
 impl<'a> GroupContext<'a> {
@@ -111,6 +119,8 @@ impl<'a> GroupContext<'a> {
             members,
             clients,
             finished: Arc::default(),
+            trees: Mutex::default(),
+            commits: Mutex::default(),
         })
     }
 
@@ -299,21 +309,25 @@ impl<'a> GroupContext<'a> {
     ) -> Result<Vec<(PreparedDefinition, String)>, Failure> {
         let mut prepared = Vec::new();
         for (index, source) in shell.definitions.iter().enumerate() {
+            let mut tree = None;
             let (definition, parameters) = match source {
                 TestDefinitionSource::Inline {
                     definition,
                     parameters,
                 } => (definition.clone(), parameters.clone()),
                 TestDefinitionSource::Url(url) => {
-                    let store =
-                        ImageStore::new(&self.settings.image_store, self.settings.fetch.clone())
-                            .map_err(|e| Failure::infra("test", e))?;
-                    let text = store.fetch_text(url).await.map_err(|e| {
-                        Failure::new(ErrorClass::Job, "test", format!("{url}: {e}"))
-                    })?;
+                    let text = self.definition_text(url).await?;
                     let definition = testdef::from_yaml(url.as_str(), &text)
                         .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
                     (definition, BTreeMap::new())
+                }
+                TestDefinitionSource::Repository(repo) => {
+                    let fetched = self.tree(repo).await?;
+                    tree = Some(fetched.archive.clone());
+                    let source_name = format!("{} in {}", repo.testdef, fetched.label);
+                    let definition = testdef::from_yaml(&source_name, &fetched.definition)
+                        .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
+                    (definition, repo.parameters.clone())
                 }
             };
             let name = definition.metadata.name.clone();
@@ -324,6 +338,7 @@ impl<'a> GroupContext<'a> {
                     run_id,
                     name,
                     definition,
+                    tree,
                 },
                 script,
             ));
@@ -331,8 +346,90 @@ impl<'a> GroupContext<'a> {
         Ok(prepared)
     }
 
+    /// A definition's tree, fetched once per job whichever node asks first: every node
+    /// runs the same commit, and the repository is asked once.
+    async fn tree(&self, repo: &RepoDefinition) -> Result<Tree, Failure> {
+        let key = format!("{:?}\n{}", repo.source, repo.testdef);
+        let cell = self.trees.lock().entry(key).or_default().clone();
+        cell.get_or_init(|| async {
+            let cache = RepoCache::new(
+                self.settings.image_store.join("repos"),
+                self.settings.fetch.clone(),
+            );
+            let fetched = match &repo.source {
+                RepoSource::Git { url, revision } => {
+                    let commit = self.commit(&cache, url, revision.as_deref()).await?;
+                    cache.git(url, Some(&commit), &repo.testdef).await
+                }
+                RepoSource::Bzr { url, revision } => {
+                    cache.bzr(url, revision.as_deref(), &repo.testdef).await
+                }
+                RepoSource::Tar { archive } => cache.tar(archive, &repo.testdef),
+                RepoSource::File { url } => {
+                    // LAVA v1's tree for a URL is the definition file alone.
+                    return Ok(Tree {
+                        archive: Arc::new(Vec::new()),
+                        definition: self.definition_text(url).await?,
+                        label: url.to_string(),
+                    });
+                }
+            };
+            match fetched {
+                Ok(tree) => {
+                    self.log.line(
+                        Level::Info,
+                        None,
+                        format!(
+                            "test definition tree {}: {} bytes",
+                            tree.label,
+                            tree.archive.len()
+                        ),
+                    );
+                    Ok(tree)
+                }
+                Err(err) => Err(repo_failure(err)),
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// A test definition's text from its URL, through the lab's fetch policy.
+    async fn definition_text(&self, url: &url::Url) -> Result<String, Failure> {
+        let store = ImageStore::new(&self.settings.image_store, self.settings.fetch.clone())
+            .map_err(|e| Failure::infra("test", e))?;
+        store
+            .fetch_text(url)
+            .await
+            .map_err(|e| Failure::new(ErrorClass::Job, "test", format!("{url}: {e}")))
+    }
+
+    /// The commit a git revision names, resolved once per job: every definition and
+    /// node of the job then reads that commit from the cache, and the repository is
+    /// asked once.
+    async fn commit(
+        &self,
+        cache: &RepoCache,
+        url: &url::Url,
+        revision: Option<&str>,
+    ) -> Result<String, Failure> {
+        let key = format!("{url}\n{}", revision.unwrap_or_default());
+        let cell = self.commits.lock().entry(key).or_default().clone();
+        cell.get_or_init(|| async {
+            cache
+                .git_tree(url, revision)
+                .await
+                .map(|tree| tree.commit)
+                .map_err(repo_failure)
+        })
+        .await
+        .clone()
+    }
+
     /// The files of one test shell: each definition's script and `run.sh`, which sets
-    /// the node's environment and runs them in order.
+    /// the node's environment and runs them in order. A definition from a repository
+    /// also has its tree (a `.tar.gz`), unpacked beside its script by `run.sh`, and runs
+    /// at the tree's top as LAVA v1 ran it, so `./scripts/x.sh` in the repository works.
     pub fn scripts(
         &self,
         node: &str,
@@ -340,7 +437,7 @@ impl<'a> GroupContext<'a> {
         definitions: &[(PreparedDefinition, String)],
         dir: &str,
         host_job_dir: Option<&str>,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(String, Vec<u8>)> {
         let mut env = vec![
             ("LAVA_JOB_ID", self.settings.job_id.to_string()),
             ("LAVA_NODE_ID", node.to_string()),
@@ -374,10 +471,35 @@ impl<'a> GroupContext<'a> {
         let mut files = Vec::new();
         for (definition, script) in definitions {
             let path = format!("{dir}/{}.sh", definition.run_id);
-            run.push_str(&format!("sh {}\n", shell_quote(&path)));
-            files.push((path, script.clone()));
+            match &definition.tree {
+                None => run.push_str(&format!("sh {}\n", shell_quote(&path))),
+                Some(archive) => {
+                    let top = format!("{dir}/{}", definition.run_id);
+                    let mut unpack = format!("mkdir -p {}", shell_quote(&top));
+                    if !archive.is_empty() {
+                        let packed = format!("{top}.tar.gz");
+                        unpack.push_str(&format!(
+                            " && tar -xzf {} -C {}",
+                            shell_quote(&packed),
+                            shell_quote(&top)
+                        ));
+                        files.push((packed, archive.to_vec()));
+                    }
+                    // The subshell keeps the next definition's directory its own.
+                    run.push_str(&format!(
+                        "if {unpack}; then (cd {} && sh {}); else echo {}; fi\n",
+                        shell_quote(&top),
+                        shell_quote(&path),
+                        shell_quote(&format!(
+                            "cannot unpack the tree of {} into {top}",
+                            definition.name
+                        )),
+                    ));
+                }
+            }
+            files.push((path, script.clone().into_bytes()));
         }
-        files.push((format!("{dir}/run.sh"), run));
+        files.push((format!("{dir}/run.sh"), run.into_bytes()));
         files
     }
 
@@ -413,6 +535,9 @@ pub struct PreparedDefinition {
     run_id: String,
     name: String,
     definition: job_schemas::TestDefinition,
+    /// The tree it runs in (gzip tar; empty: a directory with nothing in it), for a
+    /// definition from `testdef_repos` other than inline.
+    tree: Option<Arc<Vec<u8>>>,
 }
 
 impl PreparedDefinition {
@@ -442,6 +567,16 @@ pub fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A test definition tree that could not be had: the dispatcher's own disk is the
+/// infrastructure's problem; everything else (a repository, revision or definition the
+/// job named, a tool the lab lacks for it) is the job's.
+fn repo_failure(err: RepoError) -> Failure {
+    match err {
+        RepoError::Io { path, source } => Failure::infra("test", format!("{path}: {source}")),
+        err => Failure::new(ErrorClass::Job, "test", err),
+    }
 }
 
 /// A guest's failure to boot: the job's own when the guest panicked, reported a boot

@@ -14,7 +14,7 @@ use hostctl::ssh::{SshSession, shell_quote};
 /// Writes files on the host by SFTP (creating their directories).
 pub async fn write_host_files(
     session: &SshSession,
-    files: &[(String, String)],
+    files: &[(String, Vec<u8>)],
 ) -> Result<(), String> {
     let dirs: std::collections::BTreeSet<String> = files
         .iter()
@@ -35,7 +35,7 @@ pub async fn write_host_files(
             .create(path.clone())
             .await
             .map_err(|e| format!("{path}: {e}"))?;
-        file.write_all(content.as_bytes())
+        file.write_all(content)
             .await
             .map_err(|e| format!("{path}: {e}"))?;
         file.shutdown().await.map_err(|e| format!("{path}: {e}"))?;
@@ -53,9 +53,9 @@ pub async fn write_console_file<S: AsyncRead + AsyncWrite + Unpin>(
     console: &mut Console<S>,
     prompt: &Regex,
     path: &str,
-    content: &str,
+    content: &[u8],
 ) -> Result<(), String> {
-    let encoded = BASE64_STANDARD.encode(content.as_bytes());
+    let encoded = BASE64_STANDARD.encode(content);
     let quoted = shell_quote(path);
     let staging = shell_quote(&format!("{path}.b64"));
     let dir = shell_quote(

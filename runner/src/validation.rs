@@ -86,6 +86,21 @@ pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Val
             Some(Diagnostic::error(pointer, refused).found(text))
         })
         .collect();
+    problems.extend(repo_urls(&value).into_iter().filter_map(|(pointer, text)| {
+        let url = url::Url::parse(&text).ok()?;
+        let refused = if url.scheme() == "file" {
+            let path = url.to_file_path().ok()?;
+            format!(
+                "repository refused: {}",
+                policy.fetch.local_dir(&path).err()?
+            )
+        } else {
+            // Only the scheme differs from an image's URL: the host is checked alike.
+            let as_http = url::Url::parse(&format!("http://{}/", url.host_str()?)).ok()?;
+            format!("URL refused: {}", policy.fetch.check_url(&as_http).err()?)
+        };
+        Some(Diagnostic::error(pointer, refused).found(text))
+    }));
     if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &views(lab)) {
         problems.push(
             Diagnostic::error(topology_pointer(&validated.job), shortfall)
@@ -135,6 +150,31 @@ fn topology_pointer(job: &job_schemas::Job) -> &'static str {
     }
 }
 
+/// `(JSON pointer, URL)` of every repository a job's test shells name (`git-repo`, and
+/// `bzr-repo` when it is a URL rather than a Launchpad name).
+fn repo_urls(job: &Value) -> Vec<(String, String)> {
+    let mut urls = Vec::new();
+    let actions = job.get("actions").and_then(Value::as_array);
+    for (i, action) in actions.into_iter().flatten().enumerate() {
+        let repos = action
+            .pointer("/parameters/testdef_repos")
+            .and_then(Value::as_array);
+        for (j, repo) in repos.into_iter().flatten().enumerate() {
+            for key in ["git-repo", "bzr-repo"] {
+                if let Some(url) = repo.get(key).and_then(Value::as_str)
+                    && !url.starts_with("lp:")
+                {
+                    urls.push((
+                        format!("/actions/{i}/parameters/testdef_repos/{j}/{key}"),
+                        url.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    urls
+}
+
 /// `(JSON pointer, URL)` of every image and test-definition URL in a job.
 fn job_urls(job: &Value) -> Vec<(String, String)> {
     let mut urls = Vec::new();
@@ -162,6 +202,90 @@ fn job_urls(job: &Value) -> Vec<(String, String)> {
                 urls.push((format!("/actions/{i}/parameters/testdef_urls/{j}"), url));
             }
         }
+        let repos = params
+            .and_then(|p| p.get("testdef_repos"))
+            .and_then(Value::as_array);
+        for (j, repo) in repos.into_iter().flatten().enumerate() {
+            if let Some(url) = strings(repo.get("url")) {
+                urls.push((
+                    format!("/actions/{i}/parameters/testdef_repos/{j}/url"),
+                    url,
+                ));
+            }
+        }
     }
     urls
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests: a panic is a failure report.
+
+    use std::path::PathBuf;
+
+    use super::*;
+    use hostctl::fetch::FetchLimits;
+
+    fn job(repos: &[Value]) -> String {
+        serde_json::json!({
+            "timeout": 60,
+            "device_type": "kvm",
+            "actions": [{"command": "lava_test_shell", "parameters": {"testdef_repos": repos}}]
+        })
+        .to_string()
+    }
+
+    fn pointers(report: &Report) -> Vec<String> {
+        report.errors().map(|d| d.pointer.clone()).collect()
+    }
+
+    #[test]
+    fn repositories_are_checked_against_the_labs_fetch_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repos");
+        std::fs::create_dir_all(root.join("tests.git")).unwrap();
+        std::fs::write(root.join("file.yaml"), "x").unwrap();
+        let policy = JobPolicy {
+            fetch: Arc::new(FetchPolicy::restricted(
+                std::slice::from_ref(&root),
+                &[],
+                Vec::new(),
+                FetchLimits::default(),
+            )),
+            ..JobPolicy::default()
+        };
+        let lab = Lab::builtin().unwrap();
+        let url = |p: PathBuf| format!("file://{}", p.display());
+        let fine = job(&[serde_json::json!({"git-repo": url(root.join("tests.git"))})]);
+        // The built-in lab has device types but no devices: that error is not ours.
+        let repo_errors = |text: &str| match validate_for_run(text, &lab, &policy) {
+            Ok(_) => Vec::new(),
+            Err(report) => pointers(&report)
+                .into_iter()
+                .filter(|p| p != "/device_type")
+                .collect::<Vec<_>>(),
+        };
+        assert_eq!(repo_errors(&fine), Vec::<String>::new());
+        let bad = job(&[
+            // A file, not a repository.
+            serde_json::json!({"git-repo": url(root.join("file.yaml"))}),
+            // Loopback, which this lab does not allow.
+            serde_json::json!({"git-repo": "git://127.0.0.1/tests.git"}),
+            // Launchpad names are not URLs to check here.
+            serde_json::json!({"bzr-repo": "lp:tests"}),
+            serde_json::json!({"url": "http://[::1]/smoke.yaml"}),
+        ]);
+        let report = validate_for_run(&bad, &lab, &policy).unwrap_err();
+        assert_eq!(
+            repo_errors(&bad),
+            [
+                "/actions/0/parameters/testdef_repos/0/git-repo",
+                "/actions/0/parameters/testdef_repos/1/git-repo",
+                "/actions/0/parameters/testdef_repos/3/url",
+            ],
+            "{}",
+            report.render("job")
+        );
+        assert!(report.render("job").contains("is not a directory"));
+    }
 }

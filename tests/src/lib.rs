@@ -15,10 +15,12 @@
 
 mod api;
 mod browser;
+mod git_daemon;
 mod ssh_lab;
 
 pub use api::ApiClient;
 pub use browser::{chromium, chromium_showing};
+pub use git_daemon::GitDaemon;
 pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
 
 use std::io::{BufRead, BufReader};

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    SEED_JOB, SshHost, binary, e2e_job, free_port, kvm_devices, parse_junit, parse_tap,
+    GitDaemon, SEED_JOB, SshHost, binary, e2e_job, free_port, kvm_devices, parse_junit, parse_tap,
     static_node_agent, test_images,
 };
 
@@ -100,6 +100,90 @@ fn the_seed_job_runs_end_to_end_on_an_ssh_host() {
     }
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(status, 0);
+}
+
+/// Runs `script` in `dir` with no user or system git configuration.
+fn sh_in(dir: &Path, script: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// A repository of test definitions with a script beside them: branch `stable` at the
+/// first commit, `main` one commit further (a file `lava/newer` the job must not see).
+fn definitions_repository(base: &Path) {
+    let repo = base.join("tests.git");
+    std::fs::create_dir_all(repo.join("lava")).unwrap();
+    let definition = |name: &str| {
+        format!(
+            "metadata:\n  name: {name}-from-git\n  format: Lava-Test Test Definition 1.0\n\
+             params:\n  GREETING: the definition's default\n\
+             run:\n  steps:\n    - ./lava/check.sh {name} \"$GREETING\"\n"
+        )
+    };
+    std::fs::write(repo.join("lava/host.yaml"), definition("host")).unwrap();
+    std::fs::write(repo.join("lava/guest.yaml"), definition("guest")).unwrap();
+    // Runs at the repository's top: `lava/check.sh` is there, the job's parameter
+    // replaced the definition's default, and the tree is the revision the job named.
+    std::fs::write(
+        repo.join("lava/check.sh"),
+        r#"#!/bin/sh
+[ -f lava/host.yaml ] && r=pass || r=fail; lava-test-case "$1-at-top" --result $r
+case "$2" in "from the job's $1 entry") r=pass;; *) r=fail;; esac
+lava-test-case "$1-parameter" --result $r
+[ -f lava/newer ] && r=fail || r=pass; lava-test-case "$1-revision" --result $r
+"#,
+    )
+    .unwrap();
+    sh_in(
+        &repo,
+        "chmod +x lava/check.sh && git init -q -b main . && git config user.email t@t \
+         && git config user.name t && git add -A && git commit -q -m first \
+         && git branch stable && echo later > lava/newer && git add -A \
+         && git commit -q -m second",
+    );
+}
+
+#[test]
+fn test_definitions_from_a_git_daemon_run_with_their_scripts_in_host_and_guest() {
+    let images = test_images();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    definitions_repository(&served);
+    let daemon = GitDaemon::serve(&served);
+    let name = "git-repo-testdefs.json";
+    let path = dir.path().join(name);
+    std::fs::write(
+        &path,
+        e2e_job(name, "ssh-host").replace("@GIT_URL@", &daemon.url("tests.git")),
+    )
+    .unwrap();
+    let devices = host.device_files(dir.path(), true);
+    let (report, status) =
+        dispatcher_run(&path, &devices, &dir.path().join("state"), &host.scratch());
+    assert_no_vm_left(&host);
+    assert_passed(
+        &report,
+        &[
+            "host.host-from-git.host-at-top",
+            "host.host-from-git.host-parameter",
+            "host.host-from-git.host-revision",
+            "guest.guest-from-git.guest-at-top",
+            "guest.guest-from-git.guest-parameter",
+            "guest.guest-from-git.guest-revision",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    // Both nodes' definitions came from one fetch: the branch was resolved once.
+    assert_eq!(daemon.connections(), 1);
 }
 
 /// Runs an e2e job on a fresh ssh-host; returns the report, the exit status and the
