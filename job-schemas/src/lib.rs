@@ -36,10 +36,9 @@ pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
     Action, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GroupRole, Job,
-    LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority, RepoDefinition,
-    RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TargetType, TestDefinition,
-    TestDefinitionSource, TestMetadata, TestShell, Topology,
-    VmGroup, VmSpec,
+    LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority, RepoDefinition, RepoSource,
+    RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TargetType, TestDefinition,
+    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
