@@ -17,6 +17,7 @@ mod context;
 mod diagnostic;
 mod locate;
 mod model;
+pub mod pattern;
 mod pointer;
 mod schema;
 mod schema_errors;
@@ -33,9 +34,10 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, DeployImage, DeployKernel, GroupRole, Job, LogLevel, Member, NodeKind,
-    ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TestDefinition,
-    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
+    Action, Command, DeployImage, DeployKernel, GitRepo, GroupRole, Install, Job, LogLevel, Member,
+    NodeKind, ParsePattern, Priority, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall,
+    Steps, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup,
+    VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
@@ -92,9 +94,7 @@ pub fn validate_str(text: &str, ctx: &ValidationContext) -> Result<Validated, Re
 /// `testdef_urls` entry and parsed from YAML) against the same rules as an inline one.
 pub fn validate_test_definition(value: &Value) -> Result<TestDefinition, Report> {
     let mut diagnostics = schema_errors::check_test_definition(value);
-    if let Some(pattern) = value.pointer("/parse/pattern").and_then(Value::as_str) {
-        semantic::check_parse_pattern("/parse/pattern", pattern, &mut diagnostics);
-    }
+    semantic::check_test_definition("", value, &mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         return Err(Report::new(diagnostics));
     }
