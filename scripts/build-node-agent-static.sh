@@ -9,4 +9,5 @@ TARGET=x86_64-unknown-linux-gnu
 # A target of its own keeps these static objects apart from the normal (dynamic) build.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked -p node-agent \
     --target "$TARGET" --profile agent >&2
-echo "$(pwd)/target/$TARGET/agent/node-agent"
+# cargo builds into CARGO_TARGET_DIR when it is set.
+echo "${CARGO_TARGET_DIR:-$(pwd)/target}/$TARGET/agent/node-agent"
