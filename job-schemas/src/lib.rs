@@ -17,6 +17,7 @@ mod context;
 mod diagnostic;
 mod locate;
 mod model;
+pub mod pattern;
 mod pointer;
 mod schema;
 mod schema_errors;
@@ -35,10 +36,11 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GroupRole, Job,
-    LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority, RepoDefinition, RepoSource,
-    RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, Steps, TargetType, TestDefinition,
-    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
+    Action, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GitRepo, GroupRole,
+    Install, Job, LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority,
+    RepoDefinition, RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall, Steps,
+    TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup,
+    VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
@@ -132,9 +134,7 @@ fn is_lava_v2_yaml(text: &str) -> bool {
 /// `testdef_urls` entry and parsed from YAML) against the same rules as an inline one.
 pub fn validate_test_definition(value: &Value) -> Result<TestDefinition, Report> {
     let mut diagnostics = schema_errors::check_test_definition(value);
-    if let Some(pattern) = value.pointer("/parse/pattern").and_then(Value::as_str) {
-        semantic::check_parse_pattern("/parse/pattern", pattern, &mut diagnostics);
-    }
+    semantic::check_test_definition("", value, &mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         return Err(Report::new(diagnostics));
     }

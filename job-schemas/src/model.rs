@@ -256,6 +256,47 @@ pub struct CommandRun {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TestShell {
     pub definitions: Vec<TestDefinitionSource>,
+    /// The parts of every definition's install section left out (`skip_install`).
+    pub skip_install: SkipInstall,
+}
+
+/// What LAVA's `skip_install` leaves out of a definition's install section; `all` is
+/// every part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct SkipInstall {
+    /// `git-repos` and `bzr-repos` (LAVA v1 called this part `repos`, later LAVA
+    /// `git-repos`).
+    pub repos: bool,
+    pub deps: bool,
+    pub steps: bool,
+}
+
+impl SkipInstall {
+    /// From the schema-checked value: one part's name or a list of them.
+    fn from_value(value: Option<&Value>) -> Self {
+        let names: Vec<&str> = match value {
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let mut skip = SkipInstall::default();
+        for name in names {
+            match name {
+                "all" => {
+                    skip = SkipInstall {
+                        repos: true,
+                        deps: true,
+                        steps: true,
+                    }
+                }
+                "repos" | "git-repos" => skip.repos = true,
+                "deps" => skip.deps = true,
+                "steps" => skip.steps = true,
+                _ => {}
+            }
+        }
+        skip
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -263,7 +304,7 @@ pub struct TestShell {
 pub enum TestDefinitionSource {
     Url(Url),
     Inline {
-        definition: TestDefinition,
+        definition: Box<TestDefinition>,
         parameters: BTreeMap<String, String>,
     },
     /// A definition inside a repository or archive (`testdef_repos` with `git-repo`,
@@ -308,10 +349,13 @@ pub enum RepoSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestDefinition {
     pub metadata: TestMetadata,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "params_map")]
     pub params: BTreeMap<String, ScalarValue>,
+    /// More defaults, over `params` (LAVA read a definition's `parameters` so).
     #[serde(default)]
-    pub install: Option<Steps>,
+    pub parameters: BTreeMap<String, ScalarValue>,
+    #[serde(default)]
+    pub install: Option<Install>,
     pub run: Steps,
     #[serde(default)]
     pub parse: Option<ParsePattern>,
@@ -332,6 +376,85 @@ pub struct Steps {
     pub steps: Vec<String>,
 }
 
+/// A definition's install section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Install {
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Package names for the target's package manager.
+    #[serde(default)]
+    pub deps: Vec<String>,
+    #[serde(default, rename = "git-repos")]
+    pub git_repos: Vec<GitRepo>,
+    #[serde(default, rename = "bzr-repos")]
+    pub bzr_repos: Vec<String>,
+}
+
+impl Install {
+    /// Whether the section names repositories to fetch.
+    pub fn has_repos(&self) -> bool {
+        !self.git_repos.is_empty() || !self.bzr_repos.is_empty()
+    }
+}
+
+/// One `install.git-repos` entry: a URL, or a URL with a branch and a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GitRepo {
+    Url(String),
+    Detailed {
+        url: String,
+        #[serde(default)]
+        branch: Option<String>,
+        #[serde(default)]
+        destination: Option<String>,
+        #[serde(default)]
+        skip_by_default: Option<String>,
+    },
+}
+
+impl GitRepo {
+    pub fn url(&self) -> &str {
+        match self {
+            GitRepo::Url(url) | GitRepo::Detailed { url, .. } => url,
+        }
+    }
+}
+
+impl TestDefinition {
+    /// The definition's default parameter values: `params`, then `parameters` over
+    /// them.
+    pub fn default_params(&self) -> BTreeMap<String, String> {
+        self.params
+            .iter()
+            .chain(&self.parameters)
+            .map(|(k, v)| (k.clone(), v.as_shell_text()))
+            .collect()
+    }
+}
+
+/// `params` as a map, or LAVA's early list of `NAME=value` strings read as one.
+fn params_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, ScalarValue>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Params {
+        Map(BTreeMap<String, ScalarValue>),
+        List(Vec<String>),
+    }
+    Ok(match Params::deserialize(deserializer)? {
+        Params::Map(map) => map,
+        Params::List(items) => items
+            .into_iter()
+            .filter_map(|item| {
+                let (name, value) = item.split_once('=')?;
+                Some((name.to_string(), ScalarValue::Text(value.to_string())))
+            })
+            .collect(),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParsePattern {
     pub pattern: String,
@@ -347,6 +470,8 @@ pub enum ScalarValue {
     Text(String),
     Number(serde_json::Number),
     Flag(bool),
+    /// A parameter without a value: the empty string, as LAVA set it.
+    Null,
 }
 
 impl ScalarValue {
@@ -355,6 +480,7 @@ impl ScalarValue {
             ScalarValue::Text(s) => s.clone(),
             ScalarValue::Number(n) => n.to_string(),
             ScalarValue::Flag(b) => b.to_string(),
+            ScalarValue::Null => String::new(),
         }
     }
 }
@@ -605,6 +731,8 @@ struct RawTestShell {
     testdef_urls: Vec<Url>,
     #[serde(default)]
     testdef_repos: Vec<RawRepo>,
+    #[serde(default)]
+    skip_install: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -659,7 +787,7 @@ impl RawRepo {
             .collect();
         if let Some(definition) = self.inline {
             return Ok(TestDefinitionSource::Inline {
-                definition,
+                definition: Box::new(definition),
                 parameters,
             });
         }
@@ -722,7 +850,10 @@ impl RawAction {
                     .map(Ok)
                     .chain(raw.testdef_repos.into_iter().map(RawRepo::into_model))
                     .collect::<Result<Vec<_>, _>>()?;
-                Command::LavaTestShell(TestShell { definitions })
+                Command::LavaTestShell(TestShell {
+                    definitions,
+                    skip_install: SkipInstall::from_value(raw.skip_install.as_ref()),
+                })
             }
             "lava_command_run" => {
                 let raw: RawCommandRun = serde_json::from_value(params).map_err(internal)?;

@@ -703,12 +703,12 @@ fn check_test_shell(
                 out,
             );
         }
-        let pattern_at = format!("{at}/parameters/testdef_repos/{j}/inline/parse/pattern");
-        if let Some(pattern) = repo
-            .pointer("/inline/parse/pattern")
-            .and_then(Value::as_str)
-        {
-            check_parse_pattern(&pattern_at, pattern, out);
+        if let Some(inline) = repo.get("inline") {
+            check_test_definition(
+                &format!("{at}/parameters/testdef_repos/{j}/inline"),
+                inline,
+                out,
+            );
         }
     }
 }
@@ -828,9 +828,26 @@ fn check_repo_url(
     }
 }
 
+/// What a schema cannot say about a test definition at `at`: its parse pattern, and a
+/// `fixupdict` where LAVA never read one.
+pub(crate) fn check_test_definition(at: &str, testdef: &Value, out: &mut Vec<Diagnostic>) {
+    if let Some(pattern) = testdef.pointer("/parse/pattern").and_then(Value::as_str) {
+        check_parse_pattern(&format!("{at}/parse/pattern"), pattern, out);
+    }
+    if testdef.get("fixupdict").is_some() {
+        out.push(
+            Diagnostic::warning(
+                format!("{at}/fixupdict"),
+                "fixupdict outside parse is ignored: LAVA read it only under parse",
+            )
+            .expected("parse: {pattern: ..., fixupdict: {...}}"),
+        );
+    }
+}
+
 /// A parse pattern must compile and name the groups results are made of.
 pub(crate) fn check_parse_pattern(at: &str, pattern: &str, out: &mut Vec<Diagnostic>) {
-    match regex::Regex::new(pattern) {
+    match crate::pattern::compile(pattern) {
         Err(err) => out.push(
             Diagnostic::error(at, "parse pattern is not a valid regular expression")
                 .found(first_line(&err.to_string())),

@@ -227,7 +227,9 @@ impl<'a> GroupContext<'a> {
             )
             .await
             .map_err(shell_failure)?;
+            let raised = raised_failure(&outcome);
             results.extend(case_reports(outcome.results));
+            raised?;
             console
                 .expect(prompt, Duration::from_secs(60))
                 .await
@@ -314,7 +316,7 @@ impl<'a> GroupContext<'a> {
                 TestDefinitionSource::Inline {
                     definition,
                     parameters,
-                } => (definition.clone(), parameters.clone()),
+                } => (definition.as_ref().clone(), parameters.clone()),
                 TestDefinitionSource::Url(url) => {
                     let text = self.definition_text(url).await?;
                     let definition = testdef::from_yaml(url.as_str(), &text)
@@ -330,9 +332,12 @@ impl<'a> GroupContext<'a> {
                     (definition, repo.parameters.clone())
                 }
             };
+            if let Some(message) = testdef::unsupported_install(&definition, shell.skip_install) {
+                return Err(Failure::new(ErrorClass::Job, "test", message));
+            }
             let name = definition.metadata.name.clone();
             let run_id = format!("{shell_index}.{index}_{}", sanitize(&name));
-            let script = testdef::script(&definition, &parameters, &run_id);
+            let script = testdef::script(&definition, &parameters, &run_id, shell.skip_install);
             prepared.push((
                 PreparedDefinition {
                     run_id,
@@ -471,8 +476,13 @@ impl<'a> GroupContext<'a> {
         let mut files = Vec::new();
         for (definition, script) in definitions {
             let path = format!("{dir}/{}.sh", definition.run_id);
+            // A definition whose install failed ends the shell: it raised.
+            let raised = format!(
+                "{{ lava_status=$?; [ \"$lava_status\" -ne {} ] || exit \"$lava_status\"; }}",
+                testdef::INSTALL_FAILED
+            );
             match &definition.tree {
-                None => run.push_str(&format!("sh {}\n", shell_quote(&path))),
+                None => run.push_str(&format!("sh {} || {raised}\n", shell_quote(&path))),
                 Some(archive) => {
                     let top = format!("{dir}/{}", definition.run_id);
                     let mut unpack = format!("mkdir -p {}", shell_quote(&top));
@@ -487,7 +497,7 @@ impl<'a> GroupContext<'a> {
                     }
                     // The subshell keeps the next definition's directory its own.
                     run.push_str(&format!(
-                        "if {unpack}; then (cd {} && sh {}); else echo {}; fi\n",
+                        "if {unpack}; then (cd {} && sh {}) || {raised}; else echo {}; fi\n",
                         shell_quote(&top),
                         shell_quote(&path),
                         shell_quote(&format!(
@@ -592,6 +602,21 @@ pub fn guest_boot_failure(err: &hostctl::console::ConsoleError, message: String)
         ConsoleError::Closed { .. } | ConsoleError::Io(_) => ErrorClass::Infrastructure,
     };
     Failure::new(class, "boot", message)
+}
+
+/// A shell that raised (`lava-test-raise`, or an install section that failed) fails
+/// its node with the message it raised: the job's error when it was the install (the
+/// definition asks for what the target cannot give), the test's otherwise.
+pub fn raised_failure(outcome: &shell::ShellOutcome) -> Result<(), Failure> {
+    let Some(message) = &outcome.raised else {
+        return Ok(());
+    };
+    let class = if outcome.exit_status == testdef::INSTALL_FAILED {
+        ErrorClass::Job
+    } else {
+        ErrorClass::Test
+    };
+    Err(Failure::new(class, "test", format!("raised: {message}")))
 }
 
 pub fn shell_failure(err: shell::ShellError) -> Failure {

@@ -42,7 +42,7 @@ use proto::multinode::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use regex::Regex;
 
 use crate::joblog::{JobLog, Level};
-use context::{GroupContext, case_reports, failed_report, shell_failure};
+use context::{GroupContext, case_reports, failed_report, raised_failure, shell_failure};
 pub use coordination::Coordination;
 use hostctl::console::Console;
 use hostctl::images::ImageStore;
@@ -559,7 +559,9 @@ impl GroupRun<'_> {
                 )
                 .await
                 .map_err(shell_failure)?;
+                let raised = raised_failure(&outcome);
                 results.extend(case_reports(outcome.results));
+                raised?;
             }
             if shells.len() < 2 {
                 self.wait_for_vms(node).await?;

@@ -50,6 +50,8 @@ pub struct ShellOutcome {
     pub exit_status: i32,
     /// MultiNode calls that failed at the coordinator (the node was told `nack`).
     pub multinode_errors: Vec<String>,
+    /// The first message the shell raised (`TESTRAISE`), if it raised.
+    pub raised: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,7 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         })
         .collect();
     let mut multinode_errors = Vec::new();
+    let mut raised = None;
     let mut current: Option<usize> = None;
     loop {
         let lines = match console.read_lines(deadline).await {
@@ -96,6 +99,7 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     results,
                     exit_status: done.status,
                     multinode_errors,
+                    raised,
                 });
             }
             match Signal::find(&line) {
@@ -113,6 +117,11 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         current = None;
                         continue;
                     }
+                }
+                Some(Ok(Signal::TestRaise { message })) => {
+                    log.line(Level::Error, Some(node), format!("raised: {message}"));
+                    raised.get_or_insert(message);
+                    continue;
                 }
                 _ => {}
             }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use fancy_regex::Regex;
 use job_schemas::{
-    CommandRun, ParsePattern, Report, Steps, TestDefinition, TestDefinitionSource, TestMetadata,
-    TestShell,
+    CommandRun, Install, ParsePattern, Report, SkipInstall, Steps, TestDefinition,
+    TestDefinitionSource, TestMetadata, TestShell,
 };
 use proto::signal::Signal;
-use regex::Regex;
 
 use hostctl::ssh::shell_quote;
 use states::TestResult;
@@ -38,19 +38,59 @@ pub fn from_yaml(source_name: &str, text: &str) -> Result<TestDefinition, TestDe
     })
 }
 
+/// The exit status of a definition's script whose install section failed; `run.sh`
+/// stops there, as LAVA ran no run steps after a failed install.
+pub const INSTALL_FAILED: i32 = 97;
+
+/// Package managers tried for `install.deps`, in this order, and how each installs
+/// (`$@` are the packages). An index update that fails is not fatal (LAVA's
+/// `lava-install-packages` went on to the install too): the packages may be there.
+const PACKAGE_MANAGERS: &[(&str, &str)] = &[
+    (
+        "apt-get",
+        "DEBIAN_FRONTEND=noninteractive apt-get update -q || true; \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q \"$@\"",
+    ),
+    ("dnf", "dnf -y -q install \"$@\""),
+    ("yum", "yum -y -q install \"$@\""),
+    ("opkg", "opkg update || true; opkg install \"$@\""),
+    ("apk", "apk add \"$@\""),
+    ("pacman", "pacman -Sy --noconfirm --needed \"$@\""),
+    ("zypper", "zypper --non-interactive install \"$@\""),
+];
+
+/// Why a definition cannot run here before anything reaches the target: repositories
+/// to fetch (`install.git-repos`, `install.bzr-repos`) that `skip_install` does not
+/// leave out.
+pub fn unsupported_install(definition: &TestDefinition, skip: SkipInstall) -> Option<String> {
+    let install = definition.install.as_ref()?;
+    if skip.repos || !install.has_repos() {
+        return None;
+    }
+    let key = if install.git_repos.is_empty() {
+        "install.bzr-repos"
+    } else {
+        "install.git-repos"
+    };
+    Some(format!(
+        "{}: {key} needs repository fetching, which this dispatcher does not do; \
+         skip_install: repos leaves them out",
+        definition.metadata.name
+    ))
+}
+
 /// The script a test shell runs for one definition: parameters exported (the job's
-/// values over the definition's defaults, every value quoted), install steps, then run
-/// steps, between start and end markers the dispatcher watches for.
+/// values over the definition's defaults, every value quoted), the install section
+/// (packages, then install steps; what `skip` names left out), then run steps, between
+/// start and end markers the dispatcher watches for. A failed install prints a
+/// `TESTRAISE` saying what failed and exits with [`INSTALL_FAILED`] before any run step.
 pub fn script(
     definition: &TestDefinition,
     overrides: &BTreeMap<String, String>,
     run_id: &str,
+    skip: SkipInstall,
 ) -> String {
-    let mut params: BTreeMap<String, String> = definition
-        .params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_shell_text()))
-        .collect();
+    let mut params = definition.default_params();
     params.extend(overrides.clone());
     let mut script = String::from("#!/bin/sh\n");
     script.push_str(&format!(
@@ -67,9 +107,13 @@ pub fn script(
         run_id: run_id.to_string(),
         uuid: None,
     }));
-    for step in definition.install.iter().flat_map(|s| &s.steps) {
-        script.push_str(step);
-        script.push('\n');
+    if let Some(install) = &definition.install {
+        script.push_str(&install_section(
+            install,
+            &definition.metadata.name,
+            skip,
+            &run,
+        ));
     }
     for step in &definition.run.steps {
         script.push_str(step);
@@ -133,19 +177,21 @@ pub fn command_run_shell(run: &CommandRun) -> TestShell {
     };
     TestShell {
         definitions: vec![TestDefinitionSource::Inline {
-            definition: TestDefinition {
+            definition: Box::new(TestDefinition {
                 metadata: TestMetadata {
                     name: COMMAND_RUN_NAME.to_string(),
                     format: None,
                     description: Some("lava_command_run".to_string()),
                 },
                 params: BTreeMap::new(),
+                parameters: BTreeMap::new(),
                 install: None,
                 run: Steps { steps },
                 parse: Some(ParsePattern { pattern, fixupdict }),
-            },
+            }),
             parameters: BTreeMap::new(),
         }],
+        skip_install: SkipInstall::default(),
     }
 }
 
@@ -174,6 +220,72 @@ fn case_name(command: &str) -> String {
     }
 }
 
+/// The install part of a definition's script. Each part runs in a subshell with
+/// `set -e` (LAVA ran its install script so: the first failing step fails the install,
+/// and nothing it sets leaks into the run steps).
+fn install_section(
+    install: &Install,
+    name: &str,
+    skip: SkipInstall,
+    run: &dyn Fn(Signal) -> String,
+) -> String {
+    // The message's `@pm@` and `@status@` become the shell's values: the quoted echo
+    // is opened around them.
+    let raise = |message: String| {
+        let echo = run(Signal::TestRaise {
+            message: format!("{name}: {message}"),
+        })
+        .replace("@pm@", "'\"$lava_pm\"'")
+        .replace("@status@", "'\"$lava_status\"'");
+        format!("{echo}exit {INSTALL_FAILED}\n")
+    };
+    let mut out = String::new();
+    if !skip.deps && !install.deps.is_empty() {
+        let packages: Vec<String> = install.deps.iter().map(|d| shell_quote(d)).collect();
+        let packages = packages.join(" ");
+        let known: Vec<&str> = PACKAGE_MANAGERS.iter().map(|(name, _)| *name).collect();
+        out.push_str("lava_pm=\n");
+        out.push_str(&format!(
+            "for lava_candidate in {}; do\n  if command -v \"$lava_candidate\" >/dev/null 2>&1; then lava_pm=$lava_candidate; break; fi\ndone\n",
+            known.join(" ")
+        ));
+        out.push_str("case \"$lava_pm\" in\n");
+        out.push_str(&format!(
+            "'') {}  ;;\n",
+            raise(format!(
+                "install.deps: the target has no package manager to install {} with (looked for {})",
+                install.deps.join(" "),
+                known.join(", ")
+            ))
+        ));
+        for (manager, command) in PACKAGE_MANAGERS {
+            out.push_str(&format!(
+                "{manager}) (set -e; set -- {packages}; {command}) ;;\n"
+            ));
+        }
+        out.push_str("esac\n");
+        out.push_str(&format!(
+            "lava_status=$?\nif [ \"$lava_status\" -ne 0 ]; then\n{}fi\n",
+            raise(format!(
+                "install.deps: installing {} with @pm@ failed (exit @status@)",
+                install.deps.join(" ")
+            ))
+        ));
+    }
+    if !skip.steps && !install.steps.is_empty() {
+        out.push_str("(\nset -e\n");
+        for step in &install.steps {
+            out.push_str(step);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            ")\nlava_status=$?\nif [ \"$lava_status\" -ne 0 ]; then\n{}fi\n",
+            raise("install.steps failed (exit @status@)".to_string())
+        ));
+    }
+    out
+}
+
 fn is_shell_name(key: &str) -> bool {
     let mut chars = key.chars();
     chars
@@ -197,11 +309,15 @@ pub struct ResultParser {
 }
 
 impl ResultParser {
-    /// A parser for `lava-test-case` signals, plus `definition`'s parse pattern if any.
-    pub fn new(definition: Option<&TestDefinition>) -> Result<Self, regex::Error> {
+    /// A parser for `lava-test-case` signals, plus `definition`'s parse pattern if any
+    /// (in Python's syntax, as LAVA read it: [`job_schemas::pattern`]).
+    pub fn new(definition: Option<&TestDefinition>) -> Result<Self, Box<fancy_regex::Error>> {
         let pattern = match definition.and_then(|d| d.parse.as_ref()) {
             None => None,
-            Some(parse) => Some((Regex::new(&parse.pattern)?, parse.fixupdict.clone())),
+            Some(parse) => Some((
+                job_schemas::pattern::compile(&parse.pattern)?,
+                parse.fixupdict.clone(),
+            )),
         };
         Ok(Self { pattern })
     }
@@ -222,7 +338,9 @@ impl ResultParser {
             _ => {}
         }
         let (pattern, fixups) = self.pattern.as_ref()?;
-        let found = pattern.captures(line)?;
+        // A line the backtracking limit gives up on reports nothing, as one that does
+        // not match.
+        let found = pattern.captures(line).ok().flatten()?;
         let raw = found.name("result")?.as_str();
         let word = fixups.get(raw).map_or(raw, String::as_str);
         Some(CaseResult {
@@ -279,7 +397,7 @@ parse:
         let yaml = DEFINITION.replace("BOOT_SIGNAL", &boot.to_string());
         let definition = from_yaml("smoke.yaml", &yaml).unwrap();
         let overrides = BTreeMap::from([("GREETING".to_string(), "it's $(not run)".to_string())]);
-        let script = script(&definition, &overrides, "1_smoke");
+        let script = script(&definition, &overrides, "1_smoke", SkipInstall::default());
         let output = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
@@ -327,7 +445,12 @@ parse:
         else {
             panic!("a command run is an inline definition");
         };
-        let script = script(definition, &BTreeMap::new(), "0.0_lava-command");
+        let script = script(
+            definition,
+            &BTreeMap::new(),
+            "0.0_lava-command",
+            SkipInstall::default(),
+        );
         let output = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
@@ -405,7 +528,7 @@ parse:
     fn a_bad_definition_is_reported_with_its_place() {
         let err = from_yaml(
             "bad.yaml",
-            "metadata: {name: x}\nrun: {steps: [true]}\nparse: {pattern: '(?P<result>x)'}\n",
+            "metadata: {name: x}\nrun: {steps: ['true']}\nparse: {pattern: '(?P<result>x)'}\n",
         )
         .unwrap_err();
         let text = err.to_string();
@@ -423,5 +546,187 @@ parse:
             from_yaml("y", "a: [b"),
             Err(TestDefError::Yaml { .. })
         ));
+    }
+
+    /// Runs `script` with only `bin` on the PATH (plus the shell's builtins), as a
+    /// target with just those commands.
+    fn run_on_target(script: &str, bin: &std::path::Path) -> (i32, String) {
+        let output = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", bin)
+            .current_dir(bin)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    /// A fake package manager in `bin` that logs its arguments to `log` and exits with
+    /// `status`.
+    fn fake_manager(bin: &std::path::Path, name: &str, status: i32) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"{name} $*\" >> pm.log\nexit {status}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    const INSTALLING: &str = r#"
+metadata: {name: installing}
+params:
+  EMPTY: null
+  SHOWN: "x"
+parameters:
+  SHOWN: "from parameters"
+install:
+  deps: [hdparm, "libfoo-dev"]
+  steps:
+    - echo "step one $SHOWN"
+    - "false"
+    - echo "never printed"
+run:
+  steps:
+    - 'echo "run [$EMPTY] $SHOWN"'
+"#;
+
+    #[test]
+    fn deps_are_installed_with_the_targets_package_manager_before_the_steps() {
+        let bin = tempfile::tempdir().unwrap();
+        fake_manager(bin.path(), "opkg", 0);
+        let definition = from_yaml("i.yaml", &INSTALLING.replace("    - \"false\"\n", "")).unwrap();
+        let script = script(&definition, &BTreeMap::new(), "0_i", SkipInstall::default());
+        let (status, text) = run_on_target(&script, bin.path());
+        assert_eq!(status, 0, "{text}");
+        let log = std::fs::read_to_string(bin.path().join("pm.log")).unwrap();
+        assert_eq!(log, "opkg update\nopkg install hdparm libfoo-dev\n");
+        // Steps after the packages; `parameters` over `params`, null as empty.
+        assert!(
+            text.contains("step one from parameters\nnever printed\nrun [] from parameters\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_install_raises_and_no_run_step_runs() {
+        let raised = |text: &str| {
+            text.lines()
+                .find_map(|line| match Signal::find(line) {
+                    Some(Ok(Signal::TestRaise { message })) => Some(message),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no raise in {text}"))
+        };
+        let definition = from_yaml("i.yaml", INSTALLING).unwrap();
+        let script_with = |skip| script(&definition, &BTreeMap::new(), "0_i", skip);
+
+        // No package manager at all.
+        let bin = tempfile::tempdir().unwrap();
+        let (status, text) = run_on_target(&script_with(SkipInstall::default()), bin.path());
+        assert_eq!(status, INSTALL_FAILED, "{text}");
+        assert_eq!(
+            raised(&text),
+            "installing: install.deps: the target has no package manager to install hdparm \
+             libfoo-dev with (looked for apt-get, dnf, yum, opkg, apk, pacman, zypper)"
+        );
+        assert!(!text.contains("run ["), "{text}");
+
+        // A package manager that fails.
+        fake_manager(bin.path(), "apk", 3);
+        let (status, text) = run_on_target(&script_with(SkipInstall::default()), bin.path());
+        assert_eq!(status, INSTALL_FAILED, "{text}");
+        assert_eq!(
+            raised(&text),
+            "installing: install.deps: installing hdparm libfoo-dev with apk failed (exit 3)"
+        );
+
+        // Deps skipped: the steps run and the first failing one fails the install.
+        let skip_deps = SkipInstall {
+            deps: true,
+            ..SkipInstall::default()
+        };
+        let (status, text) = run_on_target(&script_with(skip_deps), bin.path());
+        assert_eq!(status, INSTALL_FAILED, "{text}");
+        assert_eq!(raised(&text), "installing: install.steps failed (exit 1)");
+        assert!(
+            text.contains("step one") && !text.contains("never printed"),
+            "{text}"
+        );
+
+        // Everything skipped: straight to the run steps.
+        let skip_all = SkipInstall {
+            repos: true,
+            deps: true,
+            steps: true,
+        };
+        let (status, text) = run_on_target(&script_with(skip_all), bin.path());
+        assert_eq!(status, 0, "{text}");
+        assert!(
+            !text.contains("step one") && text.contains("run []"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn repositories_to_fetch_are_refused_unless_skipped() {
+        let yaml = "metadata: {name: r}\nrun: {steps: ['true']}\ninstall:\n  \
+                    git-repos: [{url: 'https://example.org/a.git', branch: main}]\n  \
+                    bzr-repos: ['lp:b']\n";
+        let definition = from_yaml("r.yaml", yaml).unwrap();
+        let install = definition.install.as_ref().unwrap();
+        assert_eq!(install.git_repos[0].url(), "https://example.org/a.git");
+        assert_eq!(install.bzr_repos, ["lp:b"]);
+        let message = unsupported_install(&definition, SkipInstall::default()).unwrap();
+        assert!(
+            message.starts_with("r: install.git-repos needs repository fetching"),
+            "{message}"
+        );
+        let skip = SkipInstall {
+            repos: true,
+            ..SkipInstall::default()
+        };
+        assert_eq!(unsupported_install(&definition, skip), None);
+    }
+
+    #[test]
+    fn params_in_lavas_early_list_form_are_parameters() {
+        let yaml = "metadata: {name: p}\nparams: ['A=x y', 'B=-v1', 'C=a=b']\n\
+                    run: {steps: ['echo \"[$A] [$B] [$C]\"']}\n";
+        let definition = from_yaml("p.yaml", yaml).unwrap();
+        let script = script(&definition, &BTreeMap::new(), "0_p", SkipInstall::default());
+        let bin = tempfile::tempdir().unwrap();
+        let (_, text) = run_on_target(&script, bin.path());
+        assert!(text.contains("[x y] [-v1] [a=b]\n"), "{text}");
+    }
+
+    #[test]
+    fn a_python_pattern_with_lookahead_reads_results() {
+        let yaml = "metadata: {name: ltp}\nrun: {steps: ['true']}\nparse:\n  \
+                    pattern: '^(?!.+ED)(?P<test_case_id>\\w+)\\s+(?P<result>PASS|FAIL|CONF)\\s+\\d+'\n  \
+                    fixupdict: {CONF: skip}\n";
+        let definition = from_yaml("ltp.yaml", yaml).unwrap();
+        let parser = ResultParser::new(Some(&definition)).unwrap();
+        let read: Vec<(String, TestResult)> = [
+            "abs01 PASS 0",
+            "abs02 CONF 32",
+            "abs03 FAIL 1 SKIPPED",
+            "abs04 FAIL 1",
+        ]
+        .iter()
+        .filter_map(|l| parser.line(l))
+        .map(|r| (r.name, r.result))
+        .collect();
+        assert_eq!(
+            read,
+            [
+                ("abs01".to_string(), TestResult::Pass),
+                ("abs02".to_string(), TestResult::Skip),
+                ("abs04".to_string(), TestResult::Fail),
+            ]
+        );
     }
 }

@@ -508,3 +508,57 @@ fn lava_command_run_on_the_device_named_by_target() {
     assert!(!log.contains("starting kvm-01"), "{log}");
     assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
 }
+
+/// A single `kvm` device running test definitions as LAVA ran them: `install.deps`
+/// on the busybox guest, which has no package manager, fails the shell saying so
+/// before any run step; with `skip_install: deps` the install steps run before the run
+/// steps, a null parameter is empty, a definition's `parameters` are over its
+/// `params`, LAVA's early `NAME=value` list is read, and a Python parse pattern with a
+/// look-ahead leaves out the lines it excludes.
+#[test]
+fn test_definitions_install_their_dependencies_or_skip_them_as_lava_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |skip: &str| {
+        let job = job("testdef-install.json", "kvm", dir.path());
+        let text = std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("@SKIP@", skip);
+        let job = dir.path().join(format!("testdef-install-{skip}.json"));
+        std::fs::write(&job, text).unwrap();
+        let devices = kvm_devices(dir.path(), &["kvm-01"]);
+        let state = dir.path().join(format!("state-{skip}"));
+        let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+        assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
+        (report, status)
+    };
+
+    // Nothing but repositories skipped: the guest cannot install hdparm.
+    let (report, status) = run("repos");
+    assert_eq!(report["health"], "incomplete", "{report:#}");
+    assert_eq!(report["error_class"], "job", "{report:#}");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("install-params-parse: install.deps: the target has no package manager")
+            && error.contains("hdparm"),
+        "{error}"
+    );
+    assert!(results(&report).is_empty(), "run steps ran: {report:#}");
+    assert_eq!(status, 3);
+
+    // Dependencies skipped: everything else runs.
+    let (report, status) = run("deps");
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(
+        results(&report),
+        [
+            ("device.early-params.list-params", "pass"),
+            ("device.install-params-parse.definition-parameters", "pass"),
+            ("device.install-params-parse.install-steps", "pass"),
+            ("device.install-params-parse.lookahead", "pass"),
+            ("device.install-params-parse.null-param", "pass"),
+        ]
+        .map(|(case, result)| (case.to_string(), result.to_string())),
+        "{report:#}"
+    );
+    assert_eq!(status, 0);
+}
