@@ -424,7 +424,8 @@ impl RepoCache {
             .map_err(|e| RepoError::Archive(e.to_string()))
     }
 
-    async fn read_archive(&self, path: &Path) -> Result<Vec<u8>, RepoError> {
+    /// A cached archive's bytes, within the policy's download limit.
+    pub async fn read_archive(&self, path: &Path) -> Result<Vec<u8>, RepoError> {
         let limit = self.policy.limits.max_download_bytes;
         let size = tokio::fs::metadata(path)
             .await

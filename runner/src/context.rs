@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coordinator::NodeClient;
 use coordinator::relay::Relay;
-use job_schemas::{Job, RepoDefinition, RepoSource, TestDefinitionSource, TestShell};
+use job_schemas::{GitRepo, Job, RepoDefinition, RepoSource, TestDefinitionSource, TestShell};
 use parking_lot::Mutex;
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -335,6 +335,20 @@ impl<'a> GroupContext<'a> {
             if let Some(message) = testdef::unsupported_install(&definition, shell.skip_install) {
                 return Err(Failure::new(ErrorClass::Job, "test", message));
             }
+            let mut install_repos = Vec::new();
+            if let Some(install) = definition.install.as_ref()
+                && !shell.skip_install.repos
+            {
+                for repo in &install.git_repos {
+                    let dir = testdef::install_repo_dir(repo)
+                        .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
+                    install_repos.push((dir, self.install_repo(repo).await?));
+                }
+            }
+            if !install_repos.is_empty() && tree.is_none() {
+                // The repositories go under a top of its own, where the definition runs.
+                tree = Some(Arc::new(Vec::new()));
+            }
             let name = definition.metadata.name.clone();
             let run_id = format!("{shell_index}.{index}_{}", sanitize(&name));
             let script = testdef::script(&definition, &parameters, &run_id, shell.skip_install);
@@ -344,6 +358,7 @@ impl<'a> GroupContext<'a> {
                     name,
                     definition,
                     tree,
+                    install_repos,
                 },
                 script,
             ));
@@ -397,6 +412,44 @@ impl<'a> GroupContext<'a> {
         })
         .await
         .clone()
+    }
+
+    /// An `install.git-repos` entry's tree (gzip tar) at the commit its branch (or the
+    /// repository's HEAD) names, resolved once per job as a definition's own tree is.
+    async fn install_repo(&self, repo: &GitRepo) -> Result<Arc<Vec<u8>>, Failure> {
+        let url = url::Url::parse(repo.url()).map_err(|e| {
+            Failure::new(
+                ErrorClass::Job,
+                "test",
+                format!("install.git-repos: {}: not a URL: {e}", repo.url()),
+            )
+        })?;
+        let branch = match repo {
+            GitRepo::Detailed { branch, .. } => branch.as_deref(),
+            GitRepo::Url(_) => None,
+        };
+        let cache = RepoCache::new(
+            self.settings.image_store.join("repos"),
+            self.settings.fetch.clone(),
+        );
+        let commit = self.commit(&cache, &url, branch).await?;
+        let tree = cache
+            .git_tree(&url, Some(&commit))
+            .await
+            .map_err(repo_failure)?;
+        let archive = cache
+            .read_archive(&tree.archive)
+            .await
+            .map_err(repo_failure)?;
+        self.log.line(
+            Level::Info,
+            None,
+            format!(
+                "install.git-repos {url} @ {commit}: {} bytes",
+                archive.len()
+            ),
+        );
+        Ok(Arc::new(archive))
     }
 
     /// A test definition's text from its URL, through the lab's fetch policy.
@@ -475,39 +528,7 @@ impl<'a> GroupContext<'a> {
         }
         let mut files = Vec::new();
         for (definition, script) in definitions {
-            let path = format!("{dir}/{}.sh", definition.run_id);
-            // A definition whose install failed ends the shell: it raised.
-            let raised = format!(
-                "{{ lava_status=$?; [ \"$lava_status\" -ne {} ] || exit \"$lava_status\"; }}",
-                testdef::INSTALL_FAILED
-            );
-            match &definition.tree {
-                None => run.push_str(&format!("sh {} || {raised}\n", shell_quote(&path))),
-                Some(archive) => {
-                    let top = format!("{dir}/{}", definition.run_id);
-                    let mut unpack = format!("mkdir -p {}", shell_quote(&top));
-                    if !archive.is_empty() {
-                        let packed = format!("{top}.tar.gz");
-                        unpack.push_str(&format!(
-                            " && tar -xzf {} -C {}",
-                            shell_quote(&packed),
-                            shell_quote(&top)
-                        ));
-                        files.push((packed, archive.to_vec()));
-                    }
-                    // The subshell keeps the next definition's directory its own.
-                    run.push_str(&format!(
-                        "if {unpack}; then (cd {} && sh {}) || {raised}; else echo {}; fi\n",
-                        shell_quote(&top),
-                        shell_quote(&path),
-                        shell_quote(&format!(
-                            "cannot unpack the tree of {} into {top}",
-                            definition.name
-                        )),
-                    ));
-                }
-            }
-            files.push((path, script.clone().into_bytes()));
+            definition_files(definition, script, dir, &mut run, &mut files);
         }
         files.push((format!("{dir}/run.sh"), run.into_bytes()));
         files
@@ -548,6 +569,9 @@ pub struct PreparedDefinition {
     /// The tree it runs in (gzip tar; empty: a directory with nothing in it), for a
     /// definition from `testdef_repos` other than inline.
     tree: Option<Arc<Vec<u8>>>,
+    /// Its `install.git-repos` trees (gzip tar), each with the directory under the top
+    /// it is unpacked into before the definition runs.
+    install_repos: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 impl PreparedDefinition {
@@ -577,6 +601,62 @@ pub fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// One definition's line of `run.sh` and its files: its script, and for a definition
+/// with a top of its own (a repository's tree, or `install.git-repos`) the archives
+/// `run.sh` unpacks there before the definition runs at that top.
+fn definition_files(
+    definition: &PreparedDefinition,
+    script: &str,
+    dir: &str,
+    run: &mut String,
+    files: &mut Vec<(String, Vec<u8>)>,
+) {
+    let path = format!("{dir}/{}.sh", definition.run_id);
+    // A definition whose install failed ends the shell: it raised.
+    let raised = format!(
+        "{{ lava_status=$?; [ \"$lava_status\" -ne {} ] || exit \"$lava_status\"; }}",
+        testdef::INSTALL_FAILED
+    );
+    match &definition.tree {
+        None => run.push_str(&format!("sh {} || {raised}\n", shell_quote(&path))),
+        Some(archive) => {
+            let top = format!("{dir}/{}", definition.run_id);
+            let mut unpack = format!("mkdir -p {}", shell_quote(&top));
+            if !archive.is_empty() {
+                let packed = format!("{top}.tar.gz");
+                unpack.push_str(&format!(
+                    " && tar -xzf {} -C {}",
+                    shell_quote(&packed),
+                    shell_quote(&top)
+                ));
+                files.push((packed, archive.to_vec()));
+            }
+            // `install.git-repos`, each in its directory under the top.
+            for (name, repo) in &definition.install_repos {
+                let into = format!("{top}/{name}");
+                let packed = format!("{into}.tar.gz");
+                unpack.push_str(&format!(
+                    " && mkdir -p {into} && tar -xzf {packed} -C {into} && rm -f {packed}",
+                    into = shell_quote(&into),
+                    packed = shell_quote(&packed),
+                ));
+                files.push((packed, repo.to_vec()));
+            }
+            // The subshell keeps the next definition's directory its own.
+            run.push_str(&format!(
+                "if {unpack}; then (cd {} && sh {}) || {raised}; else echo {}; fi\n",
+                shell_quote(&top),
+                shell_quote(&path),
+                shell_quote(&format!(
+                    "cannot unpack the tree of {} into {top}",
+                    definition.name
+                )),
+            ));
+        }
+    }
+    files.push((path, script.as_bytes().to_vec()));
 }
 
 /// A test definition tree that could not be had: the dispatcher's own disk is the
@@ -652,5 +732,62 @@ pub fn failed_report(node: &str, role: &str, failure: &Failure) -> NodeReport {
             message: failure.message.clone(),
         },
         results: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A gzip tar of one file `hello.txt` holding `text`, as `git archive` makes them
+    /// (no top directory).
+    fn archive(text: &str) -> Arc<Vec<u8>> {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("hello.txt"), text).unwrap();
+        let out = src.path().join("a.tar.gz");
+        let status = std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&out)
+            .arg("-C")
+            .arg(src.path())
+            .arg("hello.txt")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Arc::new(std::fs::read(out).unwrap())
+    }
+
+    #[test]
+    fn install_git_repos_are_unpacked_under_the_top_before_the_definition_runs() {
+        let yaml = "metadata: {name: g}\nrun: {steps: ['true']}\n";
+        let definition = PreparedDefinition {
+            run_id: "0.0_g".to_string(),
+            name: "g".to_string(),
+            definition: testdef::from_yaml("g.yaml", yaml).unwrap(),
+            tree: Some(Arc::new(Vec::new())),
+            install_repos: vec![
+                ("tools".to_string(), archive("from tools")),
+                ("sub/b2".to_string(), archive("from b2")),
+            ],
+        };
+        let node = tempfile::tempdir().unwrap();
+        let dir = node.path().join("lava").display().to_string();
+        let script = "cat tools/hello.txt; echo; cat sub/b2/hello.txt; echo; ls\n";
+        let mut run = String::new();
+        let mut files = Vec::new();
+        definition_files(&definition, script, &dir, &mut run, &mut files);
+        for (path, content) in &files {
+            std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&run)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{run}\n{text}");
+        assert_eq!(text, "from tools\nfrom b2\nsub\ntools\n", "{run}");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use fancy_regex::Regex;
 use job_schemas::{
-    CommandRun, Install, ParsePattern, Report, SkipInstall, Steps, TestDefinition,
+    CommandRun, GitRepo, Install, ParsePattern, Report, SkipInstall, Steps, TestDefinition,
     TestDefinitionSource, TestMetadata, TestShell,
 };
 use proto::signal::Signal;
@@ -59,24 +59,47 @@ const PACKAGE_MANAGERS: &[(&str, &str)] = &[
     ("zypper", "zypper --non-interactive install \"$@\""),
 ];
 
-/// Why a definition cannot run here before anything reaches the target: repositories
-/// to fetch (`install.git-repos`, `install.bzr-repos`) that `skip_install` does not
-/// leave out.
+/// Why a definition cannot run here before anything reaches the target: Bazaar
+/// repositories to fetch (`install.bzr-repos`) that `skip_install` does not leave out.
+/// (`install.git-repos` are fetched by the dispatcher, see [`install_repo_dir`].)
 pub fn unsupported_install(definition: &TestDefinition, skip: SkipInstall) -> Option<String> {
     let install = definition.install.as_ref()?;
-    if skip.repos || !install.has_repos() {
+    if skip.repos || install.bzr_repos.is_empty() {
         return None;
     }
-    let key = if install.git_repos.is_empty() {
-        "install.bzr-repos"
-    } else {
-        "install.git-repos"
-    };
     Some(format!(
-        "{}: {key} needs repository fetching, which this dispatcher does not do; \
+        "{}: install.bzr-repos needs repository fetching, which this dispatcher does not do; \
          skip_install: repos leaves them out",
         definition.metadata.name
     ))
+}
+
+/// The directory an `install.git-repos` entry is unpacked into, relative to the
+/// definition's top: its `destination`, else the repository's name (the URL's last
+/// segment without `.git`), as LAVA cloned it. Refused when it would leave the top.
+pub fn install_repo_dir(repo: &GitRepo) -> Result<String, String> {
+    let destination = match repo {
+        GitRepo::Detailed {
+            destination: Some(d),
+            ..
+        } => d.clone(),
+        _ => {
+            let url = repo.url().trim_end_matches('/');
+            let last = url.rsplit(['/', ':']).next().unwrap_or_default();
+            last.strip_suffix(".git").unwrap_or(last).to_string()
+        }
+    };
+    let path = std::path::Path::new(&destination);
+    let inside = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if destination.is_empty() || !inside {
+        return Err(format!(
+            "install.git-repos: {}: \"{destination}\" is not a directory inside the test's top",
+            repo.url()
+        ));
+    }
+    Ok(destination)
 }
 
 /// The script a test shell runs for one definition: parameters exported (the job's
@@ -672,7 +695,7 @@ run:
     }
 
     #[test]
-    fn repositories_to_fetch_are_refused_unless_skipped() {
+    fn bzr_repositories_to_fetch_are_refused_unless_skipped() {
         let yaml = "metadata: {name: r}\nrun: {steps: ['true']}\ninstall:\n  \
                     git-repos: [{url: 'https://example.org/a.git', branch: main}]\n  \
                     bzr-repos: ['lp:b']\n";
@@ -682,7 +705,7 @@ run:
         assert_eq!(install.bzr_repos, ["lp:b"]);
         let message = unsupported_install(&definition, SkipInstall::default()).unwrap();
         assert!(
-            message.starts_with("r: install.git-repos needs repository fetching"),
+            message.starts_with("r: install.bzr-repos needs repository fetching"),
             "{message}"
         );
         let skip = SkipInstall {
@@ -690,6 +713,29 @@ run:
             ..SkipInstall::default()
         };
         assert_eq!(unsupported_install(&definition, skip), None);
+    }
+
+    #[test]
+    fn install_git_repos_are_fetched_into_their_destination_or_name() {
+        let yaml = "metadata: {name: g}\nrun: {steps: ['true']}\ninstall:\n  \
+                    git-repos:\n  - 'https://example.org/tools/a.git'\n  \
+                    - {url: 'git://example.org/b', branch: main, destination: sub/b2}\n  \
+                    - {url: 'file:///srv/c/', destination: '../out'}\n";
+        let definition = from_yaml("g.yaml", yaml).unwrap();
+        // git-repos alone are no longer refused: the dispatcher fetches them.
+        assert_eq!(
+            unsupported_install(&definition, SkipInstall::default()),
+            None
+        );
+        let repos = &definition.install.as_ref().unwrap().git_repos;
+        assert_eq!(install_repo_dir(&repos[0]).unwrap(), "a");
+        assert_eq!(install_repo_dir(&repos[1]).unwrap(), "sub/b2");
+        let err = install_repo_dir(&repos[2]).unwrap_err();
+        assert!(err.contains("not a directory inside"), "{err}");
+        assert_eq!(
+            install_repo_dir(&GitRepo::Url("file:///srv/c/".into())).unwrap(),
+            "c"
+        );
     }
 
     #[test]
