@@ -3,6 +3,7 @@
 //! * [`ssh`]: SSH sessions and SFTP to host devices, with host-key checks;
 //! * [`transfer`]: files onto a host through its SHA-256 cache;
 //! * [`fetch`] and [`images`]: what a job may fetch and the local image store;
+//! * [`initramfs`]: a root file system tarball and its overlays made into one initramfs;
 //! * [`repos`]: test definition trees (git, Bazaar, tar) fetched and cached here;
 //! * [`console`]: serial consoles, their logs and prompt waits;
 //! * [`launch`]: the one qemu command line of a VM, its MAC addresses and group LAN;
@@ -16,6 +17,7 @@ pub mod console;
 pub mod fetch;
 pub mod host;
 pub mod images;
+pub mod initramfs;
 pub mod launch;
 pub mod local;
 pub mod repos;
