@@ -1301,6 +1301,56 @@ mod tests {
         assert!(store_files(&store).is_empty(), "{:?}", store_files(&store));
     }
 
+    /// One PAX extended header record: its length counts itself.
+    fn pax_record(key: &str, value: &str) -> Vec<u8> {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    #[test]
+    fn pax_names_and_owners_and_chained_hard_links_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("usr/lib/{}.so", "l".repeat(150));
+        let mut records = pax_record("path", &long);
+        records.extend(pax_record("uid", "3000000"));
+        let tree = Tar::new()
+            .dir("usr/")
+            .dir("usr/lib/")
+            .entry(
+                tar::EntryType::XHeader,
+                "PaxHeader/x",
+                0o644,
+                &records,
+                |_| {},
+            )
+            .file("usr/lib/truncated-name", 0o644, b"so")
+            .file("a", 0o600, b"data")
+            .hardlink("b", "a")
+            // Not GNU tar's habit (every link names the first file), but valid.
+            .hardlink("c", "b")
+            .finish();
+        let tree = write(dir.path(), "rootfs.tar", &tree);
+        let built = build_cached(&dir.path().join("store"), None, &[tree], LIMIT).unwrap();
+        let archives = read_archives(&std::fs::read(&built.path).unwrap());
+        let items = &archives[0];
+        assert_eq!(
+            names(items),
+            ["usr", "usr/lib", long.as_str(), "a", "b", "c"]
+        );
+        let so = find(items, &long);
+        assert_eq!((so.uid, so.data.as_slice()), (3_000_000, &b"so"[..]));
+        let a = find(items, "a");
+        assert_eq!(a.nlink, 3);
+        for link in ["b", "c"] {
+            let link = find(items, link);
+            assert_eq!((link.ino, link.nlink, link.mode), (a.ino, 3, 0o100600));
+        }
+    }
+
     #[test]
     fn a_hard_link_to_a_missing_target_is_refused() {
         let dir = tempfile::tempdir().unwrap();
