@@ -9,6 +9,8 @@
 #                              port 22 with sftp, node agent and lava-* links in
 #                              /usr/local/bin, root shell on ttyS0, prompt "guest:/# ".
 #                              Fits in -m 256.
+#   DIR/guest/rootfs.tar.gz    the same guest tree as a root file system tarball (nfsrootfs),
+#                              with /etc/rootfs-source, which the initramfs has not
 #   DIR/guest/disk.img         the same guest as a bootable raw disk (image-only boots,
 #                              `deploy_linaro_image`): FAT with SYSLINUX, no partitions
 #   DIR/hostdev/vmlinuz, DIR/hostdev/initramfs.cpio.gz, DIR/hostdev/rootfs.img
@@ -164,6 +166,7 @@ RESULTS=(
     "guest_kernel=$OUT/guest/vmlinuz"
     "guest_initramfs=$OUT/guest/initramfs.cpio.gz"
     "guest_disk=$OUT/guest/disk.img"
+    "guest_rootfs_tar=$OUT/guest/rootfs.tar.gz"
     "guest_fingerprint_file=$OUT/guest/ssh_host_ed25519_key.fingerprint"
     "hostdev_kernel=$OUT/hostdev/vmlinuz"
     "hostdev_initramfs=$OUT/hostdev/initramfs.cpio.gz"
@@ -383,6 +386,12 @@ PS1='guest:\w# '
 EOF
 pack_cpio "$G" "$BUILD/guest-initramfs.cpio.gz"
 cp "$K/boot/vmlinuz-$KVER" "$BUILD/guest-vmlinuz"
+# The same tree as a root file system tarball (a job's nfsrootfs), owned by root as a
+# distribution's would be, with a file the initramfs does not have: a guest booted from
+# the tarball can tell.
+echo tarball >"$G/etc/rootfs-source"
+tar -C "$G" --numeric-owner --owner=0 --group=0 -czf "$BUILD/guest-rootfs.tar.gz" .
+rm "$G/etc/rootfs-source"
 
 # The same guest as a disk that boots by itself, for jobs that deploy an image and no
 # kernel: FAT with SYSLINUX in its boot sector and no partition table (SeaBIOS boots
@@ -552,6 +561,7 @@ fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
 mv -f "$BUILD/guest-vmlinuz" "$OUT/guest/vmlinuz"
 mv -f "$BUILD/guest-initramfs.cpio.gz" "$OUT/guest/initramfs.cpio.gz"
 mv -f "$BUILD/guest-disk.img" "$OUT/guest/disk.img"
+mv -f "$BUILD/guest-rootfs.tar.gz" "$OUT/guest/rootfs.tar.gz"
 cp "$K/boot/vmlinuz-$KVER" "$OUT/hostdev/vmlinuz"
 mv -f "$BUILD/hostdev-initramfs.cpio.gz" "$OUT/hostdev/initramfs.cpio.gz"
 mv -f "$BUILD/rootfs.img" "$OUT/hostdev/rootfs.img"

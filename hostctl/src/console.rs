@@ -213,6 +213,15 @@ pub struct Matched {
     pub text: String,
 }
 
+/// How a console logs in once the guest has booted: wait for `login_prompt`, send
+/// `username`, then (when given) wait for the password prompt and send the password.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub login_prompt: Regex,
+    pub username: String,
+    pub password: Option<(Regex, String)>,
+}
+
 /// A console over a byte stream.
 pub struct Console<S> {
     stream: S,
@@ -352,6 +361,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
         self.pending[start..].to_string()
     }
 
+    /// Waits for the shell prompt of a guest that is booting, logging in first when
+    /// `login` is given, all within `timeout`. The password is typed, never logged
+    /// here (a guest does not echo it either).
+    pub async fn boot_to_prompt(
+        &mut self,
+        prompt: &Regex,
+        login: Option<&Login>,
+        timeout: Duration,
+    ) -> Result<Matched, ConsoleError> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if let Some(login) = login {
+            self.expect(&login.login_prompt, left()).await?;
+            self.send_line(&login.username).await?;
+            if let Some((password_prompt, password)) = &login.password {
+                self.expect(password_prompt, left()).await?;
+                self.send_line(password).await?;
+            }
+        }
+        self.expect(prompt, left()).await
+    }
+
     /// Types a line (and a newline) into the console.
     pub async fn send_line(&mut self, line: &str) -> Result<(), ConsoleError> {
         self.stream.write_all(line.as_bytes()).await?;
@@ -463,6 +494,74 @@ mod tests {
         for cut in 1..text.len() {
             let (a, b) = text.split_at(cut);
             assert_eq!(stripped(&[a, b]), "prüfung ✓ $ ", "cut at {cut}");
+        }
+    }
+
+    /// A guest that asks for a login and a password and checks them, as `login` does.
+    async fn guest_with_login(password: &'static str) -> Console<tokio::io::DuplexStream> {
+        use tokio::io::AsyncBufReadExt;
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let (reader, mut writer) = tokio::io::split(theirs);
+            let mut lines = tokio::io::BufReader::new(reader).lines();
+            let _ = writer
+                .write_all(b"Debian GNU/Linux 12 vm ttyS0\r\n\r\nvm login: ")
+                .await;
+            let user = lines.next_line().await.ok().flatten().unwrap_or_default();
+            // Echo the user name, as a terminal does; not the password.
+            let _ = writer
+                .write_all(format!("{user}\r\nPassword: ").as_bytes())
+                .await;
+            let typed = lines.next_line().await.ok().flatten().unwrap_or_default();
+            if user == "root" && typed == password {
+                let _ = writer
+                    .write_all(b"\r\nLast login: never\r\nroot@vm:~# ")
+                    .await;
+                while let Ok(Some(_)) = lines.next_line().await {}
+            } else {
+                // Then the console goes away: the test sees what it showed last.
+                let _ = writer.write_all(b"\r\nLogin incorrect\r\nvm login: ").await;
+            }
+        });
+        Console::new(ours, ConsoleLog::default())
+    }
+
+    fn root_login(password: &str) -> Login {
+        Login {
+            login_prompt: Regex::new("login:").unwrap(),
+            username: "root".into(),
+            password: Some((Regex::new("Password:").unwrap(), password.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn logs_in_with_user_and_password_then_finds_the_prompt() {
+        let mut console = guest_with_login("s3cret").await;
+        let prompt = Regex::new(r"[#$] ?$").unwrap();
+        let found = console
+            .boot_to_prompt(
+                &prompt,
+                Some(&root_login("s3cret")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.text, "# ");
+        assert!(found.before.contains("Last login"), "{found:?}");
+        assert!(!String::from_utf8_lossy(&console.log().contents()).contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_fails_naming_what_the_console_showed_last() {
+        let mut console = guest_with_login("s3cret").await;
+        let prompt = Regex::new(r"[#$] ?$").unwrap();
+        let err = console
+            .boot_to_prompt(&prompt, Some(&root_login("wrong")), Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        match err {
+            ConsoleError::Closed { tail } => assert!(tail.contains("Login incorrect"), "{tail}"),
+            other => panic!("{other:?}"),
         }
     }
 

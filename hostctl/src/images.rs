@@ -35,6 +35,8 @@ pub enum ImageError {
     },
     #[error("unsupported image URL {0} (expected file://, http:// or https://)")]
     Scheme(String),
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
     #[error("{url}: not UTF-8 text: {message}")]
     NotText { url: String, message: String },
 }
@@ -261,6 +263,30 @@ impl ImageStore {
     }
 
     /// `path` itself, or its decompressed copy for `.gz` and `.xz`.
+    /// One initramfs of `base` (an initramfs, copied as it is) followed by the tar
+    /// archives `trees` in order, built once per set of inputs into the store
+    /// ([`crate::initramfs`]), at most the lab's `max_unpacked_bytes`.
+    pub async fn initramfs(
+        &self,
+        base: Option<&Path>,
+        trees: &[PathBuf],
+    ) -> Result<crate::initramfs::Initramfs, ImageError> {
+        let dir = self.dir.join("initramfs");
+        let base = base.map(Path::to_path_buf);
+        let trees = trees.to_vec();
+        let limit = self.policy.limits.max_unpacked_bytes;
+        let what = dir.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::initramfs::build_cached(&dir, base.as_deref(), &trees, limit)
+        })
+        .await
+        .map_err(|e| ImageError::Io {
+            path: what,
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(ImageError::Initramfs)
+    }
+
     async fn decompressed(&self, path: &Path) -> Result<PathBuf, ImageError> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("gz") => "gzip",

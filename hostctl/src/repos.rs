@@ -286,16 +286,24 @@ impl RepoCache {
         revision: Option<&str>,
         testdef: &str,
     ) -> Result<Tree, RepoError> {
-        self.bzr_with(find_tool("brz"), url, revision, testdef)
+        self.bzr_with(find_tool("brz"), url, revision, Some(testdef))
             .await
     }
 
+    /// A Bazaar branch at `revision` as a `.tar.gz` of its tree (no definition read):
+    /// a test definition's `install.bzr-repos`.
+    pub async fn bzr_tree(&self, url: &str, revision: Option<&str>) -> Result<Tree, RepoError> {
+        self.bzr_with(find_tool("brz"), url, revision, None).await
+    }
+
+    /// `testdef`: the definition read from the branch (`None`: none, the tree's
+    /// `definition` is empty).
     async fn bzr_with(
         &self,
         brz: Option<PathBuf>,
         url: &str,
         revision: Option<&str>,
-        testdef: &str,
+        testdef: Option<&str>,
     ) -> Result<Tree, RepoError> {
         let Some(brz) = brz else {
             return Err(RepoError::MissingTool {
@@ -335,14 +343,18 @@ impl RepoCache {
             &work,
         )
         .await?;
-        let definition_path = branch.join(testdef.trim_start_matches("./"));
-        let definition = read_text_bounded(
-            &definition_path,
-            self.policy.limits.max_testdef_bytes,
-            url,
-            testdef,
-        )
-        .await;
+        let definition = match testdef {
+            Some(testdef) => {
+                read_text_bounded(
+                    &branch.join(testdef.trim_start_matches("./")),
+                    self.policy.limits.max_testdef_bytes,
+                    url,
+                    testdef,
+                )
+                .await
+            }
+            None => Ok(String::new()),
+        };
         let archive = work.join("tree.tar.gz");
         let archive_arg = archive.display().to_string();
         let exported = run_tool(
@@ -1045,7 +1057,7 @@ mod tests {
     async fn bzr_without_breezy_names_the_missing_tool() {
         let cache = RepoCache::new(std::env::temp_dir(), policy(&[]));
         let err = cache
-            .bzr_with(None, "lp:foo", None, "lavatest.yaml")
+            .bzr_with(None, "lp:foo", None, Some("lavatest.yaml"))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("needs `brz`"), "{err}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::console::{Console, ConsoleError, ConsoleLog};
+use crate::console::{Console, ConsoleError, ConsoleLog, Login};
 pub use crate::launch::{GroupLan, ISOLATED_USER_NETDEV, VmImages, VmNetwork};
 use crate::launch::{LanError, qemu_command};
 use crate::ssh::{SshError, SshSession, shell_quote};
@@ -172,14 +172,16 @@ pub async fn launch(
 }
 
 impl RunningVm {
-    /// Waits for the shell prompt on the VM's console.
+    /// Waits for the shell prompt on the VM's console, logging in first when `login`
+    /// is given.
     pub async fn wait_for_prompt(
         &mut self,
         prompt: &Regex,
+        login: Option<&Login>,
         timeout: Duration,
     ) -> Result<(), VmError> {
         self.console
-            .expect(prompt, timeout)
+            .boot_to_prompt(prompt, login, timeout)
             .await
             .map(drop)
             .map_err(|source| VmError::Console {

@@ -36,14 +36,14 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GitRepo, GroupRole,
-    Install, Job, LogLevel, Member, NodeKind, PackageManager, ParsePattern, Priority,
-    RepoDefinition, RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall, Steps,
-    TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup,
-    VmSpec,
+    Action, Boot, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GitRepo,
+    GroupRole, Install, Job, LogLevel, Login, Member, NodeKind, PackageManager, ParsePattern,
+    Priority, RepoDefinition, RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall,
+    Steps, TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology,
+    VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
-pub use semantic::{MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, url_parameters};
+pub use semantic::{DEFAULT_JOB_TIMEOUT_SECS, MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, deploy_urls};
 pub use suggest::{did_you_mean, one_of};
 pub use urls::{UrlError, check_url};
 

@@ -168,7 +168,7 @@ pub struct Action {
 pub enum Command {
     DeployLinaroImage(DeployImage),
     DeployLinaroKernel(Box<DeployKernel>),
-    BootLinaroImage,
+    BootLinaroImage(Boot),
     LavaTestShell(TestShell),
     /// Shell commands run in one shell on the node, each a test case (LAVA v1).
     LavaCommandRun(CommandRun),
@@ -177,21 +177,56 @@ pub enum Command {
     SubmitResults,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeployImage {
-    pub image: Url,
-    #[serde(default)]
+    /// `None`: the job gave an empty string, a placeholder a lab refuses at submission
+    /// (`runner::validation`), so a job that runs always has its image.
+    pub image: Option<Url>,
     pub target_type: Option<TargetType>,
+    pub login: Login,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `deploy_linaro_kernel`. Each URL is `None` when not given, or given as an empty
+/// string (see [`DeployImage::image`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeployKernel {
-    pub kernel: Url,
+    pub kernel: Option<Url>,
     pub ramdisk: Option<Url>,
     pub dtb: Option<Url>,
     pub rootfs: Option<Url>,
-    #[serde(default)]
+    /// A root file system as a tar archive, booted as an initramfs.
+    pub nfsrootfs: Option<Url>,
+    /// Tar archives unpacked over the root file system (ramdisk or nfsrootfs), in order.
+    pub overlays: Vec<Url>,
+    pub firmware: Option<Url>,
     pub target_type: Option<TargetType>,
+    pub login: Login,
+}
+
+/// How the console logs in after boot (LAVA v1's keys of the deploy action). Empty:
+/// the console is at a shell prompt by itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Login {
+    /// A regular expression; `None`: no login.
+    pub login_prompt: Option<String>,
+    pub username: Option<String>,
+    pub password_prompt: Option<String>,
+    /// Never serialized: the job's JSON as stored is the only copy.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl Login {
+    pub fn is_empty(&self) -> bool {
+        self.login_prompt.is_none()
+    }
+}
+
+/// `boot_linaro_image`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Boot {
+    /// A regular expression: the image's shell prompt, instead of the device type's.
+    pub test_image_prompt: Option<String>,
 }
 
 /// The distribution a deployed image runs (LAVA v1's `target_type`): what the defaults
@@ -588,7 +623,9 @@ impl Job {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Job {
             name: raw.job_name,
-            timeout_secs: raw.timeout,
+            timeout_secs: raw
+                .timeout
+                .unwrap_or(crate::semantic::DEFAULT_JOB_TIMEOUT_SECS),
             logging_level: raw.logging_level.unwrap_or_default(),
             priority: match raw.priority {
                 None => Priority::default(),
@@ -629,7 +666,7 @@ fn internal(err: impl std::fmt::Display) -> InternalError {
 #[derive(Deserialize)]
 struct RawJob {
     job_name: Option<String>,
-    timeout: u64,
+    timeout: Option<u64>,
     logging_level: Option<LogLevel>,
     priority: Option<RawPriority>,
     #[serde(default)]
@@ -821,6 +858,49 @@ impl RawRepo {
     }
 }
 
+/// A deploy action's parameters (both commands: validation refused the keys a command
+/// does not take). Keys with no effect (`bootloadertype`) are not read.
+#[derive(Deserialize)]
+struct RawDeploy {
+    image: Option<String>,
+    kernel: Option<String>,
+    ramdisk: Option<String>,
+    dtb: Option<String>,
+    rootfs: Option<String>,
+    nfsrootfs: Option<String>,
+    #[serde(default)]
+    overlays: Vec<String>,
+    firmware: Option<String>,
+    target_type: Option<TargetType>,
+    login_prompt: Option<String>,
+    username: Option<String>,
+    password_prompt: Option<String>,
+    password: Option<String>,
+}
+
+impl RawDeploy {
+    fn login(&self) -> Login {
+        Login {
+            login_prompt: self.login_prompt.clone(),
+            username: self.username.clone(),
+            password_prompt: self.password_prompt.clone(),
+            password: self.password.clone(),
+        }
+    }
+}
+
+/// `boot_linaro_image`'s parameters; `boot_cmds` and `options` have no effect (the
+/// validation warns) and are not read.
+#[derive(Deserialize)]
+struct RawBoot {
+    test_image_prompt: Option<String>,
+}
+
+/// A URL validation checked, or `None` for the empty placeholder it warned about.
+fn non_empty_url(text: &str) -> Option<Result<Url, InternalError>> {
+    (!text.is_empty()).then(|| Url::parse(text).map_err(internal))
+}
+
 impl RawAction {
     fn into_model(self) -> Result<Action, InternalError> {
         let role = self
@@ -835,12 +915,38 @@ impl RawAction {
         let params = Value::Object(params);
         let command = match self.command.as_str() {
             "deploy_linaro_image" => {
-                Command::DeployLinaroImage(serde_json::from_value(params).map_err(internal)?)
+                let raw: RawDeploy = serde_json::from_value(params).map_err(internal)?;
+                Command::DeployLinaroImage(DeployImage {
+                    image: raw.image.as_deref().and_then(non_empty_url).transpose()?,
+                    target_type: raw.target_type,
+                    login: raw.login(),
+                })
             }
-            "deploy_linaro_kernel" => Command::DeployLinaroKernel(Box::new(
-                serde_json::from_value(params).map_err(internal)?,
-            )),
-            "boot_linaro_image" => Command::BootLinaroImage,
+            "deploy_linaro_kernel" => {
+                let raw: RawDeploy = serde_json::from_value(params).map_err(internal)?;
+                let url = |u: &Option<String>| u.as_deref().and_then(non_empty_url).transpose();
+                Command::DeployLinaroKernel(Box::new(DeployKernel {
+                    kernel: url(&raw.kernel)?,
+                    ramdisk: url(&raw.ramdisk)?,
+                    dtb: url(&raw.dtb)?,
+                    rootfs: url(&raw.rootfs)?,
+                    nfsrootfs: url(&raw.nfsrootfs)?,
+                    overlays: raw
+                        .overlays
+                        .iter()
+                        .filter_map(|u| non_empty_url(u))
+                        .collect::<Result<_, _>>()?,
+                    firmware: url(&raw.firmware)?,
+                    target_type: raw.target_type,
+                    login: raw.login(),
+                }))
+            }
+            "boot_linaro_image" => {
+                let raw: RawBoot = serde_json::from_value(params).map_err(internal)?;
+                Command::BootLinaroImage(Boot {
+                    test_image_prompt: raw.test_image_prompt,
+                })
+            }
             "lava_test_shell" => {
                 let raw: RawTestShell = serde_json::from_value(params).map_err(internal)?;
                 let definitions = raw

@@ -52,6 +52,10 @@ pub const MAX_VMS_PER_GROUP: usize = 250;
 /// overflow, which a timeout near `u64::MAX` would do.
 pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 60 * 60;
 
+/// The job timeout of a job that gives none (LAVA v1 required one; its examples do not
+/// always have it): an hour, which a warning names.
+pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 3600;
+
 pub(crate) fn is_reserved_key(key: &str) -> bool {
     RESERVED_KEYS.contains(&key)
 }
@@ -118,11 +122,23 @@ fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic
     match present.as_slice() {
         // A target alone names the device, whose type the lab knows.
         [] if top.contains_key("target") => {}
-        [] => out.push(
-            Diagnostic::error("", "the job does not say where to run")
-                .expected("exactly one of device_type (or target), device_group or vm_group")
-                .found("none of them"),
-        ),
+        [] => {
+            let health_check = ["health-check", "health_check"]
+                .iter()
+                .any(|k| top.get(*k).and_then(Value::as_bool) == Some(true));
+            out.push(
+                Diagnostic::error("", "the job does not say where to run")
+                    .expected("exactly one of device_type (or target), device_group or vm_group")
+                    .found("none of them")
+                    .maybe_hint(
+                        health_check.then_some(
+                            "a LAVA health check got its device from the device type it was \
+                         attached to; here a job names it: add \"device_type\" or \"target\""
+                                .to_string(),
+                        ),
+                    ),
+            );
+        }
         [_] => {}
         [first, rest @ ..] => {
             for other in rest {
@@ -171,6 +187,8 @@ fn check_topology(top: &serde_json::Map<String, Value>, out: &mut Vec<Diagnostic
 /// Where a role the job defines is defined.
 pub(crate) struct RoleDef {
     pub pointer: String,
+    /// Its device type, when the job gives one as a string.
+    pub device_type: Option<String>,
     /// Its `count` when that is a positive integer (else the count check reports it).
     pub count: u64,
 }
@@ -210,14 +228,23 @@ fn count_of(entry: &Value) -> u64 {
         .unwrap_or(1)
 }
 
+/// A role's definition from its entry (in `device_group`, `vm_group.host` or
+/// `vm_group.vms`), defined at `pointer`.
+fn role_def(entry: &Value, pointer: String, count: u64) -> RoleDef {
+    RoleDef {
+        pointer,
+        device_type: string_at(entry, "device_type"),
+        count,
+    }
+}
+
 fn collect_roles(job: &Value) -> Roles {
     let mut all = Vec::new();
     if let Some(group) = job.get("device_group").and_then(Value::as_array) {
         for (i, entry) in group.iter().enumerate() {
             if let Some(role) = entry.get("role").and_then(Value::as_str) {
                 let at = format!("/device_group/{i}/role");
-                let count = count_of(entry);
-                all.push((role.to_string(), RoleDef { pointer: at, count }));
+                all.push((role.to_string(), role_def(entry, at, count_of(entry))));
             }
         }
     }
@@ -227,21 +254,20 @@ fn collect_roles(job: &Value) -> Roles {
                 Some(role) => (role, "/vm_group/host/role"),
                 None => (DEFAULT_HOST_ROLE, "/vm_group/host"),
             };
-            let def = RoleDef {
-                pointer: at.into(),
-                count: 1,
-            };
-            all.push((role.to_string(), def));
+            all.push((role.to_string(), role_def(host, at.into(), 1)));
         }
         for (i, vm) in vms(job) {
             if let Some(role) = vm.get("role").and_then(Value::as_str) {
                 let at = format!("/vm_group/vms/{i}/role");
-                let count = count_of(vm);
-                all.push((role.to_string(), RoleDef { pointer: at, count }));
+                all.push((role.to_string(), role_def(vm, at, count_of(vm))));
             }
         }
     }
     Roles::new(all)
+}
+
+fn string_at(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 fn vms(job: &Value) -> impl Iterator<Item = (usize, &Value)> {
@@ -374,9 +400,13 @@ fn check_timeouts(job: &Value, out: &mut Vec<Diagnostic>) {
             );
         }
     };
-    if let Some(timeout) = job.get("timeout") {
-        check("/timeout".to_string(), timeout);
-    }
+    let missing_timeout = match job.get("timeout") {
+        Some(timeout) => {
+            check("/timeout".to_string(), timeout);
+            false
+        }
+        None => true,
+    };
     for (i, action) in actions(job) {
         // Result submissions are ignored whole, their parameters included.
         if action
@@ -389,6 +419,15 @@ fn check_timeouts(job: &Value, out: &mut Vec<Diagnostic>) {
         if let Some(timeout) = action.pointer("/parameters/timeout") {
             check(format!("/actions/{i}/parameters/timeout"), timeout);
         }
+    }
+    if missing_timeout {
+        out.push(
+            Diagnostic::warning(
+                "/timeout",
+                format!("no job timeout: the job gets {DEFAULT_JOB_TIMEOUT_SECS} seconds"),
+            )
+            .hint("give \"timeout\" in seconds; it is also each action's default"),
+        );
     }
 }
 
@@ -547,14 +586,32 @@ impl Want {
     }
 }
 
-/// URL-valued action parameters, by command.
-/// The parameters of an action that are image URLs.
-pub fn url_parameters(command: &str) -> &'static [&'static str] {
-    match command {
-        "deploy_linaro_image" => &["image"],
-        "deploy_linaro_kernel" => &["kernel", "ramdisk", "dtb", "rootfs"],
-        _ => &[],
+/// The image URLs of an action, each with its pointer below the action's parameters
+/// (`kernel`, `overlays/0`...), as the job gives them (possibly empty strings).
+pub fn deploy_urls<'a>(command: &str, params: Option<&'a Value>) -> Vec<(String, &'a str)> {
+    const SINGLE: [&str; 7] = [
+        "image",
+        "kernel",
+        "ramdisk",
+        "dtb",
+        "rootfs",
+        "nfsrootfs",
+        "firmware",
+    ];
+    let Some(params) = params.filter(|_| command.starts_with("deploy_")) else {
+        return Vec::new();
+    };
+    let mut urls: Vec<(String, &'a str)> = SINGLE
+        .iter()
+        .filter_map(|key| Some((key.to_string(), params.get(*key)?.as_str()?)))
+        .collect();
+    let overlays = params.get("overlays").and_then(Value::as_array);
+    for (j, url) in overlays.into_iter().flatten().enumerate() {
+        if let Some(text) = url.as_str() {
+            urls.push((format!("overlays/{j}"), text));
+        }
     }
+    urls
 }
 
 fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
@@ -613,11 +670,18 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
                 );
             }
         }
-        for key in url_parameters(command) {
-            if let Some(text) = params.and_then(|p| p.get(*key)).and_then(Value::as_str) {
-                check_url_at(&format!("{at}/parameters/{key}"), text, ctx, out);
+        for (key, text) in deploy_urls(command, params) {
+            let url_at = format!("{at}/parameters/{key}");
+            if text.is_empty() {
+                out.push(
+                    Diagnostic::warning(url_at, "empty URL: nothing can be deployed from it")
+                        .hint("a lab refuses the job at submission until it names a file"),
+                );
+            } else {
+                check_url_at(&url_at, text, ctx, out);
             }
         }
+        check_deploy_target(&at, command, params, roles, job, ctx, out);
         // A timeout over MAX_TIMEOUT_SECS is an error of its own (check_timeouts).
         if let (Some(limit), Some(timeout)) = (
             job_timeout,
@@ -660,6 +724,158 @@ fn check_actions(job: &Value, roles: &Roles, ctx: &ValidationContext, out: &mut 
                 );
             }
         }
+    }
+}
+
+/// The class of the device an action runs on, when validation can tell: its role's
+/// device type, or a single-device job's. `None` for an action of every role of a group,
+/// a job naming only a `target`, or a type the lab does not know (reported elsewhere).
+fn action_class(
+    role: Option<&str>,
+    roles: &Roles,
+    job: &Value,
+    ctx: &ValidationContext,
+) -> Option<DeviceTypeClass> {
+    let device_type = match role {
+        Some(role) => roles.get(role)?.device_type.clone()?,
+        None => string_at(job, "device_type")?,
+    };
+    ctx.catalog.class(&device_type)
+}
+
+/// The deploy and boot parameters that mean something only on some devices, or only
+/// together: login keys, `nfsrootfs` and `overlays`, and LAVA v1's board keys that a VM
+/// (whose kernel qemu loads) or a host device (booted as its lab says) has no use for.
+fn check_deploy_target(
+    at: &str,
+    command: &str,
+    params: Option<&Value>,
+    roles: &Roles,
+    job: &Value,
+    ctx: &ValidationContext,
+    out: &mut Vec<Diagnostic>,
+) {
+    if !(command.starts_with("deploy_") || command == "boot_linaro_image") {
+        return;
+    }
+    let Some(params) = params.and_then(Value::as_object) else {
+        return;
+    };
+    let given = |key: &str| params.get(key).is_some_and(|v| v.as_str() != Some(""));
+    let param_at = |key: &str| format!("{at}/parameters/{key}");
+    for key in ["login_prompt", "password_prompt", "test_image_prompt"] {
+        if let Some(pattern) = params.get(key).and_then(Value::as_str)
+            && let Err(err) = regex::Regex::new(pattern)
+        {
+            out.push(
+                Diagnostic::error(
+                    param_at(key),
+                    format!("{key} is not a valid regular expression"),
+                )
+                .found(
+                    err.to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            );
+        }
+    }
+    // Each login key is needed by another: name the missing one.
+    for (key, needs, why) in [
+        (
+            "login_prompt",
+            "username",
+            "the console must answer the login prompt",
+        ),
+        (
+            "username",
+            "login_prompt",
+            "the console sends it when it sees the login prompt",
+        ),
+        (
+            "password_prompt",
+            "password",
+            "the console must answer the password prompt",
+        ),
+        (
+            "password",
+            "password_prompt",
+            "the console sends it when it sees the password prompt",
+        ),
+        (
+            "password_prompt",
+            "login_prompt",
+            "a password is asked after the user name",
+        ),
+    ] {
+        if params.contains_key(key) && !params.contains_key(needs) {
+            out.push(
+                Diagnostic::error(param_at(key), format!("{key} without {needs}"))
+                    .expected(format!("\"{needs}\" too: {why}")),
+            );
+        }
+    }
+    let class = action_class(params.get("role").and_then(Value::as_str), roles, job, ctx);
+    if let Some(DeviceTypeClass::Host { .. }) = class {
+        let applied: Vec<&str> = params
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !matches!(*k, "role" | "timeout"))
+            .collect();
+        if !applied.is_empty() {
+            out.push(
+                Diagnostic::warning(at, format!("{command} is not applied to a host device"))
+                    .found(format!("parameters {}", applied.join(", ")))
+                    .hint(
+                        "a host device boots what its lab gives it (a board's boot commands, a \
+                     qemu-host's images); deploy to the VMs by their role",
+                    ),
+            );
+        }
+        return;
+    }
+    for (key, why) in [
+        ("bootloadertype", "qemu loads a VM's kernel itself"),
+        (
+            "boot_cmds",
+            "qemu loads a VM's kernel itself, with the device type's command line",
+        ),
+        (
+            "options",
+            "devices are configured by the lab's device-type files, not by jobs",
+        ),
+    ] {
+        if params.contains_key(key) {
+            out.push(Diagnostic::warning(param_at(key), format!("{key} has no effect")).hint(why));
+        }
+    }
+    if given("nfsrootfs") {
+        for other in ["ramdisk", "rootfs"] {
+            if given(other) {
+                out.push(
+                    Diagnostic::error(
+                        param_at(other),
+                        format!("{other} with nfsrootfs: two root file systems"),
+                    )
+                    .expected("nfsrootfs alone: it is booted as the VM's initramfs"),
+                );
+            }
+        }
+    }
+    let overlays = params
+        .get("overlays")
+        .and_then(Value::as_array)
+        .is_some_and(|o| !o.is_empty());
+    if overlays && !given("ramdisk") && !given("nfsrootfs") {
+        out.push(
+            Diagnostic::error(
+                param_at("overlays"),
+                "overlays need a ramdisk or an nfsrootfs to be unpacked into",
+            )
+            .hint("overlays are appended to the initramfs; a disk image cannot take them"),
+        );
     }
 }
 

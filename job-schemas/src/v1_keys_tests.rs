@@ -246,3 +246,192 @@ fn the_known_top_level_keys_are_the_schemas() {
         "a key the schema describes would be warned about"
     );
 }
+
+/// A vm_group on a board type (`arndale`, a host) with one `kvm` guest.
+fn group_job(actions: serde_json::Value) -> serde_json::Value {
+    json!({"job_name": "g", "timeout": 900, "vm_group": {
+        "host": {"device_type": "arndale", "role": "host"},
+        "vms": [{"device_type": "kvm", "role": "guest"}]},
+        "actions": actions})
+}
+
+fn group_context() -> ValidationContext {
+    let mut ctx = context();
+    ctx.catalog.insert(
+        "arndale",
+        DeviceTypeClass::Host {
+            virtualization: true,
+        },
+    );
+    ctx
+}
+
+#[test]
+fn a_kernel_deploy_types_nfsrootfs_overlays_firmware_login_and_the_boot_prompt() {
+    let job = kvm_job(json!([
+        {"command": "deploy_linaro_kernel", "parameters": {
+            "kernel": "https://example.org/vmlinuz",
+            "nfsrootfs": "https://example.org/rootfs.tar.xz",
+            "overlays": ["https://example.org/modules.tar.xz", "https://example.org/extra.tar.gz"],
+            "firmware": "https://example.org/QEMU_EFI.fd.gz",
+            "login_prompt": "login:", "username": "root",
+            "password_prompt": "Password:", "password": "s3cret"}},
+        {"command": "boot_linaro_image", "parameters": {"test_image_prompt": "root@debian:~#"}}
+    ]));
+    let validated = valid(&job);
+    let Command::DeployLinaroKernel(deploy) = &validated.job.actions[0].command else {
+        panic!("not a kernel deploy");
+    };
+    assert_eq!(
+        deploy.nfsrootfs.as_ref().map(url::Url::as_str),
+        Some("https://example.org/rootfs.tar.xz")
+    );
+    assert_eq!(deploy.overlays.len(), 2);
+    assert!(deploy.firmware.is_some());
+    assert_eq!(deploy.login.login_prompt.as_deref(), Some("login:"));
+    assert_eq!(deploy.login.password.as_deref(), Some("s3cret"));
+    // The typed job is what the API shows: never the password.
+    let shown = serde_json::to_string(&validated.job).unwrap_or_default();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let Command::BootLinaroImage(boot) = &validated.job.actions[1].command else {
+        panic!("not a boot");
+    };
+    assert_eq!(boot.test_image_prompt.as_deref(), Some("root@debian:~#"));
+}
+
+#[test]
+fn root_file_systems_that_cannot_go_together_are_refused_where_they_are() {
+    let both = kvm_job(json!([{"command": "deploy_linaro_kernel", "parameters": {
+        "kernel": "https://example.org/k", "ramdisk": "https://example.org/r.cpio.gz",
+        "nfsrootfs": "https://example.org/rootfs.tar.gz"}}]));
+    assert_eq!(
+        errors(&both),
+        [(
+            "/actions/0/parameters/ramdisk".to_string(),
+            "ramdisk with nfsrootfs: two root file systems".to_string()
+        )]
+    );
+    let nowhere = kvm_job(json!([{"command": "deploy_linaro_kernel", "parameters": {
+        "kernel": "https://example.org/k", "rootfs": "https://example.org/disk.img",
+        "overlays": ["https://example.org/modules.tar.xz"]}}]));
+    assert_eq!(
+        errors(&nowhere)[0].0,
+        "/actions/0/parameters/overlays",
+        "overlays over a disk image"
+    );
+    // Over a ramdisk they are fine.
+    valid(&kvm_job(
+        json!([{"command": "deploy_linaro_kernel", "parameters": {
+        "kernel": "https://example.org/k", "ramdisk": "https://example.org/r.cpio.gz",
+        "overlays": ["https://example.org/modules.tar.xz"]}}]),
+    ));
+}
+
+#[test]
+fn login_keys_name_the_one_they_need_and_prompts_must_compile() {
+    let missing = kvm_job(json!([{"command": "deploy_linaro_image", "parameters": {
+        "image": "https://example.org/i.img", "login_prompt": "login:",
+        "password": "x"}}]));
+    let found = errors(&missing);
+    assert!(
+        found.contains(&(
+            "/actions/0/parameters/login_prompt".into(),
+            "login_prompt without username".into()
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(
+            "/actions/0/parameters/password".into(),
+            "password without password_prompt".into()
+        )),
+        "{found:?}"
+    );
+    let bad = kvm_job(json!([
+        {"command": "deploy_linaro_image", "parameters": {"image": "https://example.org/i.img"}},
+        {"command": "boot_linaro_image", "parameters": {"test_image_prompt": "root@(x"}}]));
+    assert_eq!(
+        errors(&bad)[0],
+        (
+            "/actions/1/parameters/test_image_prompt".into(),
+            "test_image_prompt is not a valid regular expression".into()
+        )
+    );
+}
+
+#[test]
+fn keys_with_no_effect_are_warnings_that_say_why() {
+    let job = kvm_job(json!([
+        {"command": "deploy_linaro_kernel", "parameters": {
+            "kernel": "https://example.org/k", "bootloadertype": "uefi"}},
+        {"command": "boot_linaro_image", "parameters": {
+            "boot_cmds": ["setenv bootargs x"], "options": ["boot_cmds=boot_cmds_oe"]}}
+    ]));
+    let found = warnings(&valid(&job));
+    let at: Vec<&str> = found.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(
+        at,
+        [
+            "/actions/0/parameters/bootloadertype",
+            "/actions/1/parameters/boot_cmds",
+            "/actions/1/parameters/options"
+        ]
+    );
+    assert!(
+        found
+            .iter()
+            .all(|(_, m, hint)| m.ends_with("has no effect") && hint.is_some())
+    );
+}
+
+#[test]
+fn a_deploy_for_a_host_device_is_a_warning_naming_what_is_not_applied() {
+    let job = group_job(json!([
+        {"command": "deploy_linaro_kernel", "parameters": {"role": "host",
+            "kernel": "https://example.org/k", "nfsrootfs": "https://example.org/r.tar.gz",
+            "overlays": ["https://example.org/m.tar.xz"], "bootloadertype": "u_boot"}},
+        {"command": "deploy_linaro_kernel", "parameters": {"role": "guest",
+            "kernel": "https://example.org/k", "ramdisk": "https://example.org/r.cpio.gz"}},
+        {"command": "boot_linaro_image", "parameters": {"role": "host"}}
+    ]));
+    let text = serde_json::to_string(&job).unwrap_or_default();
+    let validated =
+        validate_str(&text, &group_context()).unwrap_or_else(|r| panic!("{}", r.render("job")));
+    let found = warnings(&validated);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "/actions/0");
+    assert_eq!(
+        found[0].1,
+        "deploy_linaro_kernel is not applied to a host device"
+    );
+    let detail = &validated.warnings[0];
+    assert_eq!(
+        detail.found.as_deref(),
+        Some("parameters bootloadertype, kernel, nfsrootfs, overlays")
+    );
+}
+
+#[test]
+fn empty_urls_and_a_missing_timeout_are_warnings_offline() {
+    let mut job = kvm_job(json!([{"command": "deploy_linaro_kernel", "parameters": {
+        "kernel": "", "ramdisk": ""}}]));
+    job.as_object_mut().map(|o| o.remove("timeout"));
+    let validated = valid(&job);
+    let at: Vec<String> = warnings(&validated)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
+    assert_eq!(
+        at,
+        [
+            "/timeout",
+            "/actions/0/parameters/kernel",
+            "/actions/0/parameters/ramdisk"
+        ]
+    );
+    assert_eq!(validated.job.timeout_secs, crate::DEFAULT_JOB_TIMEOUT_SECS);
+    let Command::DeployLinaroKernel(deploy) = &validated.job.actions[0].command else {
+        panic!("not a kernel deploy");
+    };
+    assert_eq!((&deploy.kernel, &deploy.ramdisk), (&None, &None));
+}

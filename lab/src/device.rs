@@ -78,8 +78,9 @@ pub enum DeviceKind {
     /// gives the local port forwarded to its port 22).
     QemuHost {
         qemu: QemuTemplate,
-        /// Paths on this machine; a kernel or a disk image at least.
-        images: VmImages,
+        /// Paths on this machine; a kernel or a disk image at least. Boxed: the
+        /// largest variant by far otherwise, and read once per boot.
+        images: Box<VmImages>,
         ssh: SshSettings,
     },
     /// A running machine reached over SSH.

@@ -488,7 +488,7 @@ fn device_kind(d: &DeviceFile, t: &DeviceType, out: &mut Vec<Diagnostic>) -> Opt
             match (&d.ssh, has_ssh && boots) {
                 (Some(ssh), true) => Some(DeviceKind::QemuHost {
                     qemu: device_template(d, qemu),
-                    images,
+                    images: Box::new(images),
                     ssh: ssh.clone(),
                 }),
                 _ => None,
@@ -572,6 +572,7 @@ fn host_images(o: &QemuOverridesFile) -> VmImages {
         dtb: None,
         image: path(&o.image),
         rootfs: path(&o.rootfs),
+        ..VmImages::default()
     }
 }
 

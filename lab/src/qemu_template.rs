@@ -26,7 +26,8 @@ pub const ALWAYS_SET: &[&str] = &[
 
 /// Placeholders a launch may leave unset; their groups are then dropped.
 pub const OPTIONAL: &[&str] = &[
-    "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "netdev", "mac", "lan", "lan_mac",
+    "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "firmware", "netdev", "mac", "lan",
+    "lan_mac",
 ];
 
 /// The `[qemu]` table of a device type file, as written (unchecked).
@@ -100,6 +101,11 @@ pub struct Images<T> {
     pub dtb: Option<T>,
     pub image: Option<T>,
     pub rootfs: Option<T>,
+    /// What the VM's firmware is (`-bios`), instead of qemu's default.
+    pub firmware: Option<T>,
+    /// Kernel command-line words these images need (e.g. `rdinit=/sbin/init` for a
+    /// root file system given as an initramfs), after the template's `append`.
+    pub kernel_args: Vec<String>,
 }
 
 /// The images one VM boots, as paths on the machine its qemu runs on.
@@ -113,19 +119,22 @@ impl<T> Default for Images<T> {
             dtb: None,
             image: None,
             rootfs: None,
+            firmware: None,
+            kernel_args: Vec::new(),
         }
     }
 }
 
 impl<T> Images<T> {
     /// Sets the image of `kind`, the name of its placeholder (`kernel`, `ramdisk`,
-    /// `dtb`, `rootfs`; anything else is the disk image).
+    /// `dtb`, `rootfs`, `firmware`; anything else is the disk image).
     pub fn set(&mut self, kind: &str, value: T) {
         let slot = match kind {
             "kernel" => &mut self.kernel,
             "ramdisk" => &mut self.ramdisk,
             "dtb" => &mut self.dtb,
             "rootfs" => &mut self.rootfs,
+            "firmware" => &mut self.firmware,
             _ => &mut self.image,
         };
         *slot = Some(value);
@@ -139,6 +148,7 @@ impl<T> Images<T> {
             ("dtb", &self.dtb),
             ("image", &self.image),
             ("rootfs", &self.rootfs),
+            ("firmware", &self.firmware),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
@@ -210,10 +220,19 @@ impl LaunchValues {
         self
     }
 
-    /// Sets every image given.
+    /// Sets every image given, and appends the images' kernel arguments to the kernel
+    /// command line.
     pub fn set_images(&mut self, images: &VmImages) -> &mut Self {
         for (name, path) in images.iter() {
             self.set(name, path.as_str());
+        }
+        if !images.kernel_args.is_empty() {
+            let words = images.kernel_args.join(" ");
+            let append = match self.values.get("append") {
+                Some(append) => format!("{append} {words}"),
+                None => words,
+            };
+            self.set("append", append);
         }
         self
     }

@@ -332,17 +332,24 @@ impl<'a> GroupContext<'a> {
                     (definition, repo.parameters.clone())
                 }
             };
-            if let Some(message) = testdef::unsupported_install(&definition, shell.skip_install) {
-                return Err(Failure::new(ErrorClass::Job, "test", message));
-            }
             let mut install_repos = Vec::new();
             if let Some(install) = definition.install.as_ref()
                 && !shell.skip_install.repos
             {
+                let mut params = definition.default_params();
+                params.extend(parameters.clone());
                 for repo in &install.git_repos {
-                    let dir = testdef::install_repo_dir(repo)
+                    let Some(repo) = testdef::resolve_git_repo(repo, &params) else {
+                        continue;
+                    };
+                    let dir = testdef::install_repo_dir(&repo)
                         .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
-                    install_repos.push((dir, self.install_repo(repo).await?));
+                    install_repos.push((dir, self.install_repo(&repo).await?));
+                }
+                for url in &install.bzr_repos {
+                    let dir = testdef::install_bzr_dir(url)
+                        .map_err(|e| Failure::new(ErrorClass::Job, "test", e))?;
+                    install_repos.push((dir, self.install_bzr_repo(url).await?));
                 }
             }
             if !install_repos.is_empty() && tree.is_none() {
@@ -450,6 +457,26 @@ impl<'a> GroupContext<'a> {
             ),
         );
         Ok(Arc::new(archive))
+    }
+
+    /// An `install.bzr-repos` branch's tree (its last revision, as LAVA branched it),
+    /// as a `.tar.gz`.
+    async fn install_bzr_repo(&self, url: &str) -> Result<Arc<Vec<u8>>, Failure> {
+        let cache = RepoCache::new(
+            self.settings.image_store.join("repos"),
+            self.settings.fetch.clone(),
+        );
+        let tree = cache.bzr_tree(url, None).await.map_err(repo_failure)?;
+        self.log.line(
+            Level::Info,
+            None,
+            format!(
+                "install.bzr-repos {}: {} bytes",
+                tree.label,
+                tree.archive.len()
+            ),
+        );
+        Ok(tree.archive)
     }
 
     /// A test definition's text from its URL, through the lab's fetch policy.

@@ -107,21 +107,19 @@ async fn boot(
             ),
         ));
     };
-    let prompt = device_type.prompt.clone();
+    let boot = nodes::boot_for(ctx.job, &node.role, None);
+    let prompt = boot
+        .prompt(None, &device_type.prompt)
+        .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
+    let login = boot
+        .console_login()
+        .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
     let workdir = ctx.settings.work_dir.join("vms").join(&node.id);
     std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
     let accel = accel::decide(qemu.accel(), HostFacts::probe_local()).accel;
     let store = ImageStore::new(&ctx.settings.image_store, ctx.settings.fetch.clone())
         .map_err(|e| Failure::infra("boot", e))?;
-    let mut images = VmImages::default();
-    for (kind, url) in nodes::images_for(ctx.job, &node.role, None).iter() {
-        let download =
-            super::context::progress_logger(ctx.log, &node.id, &format!("{kind} download"));
-        let local = store.fetch(url, download).await.map_err(|e| {
-            Failure::new(ErrorClass::Job, "boot", format!("{} {kind}: {e}", node.id))
-        })?;
-        images.set(kind, local.display().to_string());
-    }
+    let images = super::images::local_images(&store, &boot, ctx.log, &node.id, "boot").await?;
     let NodeVm { name, command, lan } = NodeVm::new(
         ctx.settings.job_id,
         &node.id,
@@ -150,7 +148,7 @@ async fn boot(
     let booted = async {
         process
             .console
-            .expect(&prompt, device_type.boot_timeout)
+            .boot_to_prompt(&prompt, login.as_ref(), device_type.boot_timeout)
             .await
             .map_err(|e| super::context::guest_boot_failure(&e, format!("{name}: {e}")))?;
         lan.bring_up(&mut process.console, &prompt)

@@ -23,6 +23,7 @@ mod device_group;
 mod files;
 pub mod formats;
 mod host_device;
+mod images;
 pub mod joblog;
 pub mod nodes;
 pub mod oneshot;
@@ -446,8 +447,8 @@ impl GroupRun<'_> {
         Ok(())
     }
 
-    /// Every VM image fetched here and uploaded into the host's cache (each URL once);
-    /// the host paths, by VM.
+    /// Every VM image fetched (or built) here and uploaded into the host's cache (each
+    /// file once); the host paths, by VM.
     async fn deploy_images(
         &self,
         session: &SshSession,
@@ -458,50 +459,18 @@ impl GroupRun<'_> {
         let mut images = BTreeMap::new();
         let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
         for vm in &self.plan.vms {
-            let mut paths = VmImages::default();
-            for (kind, url) in vm.images.iter() {
-                let remote = match uploaded.get(url.as_str()) {
+            let local = images::local_images(&store, &vm.boot, self.log, &vm.id, "deploy").await?;
+            let mut paths = VmImages {
+                kernel_args: local.kernel_args.clone(),
+                ..VmImages::default()
+            };
+            for (kind, path) in local.iter() {
+                let remote = match uploaded.get(path.as_str()) {
                     Some(remote) => remote.clone(),
                     None => {
-                        let download =
-                            context::progress_logger(self.log, &vm.id, &format!("{kind} download"));
-                        let local = store.fetch(url, download).await.map_err(|e| {
-                            Failure::new(
-                                ErrorClass::Job,
-                                "deploy",
-                                format!("{} {kind}: {e}", vm.id),
-                            )
-                        })?;
-                        let mut upload =
-                            context::progress_logger(self.log, &vm.id, &format!("{kind} upload"));
-                        let sent =
-                            transfer::upload_cached(session, &local, cache, |done, total| {
-                                upload(done, Some(total))
-                            })
-                            .await
-                            .map_err(|e| {
-                                Failure::infra("deploy", format!("{} {kind}: {e}", vm.id))
-                            })?;
-                        if sent.replaced_poisoned {
-                            self.log.line(
-                                Level::Warning,
-                                Some(&vm.id),
-                                format!(
-                                    "the host's cached copy of {kind} {url} had been altered \
-                                     since it was sent; sent again"
-                                ),
-                            );
-                        }
-                        self.log.line(
-                            Level::Info,
-                            Some(&vm.id),
-                            format!(
-                                "{kind} {url}: {} bytes, {} sent (sha256 {})",
-                                sent.size, sent.bytes_sent, sent.sha256
-                            ),
-                        );
-                        uploaded.insert(url.to_string(), sent.remote_path.clone());
-                        sent.remote_path
+                        let remote = self.upload_image(session, cache, vm, kind, path).await?;
+                        uploaded.insert(path.clone(), remote.clone());
+                        remote
                     }
                 };
                 paths.set(kind, remote);
@@ -509,6 +478,45 @@ impl GroupRun<'_> {
             images.insert(vm.id.clone(), paths);
         }
         Ok(images)
+    }
+
+    /// One local file into the host's cache; its path there.
+    async fn upload_image(
+        &self,
+        session: &SshSession,
+        cache: &str,
+        vm: &VmNode,
+        kind: &str,
+        local: &str,
+    ) -> Result<String, Failure> {
+        let mut upload = context::progress_logger(self.log, &vm.id, &format!("{kind} upload"));
+        let sent = transfer::upload_cached(
+            session,
+            std::path::Path::new(local),
+            cache,
+            |done, total| upload(done, Some(total)),
+        )
+        .await
+        .map_err(|e| Failure::infra("deploy", format!("{} {kind}: {e}", vm.id)))?;
+        if sent.replaced_poisoned {
+            self.log.line(
+                Level::Warning,
+                Some(&vm.id),
+                format!(
+                    "the host's cached copy of {kind} {local} had been altered since it was \
+                     sent; sent again"
+                ),
+            );
+        }
+        self.log.line(
+            Level::Info,
+            Some(&vm.id),
+            format!(
+                "{kind} {local}: {} bytes, {} sent (sha256 {})",
+                sent.size, sent.bytes_sent, sent.sha256
+            ),
+        );
+        Ok(sent.remote_path)
     }
 
     /// The host's test shells, with the wait for the VMs after the first.
@@ -653,11 +661,14 @@ impl GroupRun<'_> {
         deployed: &Deployed,
     ) -> Result<(RunningVm, Regex), Failure> {
         // The job's own prompt, compiled once for this VM; else its type's.
-        let prompt = match &vm.spec.shell_prompt {
-            Some(text) => Regex::new(text)
-                .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell_prompt: {e}")))?,
-            None => vm_type.device_type.prompt.clone(),
-        };
+        let prompt = vm
+            .boot
+            .prompt(vm.spec.shell_prompt.as_deref(), &vm_type.device_type.prompt)
+            .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
+        let login = vm
+            .boot
+            .console_login()
+            .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
         let name = format!("lava-{}-{}", self.settings.job_id, vm.id);
         let workdir = format!("{}/vms/{}", self.job_dir, vm.id);
         let lan = GroupLan::of_job(self.settings.job_id, vm.index);
@@ -689,7 +700,7 @@ impl GroupRun<'_> {
         self.launched.lock().push(running.process_group);
         let booted = async {
             running
-                .wait_for_prompt(&prompt, vm_type.device_type.boot_timeout)
+                .wait_for_prompt(&prompt, login.as_ref(), vm_type.device_type.boot_timeout)
                 .await
                 .map_err(|e| match &e {
                     vm::VmError::Console { source, .. } => {

@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 use crate::testdef;
-use job_schemas::{Command, Job, NodeKind, RoleSpec, TestShell, VmGroup, VmSpec};
+use job_schemas::{Command, Job, Login, NodeKind, RoleSpec, TestShell, VmGroup, VmSpec};
+use regex::Regex;
 use url::Url;
 
 /// One VM of the group.
@@ -17,11 +18,61 @@ pub struct VmNode {
     /// Its index among the group's VMs (its place on the group LAN).
     pub index: u8,
     pub spec: VmSpec,
-    pub images: ImageUrls,
+    pub boot: VmBoot,
 }
 
 /// What a VM boots, as the job gives it.
 pub type ImageUrls = lab::qemu_template::Images<Url>;
+
+/// What a VM boots and how its console reaches a shell, as the job gives it.
+#[derive(Debug, Clone, Default)]
+pub struct VmBoot {
+    pub images: ImageUrls,
+    /// A root file system as a tar archive, booted as an initramfs.
+    pub nfsrootfs: Option<Url>,
+    /// Tar archives unpacked over the root file system, in order.
+    pub overlays: Vec<Url>,
+    pub login: Login,
+    /// The boot action's `test_image_prompt`.
+    pub test_image_prompt: Option<String>,
+}
+
+impl VmBoot {
+    /// Whether the VM's root file system is made here from tar archives.
+    pub fn builds_initramfs(&self) -> bool {
+        self.nfsrootfs.is_some() || !self.overlays.is_empty()
+    }
+
+    /// The console's login script, its prompts compiled (validation compiled them
+    /// already, so an error here names a pattern a newer validation would refuse).
+    pub fn console_login(&self) -> Result<Option<hostctl::console::Login>, regex::Error> {
+        let (Some(prompt), Some(user)) = (&self.login.login_prompt, &self.login.username) else {
+            return Ok(None);
+        };
+        let password = match (&self.login.password_prompt, &self.login.password) {
+            (Some(prompt), Some(password)) => Some((Regex::new(prompt)?, password.clone())),
+            _ => None,
+        };
+        Ok(Some(hostctl::console::Login {
+            login_prompt: Regex::new(prompt)?,
+            username: user.clone(),
+            password,
+        }))
+    }
+
+    /// The shell prompt: the VM entry's `shell_prompt`, else the boot action's
+    /// `test_image_prompt`, else `default` (the device type's).
+    pub fn prompt(
+        &self,
+        shell_prompt: Option<&str>,
+        default: &Regex,
+    ) -> Result<Regex, regex::Error> {
+        match shell_prompt.or(self.test_image_prompt.as_deref()) {
+            Some(text) => Regex::new(text),
+            None => Ok(default.clone()),
+        }
+    }
+}
 
 /// A vm_group job's nodes.
 #[derive(Debug, Clone)]
@@ -37,7 +88,7 @@ impl GroupPlan {
     pub fn new(job: &Job, group: &VmGroup) -> Self {
         let mut vms = Vec::new();
         for spec in &group.vms {
-            let images = images_for(job, &spec.role, spec.image.as_ref());
+            let boot = boot_for(job, &spec.role, spec.image.as_ref());
             let role = RoleSpec {
                 name: spec.role.clone(),
                 device_type: spec.device_type.clone(),
@@ -52,7 +103,7 @@ impl GroupPlan {
                     role: spec.role.clone(),
                     index,
                     spec: spec.clone(),
-                    images: images.clone(),
+                    boot: boot.clone(),
                 });
             }
         }
@@ -79,28 +130,44 @@ impl GroupPlan {
     }
 }
 
-/// The images a VM role boots: its deploy actions (the last of each kind wins), else
-/// the `image` of its vm_group entry.
-pub fn images_for(job: &Job, role: &str, spec_image: Option<&Url>) -> ImageUrls {
-    let mut images = ImageUrls::default();
+/// What a VM role boots: its deploy actions (the last deploy wins), else the `image`
+/// of its vm_group entry; and its boot action's prompt.
+pub fn boot_for(job: &Job, role: &str, spec_image: Option<&Url>) -> VmBoot {
+    let mut boot = VmBoot::default();
     // A deploy without a role is every role's (a single-device job has no roles at
     // all), as validation counts it.
     for action in job.actions_for(role) {
         match &action.command {
-            Command::DeployLinaroImage(deploy) => images.image = Some(deploy.image.clone()),
-            Command::DeployLinaroKernel(deploy) => {
-                images.kernel = Some(deploy.kernel.clone());
-                images.ramdisk = deploy.ramdisk.clone();
-                images.dtb = deploy.dtb.clone();
-                images.rootfs = deploy.rootfs.clone();
+            Command::DeployLinaroImage(deploy) => {
+                boot.images = ImageUrls {
+                    image: deploy.image.clone(),
+                    ..ImageUrls::default()
+                };
+                boot.nfsrootfs = None;
+                boot.overlays.clear();
+                boot.login = deploy.login.clone();
             }
+            Command::DeployLinaroKernel(deploy) => {
+                boot.images = ImageUrls {
+                    kernel: deploy.kernel.clone(),
+                    ramdisk: deploy.ramdisk.clone(),
+                    dtb: deploy.dtb.clone(),
+                    rootfs: deploy.rootfs.clone(),
+                    firmware: deploy.firmware.clone(),
+                    ..ImageUrls::default()
+                };
+                boot.nfsrootfs = deploy.nfsrootfs.clone();
+                boot.overlays = deploy.overlays.clone();
+                boot.login = deploy.login.clone();
+            }
+            Command::BootLinaroImage(b) => boot.test_image_prompt = b.test_image_prompt.clone(),
             _ => {}
         }
     }
-    if images.is_empty() {
-        images.image = spec_image.cloned();
+    if boot.images.is_empty() && boot.nfsrootfs.is_none() {
+        boot.images.image = spec_image.cloned();
     }
-    images
+    boot
 }
 
 /// The test shells a role runs, in job order, with their timeouts (seconds): its

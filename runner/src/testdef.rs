@@ -59,21 +59,6 @@ const PACKAGE_MANAGERS: &[(&str, &str)] = &[
     ("zypper", "zypper --non-interactive install \"$@\""),
 ];
 
-/// Why a definition cannot run here before anything reaches the target: Bazaar
-/// repositories to fetch (`install.bzr-repos`) that `skip_install` does not leave out.
-/// (`install.git-repos` are fetched by the dispatcher, see [`install_repo_dir`].)
-pub fn unsupported_install(definition: &TestDefinition, skip: SkipInstall) -> Option<String> {
-    let install = definition.install.as_ref()?;
-    if skip.repos || install.bzr_repos.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "{}: install.bzr-repos needs repository fetching, which this dispatcher does not do; \
-         skip_install: repos leaves them out",
-        definition.metadata.name
-    ))
-}
-
 /// The directory an `install.git-repos` entry is unpacked into, relative to the
 /// definition's top: its `destination`, else the repository's name (the URL's last
 /// segment without `.git`), as LAVA cloned it. Refused when it would leave the top.
@@ -82,21 +67,64 @@ pub fn install_repo_dir(repo: &GitRepo) -> Result<String, String> {
         GitRepo::Detailed {
             destination: Some(d),
             ..
-        } => d.clone(),
-        _ => {
-            let url = repo.url().trim_end_matches('/');
-            let last = url.rsplit(['/', ':']).next().unwrap_or_default();
-            last.strip_suffix(".git").unwrap_or(last).to_string()
-        }
+        } => Some(d.as_str()),
+        _ => None,
     };
+    install_dir("install.git-repos", repo.url(), destination)
+}
+
+/// An `install.git-repos` entry as the definition's parameters make it: `branch` and
+/// `destination` may each name a parameter, whose value is then used (LAVA's
+/// `branch: ODP_BRANCH`); `None` when the parameter its `skip_by_default` names is
+/// true, which leaves the repository out.
+pub fn resolve_git_repo(repo: &GitRepo, params: &BTreeMap<String, String>) -> Option<GitRepo> {
+    let GitRepo::Detailed {
+        url,
+        branch,
+        destination,
+        skip_by_default,
+    } = repo
+    else {
+        return Some(repo.clone());
+    };
+    let skipped = skip_by_default
+        .as_ref()
+        .and_then(|name| params.get(name))
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
+    if skipped {
+        return None;
+    }
+    let value = |v: &Option<String>| {
+        v.as_ref()
+            .map(|name| params.get(name).cloned().unwrap_or_else(|| name.clone()))
+    };
+    Some(GitRepo::Detailed {
+        url: url.clone(),
+        branch: value(branch),
+        destination: value(destination),
+        skip_by_default: None,
+    })
+}
+
+/// The directory an `install.bzr-repos` entry is branched into: the branch's name (the
+/// URL's last segment), as LAVA's `bzr branch` made it.
+pub fn install_bzr_dir(url: &str) -> Result<String, String> {
+    install_dir("install.bzr-repos", url, None)
+}
+
+fn install_dir(what: &str, url: &str, destination: Option<&str>) -> Result<String, String> {
+    let destination = destination.map(str::to_string).unwrap_or_else(|| {
+        let trimmed = url.trim_end_matches('/');
+        let last = trimmed.rsplit(['/', ':']).next().unwrap_or_default();
+        last.strip_suffix(".git").unwrap_or(last).to_string()
+    });
     let path = std::path::Path::new(&destination);
     let inside = path
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)));
     if destination.is_empty() || !inside {
         return Err(format!(
-            "install.git-repos: {}: \"{destination}\" is not a directory inside the test's top",
-            repo.url()
+            "{what}: {url}: \"{destination}\" is not a directory inside the test's top"
         ));
     }
     Ok(destination)
@@ -695,24 +723,47 @@ run:
     }
 
     #[test]
-    fn bzr_repositories_to_fetch_are_refused_unless_skipped() {
+    fn git_repos_read_their_branch_destination_and_skip_from_parameters() {
+        let yaml = "metadata: {name: p}\nrun: {steps: ['true']}\ninstall:\n  \
+                    git-repos:\n  - {url: 'git://example.org/odp.git', branch: ODP_BRANCH, \
+                    destination: odp}\n  - {url: 'git://example.org/extra.git', \
+                    skip_by_default: SKIP_EXTRA}\n";
+        let definition = from_yaml("p.yaml", yaml).unwrap();
+        let repos = &definition.install.as_ref().unwrap().git_repos;
+        let params: BTreeMap<String, String> = [
+            ("ODP_BRANCH".to_string(), "v1.2".to_string()),
+            ("SKIP_EXTRA".to_string(), "True".to_string()),
+        ]
+        .into();
+        let Some(GitRepo::Detailed {
+            branch,
+            destination,
+            ..
+        }) = resolve_git_repo(&repos[0], &params)
+        else {
+            panic!("odp left out");
+        };
+        // A parameter's value, or the word itself when no parameter has that name.
+        assert_eq!(
+            (branch.as_deref(), destination.as_deref()),
+            (Some("v1.2"), Some("odp"))
+        );
+        assert_eq!(resolve_git_repo(&repos[1], &params), None);
+        let keep: BTreeMap<String, String> =
+            [("SKIP_EXTRA".to_string(), "false".to_string())].into();
+        assert!(resolve_git_repo(&repos[1], &keep).is_some());
+    }
+
+    #[test]
+    fn bzr_repositories_are_branched_into_their_name() {
         let yaml = "metadata: {name: r}\nrun: {steps: ['true']}\ninstall:\n  \
-                    git-repos: [{url: 'https://example.org/a.git', branch: main}]\n  \
-                    bzr-repos: ['lp:b']\n";
+                    bzr-repos: ['lp:tools', 'file:///srv/bzr/helpers/', 'lp:..']\n";
         let definition = from_yaml("r.yaml", yaml).unwrap();
         let install = definition.install.as_ref().unwrap();
-        assert_eq!(install.git_repos[0].url(), "https://example.org/a.git");
-        assert_eq!(install.bzr_repos, ["lp:b"]);
-        let message = unsupported_install(&definition, SkipInstall::default()).unwrap();
-        assert!(
-            message.starts_with("r: install.bzr-repos needs repository fetching"),
-            "{message}"
-        );
-        let skip = SkipInstall {
-            repos: true,
-            ..SkipInstall::default()
-        };
-        assert_eq!(unsupported_install(&definition, skip), None);
+        assert_eq!(install_bzr_dir(&install.bzr_repos[0]).unwrap(), "tools");
+        assert_eq!(install_bzr_dir(&install.bzr_repos[1]).unwrap(), "helpers");
+        let err = install_bzr_dir(&install.bzr_repos[2]).unwrap_err();
+        assert!(err.starts_with("install.bzr-repos: lp:..:"), "{err}");
     }
 
     #[test]
@@ -722,11 +773,6 @@ run:
                     - {url: 'git://example.org/b', branch: main, destination: sub/b2}\n  \
                     - {url: 'file:///srv/c/', destination: '../out'}\n";
         let definition = from_yaml("g.yaml", yaml).unwrap();
-        // git-repos alone are no longer refused: the dispatcher fetches them.
-        assert_eq!(
-            unsupported_install(&definition, SkipInstall::default()),
-            None
-        );
         let repos = &definition.install.as_ref().unwrap().git_repos;
         assert_eq!(install_repo_dir(&repos[0]).unwrap(), "a");
         assert_eq!(install_repo_dir(&repos[1]).unwrap(), "sub/b2");

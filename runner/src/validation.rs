@@ -76,6 +76,12 @@ pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Val
     let mut problems: Vec<Diagnostic> = job_urls(&value)
         .into_iter()
         .filter_map(|(pointer, text)| {
+            if text.is_empty() {
+                return Some(
+                    Diagnostic::error(pointer, "empty URL: nothing can be deployed from it")
+                        .expected("file:///absolute/path, http:// or https://"),
+                );
+            }
             let url = url::Url::parse(&text).ok()?;
             let refused = if url.scheme() == "file" {
                 let path = url.to_file_path().ok()?;
@@ -189,10 +195,8 @@ fn job_urls(job: &Value) -> Vec<(String, String)> {
     for (i, action) in actions.into_iter().flatten().enumerate() {
         let command = action.get("command").and_then(Value::as_str).unwrap_or("");
         let params = action.get("parameters");
-        for key in job_schemas::url_parameters(command) {
-            if let Some(url) = strings(params.and_then(|p| p.get(*key))) {
-                urls.push((format!("/actions/{i}/parameters/{key}"), url));
-            }
+        for (key, url) in job_schemas::deploy_urls(command, params) {
+            urls.push((format!("/actions/{i}/parameters/{key}"), url.to_string()));
         }
         let testdefs = params
             .and_then(|p| p.get("testdef_urls"))

@@ -61,6 +61,10 @@ pub fn e2e_job(name: &str, host_type: &str) -> String {
             &images.guest_initramfs.display().to_string(),
         )
         .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
+        .replace(
+            "@GUEST_ROOTFS_TAR@",
+            &images.guest_rootfs_tar.display().to_string(),
+        )
         .replace("@HOST_TYPE@", host_type)
 }
 
@@ -805,6 +809,8 @@ pub struct TestImages {
     pub guest_initramfs: PathBuf,
     /// The guest as a bootable raw disk (SYSLINUX), for image-only boots.
     pub guest_disk: PathBuf,
+    /// The guest's tree as a root file system tarball (`nfsrootfs`).
+    pub guest_rootfs_tar: PathBuf,
     /// Regular expression for the guest's shell prompt.
     pub guest_prompt: String,
     pub hostdev_kernel: PathBuf,
@@ -846,6 +852,7 @@ pub fn test_images() -> TestImages {
                 guest_kernel: get("guest_kernel").into(),
                 guest_initramfs: get("guest_initramfs").into(),
                 guest_disk: get("guest_disk").into(),
+                guest_rootfs_tar: get("guest_rootfs_tar").into(),
                 guest_prompt: get("guest_prompt"),
                 hostdev_kernel: get("hostdev_kernel").into(),
                 hostdev_initramfs: get("hostdev_initramfs").into(),

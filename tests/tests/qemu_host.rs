@@ -108,7 +108,7 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
         .unwrap();
     let prompt = Regex::new(&images.guest_prompt).unwrap();
     guest
-        .wait_for_prompt(&prompt, Duration::from_secs(300))
+        .wait_for_prompt(&prompt, None, Duration::from_secs(300))
         .await
         .unwrap();
     let (out, code) = guest

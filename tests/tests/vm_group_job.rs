@@ -117,14 +117,37 @@ fn sh_in(dir: &Path, script: &str) {
 
 /// A repository of test definitions with a script beside them: branch `stable` at the
 /// first commit, `main` one commit further (a file `lava/newer` the job must not see).
-fn definitions_repository(base: &Path) {
+/// The definitions install a second repository, `tools_url`, and a Bazaar branch
+/// (`helpers`, made here), and run their scripts.
+fn definitions_repository(base: &Path, tools_url: &str) {
+    let helpers = base.join("bzr").join("helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    std::fs::write(helpers.join("hi.sh"), "#!/bin/sh\necho hi from bzr\n").unwrap();
+    sh_in(
+        &helpers,
+        "chmod +x hi.sh && BRZ_EMAIL='t <t@t>' brz init -q . && brz add -q hi.sh \
+         && BRZ_EMAIL='t <t@t>' brz commit -q -m helpers",
+    );
+    let helpers_url = format!("file://{}", helpers.display());
+    let tools = base.join("tools.git");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(tools.join("greet.sh"), "#!/bin/sh\necho hello from tools\n").unwrap();
+    sh_in(
+        &tools,
+        "chmod +x greet.sh && git init -q -b main . && git config user.email t@t \
+         && git config user.name t && git add -A && git commit -q -m tools",
+    );
     let repo = base.join("tests.git");
     std::fs::create_dir_all(repo.join("lava")).unwrap();
     let definition = |name: &str| {
         format!(
             "metadata:\n  name: {name}-from-git\n  format: Lava-Test Test Definition 1.0\n\
              params:\n  GREETING: the definition's default\n\
-             run:\n  steps:\n    - ./lava/check.sh {name} \"$GREETING\"\n"
+             install:\n  git-repos:\n    - url: {tools_url}\n      destination: tools\n\
+             \x20 bzr-repos:\n    - {helpers_url}\n\
+             run:\n  steps:\n    - ./lava/check.sh {name} \"$GREETING\"\n\
+             \x20   - lava-test-case {name}-install-bzr-repos --shell ./helpers/hi.sh\n\
+             \x20   - lava-test-case {name}-install-git-repos --shell 'test \"$(./tools/greet.sh)\" = \"hello from tools\"'\n"
         )
     };
     std::fs::write(repo.join("lava/host.yaml"), definition("host")).unwrap();
@@ -156,8 +179,9 @@ fn test_definitions_from_a_git_daemon_run_with_their_scripts_in_host_and_guest()
     let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
     let dir = tempfile::tempdir().unwrap();
     let served = dir.path().join("served");
-    definitions_repository(&served);
+    std::fs::create_dir_all(&served).unwrap();
     let daemon = GitDaemon::serve(&served);
+    definitions_repository(&served, &daemon.url("tools.git"));
     let name = "git-repo-testdefs.json";
     let path = dir.path().join(name);
     std::fs::write(
@@ -178,12 +202,19 @@ fn test_definitions_from_a_git_daemon_run_with_their_scripts_in_host_and_guest()
             "guest.guest-from-git.guest-at-top",
             "guest.guest-from-git.guest-parameter",
             "guest.guest-from-git.guest-revision",
+            // install.git-repos: fetched here, used by a step in host and guest.
+            "host.host-from-git.host-install-git-repos",
+            "guest.guest-from-git.guest-install-git-repos",
+            // install.bzr-repos: branched here with Breezy, used in host and guest.
+            "host.host-from-git.host-install-bzr-repos",
+            "guest.guest-from-git.guest-install-bzr-repos",
         ],
     );
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(status, 0);
-    // Both nodes' definitions came from one fetch: the branch was resolved once.
-    assert_eq!(daemon.connections(), 1);
+    // Both nodes' definitions came from one fetch, and both nodes' installs from one:
+    // each branch was resolved once.
+    assert_eq!(daemon.connections(), 2);
 }
 
 /// Runs an e2e job on a fresh ssh-host; returns the report, the exit status and the
@@ -561,4 +592,100 @@ fn test_definitions_install_their_dependencies_or_skip_them_as_lava_did() {
         "{report:#}"
     );
     assert_eq!(status, 0);
+}
+
+/// Writes `files` (`path`, contents) under a fresh directory and packs them as a
+/// gzip-compressed tar archive, as a test writer would make an overlay.
+fn overlay(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(name);
+    for (path, contents) in files {
+        let path = tree.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    let archive = dir.join(format!("{name}.tar.gz"));
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .args(["--owner=0", "--group=0", "-czf"])
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar {name}");
+    archive
+}
+
+/// LAVA v1's deploy keys on VMs: one boots the guest's ramdisk with two overlays over
+/// it (the first turns its console into a `getty` login with a password, the second
+/// adds files; the later wins), logs in with the deploy's login keys and finds the
+/// boot action's `test_image_prompt`; the other boots from the guest's tree as an
+/// `nfsrootfs` tarball with an overlay. Nothing is left running and the password is
+/// in no log (only in the job as submitted).
+#[test]
+fn overlays_a_console_login_and_an_nfsrootfs_tarball_boot_the_vms() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let inittab = "::sysinit:/etc/init.d/rcS\n\
+                   ttyS0::respawn:/bin/getty -L 115200 ttyS0 vt100\n\
+                   ::shutdown:/bin/umount -a -r\n";
+    // The hash of "s3cret-Pw", the job's password.
+    let passwd = "root:$1$lavasalt$sZ3gCPoIg5S/vqwrvdw2i1:0:0:root:/root:/bin/sh\n";
+    let login = overlay(
+        dir.path(),
+        "login",
+        &[
+            ("etc/inittab", inittab),
+            ("etc/passwd", passwd),
+            ("opt/overlay/order.txt", "first"),
+        ],
+    );
+    let files = overlay(
+        dir.path(),
+        "files",
+        &[
+            ("opt/overlay/hello.txt", "hello from an overlay"),
+            ("opt/overlay/order.txt", "second"),
+        ],
+    );
+    let job = dir.path().join("root-file-systems.json");
+    let text = e2e_job("root-file-systems.json", "ssh-host")
+        .replace("@LOGIN_OVERLAY@", &login.display().to_string())
+        .replace("@FILES_OVERLAY@", &files.display().to_string());
+    std::fs::write(&job, text).unwrap();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let devices = host.device_files(dir.path(), true);
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, &host.scratch());
+    assert_no_vm_left(&host);
+    assert_passed(
+        &report,
+        &[
+            "host.host.host-ran",
+            "overlaid.overlays.overlay-file",
+            "overlaid.overlays.later-overlay-wins",
+            "overlaid.overlays.logged-in-through-getty",
+            "overlaid.overlays.not-the-tarball",
+            "tarball.nfsrootfs.root-from-the-tarball",
+            "tarball.nfsrootfs.overlay-over-the-tarball",
+            "tarball.nfsrootfs.owned-by-root",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    let job_dir = only_job_dir(&state);
+    let console = std::fs::read_to_string(job_dir.join("console-overlaid.log")).unwrap();
+    assert!(console.contains("login:"), "no login prompt: {console}");
+    // Only the job as submitted (job.json) has it: no log, report or console.
+    for entry in std::fs::read_dir(&job_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != "job.json") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(
+                !text.contains("s3cret-Pw"),
+                "the password is in {}",
+                path.display()
+            );
+        }
+    }
 }

@@ -101,7 +101,7 @@ async fn boot_guests(count: usize) {
     let booted = futures::future::join_all(
         launched
             .iter_mut()
-            .map(|vm| vm.wait_for_prompt(&prompt, Duration::from_secs(240))),
+            .map(|vm| vm.wait_for_prompt(&prompt, None, Duration::from_secs(240))),
     )
     .await;
     for (vm, result) in launched.iter().zip(booted) {
@@ -216,6 +216,7 @@ async fn launch_with_commands_prepare_then_attach_the_console() {
         .unwrap();
     vm.wait_for_prompt(
         &Regex::new(&images.guest_prompt).unwrap(),
+        None,
         Duration::from_secs(240),
     )
     .await
@@ -267,6 +268,7 @@ async fn a_guest_kernel_panic_is_reported_as_a_panic() {
     let err = vm
         .wait_for_prompt(
             &Regex::new(&images.guest_prompt).unwrap(),
+            None,
             Duration::from_secs(240),
         )
         .await
