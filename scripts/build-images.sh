@@ -14,6 +14,8 @@
 #   DIR/guest/disk.img         the same guest as a bootable raw disk (image-only boots,
 #                              `deploy_linaro_image`): FAT with SYSLINUX, no partitions
 #   DIR/hostdev/vmlinuz, DIR/hostdev/initramfs.cpio.gz, DIR/hostdev/rootfs.img
+#                              (and the same tree as DIR/hostdev/rootfs.tar.gz, with /init
+#                              and /etc/rootfs-source, for nfsrootfs boots)
 #                              "host device" VM: Debian minbase on a raw ext4 disk
 #                              (virtio, /dev/vda) with OpenSSH, qemu-system-x86 and
 #                              qemu-utils. Its init loads kvm_amd (so start it with
@@ -171,6 +173,7 @@ RESULTS=(
     "hostdev_kernel=$OUT/hostdev/vmlinuz"
     "hostdev_initramfs=$OUT/hostdev/initramfs.cpio.gz"
     "hostdev_rootfs=$OUT/hostdev/rootfs.img"
+    "hostdev_rootfs_tar=$OUT/hostdev/rootfs.tar.gz"
     "hostdev_fingerprint_file=$OUT/hostdev/ssh_host_ed25519_key.fingerprint"
     "manifest=$OUT/manifest.env"
 )
@@ -555,6 +558,15 @@ pack_cpio "$I" "$BUILD/hostdev-initramfs.cpio.gz"
 
 log "host device: mke2fs ($DISK_SIZE, sparse)"
 mke2fs -q -F -t ext4 -L hostdev-root -d "$H" "$BUILD/rootfs.img" "$DISK_SIZE"
+log "host device: root file system tarball"
+# The same tree as a job's nfsrootfs for a qemu-host, booted as its initramfs: an /init
+# that gives busybox init a /dev and loads virtio_pci (the disk boot's initramfs does), and
+# a file the disk has not, so a test can tell.
+printf '#!/bin/sh\nmount -t devtmpfs devtmpfs /dev\nmodprobe virtio_pci\nexec /usr/local/bin/busybox init\n' >"$H/init"
+chmod 755 "$H/init"
+echo tarball >"$H/etc/rootfs-source"
+tar -C "$H" --numeric-owner -cf - . | gzip -1 -n >"$BUILD/hostdev-rootfs.tar.gz"
+rm "$H/init" "$H/etc/rootfs-source"
 
 # --- results ------------------------------------------------------------------------------
 fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
@@ -565,6 +577,7 @@ mv -f "$BUILD/guest-rootfs.tar.gz" "$OUT/guest/rootfs.tar.gz"
 cp "$K/boot/vmlinuz-$KVER" "$OUT/hostdev/vmlinuz"
 mv -f "$BUILD/hostdev-initramfs.cpio.gz" "$OUT/hostdev/initramfs.cpio.gz"
 mv -f "$BUILD/rootfs.img" "$OUT/hostdev/rootfs.img"
+mv -f "$BUILD/hostdev-rootfs.tar.gz" "$OUT/hostdev/rootfs.tar.gz"
 fingerprint "$OUT/guest/ssh_host_ed25519_key.pub" >"$OUT/guest/ssh_host_ed25519_key.fingerprint"
 fingerprint "$OUT/hostdev/ssh_host_ed25519_key.pub" >"$OUT/hostdev/ssh_host_ed25519_key.fingerprint"
 {

@@ -24,6 +24,22 @@ pub struct RunRequest {
     pub format: Option<ResultsFormat>,
 }
 
+/// Ctrl-C, or SIGTERM where there are Unix signals: what stops `run` and `serve`.
+pub(crate) async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// Runs the job; exit 0 when it completed with no failed case, 1 when a case failed or
 /// the job is invalid, 2 when an input is unreadable, 3 when the job is incomplete.
 pub fn run(request: &RunRequest) -> u8 {
@@ -78,7 +94,18 @@ pub fn run(request: &RunRequest) -> u8 {
             return exit::UNREADABLE;
         }
     };
-    match runtime.block_on(oneshot.run(&source, &text)) {
+    let outcome = runtime.block_on(async {
+        // Ctrl-C or SIGTERM cancels the job, which stops what it started (qemu on
+        // this machine, VMs on a host) before the process ends, as the daemon does.
+        let (cancel, canceled) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop_signal().await;
+            eprintln!("canceling the job: stopping its VMs and devices");
+            let _ = cancel.send(true);
+        });
+        oneshot.run(&source, &text, canceled).await
+    });
+    match outcome {
         Err(OneShotError::Invalid(report)) => {
             eprint!("{report}");
             exit::PROBLEMS

@@ -34,18 +34,7 @@ pub fn serve(config: &Path) -> u8 {
         };
         // Tests and scripts read the address from here (the port may be 0 in the file).
         println!("listening on http://{}", daemon.addr);
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    term.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
-        }
+        crate::run::stop_signal().await;
         eprintln!("shutting down: canceling running jobs, keeping queued ones");
         daemon.shutdown().await;
         exit::OK

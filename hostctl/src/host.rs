@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::console::{ConsoleError, ConsoleLog};
+use crate::console::{ConsoleError, ConsoleLog, Login};
 use crate::launch::{QemuCommand, VmImages, VmNetwork, qemu_command};
 use crate::local::{LocalError, LocalProcess};
 use crate::ssh::{SshError, SshSession, SshTarget};
@@ -69,6 +69,15 @@ pub fn qemu_host_command(
     )
 }
 
+/// How a booting host's console reaches its shell prompt: a login on the way when
+/// `login` is given, all within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleBoot<'a> {
+    pub prompt: &'a Regex,
+    pub login: Option<&'a Login>,
+    pub timeout: Duration,
+}
+
 /// Boots a `qemu-host` device on this machine and connects to it. `ssh.port` is the
 /// local port forwarded to the VM's port 22.
 #[allow(clippy::too_many_arguments)]
@@ -79,14 +88,13 @@ pub async fn boot_qemu_host(
     accel: Accel,
     ssh: &SshTarget,
     workdir: &Path,
-    prompt: &Regex,
-    boot_timeout: Duration,
+    console: &ConsoleBoot<'_>,
     log: ConsoleLog,
 ) -> Result<UpHost, HostError> {
     let command = qemu_host_command(name, qemu, images, accel, ssh.port, workdir);
     tracing::info!(host = name, argv = ?command.argv, "booting qemu-host");
     let process = LocalProcess::spawn(name, &command.argv, log, command.qmp_socket)?;
-    prompt_then_ssh(name, process, prompt, ssh, boot_timeout).await
+    prompt_then_ssh(name, process, console, ssh).await
 }
 
 /// The common end of every local boot: the prompt on the console, then SSH. On failure
@@ -94,16 +102,19 @@ pub async fn boot_qemu_host(
 async fn prompt_then_ssh(
     name: &str,
     mut console: LocalProcess,
-    prompt: &Regex,
+    boot: &ConsoleBoot<'_>,
     ssh: &SshTarget,
-    boot_timeout: Duration,
 ) -> Result<UpHost, HostError> {
-    let outcome = match console.console.expect(prompt, boot_timeout).await {
+    let outcome = match console
+        .console
+        .boot_to_prompt(boot.prompt, boot.login, boot.timeout)
+        .await
+    {
         Err(source) => Err(HostError::Boot {
             host: name.to_string(),
             source,
         }),
-        Ok(_) => SshSession::connect(ssh, boot_timeout)
+        Ok(_) => SshSession::connect(ssh, boot.timeout)
             .await
             .map_err(HostError::from),
     };
@@ -166,7 +177,12 @@ pub async fn boot_board(
         console.stop(Duration::from_secs(5)).await;
         return Err(err);
     }
-    let up = prompt_then_ssh(name, console, prompt, ssh, boot_timeout).await;
+    let boot = ConsoleBoot {
+        prompt,
+        login: None,
+        timeout: boot_timeout,
+    };
+    let up = prompt_then_ssh(name, console, &boot, ssh).await;
     if up.is_err() {
         // A board that did not come up is not left powered.
         let _ = power(name, &power_commands.off).await;

@@ -10,8 +10,13 @@ pub enum DeviceTypeClass {
     /// stand-alone device the dispatcher launches itself.
     Virtual,
     /// A host device (board, qemu-host, ssh-host). `virtualization` says whether it can
-    /// run VMs, i.e. whether it may be a `vm_group` host.
-    Host { virtualization: bool },
+    /// run VMs, i.e. whether it may be a `vm_group` host; `boots_job_images` whether the
+    /// dispatcher boots it from images a job may give (a qemu-host), where a board or
+    /// an ssh-host boots as its lab says.
+    Host {
+        virtualization: bool,
+        boots_job_images: bool,
+    },
 }
 
 /// The device types a lab knows, by name.

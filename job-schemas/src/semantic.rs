@@ -511,12 +511,13 @@ fn check_device_types(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagno
         let fits = |class: DeviceTypeClass| match want {
             Want::Any => true,
             Want::Virtual => class == DeviceTypeClass::Virtual,
-            Want::VmHost => {
-                class
-                    == DeviceTypeClass::Host {
-                        virtualization: true,
-                    }
-            }
+            Want::VmHost => matches!(
+                class,
+                DeviceTypeClass::Host {
+                    virtualization: true,
+                    ..
+                }
+            ),
         };
         let candidates = catalog.names_where(fits);
         match catalog.class(name) {
@@ -818,7 +819,11 @@ fn check_deploy_target(
         }
     }
     let class = action_class(params.get("role").and_then(Value::as_str), roles, job, ctx);
-    if let Some(DeviceTypeClass::Host { .. }) = class {
+    if let Some(DeviceTypeClass::Host {
+        boots_job_images: false,
+        ..
+    }) = class
+    {
         let applied: Vec<&str> = params
             .keys()
             .map(String::as_str)
@@ -829,8 +834,8 @@ fn check_deploy_target(
                 Diagnostic::warning(at, format!("{command} is not applied to a host device"))
                     .found(format!("parameters {}", applied.join(", ")))
                     .hint(
-                        "a host device boots what its lab gives it (a board's boot commands, a \
-                     qemu-host's images); deploy to the VMs by their role",
+                        "a board or an ssh-host boots as its lab says (a qemu-host boots a \
+                         job's images); deploy to the VMs by their role",
                     ),
             );
         }

@@ -261,6 +261,7 @@ fn group_context() -> ValidationContext {
         "arndale",
         DeviceTypeClass::Host {
             virtualization: true,
+            boots_job_images: false,
         },
     );
     ctx
@@ -434,4 +435,39 @@ fn empty_urls_and_a_missing_timeout_are_warnings_offline() {
         panic!("not a kernel deploy");
     };
     assert_eq!((&deploy.kernel, &deploy.ramdisk), (&None, &None));
+}
+
+#[test]
+fn a_qemu_host_takes_a_deploy_as_a_vm_does() {
+    let mut ctx = group_context();
+    ctx.catalog.insert(
+        "qemu-host",
+        DeviceTypeClass::Host {
+            virtualization: true,
+            boots_job_images: true,
+        },
+    );
+    let mut job = group_job(json!([
+        {"command": "deploy_linaro_kernel", "parameters": {"role": "host",
+            "kernel": "https://example.org/k", "nfsrootfs": "https://example.org/r.tar.gz"}},
+        {"command": "deploy_linaro_kernel", "parameters": {"role": "guest",
+            "kernel": "https://example.org/k", "ramdisk": "https://example.org/r.cpio.gz"}}
+    ]));
+    job["vm_group"]["host"]["device_type"] = json!("qemu-host");
+    let text = serde_json::to_string(&job).unwrap_or_default();
+    let validated = validate_str(&text, &ctx).unwrap_or_else(|r| panic!("{}", r.render("job")));
+    assert_eq!(warnings(&validated), []);
+    // And its deploy is checked as a VM's.
+    job["actions"][0]["parameters"]["rootfs"] = json!("https://example.org/disk.img");
+    let text = serde_json::to_string(&job).unwrap_or_default();
+    let Err(report) = validate_str(&text, &ctx) else {
+        panic!("nfsrootfs with rootfs validated");
+    };
+    assert_eq!(
+        report
+            .errors()
+            .map(|d| d.pointer.as_str())
+            .collect::<Vec<_>>(),
+        ["/actions/0/parameters/rootfs"]
+    );
 }

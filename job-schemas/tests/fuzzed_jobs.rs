@@ -28,6 +28,7 @@ fn context() -> ValidationContext {
             name,
             DeviceTypeClass::Host {
                 virtualization: true,
+                boots_job_images: false,
             },
         );
     }

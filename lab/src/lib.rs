@@ -165,6 +165,7 @@ impl Lab {
                 TypeKind::Vm(_) => DeviceTypeClass::Virtual,
                 _ => DeviceTypeClass::Host {
                     virtualization: t.virtualization,
+                    boots_job_images: matches!(t.kind, TypeKind::QemuHost(_)),
                 },
             };
             catalog.insert(name.clone(), class);

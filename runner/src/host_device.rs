@@ -1,9 +1,13 @@
 //! Bringing the job's host device up by its kind, and down again after the job.
 
 use super::{Failure, RunSettings};
+use crate::images;
 use crate::joblog::{JobLog, Level};
+use crate::nodes::VmBoot;
 use hostctl::console::ConsoleLog;
 use hostctl::host::{self, UpHost};
+use hostctl::images::ImageStore;
+use hostctl::launch::VmImages;
 use hostctl::ssh::{SshSession, SshTarget};
 use lab::accel::{self, HostFacts};
 use lab::device::{Device, DeviceKind, SshSettings};
@@ -24,9 +28,12 @@ fn ssh_target(ssh: &SshSettings, settings: &RunSettings) -> SshTarget {
     }
 }
 
-/// Brings a host device up by its kind.
+/// Brings a host device up by its kind. `boot` is what the job deploys to the host's
+/// role: a qemu-host boots it (over the device's own images), other kinds boot as their
+/// lab says (validation warned the job's author).
 pub async fn bring_up_host(
     device: &Device,
+    boot: &VmBoot,
     settings: &RunSettings,
     log: &JobLog,
 ) -> Result<UpHost, Failure> {
@@ -60,19 +67,39 @@ pub async fn bring_up_host(
             let accel = accel::decide(qemu.accel(), HostFacts::probe_local()).accel;
             let workdir = settings.work_dir.join("host");
             std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
+            let store = ImageStore::new(&settings.image_store, settings.fetch.clone())
+                .map_err(|e| Failure::infra("boot", e))?;
+            let job_images =
+                images::local_images(&store, boot, log, &device.hostname, "boot").await?;
+            let images = over_device_images(images, job_images, boot);
+            let prompt = boot
+                .prompt(None, prompt)
+                .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
+            let login = boot
+                .console_login()
+                .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
             host::boot_qemu_host(
                 &device.hostname,
                 qemu,
-                images,
+                &images,
                 accel,
                 &ssh_target(ssh, settings),
                 &workdir,
-                prompt,
-                boot_timeout,
+                &host::ConsoleBoot {
+                    prompt: &prompt,
+                    login: login.as_ref(),
+                    timeout: boot_timeout,
+                },
                 console_log(),
             )
             .await
-            .map_err(|e| Failure::infra("boot", e))
+            .map_err(|e| match e {
+                // The job's own images that do not boot are the job's.
+                host::HostError::Boot { ref source, .. } if boot.deploys() => {
+                    super::context::guest_boot_failure(source, e.to_string())
+                }
+                e => Failure::infra("boot", e),
+            })
         }
         DeviceKind::Board {
             ssh,
@@ -97,11 +124,80 @@ pub async fn bring_up_host(
     }
 }
 
+/// A qemu-host's images with a job's over them: a job's disk `image` replaces them all
+/// (it boots by itself); an `nfsrootfs` (the job's ramdisk now) replaces the device's
+/// ramdisk and root disk; otherwise each image the job gives replaces the device's of
+/// the same kind.
+fn over_device_images(device: &VmImages, job: VmImages, boot: &VmBoot) -> VmImages {
+    if job.image.is_some() {
+        return job;
+    }
+    let mut images = device.clone();
+    if boot.nfsrootfs.is_some() {
+        images.rootfs = None;
+    }
+    for (kind, path) in job.iter() {
+        images.set(kind, path.clone());
+    }
+    images.kernel_args.extend(job.kernel_args);
+    images
+}
+
 pub async fn shut_down_host(up: UpHost, device: &Device, log: &JobLog) {
     up.shut_down().await;
     if let DeviceKind::Board { power, .. } = &device.kind
         && let Err(err) = host::power_off_board(&device.hostname, power).await
     {
         log.line(Level::Warning, None, format!("powering off: {err}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> VmImages {
+        VmImages {
+            kernel: Some("/lab/vmlinuz".into()),
+            ramdisk: Some("/lab/initrd".into()),
+            rootfs: Some("/lab/root.img".into()),
+            ..VmImages::default()
+        }
+    }
+
+    #[test]
+    fn a_jobs_images_go_over_a_qemu_hosts_own() {
+        let url = |u: &str| url::Url::parse(u).ok();
+        // Only a kernel: the lab's ramdisk and root disk stay.
+        let kernel_only = VmImages {
+            kernel: Some("/store/job-vmlinuz".into()),
+            ..VmImages::default()
+        };
+        let images = over_device_images(&device(), kernel_only, &VmBoot::default());
+        assert_eq!(images.kernel.as_deref(), Some("/store/job-vmlinuz"));
+        assert_eq!(images.rootfs.as_deref(), Some("/lab/root.img"));
+        assert_eq!(images.ramdisk.as_deref(), Some("/lab/initrd"));
+        // An nfsrootfs: its initramfs replaces the ramdisk, and no root disk is attached.
+        let boot = VmBoot {
+            nfsrootfs: url("https://example.org/rootfs.tar.gz"),
+            ..VmBoot::default()
+        };
+        let from_tarball = VmImages {
+            kernel: Some("/store/job-vmlinuz".into()),
+            ramdisk: Some("/store/initramfs.cpio".into()),
+            kernel_args: vec!["rdinit=/sbin/init".into()],
+            ..VmImages::default()
+        };
+        let images = over_device_images(&device(), from_tarball, &boot);
+        assert_eq!(images.ramdisk.as_deref(), Some("/store/initramfs.cpio"));
+        assert_eq!(images.rootfs, None);
+        assert_eq!(images.kernel_args, ["rdinit=/sbin/init"]);
+        // A disk image boots by itself: nothing of the lab's is kept.
+        let disk = VmImages {
+            image: Some("/store/disk.img".into()),
+            ..VmImages::default()
+        };
+        let images = over_device_images(&device(), disk.clone(), &VmBoot::default());
+        assert_eq!(images, disk);
     }
 }

@@ -331,8 +331,9 @@ impl GroupRun<'_> {
     async fn run(&self, host: &Device) -> Vec<NodeReport> {
         let up = {
             let _section = self.log.section(Some(&self.plan.host_id), "boot");
+            let boot = nodes::boot_for(self.job, &self.plan.host_role, None);
             tokio::select! {
-                up = host_device::bring_up_host(host, self.settings, self.log) => up,
+                up = host_device::bring_up_host(host, &boot, self.settings, self.log) => up,
                 () = canceled(self.settings.cancel.clone()) => Err(Failure::new(
                     ErrorClass::Canceled,
                     "boot",

@@ -38,6 +38,11 @@ pub struct VmBoot {
 }
 
 impl VmBoot {
+    /// Whether the job deploys anything at all.
+    pub fn deploys(&self) -> bool {
+        !self.images.is_empty() || self.builds_initramfs()
+    }
+
     /// Whether the VM's root file system is made here from tar archives.
     pub fn builds_initramfs(&self) -> bool {
         self.nfsrootfs.is_some() || !self.overlays.is_empty()

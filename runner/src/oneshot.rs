@@ -54,7 +54,14 @@ pub struct Ran {
 }
 
 impl OneShot {
-    pub async fn run(&self, source: &str, text: &str) -> Result<Ran, OneShotError> {
+    /// Runs the job in `text` (from `source`); `cancel` turning true (the user's
+    /// Ctrl-C or SIGTERM) ends it `canceled`, its VMs and host device stopped.
+    pub async fn run(
+        &self,
+        source: &str,
+        text: &str,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Ran, OneShotError> {
         let validated = validation::validate_for_run(text, &self.lab, &self.policy)
             .map_err(|report: Report| OneShotError::Invalid(report.render(source)))?;
         let job = validated.job;
@@ -98,8 +105,7 @@ impl OneShot {
             lab_key: self.lab_key.clone(),
             known_hosts: self.known_hosts.clone(),
             host_dir: self.host_dir.clone(),
-            // A one-shot run is stopped by stopping the process.
-            cancel: tokio::sync::watch::channel(false).1,
+            cancel,
         };
         let report = run_job(&job, &self.lab, &devices, &coordination, &settings, &log).await;
         coordinator.shutdown().await;

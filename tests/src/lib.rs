@@ -65,6 +65,14 @@ pub fn e2e_job(name: &str, host_type: &str) -> String {
             "@GUEST_ROOTFS_TAR@",
             &images.guest_rootfs_tar.display().to_string(),
         )
+        .replace(
+            "@HOSTDEV_KERNEL@",
+            &images.hostdev_kernel.display().to_string(),
+        )
+        .replace(
+            "@HOSTDEV_ROOTFS_TAR@",
+            &images.hostdev_rootfs_tar.display().to_string(),
+        )
         .replace("@HOST_TYPE@", host_type)
 }
 
@@ -816,6 +824,8 @@ pub struct TestImages {
     pub hostdev_kernel: PathBuf,
     pub hostdev_initramfs: PathBuf,
     pub hostdev_rootfs: PathBuf,
+    /// The host device's tree as a root file system tarball, with an `/init`.
+    pub hostdev_rootfs_tar: PathBuf,
     pub hostdev_fingerprint: String,
     pub hostdev_prompt: String,
     /// The lab's SSH key, authorized in both images.
@@ -857,6 +867,7 @@ pub fn test_images() -> TestImages {
                 hostdev_kernel: get("hostdev_kernel").into(),
                 hostdev_initramfs: get("hostdev_initramfs").into(),
                 hostdev_rootfs: get("hostdev_rootfs").into(),
+                hostdev_rootfs_tar: get("hostdev_rootfs_tar").into(),
                 hostdev_fingerprint: get("hostdev_fingerprint"),
                 hostdev_prompt: get("hostdev_prompt"),
                 lab_key: get("lab_key").into(),

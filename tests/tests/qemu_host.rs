@@ -53,8 +53,11 @@ async fn a_guest_runs_with_nested_kvm_inside_a_qemu_host() {
         local_accel,
         &ssh,
         dir.path(),
-        &Regex::new(&images.hostdev_prompt).unwrap(),
-        host_type.boot_timeout,
+        &host::ConsoleBoot {
+            prompt: &Regex::new(&images.hostdev_prompt).unwrap(),
+            login: None,
+            timeout: host_type.boot_timeout,
+        },
         ConsoleLog::default(),
     )
     .await
@@ -174,8 +177,11 @@ async fn a_host_that_never_reaches_its_prompt_fails_and_leaves_nothing() {
         local_accel,
         &ssh,
         dir.path(),
-        &Regex::new("this prompt never appears").unwrap(),
-        Duration::from_secs(15),
+        &host::ConsoleBoot {
+            prompt: &Regex::new("this prompt never appears").unwrap(),
+            login: None,
+            timeout: Duration::from_secs(15),
+        },
         ConsoleLog::default(),
     )
     .await;

@@ -354,14 +354,11 @@ fn a_guest_that_never_reaches_its_prompt_fails_the_job_and_releases_the_others()
     assert_eq!(status, 3);
 }
 
-/// The seed job on a `qemu-host` device: the dispatcher boots the host-device VM here,
-/// and the guests run inside it with nested KVM.
-#[test]
-fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
+/// A lab of one `qemu-host` device booting the test images, its device file in
+/// `dir/devices`.
+fn qemu_host_device(dir: &Path) -> PathBuf {
     let images = test_images();
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(SEED_JOB, "qemu-host", dir.path());
-    let devices = dir.path().join("devices");
+    let devices = dir.join("devices");
     std::fs::create_dir_all(&devices).unwrap();
     std::fs::write(
         devices.join("qemu-host-01.toml"),
@@ -378,6 +375,44 @@ fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
         ),
     )
     .unwrap();
+    devices
+}
+
+/// A job's deploy for the host role on a `qemu-host`: the host-device VM boots the
+/// job's kernel on the job's `nfsrootfs` tarball (the device's own disk not attached),
+/// is reached over SSH as always, and runs its guest nested.
+#[test]
+fn a_qemu_host_boots_the_jobs_kernel_on_an_nfsrootfs_tarball() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("qemu-host-nfsrootfs.json", "qemu-host", dir.path());
+    let devices = qemu_host_device(dir.path());
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "host.host-root.root-from-the-tarball",
+            "host.host-root.no-root-disk",
+            "guest.guest.guest-ran",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
+    assert!(log.contains("from 1 tar archive(s)"), "{log}");
+    assert_nothing_runs_from(
+        &only_job_dir(&state).join("host"),
+        "the host-device VM still runs",
+    );
+}
+
+/// The seed job on a `qemu-host` device: the dispatcher boots the host-device VM here,
+/// and the guests run inside it with nested KVM.
+#[test]
+fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(SEED_JOB, "qemu-host", dir.path());
+    let devices = qemu_host_device(dir.path());
     let state = dir.path().join("state");
     let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
     let found = results(&report);
@@ -688,4 +723,57 @@ fn overlays_a_console_login_and_an_nfsrootfs_tarball_boot_the_vms() {
             );
         }
     }
+}
+
+/// `dispatcher run` stopped by SIGTERM (or Ctrl-C) while its VM runs: the job ends
+/// `canceled` with its report, and the qemu it started is stopped, not left behind.
+#[test]
+fn sigterm_cancels_a_one_shot_run_and_stops_its_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("single-kvm-image.json", "kvm", dir.path());
+    let devices = kvm_devices(dir.path(), &["kvm-01"]);
+    let state = dir.path().join("state");
+    let child = Command::new(binary("dispatcher"))
+        .arg("run")
+        .arg(&job)
+        .arg("--devices")
+        .arg(&devices)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--node-agent")
+        .arg(static_node_agent())
+        .args(["--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the job's log says its VM was started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let job_dir = loop {
+        let started = std::fs::read_dir(state.join("jobs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|d| {
+                std::fs::read_to_string(d.join("job.log"))
+                    .is_ok_and(|log| log.contains("starting kvm-01 on this machine"))
+            });
+        if let Some(job_dir) = started {
+            break job_dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "the VM never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["health"], "canceled", "{report:#}");
+    assert_eq!(out.status.code(), Some(3));
+    assert_nothing_runs_from(&job_dir, "the job's VM still runs");
 }

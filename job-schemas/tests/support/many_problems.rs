@@ -14,6 +14,7 @@ pub fn context() -> ValidationContext {
         "qemu-host",
         DeviceTypeClass::Host {
             virtualization: true,
+            boots_job_images: false,
         },
     );
     ValidationContext::new(catalog)
