@@ -100,8 +100,10 @@ pub fn run(request: &RunRequest) -> u8 {
         let (cancel, canceled) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             stop_signal().await;
-            eprintln!("canceling the job: stopping its VMs and devices");
+            eprintln!("canceling the job: stopping its VMs and devices (again to quit now)");
             let _ = cancel.send(true);
+            stop_signal().await;
+            std::process::exit(i32::from(exit::INCOMPLETE));
         });
         oneshot.run(&source, &text, canceled).await
     });

@@ -215,11 +215,48 @@ pub struct Matched {
 
 /// How a console logs in once the guest has booted: wait for `login_prompt`, send
 /// `username`, then (when given) wait for the password prompt and send the password.
-#[derive(Debug, Clone)]
+/// Its `Debug` hides the password.
+#[derive(Clone)]
 pub struct Login {
     pub login_prompt: Regex,
     pub username: String,
     pub password: Option<(Regex, String)>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("login_prompt", &self.login_prompt)
+            .field("username", &self.username)
+            .field(
+                "password_prompt",
+                &self.password.as_ref().map(|(prompt, _)| prompt),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// `held` then `bytes` with every whole `secret` replaced by `****`, split into what
+/// can be read now and the end kept back because it could be the start of `secret`
+/// (a guest echoing a password sends it a byte at a time).
+fn mask(mut held: Vec<u8>, bytes: &[u8], secret: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    held.extend_from_slice(bytes);
+    if secret.is_empty() {
+        return (held, Vec::new());
+    }
+    let mut out = Vec::with_capacity(held.len());
+    let mut rest = held.as_slice();
+    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"****");
+        rest = &rest[at + secret.len()..];
+    }
+    let keep = (1..secret.len().min(rest.len() + 1))
+        .rev()
+        .find(|k| rest.ends_with(&secret[..*k]))
+        .unwrap_or(0);
+    out.extend_from_slice(&rest[..rest.len() - keep]);
+    (out, rest[rest.len() - keep..].to_vec())
 }
 
 /// A console over a byte stream.
@@ -230,6 +267,11 @@ pub struct Console<S> {
     /// Stripped text not yet consumed by a match.
     pending: String,
     failures: Vec<(Regex, FailureKind)>,
+    /// While a login types a password: the password, masked in everything read (the
+    /// log, matching, error tails) should the guest echo it, and the bytes read that
+    /// could be its beginning, held until the next read tells.
+    secret: Option<Vec<u8>>,
+    held: Vec<u8>,
 }
 
 /// Stripped text kept for matching at most (older text is dropped, not the log).
@@ -251,6 +293,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             stripper: AnsiStripper::default(),
             pending: String::new(),
             failures,
+            secret: None,
+            held: Vec::new(),
         }
     }
 
@@ -341,6 +385,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
+        let masked;
+        let bytes = match &self.secret {
+            Some(secret) => {
+                masked = mask(std::mem::take(&mut self.held), bytes, secret);
+                self.held = masked.1;
+                &masked.0
+            }
+            None => bytes,
+        };
         self.log.record(bytes);
         let stripped = self.stripper.strip(bytes);
         self.pending.push_str(&stripped);
@@ -377,7 +430,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             self.send_line(&login.username).await?;
             if let Some((password_prompt, password)) = &login.password {
                 self.expect(password_prompt, left()).await?;
-                self.send_line(password).await?;
+                self.secret = Some(password.as_bytes().to_vec());
+                let sent = self.send_line(password).await;
+                let found = match sent {
+                    Ok(()) => self.expect(prompt, left()).await,
+                    Err(err) => Err(err),
+                };
+                // The password is typed once: the rest of the console is read as is.
+                self.secret = None;
+                let held = std::mem::take(&mut self.held);
+                self.feed(&held);
+                return found;
             }
         }
         self.expect(prompt, left()).await
@@ -524,6 +587,59 @@ mod tests {
             }
         });
         Console::new(ours, ConsoleLog::default())
+    }
+
+    #[test]
+    fn an_echoed_password_is_masked_even_a_byte_at_a_time() {
+        let secret = b"s3cret";
+        let (out, held) = mask(Vec::new(), b"Password: s3cret\r\n# ", secret);
+        assert_eq!(
+            (out.as_slice(), held.as_slice()),
+            (&b"Password: ****\r\n# "[..], &b""[..])
+        );
+        let mut held = Vec::new();
+        let mut shown = Vec::new();
+        for byte in b"xs3cs3cret!" {
+            let (out, rest) = mask(held, &[*byte], secret);
+            shown.extend(out);
+            held = rest;
+        }
+        shown.extend(held);
+        assert_eq!(shown, b"xs3c****!");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_echoes_the_password_shows_it_nowhere() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let (reader, mut writer) = tokio::io::split(theirs);
+            let mut lines = tokio::io::BufReader::new(reader).lines();
+            let _ = writer.write_all(b"login: ").await;
+            let _ = lines.next_line().await;
+            let _ = writer.write_all(b"Password: ").await;
+            let typed = lines.next_line().await.ok().flatten().unwrap_or_default();
+            // Echoed a byte at a time, then the console goes away.
+            for byte in typed.bytes() {
+                let _ = writer.write_all(&[byte]).await;
+                let _ = writer.flush().await;
+            }
+            let _ = writer.write_all(b"\r\nLogin incorrect\r\n").await;
+        });
+        let mut console = Console::new(ours, ConsoleLog::default());
+        let prompt = Regex::new(r"[#$] ?$").unwrap();
+        let err = console
+            .boot_to_prompt(
+                &prompt,
+                Some(&root_login("s3cret")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("****"), "{err}");
+        let log = String::from_utf8_lossy(&console.log().contents()).into_owned();
+        assert!(!log.contains("s3cret"), "{log}");
     }
 
     fn root_login(password: &str) -> Login {

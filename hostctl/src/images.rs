@@ -262,7 +262,6 @@ impl ImageStore {
         Ok(path)
     }
 
-    /// `path` itself, or its decompressed copy for `.gz` and `.xz`.
     /// One initramfs of `base` (an initramfs, copied as it is) followed by the tar
     /// archives `trees` in order, built once per set of inputs into the store
     /// ([`crate::initramfs`]), at most the lab's `max_unpacked_bytes`.
@@ -287,6 +286,7 @@ impl ImageStore {
         .map_err(ImageError::Initramfs)
     }
 
+    /// `path` itself, or its decompressed copy for `.gz` and `.xz`.
     async fn decompressed(&self, path: &Path) -> Result<PathBuf, ImageError> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("gz") => "gzip",

@@ -311,26 +311,38 @@ impl RepoCache {
                 what: format!("bzr-repo {url}"),
             });
         };
-        if let Ok(parsed) = Url::parse(url) {
-            match parsed.scheme() {
-                "file" => {
-                    let path = parsed
-                        .to_file_path()
-                        .map_err(|()| FetchError::Scheme(url.to_string()))?;
-                    let policy = self.policy.clone();
-                    tokio::task::spawn_blocking(move || policy.local_dir(&path))
-                        .await
-                        .map_err(|e| RepoError::Io {
-                            path: url.to_string(),
-                            source: std::io::Error::other(e.to_string()),
-                        })??;
-                }
-                // Checked, but brz resolves the name again itself: it cannot be pinned
-                // to the checked address as git can.
-                _ => {
-                    resolve_checked(&self.policy, &parsed).await?;
+        // brz takes a path as well as a URL: only URLs of kinds the policy can check
+        // reach it, so a job cannot branch a directory of this machine by its path, or
+        // use this machine's SSH credentials (`bzr+ssh://`).
+        let parsed = Url::parse(url).map_err(|_| FetchError::Scheme(url.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|()| FetchError::Scheme(url.to_string()))?;
+                let policy = self.policy.clone();
+                tokio::task::spawn_blocking(move || policy.local_dir(&path))
+                    .await
+                    .map_err(|e| RepoError::Io {
+                        path: url.to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+            }
+            // Checked, but brz resolves the name again itself: it cannot be pinned to
+            // the checked address as git can.
+            "http" | "https" | "bzr" => {
+                resolve_checked(&self.policy, &parsed).await?;
+            }
+            // Launchpad's short form: brz asks Launchpad's API, then branches from
+            // its Bazaar hosting.
+            "lp" => {
+                for host in LAUNCHPAD_HOSTS {
+                    let via = Url::parse(&format!("https://{host}/"))
+                        .map_err(|_| FetchError::Scheme(url.to_string()))?;
+                    resolve_checked(&self.policy, &via).await?;
                 }
             }
+            _ => return Err(FetchError::Scheme(url.to_string()).into()),
         }
         let work = tempdir_in(&self.dir.join("bzr")).await?;
         let branch = work.join("branch");
@@ -539,6 +551,9 @@ impl Remote {
 }
 
 /// The first address of `url`'s host, after checking every address it resolves to.
+/// What an `lp:` branch reaches: Launchpad's API and its Bazaar hosting.
+const LAUNCHPAD_HOSTS: [&str; 2] = ["api.launchpad.net", "bazaar.launchpad.net"];
+
 async fn resolve_checked(policy: &FetchPolicy, url: &Url) -> Result<SocketAddr, RepoError> {
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(match url.scheme() {
@@ -1051,6 +1066,26 @@ mod tests {
             elsewhere.bzr(url.as_str(), None, "defs/one.yaml").await,
             Err(RepoError::Refused(FetchError::OutsideRoots { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn bzr_takes_only_urls_the_policy_can_check() {
+        let cache = RepoCache::new(std::env::temp_dir(), policy(&[]));
+        // A path of this machine, a URL that would use its SSH keys, an option.
+        for url in [
+            "/var/lib/secret-branch",
+            "bzr+ssh://example.org/b",
+            "-Oexec=x",
+        ] {
+            let err = cache
+                .bzr_with(Some(PathBuf::from("/nonexistent/brz")), url, None, None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, RepoError::Refused(FetchError::Scheme(_))),
+                "{url}: {err}"
+            );
+        }
     }
 
     #[tokio::test]

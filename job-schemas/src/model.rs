@@ -204,8 +204,8 @@ pub struct DeployKernel {
 }
 
 /// How the console logs in after boot (LAVA v1's keys of the deploy action). Empty:
-/// the console is at a shell prompt by itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// the console is at a shell prompt by itself. Its `Debug` hides the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Login {
     /// A regular expression; `None`: no login.
     pub login_prompt: Option<String>,
@@ -214,6 +214,17 @@ pub struct Login {
     /// Never serialized: the job's JSON as stored is the only copy.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("login_prompt", &self.login_prompt)
+            .field("username", &self.username)
+            .field("password_prompt", &self.password_prompt)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .finish()
+    }
 }
 
 impl Login {

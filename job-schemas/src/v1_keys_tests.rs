@@ -294,6 +294,8 @@ fn a_kernel_deploy_types_nfsrootfs_overlays_firmware_login_and_the_boot_prompt()
     // The typed job is what the API shows: never the password.
     let shown = serde_json::to_string(&validated.job).unwrap_or_default();
     assert!(!shown.contains("s3cret"), "{shown}");
+    let debug = format!("{:?}", validated.job);
+    assert!(!debug.contains("s3cret"), "{debug}");
     let Command::BootLinaroImage(boot) = &validated.job.actions[1].command else {
         panic!("not a boot");
     };

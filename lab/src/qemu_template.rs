@@ -274,6 +274,15 @@ impl QemuTemplateFile {
 }
 
 impl QemuTemplate {
+    /// Whether an argument of the template has the placeholder `name` (`firmware`,
+    /// `dtb`...): an image given for one it has not would not reach qemu.
+    pub fn uses(&self, name: &str) -> bool {
+        self.args
+            .iter()
+            .flatten()
+            .any(|arg| arg.placeholders().any(|p| p == name))
+    }
+
     /// This template with a device's settings applied.
     pub(crate) fn with_overrides(&self, overrides: Overrides<'_>) -> Self {
         let mut template = self.clone();

@@ -460,22 +460,30 @@ impl<'a> GroupContext<'a> {
     }
 
     /// An `install.bzr-repos` branch's tree (its last revision, as LAVA branched it),
-    /// as a `.tar.gz`.
+    /// as a `.tar.gz`: branched once per job, so every node installs the same revision.
     async fn install_bzr_repo(&self, url: &str) -> Result<Arc<Vec<u8>>, Failure> {
-        let cache = RepoCache::new(
-            self.settings.image_store.join("repos"),
-            self.settings.fetch.clone(),
-        );
-        let tree = cache.bzr_tree(url, None).await.map_err(repo_failure)?;
-        self.log.line(
-            Level::Info,
-            None,
-            format!(
-                "install.bzr-repos {}: {} bytes",
-                tree.label,
-                tree.archive.len()
-            ),
-        );
+        let key = format!("install.bzr-repos\n{url}");
+        let cell = self.trees.lock().entry(key).or_default().clone();
+        let tree = cell
+            .get_or_init(|| async {
+                let cache = RepoCache::new(
+                    self.settings.image_store.join("repos"),
+                    self.settings.fetch.clone(),
+                );
+                let tree = cache.bzr_tree(url, None).await.map_err(repo_failure)?;
+                self.log.line(
+                    Level::Info,
+                    None,
+                    format!(
+                        "install.bzr-repos {}: {} bytes",
+                        tree.label,
+                        tree.archive.len()
+                    ),
+                );
+                Ok(tree)
+            })
+            .await
+            .clone()?;
         Ok(tree.archive)
     }
 

@@ -120,6 +120,7 @@ async fn boot(
     let store = ImageStore::new(&ctx.settings.image_store, ctx.settings.fetch.clone())
         .map_err(|e| Failure::infra("boot", e))?;
     let images = super::images::local_images(&store, &boot, ctx.log, &node.id, "boot").await?;
+    super::images::check_template(&images, qemu, &device_type.name, &node.id, "boot")?;
     let NodeVm { name, command, lan } = NodeVm::new(
         ctx.settings.job_id,
         &node.id,

@@ -72,6 +72,7 @@ pub async fn bring_up_host(
             let job_images =
                 images::local_images(&store, boot, log, &device.hostname, "boot").await?;
             let images = over_device_images(images, job_images, boot);
+            images::check_template(&images, qemu, &device_type.name, &device.hostname, "boot")?;
             let prompt = boot
                 .prompt(None, prompt)
                 .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;

@@ -8,12 +8,42 @@ use std::path::{Path, PathBuf};
 
 use hostctl::images::ImageStore;
 use hostctl::launch::VmImages;
+use lab::qemu_template::QemuTemplate;
 use states::ErrorClass;
 
 use crate::Failure;
 use crate::context::progress_logger;
 use crate::joblog::{JobLog, Level};
 use crate::nodes::VmBoot;
+
+/// Refuses images the VM's qemu template has no place for (a `firmware` or `dtb` on a
+/// type without `{firmware}` or `{dtb}`), which qemu would otherwise never see.
+pub fn check_template(
+    images: &VmImages,
+    qemu: &QemuTemplate,
+    type_name: &str,
+    node: &str,
+    stage: &'static str,
+) -> Result<(), Failure> {
+    let unused: Vec<&str> = images
+        .iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| !qemu.uses(kind))
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorClass::Job,
+        stage,
+        format!(
+            "{node}: device type {type_name} has no place for {} in its qemu command line \
+             (no {{{}}} placeholder)",
+            unused.join(", "),
+            unused.join("}, {")
+        ),
+    ))
+}
 
 /// Where a VM's files are, fetched (and built) for `node`; failures are the job's
 /// (its URLs, its archives), reported under `stage`.

@@ -331,7 +331,7 @@ impl GroupRun<'_> {
     async fn run(&self, host: &Device) -> Vec<NodeReport> {
         let up = {
             let _section = self.log.section(Some(&self.plan.host_id), "boot");
-            let boot = nodes::boot_for(self.job, &self.plan.host_role, None);
+            let boot = nodes::host_boot(self.job, &self.plan.host_role);
             tokio::select! {
                 up = host_device::bring_up_host(host, &boot, self.settings, self.log) => up,
                 () = canceled(self.settings.cancel.clone()) => Err(Failure::new(
@@ -676,6 +676,13 @@ impl GroupRun<'_> {
         let plan = if vm.spec.launch_with.is_empty() {
             let accel = accel::decide(vm_type.qemu.accel(), deployed.facts).accel;
             let images = deployed.images.get(&vm.id).cloned().unwrap_or_default();
+            images::check_template(
+                &images,
+                vm_type.qemu,
+                &vm_type.device_type.name,
+                &vm.id,
+                "boot",
+            )?;
             VmPlan::from_template(
                 &name,
                 &workdir,

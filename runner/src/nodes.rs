@@ -138,10 +138,28 @@ impl GroupPlan {
 /// What a VM role boots: its deploy actions (the last deploy wins), else the `image`
 /// of its vm_group entry; and its boot action's prompt.
 pub fn boot_for(job: &Job, role: &str, spec_image: Option<&Url>) -> VmBoot {
-    let mut boot = VmBoot::default();
     // A deploy without a role is every role's (a single-device job has no roles at
     // all), as validation counts it.
-    for action in job.actions_for(role) {
+    boot_from(job.actions_for(role), spec_image)
+}
+
+/// What a vm_group's host boots: only the deploy and boot actions naming its role. A
+/// deploy without a role is the VMs' (validation counts it as every VM's image), never
+/// the host's.
+pub fn host_boot(job: &Job, host_role: &str) -> VmBoot {
+    let named = job
+        .actions
+        .iter()
+        .filter(|a| a.role.as_deref() == Some(host_role));
+    boot_from(named, None)
+}
+
+fn boot_from<'a>(
+    actions: impl Iterator<Item = &'a job_schemas::Action>,
+    spec_image: Option<&Url>,
+) -> VmBoot {
+    let mut boot = VmBoot::default();
+    for action in actions {
         match &action.command {
             Command::DeployLinaroImage(deploy) => {
                 boot.images = ImageUrls {

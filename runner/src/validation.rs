@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use job_schemas::{Diagnostic, Limits, Report, Topology, Validated, ValidationContext};
+use job_schemas::{Diagnostic, Limits, Report, Severity, Topology, Validated, ValidationContext};
 use serde_json::Value;
 
 use hostctl::fetch::FetchPolicy;
@@ -50,8 +50,18 @@ pub fn context(lab: &Lab, policy: &JobPolicy) -> ValidationContext {
 /// Validates job text for `lab`, without I/O: the job format, the lab's device types and
 /// the policy's limits.
 pub fn validate_job(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validated, Report> {
-    let validated = job_schemas::validate_str(text, &context(lab, policy))?;
+    let mut validated = job_schemas::validate_str(text, &context(lab, policy))?;
     let mut problems = Vec::new();
+    // A job that gave no timeout (warned about) gets the default, within the lab's.
+    let defaulted = validated
+        .warnings
+        .iter()
+        .any(|d| d.pointer == "/timeout" && d.severity == Severity::Warning);
+    if let Some(limit) = policy.max_job_timeout_secs
+        && defaulted
+    {
+        validated.job.timeout_secs = validated.job.timeout_secs.min(limit);
+    }
     if let Some(limit) = policy.max_job_timeout_secs
         && validated.job.timeout_secs > limit
     {
@@ -291,5 +301,29 @@ mod tests {
             report.render("job")
         );
         assert!(report.render("job").contains("is not a directory"));
+    }
+
+    #[test]
+    fn a_job_without_a_timeout_gets_the_default_within_the_labs_limit() {
+        let lab = Lab::builtin().unwrap();
+        let text = serde_json::json!({
+            "device_type": "kvm",
+            "actions": [{"command": "deploy_linaro_image", "parameters": {
+                "image": "https://example.org/disk.img"}}]
+        })
+        .to_string();
+        let open = validate_job(&text, &lab, &JobPolicy::default()).unwrap();
+        assert_eq!(open.job.timeout_secs, job_schemas::DEFAULT_JOB_TIMEOUT_SECS);
+        let strict = JobPolicy {
+            max_job_timeout_secs: Some(600),
+            ..JobPolicy::default()
+        };
+        let limited =
+            validate_job(&text, &lab, &strict).unwrap_or_else(|r| panic!("{}", r.render("job")));
+        assert_eq!(limited.job.timeout_secs, 600);
+        // A timeout the job gives is still refused past the limit.
+        let long = text.replacen('{', "{\"timeout\": 7200, ", 1);
+        let report = validate_job(&long, &lab, &strict).unwrap_err();
+        assert_eq!(pointers(&report), ["/timeout"]);
     }
 }

@@ -30,10 +30,10 @@ const TYPED: [&str; 14] = [
     "/actions/0/parameters",
 ];
 
-/// Required fields of the seed job (parent, key) that one is removed from.
-const REQUIRED: [(&str, &str); 7] = [
+/// Required fields of the seed job (parent, key) that one is removed from. (A missing
+/// job `timeout` is a warning: the job gets the default.)
+const REQUIRED: [(&str, &str); 6] = [
     ("", "actions"),
-    ("", "timeout"),
     ("/vm_group", "host"),
     ("/vm_group", "vms"),
     ("/vm_group/host", "device_type"),
