@@ -423,27 +423,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
         login: Option<&Login>,
         timeout: Duration,
     ) -> Result<Matched, ConsoleError> {
+        let Some(login) = login else {
+            return self.expect(prompt, timeout).await;
+        };
         let deadline = Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
-        if let Some(login) = login {
-            self.expect(&login.login_prompt, left()).await?;
-            self.send_line(&login.username).await?;
-            if let Some((password_prompt, password)) = &login.password {
-                self.expect(password_prompt, left()).await?;
-                self.secret = Some(password.as_bytes().to_vec());
-                let sent = self.send_line(password).await;
-                let found = match sent {
-                    Ok(()) => self.expect(prompt, left()).await,
-                    Err(err) => Err(err),
-                };
-                // The password is typed once: the rest of the console is read as is.
-                self.secret = None;
-                let held = std::mem::take(&mut self.held);
-                self.feed(&held);
-                return found;
-            }
+        // A timeout names the whole boot's, not what was left of it at that step.
+        let whole = |err: ConsoleError| match err {
+            ConsoleError::Timeout { pattern, tail, .. } => ConsoleError::Timeout {
+                pattern,
+                after: timeout,
+                tail,
+            },
+            err => err,
+        };
+        self.expect(&login.login_prompt, left())
+            .await
+            .map_err(whole)?;
+        self.send_line(&login.username).await?;
+        if let Some((password_prompt, password)) = &login.password {
+            self.expect(password_prompt, left()).await.map_err(whole)?;
+            self.secret = Some(password.as_bytes().to_vec());
+            let sent = self.send_line(password).await;
+            let found = match sent {
+                Ok(()) => self.expect(prompt, left()).await,
+                Err(err) => Err(err),
+            };
+            // The password is typed once: the rest of the console is read as is.
+            self.secret = None;
+            let held = std::mem::take(&mut self.held);
+            self.feed(&held);
+            return found.map_err(whole);
         }
-        self.expect(prompt, left()).await
+        self.expect(prompt, left()).await.map_err(whole)
     }
 
     /// Types a line (and a newline) into the console.
