@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::fetch::{FetchError, FetchPolicy};
+use lab::qemu_template::DiskFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -37,8 +38,60 @@ pub enum ImageError {
     Scheme(String),
     #[error(transparent)]
     Initramfs(#[from] crate::initramfs::InitramfsError),
+    #[error("{path}: {why}")]
+    UnsafeImage { path: String, why: String },
     #[error("{url}: not UTF-8 text: {message}")]
     NotText { url: String, message: String },
+}
+
+/// The format of the disk image at `path`, read from its first bytes (a name says
+/// nothing): qcow2 by its magic, else raw. A qcow2 image that names another file (a
+/// backing file, an external data file) is refused: qemu would open that file, on the
+/// machine it runs on, for the guest.
+pub async fn disk_format(path: &Path) -> Result<DiskFormat, ImageError> {
+    let mut header = [0u8; 80];
+    let mut file = tokio::fs::File::open(path).await.map_err(io_error(path))?;
+    let mut read = 0;
+    while read < header.len() {
+        let n = tokio::io::AsyncReadExt::read(&mut file, &mut header[read..])
+            .await
+            .map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    qcow2_header(&header[..read]).map_err(|why| ImageError::UnsafeImage {
+        path: path.display().to_string(),
+        why,
+    })
+}
+
+/// What a disk image's first bytes say its format is (see [`disk_format`]).
+fn qcow2_header(header: &[u8]) -> Result<DiskFormat, String> {
+    if !header.starts_with(b"QFI\xfb") {
+        return Ok(DiskFormat::Raw);
+    }
+    let be = |range: std::ops::Range<usize>| {
+        header
+            .get(range)
+            .map(|b| b.iter().fold(0u64, |n, byte| n << 8 | u64::from(*byte)))
+    };
+    let (Some(version), Some(backing)) = (be(4..8), be(8..16)) else {
+        return Err("a qcow2 header cut short".into());
+    };
+    if backing != 0 {
+        return Err(
+            "a qcow2 image with a backing file, which qemu would open on the machine it runs \
+             on; give a standalone image (qemu-img convert -O qcow2)"
+                .into(),
+        );
+    }
+    // Version 3's incompatible features: bit 2 is an external data file.
+    if version >= 3 && be(72..80).is_some_and(|features| features & 0b100 != 0) {
+        return Err("a qcow2 image with an external data file; give a standalone image".into());
+    }
+    Ok(DiskFormat::Qcow2)
 }
 
 /// The dispatcher's image store: downloads and decompressed copies, by source.
@@ -387,4 +440,34 @@ fn decompress(
         .map_err(io_error(&partial))?;
     std::fs::rename(&partial, target).map_err(io_error(target))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A qcow2 header: version, backing file offset, incompatible features.
+    fn qcow2(version: u32, backing: u64, features: u64) -> Vec<u8> {
+        let mut h = b"QFI\xfb".to_vec();
+        h.extend(version.to_be_bytes());
+        h.extend(backing.to_be_bytes());
+        h.resize(72, 0);
+        h.extend(features.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_disk_format_is_read_from_the_file_and_qcow2_may_name_no_other_file() {
+        assert_eq!(qcow2_header(b"\xebX\x90SYSLINUX"), Ok(DiskFormat::Raw));
+        assert_eq!(qcow2_header(b""), Ok(DiskFormat::Raw));
+        assert_eq!(qcow2_header(&qcow2(3, 0, 0)), Ok(DiskFormat::Qcow2));
+        assert_eq!(qcow2_header(&qcow2(2, 0, 0)), Ok(DiskFormat::Qcow2));
+        let backing = qcow2_header(&qcow2(3, 0x1000, 0)).unwrap_err();
+        assert!(backing.contains("backing file"), "{backing}");
+        let external = qcow2_header(&qcow2(3, 0, 0b100)).unwrap_err();
+        assert!(external.contains("external data file"), "{external}");
+        // Other incompatible features (dirty, corrupt) are qemu's to judge.
+        assert_eq!(qcow2_header(&qcow2(3, 0, 0b11)), Ok(DiskFormat::Qcow2));
+        assert!(qcow2_header(b"QFI\xfb\0\0").is_err(), "cut short");
+    }
 }

@@ -26,9 +26,38 @@ pub const ALWAYS_SET: &[&str] = &[
 
 /// Placeholders a launch may leave unset; their groups are then dropped.
 pub const OPTIONAL: &[&str] = &[
-    "kernel", "ramdisk", "dtb", "append", "image", "rootfs", "firmware", "netdev", "mac", "lan",
+    "kernel",
+    "ramdisk",
+    "dtb",
+    "append",
+    "image",
+    "rootfs",
+    "firmware",
+    "image_format",
+    "rootfs_format",
+    "netdev",
+    "mac",
+    "lan",
     "lan_mac",
 ];
+
+/// A disk image's format, as qemu's `format=` names it. Read from the file itself, never
+/// from its name (`{image_format}`, `{rootfs_format}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_qemu_arg(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
 
 /// The `[qemu]` table of a device type file, as written (unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -106,6 +135,9 @@ pub struct Images<T> {
     /// Kernel command-line words these images need (e.g. `rdinit=/sbin/init` for a
     /// root file system given as an initramfs), after the template's `append`.
     pub kernel_args: Vec<String>,
+    /// The formats of `image` and `rootfs` (raw when not read from the file).
+    pub image_format: DiskFormat,
+    pub rootfs_format: DiskFormat,
 }
 
 /// The images one VM boots, as paths on the machine its qemu runs on.
@@ -121,6 +153,8 @@ impl<T> Default for Images<T> {
             rootfs: None,
             firmware: None,
             kernel_args: Vec::new(),
+            image_format: DiskFormat::Raw,
+            rootfs_format: DiskFormat::Raw,
         }
     }
 }
@@ -225,6 +259,12 @@ impl LaunchValues {
     pub fn set_images(&mut self, images: &VmImages) -> &mut Self {
         for (name, path) in images.iter() {
             self.set(name, path.as_str());
+        }
+        if images.image.is_some() {
+            self.set("image_format", images.image_format.as_qemu_arg());
+        }
+        if images.rootfs.is_some() {
+            self.set("rootfs_format", images.rootfs_format.as_qemu_arg());
         }
         if !images.kernel_args.is_empty() {
             let words = images.kernel_args.join(" ");

@@ -71,7 +71,15 @@ pub async fn bring_up_host(
                 .map_err(|e| Failure::infra("boot", e))?;
             let job_images =
                 images::local_images(&store, boot, log, &device.hostname, "boot").await?;
-            let images = over_device_images(images, job_images, boot);
+            let mut images = over_device_images(images, job_images, boot);
+            images::disk_formats(&mut images).await.map_err(|e| {
+                let class = if boot.deploys() {
+                    ErrorClass::Job
+                } else {
+                    ErrorClass::Infrastructure
+                };
+                Failure::new(class, "boot", format!("{}: {e}", device.hostname))
+            })?;
             images::check_template(&images, qemu, &device_type.name, &device.hostname, "boot")?;
             let prompt = boot
                 .prompt(None, prompt)

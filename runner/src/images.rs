@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hostctl::images::ImageStore;
+use hostctl::images::{ImageError, ImageStore};
 use hostctl::launch::VmImages;
 use lab::qemu_template::QemuTemplate;
 use states::ErrorClass;
@@ -45,6 +45,18 @@ pub fn check_template(
     ))
 }
 
+/// Reads the formats of `images`' disk image and root disk from the files, which are
+/// on this machine.
+pub async fn disk_formats(images: &mut VmImages) -> Result<(), ImageError> {
+    if let Some(path) = &images.image {
+        images.image_format = hostctl::images::disk_format(Path::new(path)).await?;
+    }
+    if let Some(path) = &images.rootfs {
+        images.rootfs_format = hostctl::images::disk_format(Path::new(path)).await?;
+    }
+    Ok(())
+}
+
 /// Where a VM's files are, fetched (and built) for `node`; failures are the job's
 /// (its URLs, its archives), reported under `stage`.
 pub async fn local_images(
@@ -68,6 +80,9 @@ pub async fn local_images(
     for (kind, url) in boot.images.iter() {
         local.set(kind, fetch(kind, url).await?.display().to_string());
     }
+    disk_formats(&mut local)
+        .await
+        .map_err(|e| Failure::new(ErrorClass::Job, stage, format!("{node}: {e}")))?;
     if !boot.builds_initramfs() {
         return Ok(local);
     }

@@ -463,6 +463,8 @@ impl GroupRun<'_> {
             let local = images::local_images(&store, &vm.boot, self.log, &vm.id, "deploy").await?;
             let mut paths = VmImages {
                 kernel_args: local.kernel_args.clone(),
+                image_format: local.image_format,
+                rootfs_format: local.rootfs_format,
                 ..VmImages::default()
             };
             for (kind, path) in local.iter() {

@@ -777,3 +777,63 @@ fn sigterm_cancels_a_one_shot_run_and_stops_its_vm() {
     assert_eq!(out.status.code(), Some(3));
     assert_nothing_runs_from(&job_dir, "the job's VM still runs");
 }
+
+/// A disk image given as qcow2 boots as qcow2: its format is read from the file (the
+/// name says `.img`), not assumed raw. A qcow2 that names a backing file, which qemu
+/// would open on this machine for the guest, is refused as the job's fault.
+#[test]
+fn a_qcow2_image_boots_and_one_with_a_backing_file_is_refused() {
+    let images = test_images();
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_img = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    };
+    let qcow2 = dir.path().join("guest-disk.img");
+    let disk = images.guest_disk.display().to_string();
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        &disk,
+        &qcow2.display().to_string(),
+    ]);
+    let layered = dir.path().join("layered.img");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &disk,
+        "-F",
+        "raw",
+        &layered.display().to_string(),
+    ]);
+    let run = |image: &Path, name: &str| {
+        let job = job("single-kvm-image.json", "kvm", dir.path());
+        let text = std::fs::read_to_string(&job)
+            .unwrap()
+            .replace(&disk, &image.display().to_string())
+            .replace("@LOOPBACK_PORT@", "9");
+        let job = dir.path().join(format!("{name}.json"));
+        std::fs::write(&job, text).unwrap();
+        let devices = kvm_devices(dir.path(), &["kvm-01"]);
+        let state = dir.path().join(format!("state-{name}"));
+        let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+        let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
+        assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
+        (report, status, log)
+    };
+    let (report, status, log) = run(&qcow2, "qcow2");
+    assert_passed(&report, &["device.isolation.booted-from-disk"]);
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    assert!(log.contains("format=qcow2"), "{log}");
+    let (report, status, _) = run(&layered, "layered");
+    assert_eq!(report["health"], "incomplete", "{report:#}");
+    assert_eq!(report["error_class"], "job", "{report:#}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("backing file"), "{error}");
+    assert_eq!(status, 3);
+}
