@@ -6,9 +6,12 @@
 #                              root's authorized key in both images
 #   DIR/guest/vmlinuz          Debian kernel (linux-image-amd64)
 #   DIR/guest/initramfs.cpio.gz  busybox system run from the initramfs: dropbear SSH on
-#                              port 22 with sftp, node agent and lava-* links in
-#                              /usr/local/bin, root shell on ttyS0, prompt "guest:/# ".
-#                              Fits in -m 256.
+#                              port 22 with sftp, root shell on ttyS0, prompt "guest:/# ".
+#                              Nothing of the dispatcher's: its test shells get the
+#                              lava-* shell helpers typed in. Fits in -m 256.
+#   DIR/guest/login-initramfs.cpio.gz  the same guest with a login on ttyS0 (busybox
+#                              getty and login; user root, password $GUEST_PASSWORD
+#                              below), as distributions' images have it
 #   DIR/guest/rootfs.tar.gz    the same guest tree as a root file system tarball (nfsrootfs),
 #                              with /etc/rootfs-source, which the initramfs has not
 #   DIR/guest/disk.img         the same guest as a bootable raw disk (image-only boots,
@@ -25,7 +28,8 @@
 #                              each image's SSH host key, made once per machine, and its
 #                              SHA256 fingerprint (as `ssh-keygen -lf` prints it)
 #   DIR/manifest.env           name=value lines: the paths printed on stdout, plus
-#                              guest_fingerprint, hostdev_fingerprint, guest_prompt and
+#                              guest_fingerprint, hostdev_fingerprint, guest_password,
+#                              guest_prompt and
 #                              hostdev_prompt (regular expressions for the end of the
 #                              serial console output). The value is everything after
 #                              the first "="; not meant to be sourced by a shell.
@@ -33,7 +37,7 @@
 # Usage: scripts/build-images.sh [--out DIR]    (DIR defaults to .cache/images)
 # Prints one `name=path` line per output on stdout, nothing else (progress goes to
 # stderr). Cached: the outputs are rebuilt only when the input hash changes (this
-# script, the Debian package versions, the node agent binary, the keys); the
+# script, the Debian package versions, the login password, the keys); the
 # debootstrap tree is cached on its own, keyed on its package list and versions.
 #
 # Kernel command line understood by both images (values: address, or "none"):
@@ -107,7 +111,8 @@ keypair "$OUT/guest/ssh_host_ed25519_key" root@guest
 keypair "$OUT/hostdev/ssh_host_ed25519_key" root@hostdev
 
 # --- inputs -----------------------------------------------------------------------------
-AGENT=$(bash "$PROJECT/scripts/build-node-agent-static.sh")
+# The login guest's root password: a test image's, known to its tests.
+GUEST_PASSWORD=guest-Pw-1
 
 # Candidate versions, in one apt-cache call (each call costs ~0.5 s of cache loading).
 # linux-image-amd64 is a metapackage: the kernel is the package it depends on (at =VERSION).
@@ -152,7 +157,7 @@ DEBOOTSTRAP_KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "debootstrap $DEBOOTSTRAP_VER
     "$HOSTDEV_VERSIONS" | sha | cut -c1-16)
 INPUTS=$(
     echo "script $(sha <"$SELF")"
-    echo "node-agent $(sha <"$AGENT")"
+    echo "guest-password $GUEST_PASSWORD"
     echo "lab-key $(cat "$OUT/lab_ed25519.pub")"
     echo "guest-host-key $(cat "$OUT/guest/ssh_host_ed25519_key.pub")"
     echo "hostdev-host-key $(cat "$OUT/hostdev/ssh_host_ed25519_key.pub")"
@@ -167,6 +172,7 @@ RESULTS=(
     "lab_pubkey=$OUT/lab_ed25519.pub"
     "guest_kernel=$OUT/guest/vmlinuz"
     "guest_initramfs=$OUT/guest/initramfs.cpio.gz"
+    "guest_login_initramfs=$OUT/guest/login-initramfs.cpio.gz"
     "guest_disk=$OUT/guest/disk.img"
     "guest_rootfs_tar=$OUT/guest/rootfs.tar.gz"
     "guest_fingerprint_file=$OUT/guest/ssh_host_ed25519_key.fingerprint"
@@ -296,7 +302,7 @@ fi
 EOF
 }
 
-# --- guest: busybox + dropbear + node agent in an initramfs ------------------------------
+# --- guest: busybox + dropbear in an initramfs ------------------------------
 log "guest image"
 G=$BUILD/guest-root
 mkdir -p "$G"/{bin,dev,etc/dropbear,etc/init.d,lib/x86_64-linux-gnu,proc,sys,tmp,run,root/.ssh,var/log,usr/lib/openssh,usr/local/bin}
@@ -326,12 +332,6 @@ ln -s x86_64-linux-gnu/ld-linux-x86-64.so.2 "$G/lib/ld-linux-x86-64.so.2"   # = 
 # Host key (made once per machine) in dropbear's format.
 LD_LIBRARY_PATH=$STAGE/usr/lib/x86_64-linux-gnu "$STAGE/usr/bin/dropbearconvert" openssh dropbear \
     "$OUT/guest/ssh_host_ed25519_key" "$G/etc/dropbear/dropbear_ed25519_host_key" 2>/dev/null
-# Node agent and its lava-* links (relative, so they work inside the guest).
-cp "$AGENT" "$G/usr/local/bin/node-agent"
-for cmd in lava-self lava-role lava-group lava-send lava-wait lava-wait-all lava-sync lava-network \
-    lava-start-vms lava-wait-for-vms lava-test-case lava-test-set lava-test-raise; do
-    ln -s node-agent "$G/usr/local/bin/$cmd"
-done
 install_modules "$G" "${GUEST_MODULES[@]}"
 "$BUSYBOX" depmod -b "$G" "$KVER"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$G/etc/passwd"
@@ -388,6 +388,14 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PS1='guest:\w# '
 EOF
 pack_cpio "$G" "$BUILD/guest-initramfs.cpio.gz"
+# The login variant: getty on the console, root with a password (MD5 crypt, which
+# busybox's login reads from /etc/passwd), the same tree otherwise.
+cp "$G/etc/inittab" "$BUILD/inittab" && cp "$G/etc/passwd" "$BUILD/passwd"
+sed -i 's|^ttyS0::respawn:-/bin/sh$|ttyS0::respawn:/bin/getty -L 115200 ttyS0 vt100|' "$G/etc/inittab"
+grep -q getty "$G/etc/inittab" || { log "the login guest's inittab has no getty"; exit 1; }
+echo "root:$(openssl passwd -1 -salt lavaguest "$GUEST_PASSWORD"):0:0:root:/root:/bin/sh" >"$G/etc/passwd"
+pack_cpio "$G" "$BUILD/guest-login-initramfs.cpio.gz"
+mv "$BUILD/inittab" "$G/etc/inittab" && mv "$BUILD/passwd" "$G/etc/passwd"
 cp "$K/boot/vmlinuz-$KVER" "$BUILD/guest-vmlinuz"
 # The same tree as a root file system tarball (a job's nfsrootfs), owned by root as a
 # distribution's would be, with a file the initramfs does not have: a guest booted from
@@ -572,6 +580,7 @@ rm "$H/init" "$H/etc/rootfs-source"
 fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
 mv -f "$BUILD/guest-vmlinuz" "$OUT/guest/vmlinuz"
 mv -f "$BUILD/guest-initramfs.cpio.gz" "$OUT/guest/initramfs.cpio.gz"
+mv -f "$BUILD/guest-login-initramfs.cpio.gz" "$OUT/guest/login-initramfs.cpio.gz"
 mv -f "$BUILD/guest-disk.img" "$OUT/guest/disk.img"
 mv -f "$BUILD/guest-rootfs.tar.gz" "$OUT/guest/rootfs.tar.gz"
 cp "$K/boot/vmlinuz-$KVER" "$OUT/hostdev/vmlinuz"
@@ -584,6 +593,7 @@ fingerprint "$OUT/hostdev/ssh_host_ed25519_key.pub" >"$OUT/hostdev/ssh_host_ed25
     printf '%s\n' "${RESULTS[@]}"
     echo "guest_fingerprint=$(cat "$OUT/guest/ssh_host_ed25519_key.fingerprint")"
     echo "hostdev_fingerprint=$(cat "$OUT/hostdev/ssh_host_ed25519_key.fingerprint")"
+    echo "guest_password=$GUEST_PASSWORD"
     echo "guest_prompt=$GUEST_PROMPT"
     echo "hostdev_prompt=$HOSTDEV_PROMPT"
 } >"$OUT/manifest.env"

@@ -21,6 +21,8 @@ PACKAGES=(
     perl             # TAP::Parser (perl-modules) reads the TAP results in tests
     git              # test definitions from git repositories (the dispatcher fetches with it); git daemon in tests
     brz              # test definitions from Bazaar branches (bzr-repo), as LAVA v1 fetched them with bzr
+    busybox          # the lava-* shell helpers are tested under busybox's sh and applets, as guests run them
+    shellcheck       # scripts/test.sh lints the lava-* shell helpers
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
 # step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that
@@ -29,6 +31,7 @@ PACKAGES=(
 # --allow-downgrades, keeps both.
 QEMU_PACKAGES=(
     qemu-system-x86  # qemu-system-x86_64: host-device VM and guests
+    qemu-system-arm  # qemu-system-aarch64/-arm: kvm-aarch64 and kvm-arm guests (TCG here)
     qemu-utils       # qemu-img: overlays and image conversion
 )
 
@@ -59,5 +62,12 @@ if [ "$qemu_missing" = 1 ]; then
     release=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
     echo "installing: ${QEMU_PACKAGES[*]} (qemu-utils from $release)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        --allow-downgrades qemu-system-x86 "qemu-utils/$release"
+        --allow-downgrades qemu-system-x86 qemu-system-arm "qemu-utils/$release"
+fi
+# Debian's arm64 packages (kernel, busybox) for the arm64 test guest are downloaded, not
+# installed: apt needs the architecture enabled to find them.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "enabling the arm64 architecture for downloads"
+    dpkg --add-architecture arm64
+    apt-get update -qq
 fi

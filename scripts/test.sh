@@ -13,5 +13,7 @@ bash scripts/install-lava-clients.sh >/dev/null
 bash scripts/build-images.sh >/dev/null
 
 cargo fmt --all -- --check
+# The lava-* shell helpers run on guests' shells (dash, busybox ash...): POSIX sh only.
+shellcheck -s sh node-agent/lava-helpers.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

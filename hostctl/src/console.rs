@@ -44,6 +44,11 @@ pub enum ConsoleError {
     BootFailure { line: String },
     #[error("the console closed; last output: {tail:?}")]
     Closed { tail: String },
+    /// The login prompt came back after the credentials were typed: they were refused.
+    #[error(
+        "the login was refused: after the credentials the console showed the login prompt {prompt:?} again; last output: {tail:?}"
+    )]
+    LoginRefused { prompt: String, tail: String },
     #[error("console I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -213,28 +218,23 @@ pub struct Matched {
     pub text: String,
 }
 
-/// How a console logs in once the guest has booted: wait for `login_prompt`, send
-/// `username`, then (when given) wait for the password prompt and send the password.
-/// Its `Debug` hides the password.
-#[derive(Clone)]
-pub struct Login {
-    pub login_prompt: Regex,
-    pub username: String,
-    pub password: Option<(Regex, String)>,
+/// How long a login prompt that came back after the credentials must stand, with no
+/// shell prompt after it, to be a refused login.
+const LOGIN_AGAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// The last 200 bytes or so of `text` (cut at a character boundary): what an error
+/// shows of the console.
+fn tail_of(text: &str) -> String {
+    let start = text.len().saturating_sub(200);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    text[start..].to_string()
 }
 
-impl std::fmt::Debug for Login {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login")
-            .field("login_prompt", &self.login_prompt)
-            .field("username", &self.username)
-            .field(
-                "password_prompt",
-                &self.password.as_ref().map(|(prompt, _)| prompt),
-            )
-            .finish_non_exhaustive()
-    }
-}
+/// How a console logs in once the guest has booted (the lab's type: a device type's
+/// default login is one).
+pub use lab::ConsoleLogin as Login;
 
 /// `held` then `bytes` with every whole `secret` replaced by `****`, split into what
 /// can be read now and the end kept back because it could be the start of `secret`
@@ -407,11 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
     }
 
     fn tail(&self) -> String {
-        let start = self.pending.len().saturating_sub(200);
-        let start = (start..=self.pending.len())
-            .find(|i| self.pending.is_char_boundary(*i))
-            .unwrap_or(0);
-        self.pending[start..].to_string()
+        tail_of(&self.pending)
     }
 
     /// Waits for the shell prompt of a guest that is booting, logging in first when
@@ -446,7 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             self.secret = Some(password.as_bytes().to_vec());
             let sent = self.send_line(password).await;
             let found = match sent {
-                Ok(()) => self.expect(prompt, left()).await,
+                Ok(()) => self.logged_in(prompt, &login.login_prompt, left()).await,
                 Err(err) => Err(err),
             };
             // The password is typed once: the rest of the console is read as is.
@@ -455,7 +451,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<S> {
             self.feed(&held);
             return found.map_err(whole);
         }
-        self.expect(prompt, left()).await.map_err(whole)
+        self.logged_in(prompt, &login.login_prompt, left())
+            .await
+            .map_err(whole)
+    }
+
+    /// After the credentials: the shell prompt, or the login prompt again, which is a
+    /// refused login (found at once instead of at the boot's timeout). A login prompt
+    /// counts only at the end of what the console showed and when no shell prompt
+    /// follows within [`LOGIN_AGAIN_GRACE`]: "Last login: ..." lines that a read cut
+    /// after "login:" are not a refusal.
+    async fn logged_in(
+        &mut self,
+        prompt: &Regex,
+        login_prompt: &Regex,
+        timeout: Duration,
+    ) -> Result<Matched, ConsoleError> {
+        let Ok(either) = Regex::new(&format!(
+            "(?:{})|(?P<login_again>(?:{})\\s*$)",
+            prompt.as_str(),
+            login_prompt.as_str()
+        )) else {
+            return self.expect(prompt, timeout).await;
+        };
+        let started = Instant::now();
+        let found = self.expect(&either, timeout).await?;
+        let again = either
+            .captures(&found.text)
+            .is_some_and(|c| c.name("login_again").is_some())
+            && !prompt.is_match(&found.text);
+        if !again {
+            return Ok(found);
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        match self.expect(prompt, left.min(LOGIN_AGAIN_GRACE)).await {
+            Err(ConsoleError::Timeout { .. }) => Err(ConsoleError::LoginRefused {
+                prompt: found.text.trim().to_string(),
+                tail: tail_of(&found.before),
+            }),
+            other => other,
+        }
     }
 
     /// Types a line (and a newline) into the console.
@@ -594,8 +629,9 @@ mod tests {
                     .await;
                 while let Ok(Some(_)) = lines.next_line().await {}
             } else {
-                // Then the console goes away: the test sees what it showed last.
+                // As getty does: the login prompt again, the console still open.
                 let _ = writer.write_all(b"\r\nLogin incorrect\r\nvm login: ").await;
+                while let Ok(Some(_)) = lines.next_line().await {}
             }
         });
         Console::new(ours, ConsoleLog::default())
@@ -683,14 +719,23 @@ mod tests {
     async fn a_wrong_password_fails_naming_what_the_console_showed_last() {
         let mut console = guest_with_login("s3cret").await;
         let prompt = Regex::new(r"[#$] ?$").unwrap();
+        let login = Login {
+            login_prompt: Regex::new("login: ?$").unwrap(),
+            ..root_login("wrong")
+        };
+        // The login prompt came back: refused at once, not at the (hour-long) timeout.
         let err = console
-            .boot_to_prompt(&prompt, Some(&root_login("wrong")), Duration::from_secs(30))
+            .boot_to_prompt(&prompt, Some(&login), Duration::from_secs(3600))
             .await
             .unwrap_err();
-        match err {
-            ConsoleError::Closed { tail } => assert!(tail.contains("Login incorrect"), "{tail}"),
+        match &err {
+            ConsoleError::LoginRefused { prompt, tail } => {
+                assert_eq!(prompt, "login:");
+                assert!(tail.contains("Login incorrect"), "{tail}");
+            }
             other => panic!("{other:?}"),
         }
+        assert!(!err.to_string().contains("wrong"), "{err}");
     }
 
     async fn console_with(script: &'static [&'static [u8]]) -> Console<tokio::io::DuplexStream> {

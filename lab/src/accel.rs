@@ -54,6 +54,34 @@ pub struct HostFacts {
     pub cpu_has_virtualization: bool,
     /// The PVM module (`/sys/module/kvm_pvm`) is loaded.
     pub pvm_loaded: bool,
+    /// What the machine's CPU runs natively (`uname -m`); KVM runs guests of that
+    /// architecture only.
+    pub arch: Arch,
+}
+
+/// A CPU architecture family, as KVM sees it: a guest runs under KVM only on a
+/// machine of its own family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+    Armv7,
+    /// Anything else, or not known: never the same as a guest's.
+    #[default]
+    Other,
+}
+
+impl Arch {
+    /// From `uname -m` or a device type's `arch` (`x86_64`, `amd64`, `aarch64`,
+    /// `arm64`, `armv7l`, `armv7`, `armhf`...).
+    pub fn parse(name: &str) -> Self {
+        match name.trim() {
+            "x86_64" | "amd64" => Arch::X86_64,
+            "aarch64" | "arm64" => Arch::Aarch64,
+            name if name.starts_with("armv7") || name == "armhf" || name == "arm" => Arch::Armv7,
+            _ => Arch::Other,
+        }
+    }
 }
 
 /// The decision and the reason for it, for logs.
@@ -80,6 +108,7 @@ impl HostFacts {
                 .is_ok(),
             cpu_has_virtualization: cpu_flags_have_virtualization(&cpuinfo),
             pvm_loaded: root.join("sys/module/kvm_pvm").exists(),
+            arch: Arch::parse(std::env::consts::ARCH),
         }
     }
 }
@@ -87,7 +116,7 @@ impl HostFacts {
 /// A shell command whose output [`HostFacts::from_probe_output`] reads: the same
 /// observations made on another machine (a host device, over SSH).
 pub const PROBE_COMMAND: &str = "{ [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo kvm-usable; \
-    [ -d /sys/module/kvm_pvm ] && echo pvm-loaded; \
+    [ -d /sys/module/kvm_pvm ] && echo pvm-loaded; echo \"machine $(uname -m)\"; \
     grep -m1 '^flags' /proc/cpuinfo; } 2>/dev/null; true";
 
 impl HostFacts {
@@ -97,6 +126,10 @@ impl HostFacts {
             kvm_device_usable: output.lines().any(|l| l.trim() == "kvm-usable"),
             cpu_has_virtualization: cpu_flags_have_virtualization(output),
             pvm_loaded: output.lines().any(|l| l.trim() == "pvm-loaded"),
+            arch: output
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("machine "))
+                .map_or(Arch::Other, Arch::parse),
         }
     }
 }
@@ -109,6 +142,23 @@ fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
         .any(|flag| flag == "vmx" || flag == "svm")
 }
 
+/// Decides the accelerator for a guest of `guest_arch` (its device type's `arch`): an
+/// explicit choice wins; `auto` picks KVM only on a machine of the guest's own
+/// architecture where KVM works, TCG (emulation) otherwise.
+pub fn decide_for(choice: AccelChoice, facts: HostFacts, guest_arch: &str) -> AccelDecision {
+    let guest = Arch::parse(guest_arch);
+    if choice == AccelChoice::Auto && (guest == Arch::Other || guest != facts.arch) {
+        return AccelDecision {
+            accel: Accel::Tcg,
+            reason: format!(
+                "a {guest_arch} guest on a {:?} machine runs emulated",
+                facts.arch
+            ),
+        };
+    }
+    decide(choice, facts)
+}
+
 /// Decides the accelerator: an explicit choice wins; `auto` picks KVM only when it works.
 pub fn decide(choice: AccelChoice, facts: HostFacts) -> AccelDecision {
     let (accel, reason) = match choice {
@@ -118,7 +168,9 @@ pub fn decide(choice: AccelChoice, facts: HostFacts) -> AccelDecision {
             Accel::Tcg,
             "/dev/kvm is PVM (kvm_pvm loaded), on which stock kernels hang".to_string(),
         ),
-        AccelChoice::Auto if !facts.cpu_has_virtualization => {
+        // x86 CPUs list their virtualization extension; ARM ones do not, and there a
+        // usable /dev/kvm is the test.
+        AccelChoice::Auto if facts.arch == Arch::X86_64 && !facts.cpu_has_virtualization => {
             (Accel::Tcg, "the CPU has no vmx/svm flag".to_string())
         }
         AccelChoice::Auto if !facts.kvm_device_usable => (
@@ -191,8 +243,41 @@ mod tests {
             kvm_device_usable: true,
             cpu_has_virtualization: true,
             pvm_loaded: false,
+            arch: Arch::X86_64,
         };
         assert_eq!(decide(AccelChoice::Tcg, good).accel, Accel::Tcg);
+    }
+
+    #[test]
+    fn a_guest_of_another_architecture_is_emulated() {
+        let x86 = HostFacts {
+            kvm_device_usable: true,
+            cpu_has_virtualization: true,
+            pvm_loaded: false,
+            arch: Arch::X86_64,
+        };
+        assert_eq!(
+            decide_for(AccelChoice::Auto, x86, "x86_64").accel,
+            Accel::Kvm
+        );
+        assert_eq!(
+            decide_for(AccelChoice::Auto, x86, "aarch64").accel,
+            Accel::Tcg
+        );
+        assert_eq!(
+            decide_for(AccelChoice::Auto, x86, "armv7").accel,
+            Accel::Tcg
+        );
+        assert_eq!(
+            decide_for(AccelChoice::Auto, x86, "sparc").accel,
+            Accel::Tcg
+        );
+        let reason = decide_for(AccelChoice::Auto, x86, "aarch64").reason;
+        assert!(reason.contains("aarch64"), "{reason}");
+        assert_eq!(Arch::parse("arm64"), Arch::Aarch64);
+        assert_eq!(Arch::parse("armv7l"), Arch::Armv7);
+        let parsed = HostFacts::from_probe_output("machine aarch64\n");
+        assert_eq!(parsed.arch, Arch::Aarch64);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::login::{ConsoleLogin, LoginFile};
 use super::qemu_template::{QemuTemplate, QemuTemplateFile};
 
 /// The `kind` of a device type file.
@@ -46,6 +47,9 @@ pub(crate) struct DeviceTypeFile {
     pub boot_timeout: u64,
     #[serde(default)]
     pub qemu: Option<QemuTemplateFile>,
+    /// The console login of devices of this type, unless a job gives its own.
+    #[serde(default)]
+    pub login: Option<LoginFile>,
 }
 
 /// A checked device type.
@@ -66,6 +70,9 @@ pub struct DeviceType {
     /// From power-on or launch to the shell prompt before boot is a failure; more
     /// than zero.
     pub boot_timeout: Duration,
+    /// How its console logs in when a job's deploy gives no login keys: the lab's
+    /// default for the images it boots.
+    pub login: Option<ConsoleLogin>,
 }
 
 /// How the dispatcher gets a device of a type to a shell, with what the type gives

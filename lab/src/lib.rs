@@ -15,6 +15,7 @@ pub mod accel;
 mod builtin;
 pub mod device;
 pub mod device_type;
+pub mod login;
 pub mod qemu_template;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_schemas::{DeviceCatalog, DeviceTypeClass, Diagnostic, Report};
-use regex::Regex;
 use serde::de::DeserializeOwned;
 
 pub use builtin::BUILTIN_DEVICE_TYPES;
@@ -32,6 +32,7 @@ pub use device::{Device, DeviceKind};
 use device::{DeviceFile, QemuOverridesFile};
 pub use device_type::{DeviceType, TypeKind};
 use device_type::{DeviceTypeFile, KindFile};
+pub use login::ConsoleLogin;
 use qemu_template::{Overrides, QemuTemplate, VmImages};
 
 /// A loaded, checked lab.
@@ -352,26 +353,7 @@ fn check_type(path: &Path, t: &DeviceTypeFile) -> (Option<DeviceType>, Vec<Diagn
                 .found(format!("\"{}\"", t.name)),
         );
     }
-    let prompt = match Regex::new(&t.shell_prompt) {
-        Ok(prompt) => Some(prompt),
-        Err(err) => {
-            out.push(
-                Diagnostic::error(
-                    "/shell_prompt",
-                    "shell_prompt is not a valid regular expression",
-                )
-                .found(
-                    err.to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                ),
-            );
-            None
-        }
-    };
+    let prompt = login::compile("shell_prompt", "/shell_prompt", &t.shell_prompt, &mut out);
     if t.boot_timeout == 0 {
         out.push(
             Diagnostic::error("/boot_timeout", "boot_timeout must be more than 0 seconds")
@@ -442,8 +424,10 @@ fn check_type(path: &Path, t: &DeviceTypeFile) -> (Option<DeviceType>, Vec<Diagn
         (KindFile::Board, _) => Some(TypeKind::Board),
         (KindFile::Vm | KindFile::QemuHost, None) => None,
     };
-    let checked = match (kind, prompt) {
-        (Some(kind), Some(prompt)) if t.boot_timeout > 0 => Some(DeviceType {
+    let login = t.login.as_ref().map(|file| login::check(file, &mut out));
+    let checked = match (kind, prompt, login) {
+        (_, _, Some(None)) => None,
+        (Some(kind), Some(prompt), login) if t.boot_timeout > 0 => Some(DeviceType {
             name: t.name.clone(),
             kind,
             description: t.description.clone(),
@@ -451,6 +435,7 @@ fn check_type(path: &Path, t: &DeviceTypeFile) -> (Option<DeviceType>, Vec<Diagn
             virtualization: t.virtualization,
             prompt,
             boot_timeout: Duration::from_secs(t.boot_timeout),
+            login: login.flatten(),
         }),
         _ => None,
     };
@@ -689,6 +674,40 @@ args = [["-m", "{memory_mib}"], ["-kernel", "{kernel}"], ["-append", "{append}"]
         let errors = errors(&load(&dir).unwrap_err());
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].1, "/shell_prompt");
+    }
+
+    #[test]
+    fn a_types_default_login_is_checked_and_kept_with_its_password_hidden() {
+        let with_login = format!(
+            "{}\n[login]\nlogin_prompt = 'login: ?$'\nusername = \"root\"\n\
+             password_prompt = 'Password: ?$'\npassword = \"lab-Pw\"\n",
+            VM_TYPE
+        );
+        let dir = lab_dir(&[("vmx", &with_login)], &[]);
+        let (lab, _) = load(&dir).unwrap();
+        let login = lab.device_types["vmx"].login.clone().unwrap();
+        assert!(login.login_prompt.is_match("guest login: "));
+        assert_eq!(login.username, "root");
+        let (prompt, password) = login.password.clone().unwrap();
+        assert!(prompt.is_match("Password: "));
+        assert_eq!(password, "lab-Pw");
+        assert!(!format!("{login:?}").contains("lab-Pw"));
+        // Without [login], none.
+        let dir = lab_dir(&[("vmx", VM_TYPE)], &[]);
+        assert!(load(&dir).unwrap().0.device_types["vmx"].login.is_none());
+        // A password without its prompt, and a prompt that does not compile: the type
+        // is refused, each named.
+        let bad = format!(
+            "{}\n[login]\nlogin_prompt = 'login: ('\nusername = \"root\"\npassword = \"x\"\n",
+            VM_TYPE
+        );
+        let dir = lab_dir(&[("vmx", &bad)], &[]);
+        let mut pointers: Vec<String> = errors(&load(&dir).unwrap_err())
+            .into_iter()
+            .map(|(_, pointer, _)| pointer)
+            .collect();
+        pointers.sort();
+        assert_eq!(pointers, ["/login", "/login/login_prompt"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use proto::multinode::{NETWORK_MESSAGE, VM_START_MESSAGE, VM_STOP_MESSAGE};
 use proto::signal::{self, Outcome, Signal, TestCase};
 
 use crate::transport::{Entries, Failure, Transport};
-use crate::{cache, env, netinfo};
+use crate::{cache, env, helpers, netinfo};
 
 /// Every command this binary answers to, as installed links.
 pub const COMMANDS: &[&str] = &[
@@ -26,6 +26,14 @@ pub const COMMANDS: &[&str] = &[
     "lava-test-case",
     "lava-test-set",
     "lava-test-raise",
+    "lava-test-reference",
+    "lava-test-run-attach",
+    "lava-test-case-attach",
+    "lava-echo-ipv4",
+    "lava-target-ip",
+    "lava-install-packages",
+    "lava-background-process-start",
+    "lava-background-process-stop",
 ];
 
 fn usage(text: &str) -> Failure {
@@ -191,6 +199,58 @@ pub async fn run(command: &str, args: &[String]) -> Result<(), Failure> {
                 args.join(" ")
             )))
         }
+        "lava-test-reference" => test_reference(args),
+        "lava-test-run-attach" => match args {
+            [file] => helpers::attach(None, file, None),
+            [file, mimetype] => helpers::attach(None, file, Some(word(mimetype)?)),
+            _ => Err(usage("lava-test-run-attach <file> [mime-type]")),
+        },
+        "lava-test-case-attach" => match args {
+            [case, file] => helpers::attach(Some(word(case)?), file, None),
+            [case, file, mimetype] => {
+                helpers::attach(Some(word(case)?), file, Some(word(mimetype)?))
+            }
+            _ => Err(usage("lava-test-case-attach <name> <file> [mime-type]")),
+        },
+        "lava-echo-ipv4" => match args {
+            [iface] => println(&helpers::ipv4_of(iface)?),
+            _ => Err(usage("lava-echo-ipv4 <iface>")),
+        },
+        "lava-target-ip" => match args {
+            [] => println(&helpers::target_ip()?),
+            _ => Err(usage("lava-target-ip")),
+        },
+        "lava-install-packages" => {
+            if args.is_empty() {
+                return Err(usage("lava-install-packages <package ...>"));
+            }
+            helpers::install_packages(args).await
+        }
+        "lava-background-process-start" => match args {
+            [name, flag, command @ ..] if flag == "--cmd" && !command.is_empty() => {
+                helpers::background_start(word(name)?, &command.join(" "))
+            }
+            _ => Err(usage(
+                "lava-background-process-start <name> --cmd <command ...>",
+            )),
+        },
+        "lava-background-process-stop" => {
+            const USAGE: &str =
+                "lava-background-process-stop <name> [--attach <file> <mime-type>] ...";
+            let (name, rest) = args.split_first().ok_or_else(|| usage(USAGE))?;
+            let name = word(name)?;
+            let attachments = rest
+                .chunks(3)
+                .map(|chunk| match chunk {
+                    [flag, file, mimetype] if flag == "--attach" => Ok((file, word(mimetype)?)),
+                    _ => Err(usage(USAGE)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            helpers::background_stop(name)?;
+            attachments
+                .into_iter()
+                .try_for_each(|(file, mimetype)| helpers::attach(None, file, Some(mimetype)))
+        }
         other => Err(Failure::Usage(format!(
             "unknown command {other:?}; commands: {}",
             COMMANDS.join(", ")
@@ -257,28 +317,12 @@ async fn test_case(args: &[String]) -> Result<(), Failure> {
             })?;
             (Outcome::of(status.success()), None, None)
         }
-        Some("--result") => {
-            let mut options: BTreeMap<&str, &str> = BTreeMap::new();
-            for pair in rest.chunks(2) {
-                match pair {
-                    [flag, value]
-                        if ["--result", "--measurement", "--units"].contains(&flag.as_str()) =>
-                    {
-                        options.insert(flag, value);
-                    }
-                    _ => return Err(usage(USAGE)),
-                }
-            }
-            let result: Outcome = options
-                .get("--result")
-                .copied()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| usage(USAGE))?;
+        Some(_) => {
+            let options = flags(rest, &["--result", "--measurement", "--units"], USAGE)?;
             let measurement = options.get("--measurement").map(|m| word(m)).transpose()?;
             let units = options.get("--units").map(|u| word(u)).transpose()?;
             (
-                result,
+                outcome(&options, USAGE)?,
                 measurement.map(str::to_string),
                 units.map(str::to_string),
             )
@@ -291,6 +335,50 @@ async fn test_case(args: &[String]) -> Result<(), Failure> {
         measurement,
         units,
     }))
+}
+
+/// LAVA's `--flag value` pairs, in any order, each of `allowed`.
+fn flags<'a>(
+    args: &'a [String],
+    allowed: &[&str],
+    usage_text: &str,
+) -> Result<BTreeMap<&'a str, &'a str>, Failure> {
+    let mut options = BTreeMap::new();
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, value] if allowed.contains(&flag.as_str()) => {
+                options.insert(flag.as_str(), value.as_str());
+            }
+            _ => return Err(usage(usage_text)),
+        }
+    }
+    Ok(options)
+}
+
+/// The `--result` of `options`: one of LAVA's four words.
+fn outcome(options: &BTreeMap<&str, &str>, usage_text: &str) -> Result<Outcome, Failure> {
+    options
+        .get("--result")
+        .copied()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| usage(usage_text))
+}
+
+/// `lava-test-reference NAME --result R --reference URL` (flags in any order).
+fn test_reference(args: &[String]) -> Result<(), Failure> {
+    const USAGE: &str =
+        "lava-test-reference <name> --result pass|fail|skip|unknown --reference URL";
+    let (name, rest) = args.split_first().ok_or_else(|| usage(USAGE))?;
+    let name = word(name)?;
+    let options = flags(rest, &["--result", "--reference"], USAGE)?;
+    let result = outcome(&options, USAGE)?;
+    let reference = options.get("--reference").ok_or_else(|| usage(USAGE))?;
+    emit(&Signal::TestReference {
+        id: name.to_string(),
+        result,
+        reference: word(reference)?.to_string(),
+    })
 }
 
 async fn network(

@@ -26,6 +26,11 @@ pub const NETWORK_CACHE: &str = "LAVA_MULTI_NODE_NETWORK_CACHE";
 /// The host's address the VMs reach it at (what `lava-start-vms` announces).
 pub const VM_GROUP_HOST_IP: &str = "_LAVA_VM_GROUP_HOST_IP";
 
+/// The largest file `lava-*-attach` sends (bytes); the dispatcher's limit.
+pub const ATTACH_MAX_BYTES: &str = "LAVA_ATTACH_MAX_BYTES";
+/// Where `lava-background-process-start` keeps each process's pid and output.
+pub const BACKGROUND_DIR: &str = "LAVA_BACKGROUND_DIR";
+
 pub const DEFAULT_CACHE: &str = "/tmp/lava_multi_node_cache.txt";
 pub const DEFAULT_NETWORK_CACHE: &str = "/tmp/lava_multi_node_network_cache.txt";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);

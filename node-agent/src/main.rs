@@ -13,6 +13,7 @@
 mod cache;
 mod commands;
 mod env;
+mod helpers;
 mod netinfo;
 mod run;
 mod transport;

@@ -9,11 +9,16 @@
 //! | [`Signal::TestReference`] | `lava-test-reference` | `<LAVA_SIGNAL_TESTREFERENCE name result url>` |
 //! | [`Signal::TestSetStart`], [`Signal::TestSetStop`] | `lava-test-set` | `<LAVA_SIGNAL_TESTSET START name>`, `<LAVA_SIGNAL_TESTSET STOP>` |
 //! | [`Signal::TestRaise`] | `lava-test-raise` | `<LAVA_SIGNAL_TESTRAISE message ...>` |
+//! | [`Signal::Attach`], [`Signal::AttachEnd`] | `lava-test-run-attach`, `lava-test-case-attach` | `<LAVA_SIGNAL_ATTACH NAME=file SIZE=bytes [CASE=name] [MIMETYPE=type]>`, base64 lines, `<LAVA_SIGNAL_ATTACHEND NAME=file>` |
 //!
 //! Read as LAVA reads them: a marker may stand anywhere in a line (serial consoles
 //! interleave kernel messages), its parameters are split on white space, and the
 //! `KEY=value` parameters of `TESTCASE` come in any order, keys in any case, an empty
 //! value counting as absent (older `lava-test-case` scripts print `UNITS=`).
+//!
+//! LAVA copied attachments off the device's file system; a node reached only through its
+//! console sends them through it instead: `ATTACH` and `ATTACHEND` are this project's,
+//! with the file's bytes as base64 lines between them.
 //!
 //! Besides LAVA's signals, [`ShellDone`] is this project's end-of-shell marker,
 //! `<LAVA_TEST_SHELL_DONE status>`: the dispatcher types [`ShellDone::echo`] after the
@@ -139,6 +144,23 @@ pub enum Signal {
     TestRaise {
         message: String,
     },
+    /// A file follows as base64 lines, up to [`Signal::AttachEnd`]: attached to the
+    /// test case `case`, or to the definition's run when there is none.
+    Attach(Attachment),
+    AttachEnd {
+        name: String,
+    },
+}
+
+/// What an attachment's header says of the file that follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The file's name (its base name, a [`is_word`]).
+    pub name: String,
+    /// Its length in bytes, before base64.
+    pub size: u64,
+    pub case: Option<String>,
+    pub mimetype: Option<String>,
 }
 
 /// Why a marker could not be read.
@@ -179,6 +201,8 @@ impl Signal {
             Signal::TestReference { .. } => "TESTREFERENCE",
             Signal::TestSetStart { .. } | Signal::TestSetStop => "TESTSET",
             Signal::TestRaise { .. } => "TESTRAISE",
+            Signal::Attach(_) => "ATTACH",
+            Signal::AttachEnd { .. } => "ATTACHEND",
         }
     }
 
@@ -234,6 +258,16 @@ impl fmt::Display for Signal {
                     .collect();
                 write!(f, " {message}")?;
             }
+            Signal::Attach(attachment) => {
+                write!(f, " NAME={} SIZE={}", attachment.name, attachment.size)?;
+                if let Some(case) = &attachment.case {
+                    write!(f, " CASE={case}")?;
+                }
+                if let Some(mimetype) = &attachment.mimetype {
+                    write!(f, " MIMETYPE={mimetype}")?;
+                }
+            }
+            Signal::AttachEnd { name } => write!(f, " NAME={name}")?,
         }
         f.write_str(">")
     }
@@ -301,8 +335,49 @@ fn parse_body(body: &str) -> Result<Signal, SignalError> {
             message: params.join(" "),
         }),
         "TESTRAISE" => Err(malformed("TESTRAISE", "no message")),
+        "ATTACH" => attachment(&params).map(Signal::Attach),
+        "ATTACHEND" => match params.as_slice() {
+            [param] => match param.split_once('=') {
+                Some(("NAME", name)) if !name.is_empty() => Ok(Signal::AttachEnd {
+                    name: name.to_string(),
+                }),
+                _ => Err(malformed("ATTACHEND", "expected NAME=file")),
+            },
+            _ => Err(malformed("ATTACHEND", "expected NAME=file")),
+        },
         other => Err(SignalError::Unknown(other.to_string())),
     }
+}
+
+/// `NAME=... SIZE=... [CASE=...] [MIMETYPE=...]`, in any order.
+fn attachment(params: &[&str]) -> Result<Attachment, SignalError> {
+    let malformed = |problem: String| SignalError::Malformed {
+        signal: "ATTACH",
+        problem,
+    };
+    let (mut name, mut size, mut case, mut mimetype) = (None, None, None, None);
+    for param in params {
+        let (key, value) = param
+            .split_once('=')
+            .ok_or_else(|| malformed(format!("parameter {param:?} is not KEY=value")))?;
+        let value = Some(value).filter(|v| !v.is_empty()).map(str::to_string);
+        match key {
+            "NAME" => name = value,
+            "SIZE" => size = value,
+            "CASE" => case = value,
+            "MIMETYPE" => mimetype = value,
+            _ => return Err(malformed(format!("unknown parameter {key:?}"))),
+        }
+    }
+    let size = size.ok_or_else(|| malformed("no SIZE".into()))?;
+    Ok(Attachment {
+        name: name.ok_or_else(|| malformed("no NAME".into()))?,
+        size: size
+            .parse()
+            .map_err(|_| malformed(format!("SIZE {size:?} is not a number of bytes")))?,
+        case,
+        mimetype,
+    })
 }
 
 /// `TEST_CASE_ID=... RESULT=... [MEASUREMENT=...] [UNITS=...]`, in any order.
@@ -425,6 +500,21 @@ mod tests {
             Signal::TestSetStop,
             Signal::TestRaise {
                 message: "the board did not answer".into(),
+            },
+            Signal::Attach(Attachment {
+                name: "dmesg.txt".into(),
+                size: 1234,
+                case: Some("boot".into()),
+                mimetype: Some("text/plain".into()),
+            }),
+            Signal::Attach(Attachment {
+                name: "core".into(),
+                size: 0,
+                case: None,
+                mimetype: None,
+            }),
+            Signal::AttachEnd {
+                name: "dmesg.txt".into(),
             },
         ]
     }

@@ -15,9 +15,9 @@ use parking_lot::Mutex;
 use regex::Regex;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::report::{CaseReport, NodeReport, NodeStatus};
+use super::report::{AttachmentReport, CaseReport, NodeReport, NodeStatus};
 use super::shell::{self, Definition, DefinitionResults};
-use super::{Coordination, Failure, RunSettings, canceled, files, nodes};
+use super::{Coordination, Failure, RunSettings, canceled, files, helpers, nodes};
 use crate::joblog::{JobLog, Level};
 use crate::testdef::{self, ResultParser};
 use hostctl::console::{Console, ConsoleLog};
@@ -74,6 +74,10 @@ pub struct GroupContext<'a> {
     trees: OnceMap<Tree>,
     /// Commits the job's git revisions resolved to, by URL and revision.
     commits: OnceMap<String>,
+    /// Files the nodes' test shells attached, as written into the job's directory.
+    attachments: Mutex<Vec<AttachmentReport>>,
+    /// The last number given to an attachment's file.
+    attachment_numbers: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a> GroupContext<'a> {
@@ -121,6 +125,8 @@ impl<'a> GroupContext<'a> {
             finished: Arc::default(),
             trees: Mutex::default(),
             commits: Mutex::default(),
+            attachments: Mutex::default(),
+            attachment_numbers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -166,17 +172,64 @@ impl<'a> GroupContext<'a> {
     /// cut short by `cut_short`.
     pub fn reports(&self, cut_short: Option<Failure>) -> Vec<NodeReport> {
         let finished = self.finished.lock().clone();
+        let attachments = self.attachments.lock().clone();
         self.members
             .iter()
             .map(|(node, role)| {
-                finished.get(node).cloned().unwrap_or_else(|| {
+                let mut report = finished.get(node).cloned().unwrap_or_else(|| {
                     let failure = cut_short.clone().unwrap_or_else(|| {
                         Failure::infra("job", "the node's pipeline did not report")
                     });
                     failed_report(node, role, &failure)
-                })
+                });
+                report.attachments = attachments
+                    .iter()
+                    .filter(|a| a.node == *node)
+                    .cloned()
+                    .collect();
+                report
             })
             .collect()
+    }
+
+    /// The cases a shell reported, as the job reports them; the files it attached are
+    /// written into the job's directory (`attachments/N-name`) and listed with the
+    /// node's report. A file that cannot be written is a warning, not a failed node.
+    pub async fn collect(&self, node: &str, results: Vec<DefinitionResults>) -> Vec<CaseReport> {
+        let dir = self.settings.work_dir.join("attachments");
+        for definition in &results {
+            for file in &definition.attachments {
+                // Numbered across the job's nodes (which collect at the same time), so
+                // no two files share a name; listed once written.
+                let number = self
+                    .attachment_numbers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                let relative = format!("attachments/{number}-{}", file.name);
+                let written = async {
+                    tokio::fs::create_dir_all(&dir).await?;
+                    tokio::fs::write(self.settings.work_dir.join(&relative), &file.bytes).await
+                }
+                .await;
+                match written {
+                    Ok(()) => self.attachments.lock().push(AttachmentReport {
+                        node: node.to_string(),
+                        suite: definition.name.clone(),
+                        case: file.case.clone(),
+                        name: file.name.clone(),
+                        mimetype: file.mimetype.clone(),
+                        size: file.bytes.len() as u64,
+                        file: relative,
+                    }),
+                    Err(err) => self.log.line(
+                        Level::Warning,
+                        Some(node),
+                        format!("cannot keep attachment {}: {err}", file.name),
+                    ),
+                }
+            }
+        }
+        case_reports(results)
     }
 
     /// Every node failed with `failure` (nothing could start), logged against `blamed`.
@@ -188,8 +241,9 @@ impl<'a> GroupContext<'a> {
         }
     }
 
-    /// The test shells of `role` on a console at a shell `prompt`: files typed in,
-    /// each shell run and driven to its end, the prompt back after each.
+    /// The test shells of `role` on a console at a shell `prompt`: the `lava-*` shell
+    /// helpers and the files typed in, each shell run and driven to its end, the prompt
+    /// back after each. The node needs nothing of ours: a POSIX shell and `base64`.
     pub async fn console_shells<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         console: &mut Console<S>,
@@ -199,17 +253,40 @@ impl<'a> GroupContext<'a> {
     ) -> Result<Vec<CaseReport>, Failure> {
         let mut results = Vec::new();
         let mut relay = self.relay(node)?;
-        for (index, (shell, timeout)) in nodes::test_shells(self.job, role).into_iter().enumerate()
-        {
+        let job_dir = format!("/tmp/lava-{}", self.settings.job_id);
+        let shells = nodes::test_shells(self.job, role);
+        let mut tools = files::ConsoleTools::default();
+        if !shells.is_empty() {
+            let _section = self.log.section(Some(node), "lava-helpers");
+            tools = files::ConsoleTools::probe(console, prompt)
+                .await
+                .map_err(|e| Failure::infra("test", e))?;
+            files::typing_echo(console, prompt, false)
+                .await
+                .map_err(|e| Failure::infra("test", e))?;
+            helpers::install_on_console(console, prompt, tools, &job_dir)
+                .await
+                .map_err(|e| Failure::infra("test", format!("the lava-* helpers: {e}")))?;
+        }
+        for (index, (shell, timeout)) in shells.into_iter().enumerate() {
             let _section = self.log.section(Some(node), "test");
-            let dir = format!("/tmp/lava-{}/tests/{index}", self.settings.job_id);
+            let dir = format!("{job_dir}/tests/{index}");
             let definitions = self.definitions(&shell, index).await?;
-            let files = self.scripts(node, role, &definitions, &dir, None);
+            let files = self.scripts(node, role, &definitions, &dir, &NodeDirs::console(&job_dir));
+            if index > 0 {
+                files::typing_echo(console, prompt, false)
+                    .await
+                    .map_err(|e| Failure::infra("test", e))?;
+            }
             for (path, content) in &files {
-                files::write_console_file(console, prompt, path, content)
+                files::write_console_file(console, prompt, tools, path, content)
                     .await
                     .map_err(|e| Failure::infra("test", format!("cannot write {path}: {e}")))?;
             }
+            // The test shell runs as LAVA ran it: with the terminal echoing.
+            files::typing_echo(console, prompt, true)
+                .await
+                .map_err(|e| Failure::infra("test", e))?;
             console
                 .send_line(&shell::run_command(&format!("{dir}/run.sh")))
                 .await
@@ -228,7 +305,7 @@ impl<'a> GroupContext<'a> {
             .await
             .map_err(shell_failure)?;
             let raised = raised_failure(&outcome);
-            results.extend(case_reports(outcome.results));
+            results.extend(self.collect(node, outcome.results).await);
             raised?;
             console
                 .expect(prompt, Duration::from_secs(60))
@@ -300,6 +377,7 @@ impl<'a> GroupContext<'a> {
             role: role.to_string(),
             status,
             results,
+            attachments: Vec::new(),
         });
     }
 
@@ -529,8 +607,9 @@ impl<'a> GroupContext<'a> {
         role: &str,
         definitions: &[(PreparedDefinition, String)],
         dir: &str,
-        host_job_dir: Option<&str>,
+        dirs: &NodeDirs,
     ) -> Vec<(String, Vec<u8>)> {
+        let job_dir = dirs.job_dir.as_str();
         let mut env = vec![
             ("LAVA_JOB_ID", self.settings.job_id.to_string()),
             ("LAVA_NODE_ID", node.to_string()),
@@ -538,8 +617,13 @@ impl<'a> GroupContext<'a> {
             ("LAVA_GROUP", self.listing()),
             ("LAVA_MULTINODE_TRANSPORT", "marker".to_string()),
             ("LAVA_MULTINODE_TIMEOUT", self.job.timeout_secs.to_string()),
+            (
+                "LAVA_ATTACH_MAX_BYTES",
+                crate::shell::MAX_ATTACHMENT_BYTES.to_string(),
+            ),
+            ("LAVA_BACKGROUND_DIR", format!("{job_dir}/background")),
         ];
-        if let Some(job_dir) = host_job_dir {
+        if dirs.vm_group_host {
             // VMs reach their host at qemu user networking's gateway.
             env.push(("_LAVA_VM_GROUP_HOST_IP", "10.0.2.2".to_string()));
             env.push((
@@ -555,12 +639,12 @@ impl<'a> GroupContext<'a> {
         for (key, value) in &env {
             run.push_str(&format!("export {key}={}\n", shell_quote(value)));
         }
-        if let Some(job_dir) = host_job_dir {
-            run.push_str(&format!(
-                "export PATH={}:\"$PATH\"\n",
-                shell_quote(&format!("{job_dir}/bin"))
-            ));
-        }
+        // The job's lava-* commands come first: the node agent on a host, the shell
+        // helpers on a console node, whatever the image has of its own.
+        run.push_str(&format!(
+            "export PATH={}:\"$PATH\"\n",
+            shell_quote(&format!("{job_dir}/bin"))
+        ));
         let mut files = Vec::new();
         for (definition, script) in definitions {
             definition_files(definition, script, dir, &mut run, &mut files);
@@ -592,6 +676,31 @@ impl<'a> GroupContext<'a> {
                 );
                 ConsoleLog::default()
             }
+        }
+    }
+}
+
+/// Where a node's test shells keep their files.
+pub struct NodeDirs {
+    /// The job's directory on the node: `bin/` (the `lava-*` commands), `tests/`.
+    pub job_dir: String,
+    /// The vm_group's host: it starts the VMs and keeps its MultiNode caches in the
+    /// job's directory.
+    pub vm_group_host: bool,
+}
+
+impl NodeDirs {
+    pub fn vm_group_host(job_dir: &str) -> Self {
+        Self {
+            job_dir: job_dir.to_string(),
+            vm_group_host: true,
+        }
+    }
+
+    pub fn console(job_dir: &str) -> Self {
+        Self {
+            job_dir: job_dir.to_string(),
+            vm_group_host: false,
         }
     }
 }
@@ -705,14 +814,22 @@ fn repo_failure(err: RepoError) -> Failure {
 }
 
 /// A guest's failure to boot: the job's own when the guest panicked, reported a boot
-/// failure or never showed its prompt (its image, kernel command line or
-/// `shell_prompt` are the job's), the infrastructure's when the console went away.
-/// A job's mistake must not mark the lab's devices `unknown`.
-pub fn guest_boot_failure(err: &hostctl::console::ConsoleError, message: String) -> Failure {
+/// failure, refused the job's login or never showed its prompt (its image, credentials,
+/// kernel command line or `shell_prompt` are the job's), the infrastructure's when the
+/// console went away or the login refused was the device type's (`lab_login`: the lab's
+/// credentials are wrong for the lab's images). A job's mistake must not mark the lab's
+/// devices `unknown`.
+pub fn guest_boot_failure(
+    err: &hostctl::console::ConsoleError,
+    message: String,
+    lab_login: bool,
+) -> Failure {
     use hostctl::console::ConsoleError;
     let class = match err {
+        ConsoleError::LoginRefused { .. } if lab_login => ErrorClass::Infrastructure,
         ConsoleError::KernelPanic { .. }
         | ConsoleError::BootFailure { .. }
+        | ConsoleError::LoginRefused { .. }
         | ConsoleError::Timeout { .. } => ErrorClass::Job,
         ConsoleError::Closed { .. } | ConsoleError::Io(_) => ErrorClass::Infrastructure,
     };
@@ -752,6 +869,7 @@ pub fn case_reports(results: Vec<DefinitionResults>) -> Vec<CaseReport> {
                 result: c.result,
                 measurement: c.measurement,
                 units: c.units,
+                reference: c.reference,
             })
         })
         .collect()
@@ -767,6 +885,7 @@ pub fn failed_report(node: &str, role: &str, failure: &Failure) -> NodeReport {
             message: failure.message.clone(),
         },
         results: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

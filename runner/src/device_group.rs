@@ -112,11 +112,11 @@ async fn boot(
         .prompt(None, &device_type.prompt)
         .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
     let login = boot
-        .console_login()
+        .console_login(device_type.login.as_ref())
         .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
     let workdir = ctx.settings.work_dir.join("vms").join(&node.id);
     std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
-    let accel = accel::decide(qemu.accel(), HostFacts::probe_local()).accel;
+    let accel = accel::decide_for(qemu.accel(), HostFacts::probe_local(), &device_type.arch).accel;
     let store = ImageStore::new(&ctx.settings.image_store, ctx.settings.fetch.clone())
         .map_err(|e| Failure::infra("boot", e))?;
     let images = super::images::local_images(&store, &boot, ctx.log, &node.id, "boot").await?;
@@ -151,7 +151,9 @@ async fn boot(
             .console
             .boot_to_prompt(&prompt, login.as_ref(), device_type.boot_timeout)
             .await
-            .map_err(|e| super::context::guest_boot_failure(&e, format!("{name}: {e}")))?;
+            .map_err(|e| {
+                super::context::guest_boot_failure(&e, format!("{name}: {e}"), !boot.has_login())
+            })?;
         lan.bring_up(&mut process.console, &prompt)
             .await
             .map_err(|e| Failure::infra("boot", e))

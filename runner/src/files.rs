@@ -43,19 +43,78 @@ pub async fn write_host_files(
     Ok(())
 }
 
-/// Largest piece of base64 typed in one console line: well under the 4 KiB a
-/// terminal's line discipline holds for one line.
-const CONSOLE_CHUNK: usize = 768;
+/// Largest piece of base64 typed in one console line: under the 4 KiB a terminal's
+/// line discipline holds for one line, with room for the command around it. Fewer
+/// lines are fewer round trips.
+const CONSOLE_CHUNK: usize = 3072;
 
-/// Writes a file through a shell on a console: base64 typed in pieces, then decoded.
-/// Works on any shell with `base64` (busybox has it), with no network to the VM.
+/// What a console node's shell can decode, found once per node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsoleTools {
+    /// `gunzip` is there: files go compressed. Every byte is typed, and a serial
+    /// console can be slow (tens of bytes a second under nested virtualisation), so
+    /// this is most of the time a test shell's files take.
+    pub gunzip: bool,
+}
+
+impl ConsoleTools {
+    /// Asks the shell at `prompt` what it has.
+    pub async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
+        console: &mut Console<S>,
+        prompt: &Regex,
+    ) -> Result<Self, String> {
+        let (_, code) = console
+            .run(
+                "command -v gunzip >/dev/null 2>&1",
+                prompt,
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self { gunzip: code == 0 })
+    }
+}
+
+/// Turns the terminal's echo off (`on: false`) while files are typed, and on again:
+/// with it, every typed byte comes back and the console carries each twice. A shell
+/// without `stty` keeps its echo, which costs time only.
+pub async fn typing_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    console: &mut Console<S>,
+    prompt: &Regex,
+    on: bool,
+) -> Result<(), String> {
+    let command = if on {
+        "stty echo 2>/dev/null; :"
+    } else {
+        "stty -echo 2>/dev/null; :"
+    };
+    checked(console, prompt, command).await
+}
+
+/// Files smaller than this go as they are: compressing them saves too little.
+const COMPRESS_FROM: usize = 512;
+
+/// Writes a file through a shell on a console: base64 typed in pieces, then decoded
+/// (and gunzipped, when `tools` says the shell can). Works on any shell with `base64`
+/// (busybox has it), with no network to the VM.
 pub async fn write_console_file<S: AsyncRead + AsyncWrite + Unpin>(
     console: &mut Console<S>,
     prompt: &Regex,
+    tools: ConsoleTools,
     path: &str,
     content: &[u8],
 ) -> Result<(), String> {
-    let encoded = BASE64_STANDARD.encode(content);
+    let compressed = if tools.gunzip && content.len() >= COMPRESS_FROM {
+        gzip(content).ok()
+    } else {
+        None
+    };
+    let decode = if compressed.is_some() {
+        " | gunzip"
+    } else {
+        ""
+    };
+    let encoded = BASE64_STANDARD.encode(compressed.as_deref().unwrap_or(content));
     let quoted = shell_quote(path);
     let staging = shell_quote(&format!("{path}.b64"));
     let dir = shell_quote(
@@ -72,13 +131,20 @@ pub async fn write_console_file<S: AsyncRead + AsyncWrite + Unpin>(
     checked(
         console,
         prompt,
-        &format!("base64 -d {staging} > {quoted} && rm -f {staging}"),
+        &format!("base64 -d {staging}{decode} > {quoted} && rm -f {staging}"),
     )
     .await
 }
 
+fn gzip(content: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(content)?;
+    encoder.finish()
+}
+
 /// Runs a command at the console's prompt; fails unless it exits 0.
-async fn checked<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn checked<S: AsyncRead + AsyncWrite + Unpin>(
     console: &mut Console<S>,
     prompt: &Regex,
     command: &str,

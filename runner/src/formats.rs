@@ -1,5 +1,7 @@
 //! A job's results in the formats CI systems read: JUnit XML (one `testsuite` per node
-//! and test definition, for Jenkins and GitLab) and TAP 13. A node whose pipeline failed
+//! and test definition, for Jenkins and GitLab; attachments as the `[[ATTACHMENT|path]]`
+//! lines Jenkins' attachments plugin and GitLab read, paths relative to the job's
+//! directory) and TAP 13. A node whose pipeline failed
 //! shows as an error in both, so a broken job never looks green.
 
 use std::fmt::Write as _;
@@ -66,6 +68,30 @@ fn suites(node: &NodeReport) -> Vec<(String, Vec<&CaseReport>)> {
     suites
 }
 
+/// The definition's name in a suite name `node.definition`.
+fn case_suite<'a>(node: &NodeReport, suite: &'a str) -> &'a str {
+    suite
+        .strip_prefix(node.node.as_str())
+        .and_then(|s| s.strip_prefix('.'))
+        .unwrap_or(suite)
+}
+
+/// `<system-out>` with a `[[ATTACHMENT|path]]` line per file attached to `case` of
+/// `definition` (`None`: to the definition's run); empty when there is none.
+fn system_out(node: &NodeReport, definition: &str, case: Option<&str>) -> String {
+    let lines: Vec<String> = node
+        .attachments
+        .iter()
+        .filter(|a| a.suite == definition && a.case.as_deref() == case)
+        .map(|a| format!("[[ATTACHMENT|{}]]", escape(&a.file)))
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("<system-out>{}</system-out>", lines.join("\n"))
+    }
+}
+
 fn count(cases: &[&CaseReport], result: TestResult) -> usize {
     cases.iter().filter(|c| c.result == result).count()
 }
@@ -108,19 +134,35 @@ pub fn junit(report: &JobReport) -> String {
                     TestResult::Skip => "<skipped/>".to_string(),
                     TestResult::Unknown => "<error message=\"the result is unknown\"/>".to_string(),
                 };
-                let properties = if measured.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "<properties><property name=\"measurement\" value=\"{}\"/></properties>",
+                let mut properties = String::new();
+                if !measured.is_empty() {
+                    let _ = write!(
+                        properties,
+                        "<property name=\"measurement\" value=\"{}\"/>",
                         escape(&measured)
-                    )
-                };
+                    );
+                }
+                if let Some(reference) = &case.reference {
+                    let _ = write!(
+                        properties,
+                        "<property name=\"reference\" value=\"{}\"/>",
+                        escape(reference)
+                    );
+                }
+                if !properties.is_empty() {
+                    properties = format!("<properties>{properties}</properties>");
+                }
+                let definition = case_suite(node, &suite);
+                let inner = format!("{inner}{}", system_out(node, definition, Some(&case.case)));
                 if inner.is_empty() && properties.is_empty() {
                     body.push_str("/>\n");
                 } else {
                     let _ = writeln!(body, ">{properties}{inner}</testcase>");
                 }
+            }
+            let run_files = system_out(node, case_suite(node, &suite), None);
+            if !run_files.is_empty() {
+                let _ = writeln!(body, "    {run_files}");
             }
             body.push_str("  </testsuite>\n");
         }
@@ -207,6 +249,7 @@ pub fn tap(report: &JobReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::AttachmentReport;
     use states::{ErrorClass, Health};
 
     fn report() -> JobReport {
@@ -216,6 +259,7 @@ mod tests {
             result,
             measurement: None,
             units: None,
+            reference: None,
         };
         JobReport {
             job_id: 7,
@@ -237,6 +281,30 @@ mod tests {
                             units: Some("s".into()),
                             ..case("perf", "boot", TestResult::Skip)
                         },
+                        CaseReport {
+                            reference: Some("https://bugs.example.org/1?a=1&b=2".into()),
+                            ..case("perf", "bug-1", TestResult::Fail)
+                        },
+                    ],
+                    attachments: vec![
+                        AttachmentReport {
+                            node: "server".into(),
+                            suite: "smoke".into(),
+                            case: Some("up".into()),
+                            name: "dmesg.txt".into(),
+                            mimetype: Some("text/plain".into()),
+                            size: 10,
+                            file: "attachments/1-dmesg.txt".into(),
+                        },
+                        AttachmentReport {
+                            node: "server".into(),
+                            suite: "perf".into(),
+                            case: None,
+                            name: "perf.data".into(),
+                            mimetype: None,
+                            size: 20,
+                            file: "attachments/2-perf.data".into(),
+                        },
                     ],
                 },
                 NodeReport {
@@ -248,6 +316,7 @@ mod tests {
                         message: "kernel panic: \"VFS\" <x>".into(),
                     },
                     results: Vec::new(),
+                    attachments: Vec::new(),
                 },
             ],
         }
@@ -256,7 +325,7 @@ mod tests {
     #[test]
     fn junit_has_a_suite_per_node_and_definition_and_counts_right() {
         let xml = junit(&report());
-        assert!(xml.contains("<testsuites name=\"job 7: a &lt;b&gt; &amp; &apos;c&apos;\" tests=\"4\" failures=\"1\" errors=\"1\" skipped=\"1\""), "{xml}");
+        assert!(xml.contains("<testsuites name=\"job 7: a &lt;b&gt; &amp; &apos;c&apos;\" tests=\"5\" failures=\"2\" errors=\"1\" skipped=\"1\""), "{xml}");
         assert!(
             xml.contains("<testsuite name=\"server.smoke\" tests=\"2\" failures=\"1\""),
             "{xml}"
@@ -270,12 +339,28 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("<error type=\"infrastructure\" message=\"kernel panic: &quot;VFS&quot; &lt;x&gt;\"/>"), "{xml}");
+        // A case's attachment in its system-out, the run's in its suite's; a reference
+        // as a property.
+        assert!(
+            xml.contains("name=\"up\"><system-out>[[ATTACHMENT|attachments/1-dmesg.txt]]</system-out></testcase>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("    <system-out>[[ATTACHMENT|attachments/2-perf.data]]</system-out>\n  </testsuite>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "<property name=\"reference\" value=\"https://bugs.example.org/1?a=1&amp;b=2\"/>"
+            ),
+            "{xml}"
+        );
     }
 
     #[test]
     fn tap_numbers_every_case_and_the_failed_pipeline() {
         let text = tap(&report());
-        assert!(text.starts_with("TAP version 13\n1..4\n"), "{text}");
+        assert!(text.starts_with("TAP version 13\n1..5\n"), "{text}");
         assert!(text.contains("ok 1 - server.smoke.up\n"), "{text}");
         assert!(text.contains("not ok 2 - server.smoke.down\n"), "{text}");
         assert!(
@@ -285,7 +370,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("not ok 4 - client.pipeline.boot\n  ---\n  class: infrastructure\n"),
+            text.contains("not ok 5 - client.pipeline.boot\n  ---\n  class: infrastructure\n"),
             "{text}"
         );
     }

@@ -64,7 +64,8 @@ pub async fn bring_up_host(
                 .map_err(|e| Failure::infra("boot", e))
         }
         DeviceKind::QemuHost { qemu, images, ssh } => {
-            let accel = accel::decide(qemu.accel(), HostFacts::probe_local()).accel;
+            let accel =
+                accel::decide_for(qemu.accel(), HostFacts::probe_local(), &device_type.arch).accel;
             let workdir = settings.work_dir.join("host");
             std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
             let store = ImageStore::new(&settings.image_store, settings.fetch.clone())
@@ -85,7 +86,7 @@ pub async fn bring_up_host(
                 .prompt(None, prompt)
                 .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
             let login = boot
-                .console_login()
+                .console_login(device_type.login.as_ref())
                 .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
             host::boot_qemu_host(
                 &device.hostname,
@@ -105,7 +106,7 @@ pub async fn bring_up_host(
             .map_err(|e| match e {
                 // The job's own images that do not boot are the job's.
                 host::HostError::Boot { ref source, .. } if boot.deploys() => {
-                    super::context::guest_boot_failure(source, e.to_string())
+                    super::context::guest_boot_failure(source, e.to_string(), !boot.has_login())
                 }
                 e => Failure::infra("boot", e),
             })

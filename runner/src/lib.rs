@@ -22,6 +22,7 @@ pub mod coordination;
 mod device_group;
 mod files;
 pub mod formats;
+mod helpers;
 mod host_device;
 mod images;
 pub mod joblog;
@@ -43,7 +44,7 @@ use proto::multinode::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use regex::Regex;
 
 use crate::joblog::{JobLog, Level};
-use context::{GroupContext, case_reports, failed_report, raised_failure, shell_failure};
+use context::{GroupContext, NodeDirs, failed_report, raised_failure, shell_failure};
 pub use coordination::Coordination;
 use hostctl::console::Console;
 use hostctl::images::ImageStore;
@@ -541,7 +542,7 @@ impl GroupRun<'_> {
                     &self.plan.host_role,
                     &definitions,
                     &dir,
-                    Some(&self.job_dir),
+                    &NodeDirs::vm_group_host(&self.job_dir),
                 );
                 files::write_host_files(session, &files)
                     .await
@@ -571,7 +572,7 @@ impl GroupRun<'_> {
                 .await
                 .map_err(shell_failure)?;
                 let raised = raised_failure(&outcome);
-                results.extend(case_reports(outcome.results));
+                results.extend(self.collect(node, outcome.results).await);
                 raised?;
             }
             if shells.len() < 2 {
@@ -670,13 +671,18 @@ impl GroupRun<'_> {
             .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("shell prompt: {e}")))?;
         let login = vm
             .boot
-            .console_login()
+            .console_login(vm_type.device_type.login.as_ref())
             .map_err(|e| Failure::new(ErrorClass::Job, "boot", format!("login prompt: {e}")))?;
         let name = format!("lava-{}-{}", self.settings.job_id, vm.id);
         let workdir = format!("{}/vms/{}", self.job_dir, vm.id);
         let lan = GroupLan::of_job(self.settings.job_id, vm.index);
         let plan = if vm.spec.launch_with.is_empty() {
-            let accel = accel::decide(vm_type.qemu.accel(), deployed.facts).accel;
+            let accel = accel::decide_for(
+                vm_type.qemu.accel(),
+                deployed.facts,
+                &vm_type.device_type.arch,
+            )
+            .accel;
             let images = deployed.images.get(&vm.id).cloned().unwrap_or_default();
             images::check_template(
                 &images,
@@ -714,7 +720,7 @@ impl GroupRun<'_> {
                 .await
                 .map_err(|e| match &e {
                     vm::VmError::Console { source, .. } => {
-                        context::guest_boot_failure(source, e.to_string())
+                        context::guest_boot_failure(source, e.to_string(), !vm.boot.has_login())
                     }
                     _ => Failure::infra("boot", e),
                 })?;

@@ -48,11 +48,20 @@ impl VmBoot {
         self.nfsrootfs.is_some() || !self.overlays.is_empty()
     }
 
+    /// Whether the job gives the console's login (else the device type's is used).
+    pub fn has_login(&self) -> bool {
+        self.login.login_prompt.is_some() && self.login.username.is_some()
+    }
+
     /// The console's login script, its prompts compiled (validation compiled them
-    /// already, so an error here names a pattern a newer validation would refuse).
-    pub fn console_login(&self) -> Result<Option<hostctl::console::Login>, regex::Error> {
+    /// already, so an error here names a pattern a newer validation would refuse): the
+    /// deploy's login keys, else the device type's default login (`lab_default`).
+    pub fn console_login(
+        &self,
+        lab_default: Option<&hostctl::console::Login>,
+    ) -> Result<Option<hostctl::console::Login>, regex::Error> {
         let (Some(prompt), Some(user)) = (&self.login.login_prompt, &self.login.username) else {
-            return Ok(None);
+            return Ok(lab_default.cloned());
         };
         let password = match (&self.login.password_prompt, &self.login.password) {
             (Some(prompt), Some(password)) => Some((Regex::new(prompt)?, password.clone())),

@@ -18,6 +18,27 @@ pub struct CaseReport {
     pub measurement: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub units: Option<String>,
+    /// A URL the case points at (`lava-test-reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// A file a node's test shell attached (`lava-test-run-attach`,
+/// `lava-test-case-attach`), kept in the job's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentReport {
+    pub node: String,
+    /// The test definition it was attached in.
+    pub suite: String,
+    /// The test case it belongs to; none: the definition's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mimetype: Option<String>,
+    pub size: u64,
+    /// Where it is, relative to the job's directory: `attachments/N-name`.
+    pub file: String,
 }
 
 /// How one node's pipeline ended.
@@ -42,6 +63,8 @@ pub struct NodeReport {
     #[serde(flatten)]
     pub status: NodeStatus,
     pub results: Vec<CaseReport>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +202,7 @@ mod tests {
             role: "r".into(),
             status,
             results: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 

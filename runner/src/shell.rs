@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use coordinator::relay::Relay;
 use proto::markers::Scanner;
 use proto::signal::{ShellDone, Signal};
@@ -24,6 +25,31 @@ pub fn run_command(script: &str) -> String {
     format!("sh {script}; {}", ShellDone::echo())
 }
 
+/// The largest file a test shell may attach; the helpers refuse bigger ones before
+/// sending them (`LAVA_ATTACH_MAX_BYTES`), and the dispatcher drops what passes it.
+pub const MAX_ATTACHMENT_BYTES: u64 = 1024 * 1024;
+
+/// The most one test shell may attach in all: past it, attachments are dropped.
+pub const MAX_SHELL_ATTACHMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A file a test shell attached, with what it was attached to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachedFile {
+    pub name: String,
+    /// The test case; `None`: the definition's run.
+    pub case: Option<String>,
+    pub mimetype: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// An attachment being read off the console: its header, and its base64 so far.
+struct Receiving {
+    header: proto::signal::Attachment,
+    base64: String,
+    /// Over a limit: read to its end and dropped.
+    dropped: bool,
+}
+
 /// One test definition of the shell: its run id (the script's start and end markers
 /// carry it), its name, and how its results are read.
 pub struct Definition {
@@ -37,6 +63,7 @@ pub struct Definition {
 pub struct DefinitionResults {
     pub name: String,
     pub cases: Vec<CaseResult>,
+    pub attachments: Vec<AttachedFile>,
     /// Whether its run reached its end marker (a definition whose steps killed the
     /// shell did not).
     pub finished: bool,
@@ -78,9 +105,12 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|d| DefinitionResults {
             name: d.name.clone(),
             cases: Vec::new(),
+            attachments: Vec::new(),
             finished: false,
         })
         .collect();
+    let mut receiving: Option<Receiving> = None;
+    let mut attached_bytes = 0u64;
     let mut multinode_errors = Vec::new();
     let mut raised = None;
     let mut current: Option<usize> = None;
@@ -93,6 +123,36 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             Err(err) => return Err(err.into()),
         };
         for line in lines {
+            if let Some(file) = receiving.as_mut() {
+                // The attachment's base64 lines, up to its end marker.
+                match Signal::find(&line) {
+                    Some(Ok(Signal::AttachEnd { .. })) => {
+                        let file = receiving.take();
+                        if let Some(file) = file.filter(|f| !f.dropped) {
+                            attach(file, current, &mut results, &mut attached_bytes, log, node);
+                        }
+                    }
+                    _ => {
+                        let text = line.trim();
+                        if !file.dropped
+                            && file.base64.len() + text.len() <= base64_len(MAX_ATTACHMENT_BYTES)
+                        {
+                            file.base64.push_str(text);
+                        } else if !file.dropped {
+                            file.dropped = true;
+                            log.line(
+                                Level::Warning,
+                                Some(node),
+                                format!(
+                                    "attachment {} is larger than it said: dropped",
+                                    file.header.name
+                                ),
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
             log.line(Level::Target, Some(node), line.as_str());
             if let Some(done) = ShellDone::find(&line) {
                 return Ok(ShellOutcome {
@@ -117,6 +177,35 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         current = None;
                         continue;
                     }
+                }
+                Some(Ok(Signal::Attach(header))) => {
+                    let over = if header.size > MAX_ATTACHMENT_BYTES {
+                        Some(format!(
+                            "more than the {MAX_ATTACHMENT_BYTES} bytes an attachment may have"
+                        ))
+                    } else if attached_bytes + header.size > MAX_SHELL_ATTACHMENT_BYTES {
+                        Some(format!(
+                            "past the {MAX_SHELL_ATTACHMENT_BYTES} bytes a test shell may attach"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = &over {
+                        log.line(
+                            Level::Warning,
+                            Some(node),
+                            format!(
+                                "attachment {} ({} bytes) dropped: {why}",
+                                header.name, header.size
+                            ),
+                        );
+                    }
+                    receiving = Some(Receiving {
+                        header,
+                        base64: String::new(),
+                        dropped: over.is_some(),
+                    });
+                    continue;
                 }
                 Some(Ok(Signal::TestRaise { message })) => {
                     log.line(Level::Error, Some(node), format!("raised: {message}"));
@@ -171,6 +260,56 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 results[index].cases.push(case);
             }
         }
+    }
+}
+
+/// Base64's length for `bytes` bytes.
+fn base64_len(bytes: u64) -> usize {
+    usize::try_from(bytes.div_ceil(3) * 4).unwrap_or(usize::MAX)
+}
+
+/// Decodes a received attachment and keeps it with the definition that runs.
+fn attach(
+    file: Receiving,
+    current: Option<usize>,
+    results: &mut [DefinitionResults],
+    attached_bytes: &mut u64,
+    log: &JobLog,
+    node: &str,
+) {
+    let name = file.header.name.clone();
+    let problem = match BASE64_STANDARD.decode(file.base64.as_bytes()) {
+        Err(err) => Some(format!("its base64 does not decode: {err}")),
+        Ok(bytes) if bytes.len() as u64 != file.header.size => Some(format!(
+            "{} bytes arrived of the {} it announced",
+            bytes.len(),
+            file.header.size
+        )),
+        Ok(bytes) => match current.and_then(|i| results.get_mut(i)) {
+            None => Some("it came outside any test definition's run".to_string()),
+            Some(definition) => {
+                *attached_bytes += bytes.len() as u64;
+                log.line(
+                    Level::Info,
+                    Some(node),
+                    format!("attached {name} ({} bytes)", bytes.len()),
+                );
+                definition.attachments.push(AttachedFile {
+                    name: file.header.name,
+                    case: file.header.case,
+                    mimetype: file.header.mimetype,
+                    bytes,
+                });
+                None
+            }
+        },
+    };
+    if let Some(problem) = problem {
+        log.line(
+            Level::Warning,
+            Some(node),
+            format!("attachment {name} dropped: {problem}"),
+        );
     }
 }
 

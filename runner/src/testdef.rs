@@ -352,6 +352,7 @@ pub struct CaseResult {
     pub result: TestResult,
     pub measurement: Option<f64>,
     pub units: Option<String>,
+    pub reference: Option<String>,
 }
 
 /// Reads results out of test shell output lines.
@@ -382,6 +383,21 @@ impl ResultParser {
                     result: TestResult::parse(case.result.as_str())?,
                     measurement: case.measurement.and_then(|m| m.parse().ok()),
                     units: case.units,
+                    reference: None,
+                });
+            }
+            // LAVA records a reference as a test case with its URL.
+            Some(Ok(Signal::TestReference {
+                id,
+                result,
+                reference,
+            })) => {
+                return Some(CaseResult {
+                    name: id,
+                    result: TestResult::parse(result.as_str())?,
+                    measurement: None,
+                    units: None,
+                    reference: Some(reference),
                 });
             }
             // A line with a broken signal reports nothing.
@@ -404,6 +420,7 @@ impl ResultParser {
                 .name("measurement")
                 .and_then(|m| m.as_str().parse().ok()),
             units: found.name("units").map(|u| u.as_str().to_string()),
+            reference: None,
         })
     }
 }

@@ -60,6 +60,11 @@ pub fn e2e_job(name: &str, host_type: &str) -> String {
             "@GUEST_INITRD@",
             &images.guest_initramfs.display().to_string(),
         )
+        .replace(
+            "@GUEST_LOGIN_INITRD@",
+            &images.guest_login_initramfs.display().to_string(),
+        )
+        .replace("@GUEST_PASSWORD@", &images.guest_password)
         .replace("@GUEST_DISK@", &images.guest_disk.display().to_string())
         .replace(
             "@GUEST_ROOTFS_TAR@",
@@ -815,6 +820,9 @@ pub fn diagnostic_pointers(answer: &str) -> Vec<String> {
 pub struct TestImages {
     pub guest_kernel: PathBuf,
     pub guest_initramfs: PathBuf,
+    /// The same guest with a `login:` prompt on its console (root, `guest_password`).
+    pub guest_login_initramfs: PathBuf,
+    pub guest_password: String,
     /// The guest as a bootable raw disk (SYSLINUX), for image-only boots.
     pub guest_disk: PathBuf,
     /// The guest's tree as a root file system tarball (`nfsrootfs`).
@@ -861,6 +869,8 @@ pub fn test_images() -> TestImages {
             TestImages {
                 guest_kernel: get("guest_kernel").into(),
                 guest_initramfs: get("guest_initramfs").into(),
+                guest_login_initramfs: get("guest_login_initramfs").into(),
+                guest_password: get("guest_password"),
                 guest_disk: get("guest_disk").into(),
                 guest_rootfs_tar: get("guest_rootfs_tar").into(),
                 guest_prompt: get("guest_prompt"),
@@ -1080,5 +1090,27 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet) within
+/// `timeout`: for processes the test did not start and so cannot wait for. Checked
+/// every 20 ms; a process still running at the deadline is the failure the caller
+/// reports.
+pub fn wait_until_gone(pid: u32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let (_, after) = stat.rsplit_once(')')?;
+                after.split_whitespace().next().map(str::to_string)
+            });
+        match state.as_deref() {
+            None | Some("Z" | "X") => return true,
+            Some(_) if std::time::Instant::now() >= deadline => return false,
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
     }
 }

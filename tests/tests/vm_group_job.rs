@@ -837,3 +837,137 @@ fn a_qcow2_image_boots_and_one_with_a_backing_file_is_refused() {
     assert!(error.contains("backing file"), "{error}");
     assert_eq!(status, 3);
 }
+
+/// The seed's vm_group with guests as a distribution would have them: a `login:`
+/// prompt and a root password (given in the deploy actions, as v1 jobs do), and
+/// nothing of the dispatcher's in the image. The `lava-*` shell helpers are typed in,
+/// and every MultiNode call (send, wait, sync, network broadcast/collect/query) passes;
+/// a file attached to a case and one to the run come back into the job's directory
+/// and its results (JSON and JUnit), and a reference is recorded with its URL.
+#[test]
+fn guests_with_a_login_prompt_and_no_agent_run_the_seed_job() {
+    let (report, status, _host, dir) = run_on_ssh_host_keeping("seed-vm-group-login.json");
+    let found = results(&report);
+    let failed: Vec<&(String, String)> = found.iter().filter(|(_, r)| r != "pass").collect();
+    assert!(
+        failed.is_empty(),
+        "cases not passing: {failed:?}\n{report:#}"
+    );
+    for case in [
+        "server.server-side.no-agent-in-image",
+        "client.client-side.no-agent-in-image",
+        "server.server-side.logged-in-as-root",
+        "server.server-side.multinode-network-broadcast-eth1",
+        "server.server-side.multinode-send-server-ready",
+        "server.server-side.multinode-sync-all-up",
+        "client.client-side.multinode-wait-server-ready",
+        "client.client-side.multinode-network-collect-network_info",
+        "client.client-side.network-query",
+        "client.client-side.ping-server",
+        "client.client-side.sync-all-up",
+        "host.host-side.sync-all-up",
+        "server.server-side.kernel-docs",
+        "server.server-side.measured",
+    ] {
+        assert!(
+            found.iter().any(|(name, _)| name == case),
+            "{case} missing from {found:?}"
+        );
+    }
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    let server = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "server")
+        .unwrap();
+    let reference = server["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == "kernel-docs")
+        .unwrap();
+    assert_eq!(
+        reference["reference"], "https://www.kernel.org/doc/html/latest/",
+        "{reference:#}"
+    );
+    let attachments = server["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 2, "{server:#}");
+    let job_dir = only_job_dir(&dir.path().join("state"));
+    let by_name = |name: &str| {
+        attachments
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no attachment {name}: {server:#}"))
+    };
+    let boot_log = by_name("boot-log.txt");
+    assert_eq!(boot_log["case"], "lan-address");
+    assert_eq!(boot_log["mimetype"], "text/plain");
+    let uname = by_name("uname.txt");
+    assert!(uname.get("case").is_none(), "{uname:#}");
+    let uname_text =
+        std::fs::read_to_string(job_dir.join(uname["file"].as_str().unwrap())).unwrap();
+    assert!(uname_text.starts_with("Linux guest "), "{uname_text}");
+    assert_eq!(uname["size"], uname_text.len() as u64);
+    let boot_text =
+        std::fs::read_to_string(job_dir.join(boot_log["file"].as_str().unwrap())).unwrap();
+    assert!(boot_text.contains("Linux version"), "{boot_text}");
+    // JUnit lists them as the attachments plugin reads them.
+    let junit = runner::formats::junit(&serde_json::from_value(report.clone()).unwrap());
+    assert!(
+        junit.contains(&format!(
+            "[[ATTACHMENT|{}]]",
+            uname["file"].as_str().unwrap()
+        )),
+        "{junit}"
+    );
+    // The console went through the login, and the password is in no log.
+    let console = std::fs::read_to_string(job_dir.join("console-server.log")).unwrap();
+    assert!(console.contains("login:"), "no login prompt: {console}");
+    let password = test_images().guest_password;
+    for entry in std::fs::read_dir(&job_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != "job.json") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(
+                !text.contains(&password),
+                "the password is in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A guest whose login is refused (the job gives the wrong password) fails its boot at
+/// once, naming the login prompt it saw again, as the job's error; the host's
+/// `lava-sync` with it is released with a failure instead of waiting, and nothing is
+/// left running.
+#[test]
+fn a_refused_login_fails_the_guest_at_once_and_releases_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job: Value =
+        serde_json::from_str(&e2e_job("seed-vm-group-login.json", "ssh-host")).unwrap();
+    job["actions"][0]["parameters"]["password"] = "not-the-password".into();
+    let path = dir.path().join("refused.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    let images = test_images();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let devices = host.device_files(dir.path(), true);
+    let (report, status) =
+        dispatcher_run(&path, &devices, &dir.path().join("state"), &host.scratch());
+    assert_no_vm_left(&host);
+    assert_eq!(report["health"], "incomplete", "{report:#}");
+    assert_eq!(report["error_class"], "job", "{report:#}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("server"), "{error}");
+    assert!(error.contains("the login was refused"), "{error}");
+    assert!(error.contains("login:"), "{error}");
+    assert!(!error.contains("not-the-password"), "{error}");
+    assert_eq!(
+        result_of(&report, "host.host-side.multinode-sync-all-up").as_deref(),
+        Some("fail"),
+        "{report:#}"
+    );
+    assert_eq!(status, 3);
+}

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::logs;
-use super::service::{Access, Dispatcher, Metrics, Results, ServiceError};
+use super::service::{self, Access, Dispatcher, Metrics, Results, ServiceError};
 use runner::formats::ResultsFormat;
 use states::DeviceHealth;
 use store::StoreError;
@@ -49,6 +49,7 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
         .route("/api/v1/jobs/{id}/log", get(log))
         .route("/api/v1/jobs/{id}/results", get(results))
         .route("/api/v1/jobs/{id}/console/{node}", get(console))
+        .route("/api/v1/jobs/{id}/attachments/{file}", get(attachment))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
@@ -81,7 +82,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoToken | ServiceError::UnknownToken => StatusCode::UNAUTHORIZED,
             ServiceError::ReadOnlyToken(_) => StatusCode::FORBIDDEN,
             ServiceError::BadRequest(_) | ServiceError::InvalidJob(_) => StatusCode::BAD_REQUEST,
-            ServiceError::NoSuchJob(_) | ServiceError::NoConsole { .. } => StatusCode::NOT_FOUND,
+            ServiceError::NoSuchJob(_)
+            | ServiceError::NoConsole { .. }
+            | ServiceError::NoAttachment { .. } => StatusCode::NOT_FOUND,
             ServiceError::NoResultsYet { .. } => StatusCode::CONFLICT,
             ServiceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServiceError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -499,27 +502,53 @@ async fn console(
     _: CanRead,
 ) -> ApiResult {
     let console = api.service.console(id, &node).await?;
-    let place = stream_place(&api)?;
-    // What is there now: a console still being written keeps growing past it.
+    stream_file(&api, console, None)
+}
+
+/// `GET /api/v1/jobs/ID/attachments/FILE`: a file a test shell attached, as its
+/// results list it; served as bytes to download, whatever its MIME type says.
+async fn attachment(
+    State(api): State<Arc<Api>>,
+    JobId(id): JobId,
+    Path((_, file)): Path<(String, String)>,
+    _: CanRead,
+) -> ApiResult {
+    let attachment = api.service.attachment(id, &file).await?;
+    stream_file(&api, attachment, Some(&file))
+}
+
+/// A file streamed in chunks as far as it is now, so a slow reader holds one chunk,
+/// not the file; `download`: its name, to be saved rather than shown.
+fn stream_file(api: &Api, file: service::Console, download: Option<&str>) -> ApiResult {
+    let place = stream_place(api)?;
     use tokio::io::AsyncReadExt as _;
     let body = Body::from_stream(
-        tokio_util::io::ReaderStream::with_capacity(console.file.take(console.length), 64 * 1024)
-            .map(move |chunk| {
+        tokio_util::io::ReaderStream::with_capacity(file.file.take(file.length), 64 * 1024).map(
+            move |chunk| {
                 let _held = &place;
                 chunk
-            }),
+            },
+        ),
     );
-    Ok((
+    let mut response = (
         [
             (
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             ),
-            (header::CONTENT_LENGTH, HeaderValue::from(console.length)),
+            (header::CONTENT_LENGTH, HeaderValue::from(file.length)),
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if let Some(name) = download
+        && let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
 }
 
 /// The API's OpenAPI description (kept equal to the routes above by a test).

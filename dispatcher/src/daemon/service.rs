@@ -60,6 +60,8 @@ pub enum ServiceError {
     NoSuchJob(String),
     #[error("job {id} has no console log for {node}")]
     NoConsole { id: u64, node: String },
+    #[error("job {id} has no attachment {file:?}")]
+    NoAttachment { id: u64, file: String },
     #[error("job {id} has no results yet (it is {state})")]
     NoResultsYet { id: u64, state: JobState },
     /// The request's body did not arrive within the deadline, in seconds.
@@ -151,7 +153,8 @@ pub struct DeviceTypeView {
     pub virtualization: bool,
 }
 
-/// A node's console log as far as it got: its file and length when asked.
+/// A file of a job's directory as far as it got: a node's console log, or an
+/// attachment; its file and length when asked.
 pub struct Console {
     pub file: tokio::fs::File,
     pub length: u64,
@@ -351,6 +354,35 @@ impl Dispatcher {
             id,
             node: node.to_string(),
         };
+        let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+        let length = file.metadata().await.map_err(|_| missing())?.len();
+        Ok(Console { file, length })
+    }
+
+    /// An attachment of job `id` (`file`: `N-name`, as its results list it under
+    /// `attachments/`). Only a file the results list is served, so no name can reach
+    /// anything else in the job's directory.
+    pub async fn attachment(&self, id: u64, file: &str) -> Result<Console, ServiceError> {
+        let record = self.job_record(id).await?;
+        let missing = || ServiceError::NoAttachment {
+            id,
+            file: file.to_string(),
+        };
+        let wanted = format!("attachments/{file}");
+        let listed = record
+            .results
+            .as_ref()
+            .and_then(|r| r.get("nodes"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|node| node.get("attachments").and_then(Value::as_array))
+            .flatten()
+            .any(|a| a.get("file").and_then(Value::as_str) == Some(wanted.as_str()));
+        if !listed || file.contains('/') || file.starts_with('.') {
+            return Err(missing());
+        }
+        let path = self.shared.config.job_dir(id).join(&wanted);
         let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
         let length = file.metadata().await.map_err(|_| missing())?.len();
         Ok(Console { file, length })

@@ -130,6 +130,49 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
     .unwrap();
     assert!(status == 400 || status == 404, "{status}");
 
+    // The file the server's test shell attached: listed with its results, served as
+    // a download, in JUnit; only listed files are served.
+    let (_, body) = api.request("GET", "/api/v1/jobs/1", b"").unwrap();
+    let view = json_of(&body);
+    let server = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "server")
+        .unwrap()
+        .clone();
+    let attached = &server["attachments"][0];
+    assert_eq!(attached["name"], "uname.txt", "{server:#}");
+    let file = attached["file"].as_str().unwrap();
+    let (status, text) = api
+        .request("GET", &format!("/api/v1/jobs/1/{file}"), b"")
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("Linux guest "), "{text}");
+    assert_eq!(attached["size"], text.len() as u64);
+    for path in [
+        "/api/v1/jobs/1/attachments/..%2Fjob.json",
+        "/api/v1/jobs/1/attachments/99-uname.txt",
+        "/api/v1/jobs/1/attachments/job.log",
+    ] {
+        let (status, _) = api.request("GET", path, b"").unwrap();
+        assert_eq!(status, 404, "{path}");
+    }
+    let junit = daemon.cli(&token, &["results", "1", "--format", "junit"]);
+    assert!(
+        String::from_utf8_lossy(&junit.stdout).contains(&format!("[[ATTACHMENT|{file}]]")),
+        "{}",
+        String::from_utf8_lossy(&junit.stdout)
+    );
+    assert!(
+        page.contains("id=\"attachments\"") && page.contains(file),
+        "the web page lists the attachment: {page}"
+    );
+    assert!(
+        page.contains("https://www.kernel.org/doc/"),
+        "the web page shows the reference: {page}"
+    );
+
     let (status, body) = http(&addr, "GET", "/healthz", None, b"").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, metrics) = http(&addr, "GET", "/metrics", None, b"").unwrap();
