@@ -11,6 +11,7 @@ bash scripts/install-lava-clients.sh >/dev/null
 # The VM images of the host/VM tests (cached by input hash; the tests would build them
 # on first use too, but here the time shows on its own).
 bash scripts/build-images.sh >/dev/null
+bash scripts/build-arm-image.sh >/dev/null
 
 cargo fmt --all -- --check
 # The lava-* shell helpers run on guests' shells (dash, busybox ash...): POSIX sh only.

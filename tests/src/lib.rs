@@ -53,9 +53,16 @@ pub const SEED_HOST_STEPS: &str = "/actions/2/parameters/testdef_repos/0/inline/
 pub fn e2e_job(name: &str, host_type: &str) -> String {
     let images = test_images();
     let path = jobs_dir().join("e2e").join(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if text.contains("@ARM64_") {
+        let arm = arm64_images();
+        text = text
+            .replace("@ARM64_KERNEL@", &arm.kernel.display().to_string())
+            .replace("@ARM64_INITRD@", &arm.initramfs.display().to_string())
+            .replace("@ARM64_PASSWORD@", &arm.password);
+    }
+    text.replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
         .replace(
             "@GUEST_INITRD@",
             &images.guest_initramfs.display().to_string(),
@@ -841,31 +848,62 @@ pub struct TestImages {
     pub lab_pubkey: PathBuf,
 }
 
+/// Runs `scripts/SCRIPT` (an image build, cached by its inputs) and reads the
+/// `name=value` manifest whose path it prints as `KEY=path`: a lookup that fails the
+/// test naming a missing value.
+fn built_manifest(script: &str, key: &str) -> impl Fn(&str) -> String {
+    let built = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(built.status.success(), "scripts/{script} failed");
+    let manifest = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{script} printed no {key}"));
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    move |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from {}", manifest.display()))
+            .to_string()
+    }
+}
+
+/// The arm64 guest (`scripts/build-arm-image.sh`): Debian's arm64 kernel and busybox,
+/// a getty login on `ttyAMA0`.
+#[derive(Debug, Clone)]
+pub struct Arm64Images {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub password: String,
+}
+
+/// Builds the arm64 guest (cached by input hash) and reads its manifest.
+pub fn arm64_images() -> Arm64Images {
+    static IMAGES: OnceLock<Arm64Images> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let get = built_manifest("build-arm-image.sh", "arm64_manifest");
+            Arm64Images {
+                kernel: get("arm64_kernel").into(),
+                initramfs: get("arm64_initramfs").into(),
+                password: get("arm64_password"),
+            }
+        })
+        .clone()
+}
+
 /// Builds the test images (cached: a second build with the same inputs does nothing)
 /// and reads their manifest.
 pub fn test_images() -> TestImages {
     static IMAGES: OnceLock<TestImages> = OnceLock::new();
     IMAGES
         .get_or_init(|| {
-            let built = Command::new("bash")
-                .arg(repo_root().join("scripts/build-images.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap_or_else(|e| panic!("build-images.sh: {e}"));
-            assert!(built.status.success(), "scripts/build-images.sh failed");
-            let manifest = String::from_utf8_lossy(&built.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("manifest="))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| panic!("build-images.sh printed no manifest"));
-            let text = std::fs::read_to_string(&manifest)
-                .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
-            let get = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                    .unwrap_or_else(|| panic!("{name} missing from {}", manifest.display()))
-                    .to_string()
-            };
+            let get = built_manifest("build-images.sh", "manifest");
             TestImages {
                 guest_kernel: get("guest_kernel").into(),
                 guest_initramfs: get("guest_initramfs").into(),

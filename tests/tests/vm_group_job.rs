@@ -175,24 +175,10 @@ lava-test-case "$1-parameter" --result $r
 
 #[test]
 fn test_definitions_from_a_git_daemon_run_with_their_scripts_in_host_and_guest() {
-    let images = test_images();
-    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
-    let dir = tempfile::tempdir().unwrap();
-    let served = dir.path().join("served");
-    std::fs::create_dir_all(&served).unwrap();
-    let daemon = GitDaemon::serve(&served);
-    definitions_repository(&served, &daemon.url("tools.git"));
-    let name = "git-repo-testdefs.json";
-    let path = dir.path().join(name);
-    std::fs::write(
-        &path,
-        e2e_job(name, "ssh-host").replace("@GIT_URL@", &daemon.url("tests.git")),
-    )
-    .unwrap();
-    let devices = host.device_files(dir.path(), true);
-    let (report, status) =
-        dispatcher_run(&path, &devices, &dir.path().join("state"), &host.scratch());
-    assert_no_vm_left(&host);
+    let (report, status, daemon) =
+        run_git_job_on_ssh_host("git-repo-testdefs.json", "tests.git", |served, daemon| {
+            definitions_repository(served, &daemon.url("tools.git"))
+        });
     assert_passed(
         &report,
         &[
@@ -215,6 +201,34 @@ fn test_definitions_from_a_git_daemon_run_with_their_scripts_in_host_and_guest()
     // Both nodes' definitions came from one fetch, and both nodes' installs from one:
     // each branch was resolved once.
     assert_eq!(daemon.connections(), 2);
+}
+
+/// Runs the e2e job `name` on a fresh ssh-host with its `@GIT_URL@` the repository
+/// `repo` of a real `git daemon`, whose directory `setup` fills first; returns the
+/// report, the exit status and the daemon (to count its connections). No VM is left.
+fn run_git_job_on_ssh_host(
+    name: &str,
+    repo: &str,
+    setup: impl FnOnce(&Path, &GitDaemon),
+) -> (Value, i32, GitDaemon) {
+    let images = test_images();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let daemon = GitDaemon::serve(&served);
+    setup(&served, &daemon);
+    let path = dir.path().join(name);
+    std::fs::write(
+        &path,
+        e2e_job(name, "ssh-host").replace("@GIT_URL@", &daemon.url(repo)),
+    )
+    .unwrap();
+    let devices = host.device_files(dir.path(), true);
+    let (report, status) =
+        dispatcher_run(&path, &devices, &dir.path().join("state"), &host.scratch());
+    assert_no_vm_left(&host);
+    (report, status, daemon)
 }
 
 /// Runs an e2e job on a fresh ssh-host; returns the report, the exit status and the
@@ -970,4 +984,105 @@ fn a_refused_login_fails_the_guest_at_once_and_releases_the_others() {
         "{report:#}"
     );
     assert_eq!(status, 3);
+}
+
+/// A git repository of one test definition for aarch64 guests, with its script beside
+/// it (run from the repository's top, as LAVA v1 did).
+fn arm_definitions(served: &Path) {
+    let repo = served.join("arm.git");
+    std::fs::create_dir_all(repo.join("lava")).unwrap();
+    std::fs::write(
+        repo.join("lava/arm.yaml"),
+        "metadata:\n  name: arm-from-git\n  format: Lava-Test Test Definition 1.0\n\
+         run:\n  steps:\n    - ./lava/arch.sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("lava/arch.sh"),
+        r#"#!/bin/sh
+[ "$(uname -m)" = aarch64 ] && r=pass || r=fail; lava-test-case uname-aarch64 --result $r
+[ -f lava/arm.yaml ] && r=pass || r=fail; lava-test-case at-repo-top --result $r
+grep -q console=ttyAMA0 /proc/cmdline && r=pass || r=fail; lava-test-case console-ttyAMA0 --result $r
+"#,
+    )
+    .unwrap();
+    sh_in(
+        &repo,
+        "chmod +x lava/arch.sh && git init -q -b main . && git config user.email t@t \
+         && git config user.name t && git add -A && git commit -q -m arm",
+    );
+}
+
+/// An aarch64 guest (Debian's arm64 kernel and busybox, a `login:` prompt, nothing of
+/// ours) as a single-device job on a `kvm-aarch64` device here, emulated by
+/// qemu-system-aarch64: it logs in on `ttyAMA0` and runs a test definition from a git
+/// repository with the script beside it.
+#[test]
+fn an_aarch64_guest_logs_in_and_runs_a_definition_from_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let daemon = GitDaemon::serve(&served);
+    arm_definitions(&served);
+    let path = dir.path().join("single-arm64.json");
+    std::fs::write(
+        &path,
+        e2e_job("single-arm64.json", "kvm-aarch64").replace("@GIT_URL@", &daemon.url("arm.git")),
+    )
+    .unwrap();
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    std::fs::write(
+        devices.join("arm-01.toml"),
+        "hostname = \"arm-01\"\ndevice_type = \"kvm-aarch64\"\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&path, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "device.arm-from-git.uname-aarch64",
+            "device.arm-from-git.at-repo-top",
+            "device.arm-from-git.console-ttyAMA0",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    let job_dir = only_job_dir(&state);
+    let log = std::fs::read_to_string(job_dir.join("job.log")).unwrap();
+    assert!(log.contains("qemu-system-aarch64"), "{log}");
+    assert!(
+        log.contains("-accel tcg"),
+        "emulated on this x86_64 machine: {log}"
+    );
+    let console = std::fs::read_to_string(job_dir.join("console-device.log")).unwrap();
+    assert!(console.contains("arm64 login:"), "{console}");
+    assert_nothing_runs_from(&job_dir, "the aarch64 VM still runs");
+}
+
+/// A vm_group whose host launches an x86_64 and an aarch64 guest side by side (each
+/// with its own qemu, both with a login and nothing of ours): MultiNode calls and
+/// the group's LAN work between them as between x86_64 guests.
+#[test]
+fn an_x86_64_and_an_aarch64_guest_talk_in_one_vm_group() {
+    let (report, status, _) =
+        run_git_job_on_ssh_host("vm-group-x86-and-arm64.json", "arm.git", |served, _| {
+            arm_definitions(served)
+        });
+    assert_passed(
+        &report,
+        &[
+            "arm.arm-from-git.uname-aarch64",
+            "arm.arm-from-git.console-ttyAMA0",
+            "arm.arm-side.multinode-network-broadcast-eth1",
+            "arm.arm-side.sync-all-up",
+            "x86.x86-side.arm-says-aarch64",
+            "x86.x86-side.ping-arm",
+            "x86.x86-side.sync-all-up",
+            "host.host-side.sync-all-up",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
 }
