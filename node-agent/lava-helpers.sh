@@ -23,7 +23,7 @@ lava-target-ip lava-install-packages lava-background-process-start
 lava-background-process-stop"
 
 lava_fail() { # CODE MESSAGE: the agent's "<command>: <message>" on stderr, then exit
-    echo "$LAVA_CMD: $2" >&2
+    printf '%s: %s\n' "$LAVA_CMD" "$2" >&2
     exit "$1"
 }
 
@@ -47,8 +47,9 @@ lava_check_id() {
     esac
 }
 
+# printf, not echo: dash's echo reads backslashes in a name or message as escapes.
 lava_signal() {
-    echo "<LAVA_SIGNAL_$1>"
+    printf '<LAVA_SIGNAL_%s>\n' "$1"
 }
 
 # A MultiNode call recorded as the test case multinode-<api>-<id>, as LAVA does.
@@ -165,7 +166,7 @@ lava_call() { # API CACHE ID [ARGS...]
             lava_reason=${lava_reason#"
 "}
             [ -n "$lava_reason" ] || lava_reason="the dispatcher answered nack to LAVA_$lava_api"
-            echo "$LAVA_CMD: $lava_reason" >&2
+            printf '%s: %s\n' "$LAVA_CMD" "$lava_reason" >&2
             return 1 ;;
     esac
     if [ -n "$lava_cache" ]; then
@@ -311,14 +312,24 @@ lava_attach() { # CASE-OR-EMPTY FILE MIMETYPE-OR-EMPTY
     lava_max=${LAVA_ATTACH_MAX_BYTES:-1048576}
     [ "$lava_size" -le "$lava_max" ] ||
         lava_fail 1 "$2 is $lava_size bytes, more than the $lava_max an attachment may have"
-    lava_name=$(basename "$2")
-    lava_name=$(printf '%s' "$lava_name" | tr -c 'A-Za-z0-9._+-' '_')
+    lava_name=$(printf '%s' "${2##*/}" | tr -c 'A-Za-z0-9._+-' '_')
+    case $lava_name in .*) lava_name=_${lava_name#.} ;; esac
     lava_head="ATTACH NAME=$lava_name SIZE=$lava_size"
     [ -z "$1" ] || lava_head="$lava_head CASE=$1"
     [ -z "$3" ] || lava_head="$lava_head MIMETYPE=$3"
     lava_signal "$lava_head"
     base64 <"$2" | tr -d '\r'
     lava_signal "ATTACHEND NAME=$lava_name"
+}
+
+# `--attach FILE MIME-TYPE` ..., as lava-background-process-stop takes them.
+lava_check_attach_flags() {
+    while [ $# -gt 0 ]; do
+        { [ "$1" = --attach ] && [ $# -ge 3 ]; } ||
+            lava_usage "lava-background-process-stop <name> [--attach <file> <mime-type>] ..."
+        lava_word "$3"
+        shift 3
+    done
 }
 
 # The package manager this system has, as install.deps picks it.
@@ -345,13 +356,14 @@ lava_test_case() {
         return 0
     fi
     lava_result='' lava_measurement='' lava_units=''
+    lava_has_measurement='' lava_has_units=''
     [ $# -ge 1 ] || lava_usage "$lava_usage_text"
     while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || lava_usage "$lava_usage_text"
         case $1 in
             --result) lava_result=$2 ;;
-            --measurement) lava_measurement=$2 ;;
-            --units) lava_units=$2 ;;
+            --measurement) lava_measurement=$2 lava_has_measurement=1 ;;
+            --units) lava_units=$2 lava_has_units=1 ;;
             *) lava_usage "$lava_usage_text" ;;
         esac
         shift 2
@@ -361,11 +373,11 @@ lava_test_case() {
         *) lava_usage "$lava_usage_text" ;;
     esac
     lava_line="TESTCASE TEST_CASE_ID=$lava_name RESULT=$lava_result"
-    if [ -n "$lava_measurement" ]; then
+    if [ -n "$lava_has_measurement" ]; then
         lava_word "$lava_measurement"
         lava_line="$lava_line MEASUREMENT=$lava_measurement"
     fi
-    if [ -n "$lava_units" ]; then
+    if [ -n "$lava_has_units" ]; then
         lava_word "$lava_units"
         lava_line="$lava_line UNITS=$lava_units"
     fi
@@ -486,7 +498,7 @@ case $LAVA_CMD in
         esac ;;
     lava-test-raise)
         [ $# -ge 1 ] || lava_usage "lava-test-raise <message>"
-        lava_signal "TESTRAISE $(printf '%s' "$*" | tr '>\n\r\t' ')   ')"
+        lava_signal "TESTRAISE $(printf '%s' "$*" | tr '>' ')' | tr '[:cntrl:]' ' ')"
         lava_fail 1 "test raised: $*" ;;
     lava-test-reference)
         lava_usage_text='lava-test-reference <name> --result pass|fail|skip|unknown --reference URL'
@@ -513,12 +525,12 @@ case $LAVA_CMD in
         lava_signal "TESTREFERENCE $lava_name $lava_result $lava_reference" ;;
     lava-test-run-attach)
         [ $# -eq 1 ] || [ $# -eq 2 ] || lava_usage "lava-test-run-attach <file> [mime-type]"
-        [ -z "$2" ] || lava_word "$2"
+        [ $# -eq 1 ] || lava_word "$2"
         lava_attach "" "$1" "$2" ;;
     lava-test-case-attach)
         [ $# -eq 2 ] || [ $# -eq 3 ] || lava_usage "lava-test-case-attach <name> <file> [mime-type]"
         lava_word "$1"
-        [ -z "$3" ] || lava_word "$3"
+        [ $# -eq 2 ] || lava_word "$3"
         lava_attach "$1" "$2" "$3" ;;
     lava-echo-ipv4)
         [ $# -eq 1 ] || lava_usage "lava-echo-ipv4 <iface>"
@@ -572,13 +584,12 @@ case $LAVA_CMD in
         [ -s "$lava_dir/pid" ] || lava_fail 1 "no background process named $1"
         lava_pid=$(cat "$lava_dir/pid")
         shift
+        # Every --attach checked before anything is stopped, as the agent does.
+        lava_check_attach_flags "$@"
         # A setsid child leads its own process group: signal the group, then itself.
         kill -TERM "-$lava_pid" 2>/dev/null || kill -TERM "$lava_pid" 2>/dev/null
         rm -f "$lava_dir/pid"
         while [ $# -gt 0 ]; do
-            { [ "$1" = --attach ] && [ $# -ge 3 ]; } ||
-                lava_usage "lava-background-process-stop <name> [--attach <file> <mime-type>] ..."
-            lava_word "$3"
             lava_attach "" "$2" "$3"
             shift 3
         done ;;

@@ -58,10 +58,12 @@ pub fn attach(case: Option<&str>, file: &str, mimetype: Option<&str>) -> Result<
     out.flush().map_err(io)
 }
 
-/// A file's base name with every byte but `A-Za-z0-9._+-` made `_`, so it is one word
-/// of the marker (the shell helper's `tr -c` does the same).
+/// A file's base name with every byte but `A-Za-z0-9._+-` made `_`, and a leading dot
+/// too, so it is one word of the marker and a plain file name (the shell helper does
+/// the same).
 fn attachment_name(path: &Path) -> String {
-    path.file_name()
+    let mut name: String = path
+        .file_name()
         .map(|n| n.as_encoded_bytes())
         .unwrap_or(b"attachment")
         .iter()
@@ -69,7 +71,12 @@ fn attachment_name(path: &Path) -> String {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'+' | b'-' => char::from(*b),
             _ => '_',
         })
-        .collect()
+        .collect();
+    // A leading dot would hide the file: the dispatcher refuses such names.
+    if name.starts_with('.') {
+        name.replace_range(..1, "_");
+    }
+    name
 }
 
 /// The IPv4 address of `iface`.

@@ -349,6 +349,17 @@ fn parse_body(body: &str) -> Result<Signal, SignalError> {
     }
 }
 
+/// What an attachment's name may be: what the helpers make of a file's base name
+/// (`A-Za-z0-9._+-`), never starting with a dot. It becomes a file name and part of a
+/// URL on the dispatcher's side.
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
 /// `NAME=... SIZE=... [CASE=...] [MIMETYPE=...]`, in any order.
 fn attachment(params: &[&str]) -> Result<Attachment, SignalError> {
     let malformed = |problem: String| SignalError::Malformed {
@@ -370,8 +381,14 @@ fn attachment(params: &[&str]) -> Result<Attachment, SignalError> {
         }
     }
     let size = size.ok_or_else(|| malformed("no SIZE".into()))?;
+    let name = name.ok_or_else(|| malformed("no NAME".into()))?;
+    if !is_file_name(&name) {
+        return Err(malformed(format!(
+            "NAME {name:?} is not a file name of A-Z a-z 0-9 . _ + - (not starting with '.')"
+        )));
+    }
     Ok(Attachment {
-        name: name.ok_or_else(|| malformed("no NAME".into()))?,
+        name,
         size: size
             .parse()
             .map_err(|_| malformed(format!("SIZE {size:?} is not a number of bytes")))?,
@@ -517,6 +534,21 @@ mod tests {
                 name: "dmesg.txt".into(),
             },
         ]
+    }
+
+    #[test]
+    fn an_attachment_name_that_is_not_a_plain_file_name_is_refused() {
+        for bad in ["../job.json", ".hidden", "a/b", "a\"b", "x;y", "%2e"] {
+            let line = format!("<LAVA_SIGNAL_ATTACH NAME={bad} SIZE=1>");
+            assert!(
+                matches!(Signal::find(&line), Some(Err(_))),
+                "{bad} was accepted"
+            );
+        }
+        assert!(matches!(
+            Signal::find("<LAVA_SIGNAL_ATTACH NAME=dmesg-1.txt SIZE=1>"),
+            Some(Ok(_))
+        ));
     }
 
     #[test]

@@ -814,19 +814,14 @@ fn repo_failure(err: RepoError) -> Failure {
 }
 
 /// A guest's failure to boot: the job's own when the guest panicked, reported a boot
-/// failure, refused the job's login or never showed its prompt (its image, credentials,
-/// kernel command line or `shell_prompt` are the job's), the infrastructure's when the
-/// console went away or the login refused was the device type's (`lab_login`: the lab's
-/// credentials are wrong for the lab's images). A job's mistake must not mark the lab's
-/// devices `unknown`.
-pub fn guest_boot_failure(
-    err: &hostctl::console::ConsoleError,
-    message: String,
-    lab_login: bool,
-) -> Failure {
+/// failure, refused its login or never showed its prompt (its image, the credentials
+/// that must fit it, kernel command line or `shell_prompt` are the job's), the
+/// infrastructure's when the console went away. A job's mistake must not mark the
+/// lab's devices `unknown`. (A host booting the lab's own images fails as the
+/// infrastructure's whatever its console showed: `host_device`.)
+pub fn guest_boot_failure(err: &hostctl::console::ConsoleError, message: String) -> Failure {
     use hostctl::console::ConsoleError;
     let class = match err {
-        ConsoleError::LoginRefused { .. } if lab_login => ErrorClass::Infrastructure,
         ConsoleError::KernelPanic { .. }
         | ConsoleError::BootFailure { .. }
         | ConsoleError::LoginRefused { .. }

@@ -151,9 +151,7 @@ async fn boot(
             .console
             .boot_to_prompt(&prompt, login.as_ref(), device_type.boot_timeout)
             .await
-            .map_err(|e| {
-                super::context::guest_boot_failure(&e, format!("{name}: {e}"), !boot.has_login())
-            })?;
+            .map_err(|e| super::context::guest_boot_failure(&e, format!("{name}: {e}")))?;
         lan.bring_up(&mut process.console, &prompt)
             .await
             .map_err(|e| Failure::infra("boot", e))

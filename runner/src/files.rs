@@ -43,10 +43,10 @@ pub async fn write_host_files(
     Ok(())
 }
 
-/// Largest piece of base64 typed in one console line: under the 4 KiB a terminal's
-/// line discipline holds for one line, with room for the command around it. Fewer
-/// lines are fewer round trips.
-const CONSOLE_CHUNK: usize = 3072;
+/// Largest piece of base64 typed in one console line: with the command around it,
+/// under the 1,024 characters busybox's line editor takes by default (a terminal's line
+/// discipline holds 4 KiB). Fewer lines are fewer round trips.
+const CONSOLE_CHUNK: usize = 896;
 
 /// What a console node's shell can decode, found once per node.
 #[derive(Debug, Clone, Copy, Default)]

@@ -106,7 +106,7 @@ pub async fn bring_up_host(
             .map_err(|e| match e {
                 // The job's own images that do not boot are the job's.
                 host::HostError::Boot { ref source, .. } if boot.deploys() => {
-                    super::context::guest_boot_failure(source, e.to_string(), !boot.has_login())
+                    super::context::guest_boot_failure(source, e.to_string())
                 }
                 e => Failure::infra("boot", e),
             })

@@ -720,7 +720,7 @@ impl GroupRun<'_> {
                 .await
                 .map_err(|e| match &e {
                     vm::VmError::Console { source, .. } => {
-                        context::guest_boot_failure(source, e.to_string(), !vm.boot.has_login())
+                        context::guest_boot_failure(source, e.to_string())
                     }
                     _ => Failure::infra("boot", e),
                 })?;

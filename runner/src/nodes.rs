@@ -48,11 +48,6 @@ impl VmBoot {
         self.nfsrootfs.is_some() || !self.overlays.is_empty()
     }
 
-    /// Whether the job gives the console's login (else the device type's is used).
-    pub fn has_login(&self) -> bool {
-        self.login.login_prompt.is_some() && self.login.username.is_some()
-    }
-
     /// The console's login script, its prompts compiled (validation compiled them
     /// already, so an error here names a pattern a newer validation would refuse): the
     /// deploy's login keys, else the device type's default login (`lab_default`).

@@ -124,34 +124,43 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         for line in lines {
             if let Some(file) = receiving.as_mut() {
-                // The attachment's base64 lines, up to its end marker.
-                match Signal::find(&line) {
-                    Some(Ok(Signal::AttachEnd { .. })) => {
-                        let file = receiving.take();
-                        if let Some(file) = file.filter(|f| !f.dropped) {
-                            attach(file, current, &mut results, &mut attached_bytes, log, node);
-                        }
+                // The attachment's base64 lines, up to its end marker. Anything else
+                // (the shell's end, a kernel message, a sender killed mid-file) ends
+                // it unfinished and is read as any line is.
+                let text = line.trim();
+                if matches!(Signal::find(&line), Some(Ok(Signal::AttachEnd { .. }))) {
+                    if let Some(file) = receiving.take().filter(|f| !f.dropped) {
+                        attach(file, current, &mut results, &mut attached_bytes, log, node);
                     }
-                    _ => {
-                        let text = line.trim();
-                        if !file.dropped
-                            && file.base64.len() + text.len() <= base64_len(MAX_ATTACHMENT_BYTES)
-                        {
-                            file.base64.push_str(text);
-                        } else if !file.dropped {
-                            file.dropped = true;
-                            log.line(
-                                Level::Warning,
-                                Some(node),
-                                format!(
-                                    "attachment {} is larger than it said: dropped",
-                                    file.header.name
-                                ),
-                            );
-                        }
-                    }
+                    continue;
                 }
-                continue;
+                if is_base64_line(text) {
+                    if !file.dropped
+                        && file.base64.len() + text.len() <= base64_len(file.header.size)
+                    {
+                        file.base64.push_str(text);
+                    } else if !file.dropped {
+                        file.dropped = true;
+                        log.line(
+                            Level::Warning,
+                            Some(node),
+                            format!(
+                                "attachment {} is larger than it said: dropped",
+                                file.header.name
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                log.line(
+                    Level::Warning,
+                    Some(node),
+                    format!(
+                        "attachment {} dropped: it ended before its end marker",
+                        file.header.name
+                    ),
+                );
+                receiving = None;
             }
             log.line(Level::Target, Some(node), line.as_str());
             if let Some(done) = ShellDone::find(&line) {
@@ -261,6 +270,14 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Whether a console line is one line of base64 (what an attachment is sent as).
+fn is_base64_line(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 /// Base64's length for `bytes` bytes.

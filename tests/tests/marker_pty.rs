@@ -309,6 +309,9 @@ async fn every_implementation_prints_the_same_signals() {
         lava-background-process-start ticker --cmd 'echo started; exec sleep 600'
         echo "bgpid $(cat "$LAVA_BACKGROUND_DIR/ticker/pid")"
         lava-background-process-stop ticker --attach notes.txt text/plain
+        lava-test-case 'back\slash' --result pass; echo "backslash-rc=$?"
+        cp notes.txt .hidden && lava-test-run-attach .hidden
+        cp notes.txt ./-dash.txt && lava-test-run-attach ./-dash.txt text/plain
         LAVA_ATTACH_MAX_BYTES=100 lava-test-run-attach big.log; echo "too-big-rc=$?"
         lava-test-case-attach plain missing.txt; echo "missing-rc=$?"
         for bad in 'lava-test-case' 'lava-test-case x' 'lava-test-case x --result maybe' \
@@ -316,7 +319,8 @@ async fn every_implementation_prints_the_same_signals() {
             'lava-test-reference x --result pass' 'lava-test-set' 'lava-send' 'lava-send x y' \
             'lava-send a=b' 'lava-wait' 'lava-sync a b' 'lava-echo-ipv4' \
             'lava-network frob' 'lava-test-run-attach' 'lava-background-process-start x' \
-            'lava-network broadcast no-such-if0'; do
+            'lava-network broadcast no-such-if0' 'lava-test-case x --result pass --measurement ""' \
+            'lava-test-run-attach notes.txt ""' 'lava-test-case-attach x notes.txt ""'; do
             eval "$bad" >/dev/null 2>&1; echo "usage[$bad]=$?"
         done
         lava-test-raise "cannot go on > here"; echo "raise-rc=$?"
@@ -415,6 +419,9 @@ async fn every_implementation_prints_the_same_signals() {
         "too-big-rc=1",
         "missing-rc=1",
         "raise-rc=1",
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=back\\slash RESULT=pass>",
+        "<LAVA_SIGNAL_ATTACH NAME=_hidden SIZE=18>",
+        "<LAVA_SIGNAL_ATTACH NAME=-dash.txt SIZE=18 MIMETYPE=text/plain>",
         "<LAVA_SIGNAL_TESTRAISE cannot go on ) here>",
     ] {
         assert!(
