@@ -40,6 +40,14 @@ lava_word() {
     esac
 }
 
+# One of LAVA's four results, else the command's usage.
+lava_check_result() { # RESULT USAGE
+    case $1 in
+        pass | fail | skip | unknown) ;;
+        *) lava_usage "$2" ;;
+    esac
+}
+
 lava_check_id() {
     case $1 in
         '' | *=* | *[[:space:]]*)
@@ -368,10 +376,7 @@ lava_test_case() {
         esac
         shift 2
     done
-    case $lava_result in
-        pass | fail | skip | unknown) ;;
-        *) lava_usage "$lava_usage_text" ;;
-    esac
+    lava_check_result "$lava_result" "$lava_usage_text"
     lava_line="TESTCASE TEST_CASE_ID=$lava_name RESULT=$lava_result"
     if [ -n "$lava_has_measurement" ]; then
         lava_word "$lava_measurement"
@@ -516,10 +521,7 @@ case $LAVA_CMD in
             esac
             shift 2
         done
-        case $lava_result in
-            pass | fail | skip | unknown) ;;
-            *) lava_usage "$lava_usage_text" ;;
-        esac
+        lava_check_result "$lava_result" "$lava_usage_text"
         [ -n "$lava_reference" ] || lava_usage "$lava_usage_text"
         lava_word "$lava_reference"
         lava_signal "TESTREFERENCE $lava_name $lava_result $lava_reference" ;;
