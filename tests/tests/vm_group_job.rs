@@ -505,6 +505,22 @@ fn a_single_kvm_device_boots_an_image_and_cannot_reach_this_machine() {
     assert_nothing_runs_from(&only_job_dir(&state), "the VM of the job still runs");
 }
 
+/// Fails if `secret` is in any file of the job's directory but the job as submitted
+/// (`job.json`): its log, report and consoles.
+fn assert_only_the_job_has(job_dir: &Path, secret: &str) {
+    for entry in std::fs::read_dir(job_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != "job.json") {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(
+                !text.contains(secret),
+                "the secret is in {}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Fails unless every case named passed.
 fn assert_passed(report: &Value, cases: &[&str]) {
     for case in cases {
@@ -726,17 +742,7 @@ fn overlays_a_console_login_and_an_nfsrootfs_tarball_boot_the_vms() {
     let console = std::fs::read_to_string(job_dir.join("console-overlaid.log")).unwrap();
     assert!(console.contains("login:"), "no login prompt: {console}");
     // Only the job as submitted (job.json) has it: no log, report or console.
-    for entry in std::fs::read_dir(&job_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.file_name().is_some_and(|n| n != "job.json") {
-            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
-            assert!(
-                !text.contains("s3cret-Pw"),
-                "the password is in {}",
-                path.display()
-            );
-        }
-    }
+    assert_only_the_job_has(&job_dir, "s3cret-Pw");
 }
 
 /// `dispatcher run` stopped by SIGTERM (or Ctrl-C) while its VM runs: the job ends
@@ -867,27 +873,25 @@ fn guests_with_a_login_prompt_and_no_agent_run_the_seed_job() {
         failed.is_empty(),
         "cases not passing: {failed:?}\n{report:#}"
     );
-    for case in [
-        "server.server-side.no-agent-in-image",
-        "client.client-side.no-agent-in-image",
-        "server.server-side.logged-in-as-root",
-        "server.server-side.multinode-network-broadcast-eth1",
-        "server.server-side.multinode-send-server-ready",
-        "server.server-side.multinode-sync-all-up",
-        "client.client-side.multinode-wait-server-ready",
-        "client.client-side.multinode-network-collect-network_info",
-        "client.client-side.network-query",
-        "client.client-side.ping-server",
-        "client.client-side.sync-all-up",
-        "host.host-side.sync-all-up",
-        "server.server-side.kernel-docs",
-        "server.server-side.measured",
-    ] {
-        assert!(
-            found.iter().any(|(name, _)| name == case),
-            "{case} missing from {found:?}"
-        );
-    }
+    assert_passed(
+        &report,
+        &[
+            "server.server-side.no-agent-in-image",
+            "client.client-side.no-agent-in-image",
+            "server.server-side.logged-in-as-root",
+            "server.server-side.multinode-network-broadcast-eth1",
+            "server.server-side.multinode-send-server-ready",
+            "server.server-side.multinode-sync-all-up",
+            "client.client-side.multinode-wait-server-ready",
+            "client.client-side.multinode-network-collect-network_info",
+            "client.client-side.network-query",
+            "client.client-side.ping-server",
+            "client.client-side.sync-all-up",
+            "host.host-side.sync-all-up",
+            "server.server-side.kernel-docs",
+            "server.server-side.measured",
+        ],
+    );
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(status, 0);
     let server = report["nodes"]
@@ -939,18 +943,7 @@ fn guests_with_a_login_prompt_and_no_agent_run_the_seed_job() {
     // The console went through the login, and the password is in no log.
     let console = std::fs::read_to_string(job_dir.join("console-server.log")).unwrap();
     assert!(console.contains("login:"), "no login prompt: {console}");
-    let password = test_images().guest_password;
-    for entry in std::fs::read_dir(&job_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.file_name().is_some_and(|n| n != "job.json") {
-            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
-            assert!(
-                !text.contains(&password),
-                "the password is in {}",
-                path.display()
-            );
-        }
-    }
+    assert_only_the_job_has(&job_dir, &test_images().guest_password);
 }
 
 /// A guest whose login is refused (the job gives the wrong password) fails its boot at
