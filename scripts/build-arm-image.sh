@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# Builds the arm64 guest of the end-to-end tests from Debian's arm64 packages (Debian 12
-# host, run as root after scripts/install-deps.sh, which enables the arm64 architecture
-# for downloads):
+# Builds the ARM guests of the end-to-end tests from Debian's arm64 and armhf packages
+# (Debian 12 host, run as root after scripts/install-deps.sh, which enables both
+# architectures for downloads). For each ARCH of arm64 and armhf:
 #
-#   DIR/arm64/vmlinuz            Debian's arm64 kernel (linux-image-arm64)
-#   DIR/arm64/initramfs.cpio.gz  busybox (busybox-static:arm64) run from the initramfs, a
-#                                getty login on ttyAMA0 (root, password $ARM_PASSWORD
-#                                below), prompt "arm64:/# "; nothing of the dispatcher's
-#   DIR/arm64.env                name=value lines: arm64_kernel, arm64_initramfs,
-#                                arm64_password, arm64_prompt
+#   DIR/ARCH/vmlinuz            Debian's kernel: linux-image-arm64; for armhf
+#                               linux-image-armmp-lpae (LPAE reaches the PCI devices
+#                               qemu's virt machine puts above 4 GiB)
+#   DIR/ARCH/initramfs.cpio.gz  busybox (busybox-static:ARCH) run from the initramfs, a
+#                               getty login on ttyAMA0 (root, password $ARM_PASSWORD
+#                               below), prompt "ARCH:/# "; nothing of the dispatcher's
+#   DIR/ARCH.env                name=value lines: ARCH_kernel, ARCH_initramfs,
+#                               ARCH_manifest, ARCH_password, ARCH_prompt
 #
-# The tree is made on this (x86_64) machine without running any arm64 binary: busybox
+# The trees are made on this (x86_64) machine without running any ARM binary: busybox
 # makes its applet links and modules.dep inside the guest, at boot.
 #
 # Usage: scripts/build-arm-image.sh [--out DIR]    (DIR defaults to .cache/images)
-# Prints one `name=path` line per output on stdout (progress goes to stderr). Cached:
-# rebuilt only when this script or the packages' versions change.
+# Prints one `name=path` line per output on stdout (progress goes to stderr). Cached per
+# architecture: rebuilt only when this script or the packages' versions change.
 #
-# Boot (TCG): qemu-system-aarch64 -machine virt -cpu max -m 512 -nographic -serial stdio
-#   -kernel DIR/arm64/vmlinuz -initrd DIR/arm64/initramfs.cpio.gz -append console=ttyAMA0
+# Boot (TCG): qemu-system-aarch64 -machine virt -cpu cortex-a57 -m 512 -nographic
+#   -serial stdio -kernel DIR/arm64/vmlinuz -initrd DIR/arm64/initramfs.cpio.gz
+#   -append console=ttyAMA0        (armhf: qemu-system-arm -machine virt -cpu cortex-a15)
 set -euo pipefail
 exec 3>&1 1>&2
 
@@ -35,102 +38,127 @@ done
 [ "$(id -u)" = 0 ] || { echo "build-arm-image.sh must run as root (root-owned files)" >&2; exit 1; }
 
 ARM_PASSWORD=arm-Pw-1
-ARM_PROMPT='arm64:[^\r\n]*# $'
-# Kernel modules the guest loads (with their dependencies), for qemu's virt machine.
+# Kernel modules the guests load (with their dependencies), for qemu's virt machine.
 ARM_MODULES=(virtio_mmio virtio_pci virtio_net virtio_blk)
 
 log() { echo "build-arm-image: $*" >&2; }
 sha() { sha256sum | cut -d' ' -f1; }
-
-dpkg --print-foreign-architectures | grep -qx arm64 ||
-    { log "arm64 is not enabled for downloads (scripts/install-deps.sh)"; exit 1; }
-mkdir -p "$OUT/arm64"
-OUT=$(realpath "$OUT")
-WORK=$OUT/.work-arm64
-mkdir -p "$WORK/debs"
-
-# linux-image-arm64 is a metapackage: the kernel is the package it depends on.
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
-META=$(candidate linux-image-arm64:arm64)
-BUSYBOX_VERSION=$(candidate busybox-static:arm64)
-if [ -z "$META" ] || [ "$META" = "(none)" ] || [ -z "$BUSYBOX_VERSION" ]; then
-    log "arm64 package lists missing, running apt-get update"
-    apt-get update -qq
-    META=$(candidate linux-image-arm64:arm64)
-    BUSYBOX_VERSION=$(candidate busybox-static:arm64)
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+# The build directory of the architecture being built, removed on any exit.
+BUILD=
+trap 'if [ -n "$BUILD" ]; then rm -rf "$BUILD"; fi' EXIT
+
+# The guest's files that name its architecture; $1 is ARCH. Written to stdout.
+guest_rcs() {
+    echo '#!/bin/sh'
+    echo '# One-shot set-up, run by busybox init before the console login.'
+    echo 'export PATH=/bin'
+    echo 'dmesg -n 1'
+    echo "for m in ${ARM_MODULES[*]}; do modprobe \"\$m\" 2>/dev/null; done"
+    echo "hostname $1"
+    cat <<'RCS'
+ip link set lo up
+# qemu user networking on the first NIC, as the x86_64 guest has it.
+if ip link set eth0 up 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+    echo "nameserver 10.0.2.3" >/etc/resolv.conf
 fi
-KPKG=$(apt-cache depends "linux-image-arm64:arm64=$META" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-KPKG=${KPKG%:arm64}
-KVERSION=$(candidate "$KPKG:arm64")
-{ [ -n "$KPKG" ] && [ -n "$KVERSION" ]; } || { log "cannot resolve the arm64 kernel package"; exit 1; }
+RCS
+}
 
-HASH=$(printf '%s\n' "script $(sha <"$SELF")" "$KPKG $KVERSION" "busybox-static $BUSYBOX_VERSION" | sha)
-RESULTS=(
-    "arm64_kernel=$OUT/arm64/vmlinuz"
-    "arm64_initramfs=$OUT/arm64/initramfs.cpio.gz"
-    "arm64_manifest=$OUT/arm64.env"
-)
-if [ "$(cat "$OUT/arm64/.inputs-hash" 2>/dev/null)" = "$HASH" ] && [ -s "$OUT/arm64/vmlinuz" ] &&
-    [ -s "$OUT/arm64/initramfs.cpio.gz" ] && [ -s "$OUT/arm64.env" ]; then
-    printf '%s\n' "${RESULTS[@]}" >&3
-    exit 0
-fi
-
-START=$SECONDS
-deb() { echo "$WORK/debs/${1}_${2//:/%3a}_arm64.deb"; }
-for want in "$KPKG=$KVERSION" "busybox-static=$BUSYBOX_VERSION"; do
-    name=${want%%=*} version=${want#*=}
-    if [ ! -s "$(deb "$name" "$version")" ]; then
-        log "downloading $name:arm64 $version"
-        rm -f "$WORK/debs/${name}_"*.deb
-        chown _apt "$WORK/debs" 2>/dev/null || true
-        (cd "$WORK/debs" && apt-get download -q=2 "$name:arm64=$version")
-    fi
-done
-
-BUILD=$WORK/build
-rm -rf "$BUILD"
-trap 'rm -rf "$BUILD"' EXIT
-K=$BUILD/kernel
-R=$BUILD/root
-mkdir -p "$K" "$R"
-log "extracting kernel $KPKG"
-dpkg-deb --fsys-tarfile "$(deb "$KPKG" "$KVERSION")" |
-    tar -x -C "$K" --wildcards './boot/vmlinuz-*' './lib/modules/*/modules.builtin*' \
-        './lib/modules/*/modules.order' './lib/modules/*/kernel/drivers/virtio/*' \
-        './lib/modules/*/kernel/drivers/net/*' './lib/modules/*/kernel/drivers/block/*' \
-        './lib/modules/*/kernel/net/core/*' './lib/modules/*/kernel/lib/*'
-KVER=$(ls "$K/lib/modules")
-dpkg-deb -x "$(deb busybox-static "$BUSYBOX_VERSION")" "$BUILD/busybox"
-
-mkdir -p "$R"/{bin,dev,etc/init.d,proc,sys,tmp,run,root,lib/modules}
-ln -s bin "$R/sbin"
-mkdir -p "$R/usr"
-ln -s ../bin "$R/usr/bin"
-ln -s ../bin "$R/usr/sbin"
-cp "$BUILD/busybox/bin/busybox" "$R/bin/busybox"
-ln -s busybox "$R/bin/sh"
-# The modules the guest needs, whatever they are named under (built in ones are in
-# modules.builtin and need nothing); modules.dep is made by busybox at boot.
-mkdir -p "$R/lib/modules/$KVER"
-cp "$K/lib/modules/$KVER"/modules.builtin* "$K/lib/modules/$KVER/modules.order" "$R/lib/modules/$KVER/"
-for m in "${ARM_MODULES[@]}"; do
-    find "$K/lib/modules/$KVER/kernel" -name "$m.ko*" | while read -r ko; do
-        rel=${ko#"$K/lib/modules/$KVER/"}
-        mkdir -p "$R/lib/modules/$KVER/$(dirname "$rel")"
-        cp "$ko" "$R/lib/modules/$KVER/$rel"
+# Copies the kernel modules the guest needs from the unpacked kernel K into the tree R:
+# those named, every virtio module (the PCI transports are split in several) and
+# virtio_net's failover, whatever directory they are in. Built-in ones are listed in
+# modules.builtin and need nothing; modules.dep is made by busybox at boot.
+copy_modules() {  # K R KVER
+    local k=$1/lib/modules/$3 r=$2/lib/modules/$3 m ko rel
+    mkdir -p "$r"
+    cp "$k"/modules.builtin* "$k/modules.order" "$r/"
+    {
+        for m in "${ARM_MODULES[@]}"; do find "$k/kernel" -name "$m.ko*"; done
+        find "$k/kernel" \( -path '*/drivers/virtio/*.ko*' -o -name 'net_failover.ko*' \
+            -o -name 'failover.ko*' \)
+    } | sort -u | while read -r ko; do
+        rel=${ko#"$k/"}
+        mkdir -p "$r/$(dirname "$rel")"
+        cp "$ko" "$r/$rel"
     done
-done
-# What they depend on: every virtio module (the PCI transports are split in several)
-# and virtio_net's failover.
-find "$K/lib/modules/$KVER/kernel" \( -path '*/drivers/virtio/*.ko*' -o -name 'net_failover.ko*' \
-    -o -name 'failover.ko*' \) | while read -r ko; do
-    rel=${ko#"$K/lib/modules/$KVER/"}
-    mkdir -p "$R/lib/modules/$KVER/$(dirname "$rel")"
-    cp "$ko" "$R/lib/modules/$KVER/$rel"
-done
+}
 
-cat >"$R/init" <<'EOF'
+# Builds the guest of ARCH (kernel metapackage KMETA) into OUT/ARCH and OUT/ARCH.env,
+# unless its inputs are unchanged; prints its result lines on fd 3.
+build_arch() {  # ARCH KMETA
+    local arch=$1 kmeta=$2
+    dpkg --print-foreign-architectures | grep -qx "$arch" ||
+        { log "$arch is not enabled for downloads (scripts/install-deps.sh)"; return 1; }
+    mkdir -p "$OUT/$arch"
+    local work=$OUT/.work-$arch
+    mkdir -p "$work/debs"
+
+    # The metapackage depends on the kernel package proper.
+    local meta busybox kpkg kversion
+    meta=$(candidate "$kmeta:$arch")
+    busybox=$(candidate "busybox-static:$arch")
+    if [ -z "$meta" ] || [ "$meta" = "(none)" ] || [ -z "$busybox" ]; then
+        log "$arch package lists missing, running apt-get update"
+        apt-get update -qq
+        meta=$(candidate "$kmeta:$arch")
+        busybox=$(candidate "busybox-static:$arch")
+    fi
+    kpkg=$(apt-cache depends "$kmeta:$arch=$meta" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    kpkg=${kpkg%:"$arch"}
+    kversion=$(candidate "$kpkg:$arch")
+    { [ -n "$kpkg" ] && [ -n "$kversion" ]; } || { log "cannot resolve the $arch kernel package"; return 1; }
+
+    local hash
+    hash=$(printf '%s\n' "script $(sha <"$SELF")" "$arch" "$kpkg $kversion" "busybox-static $busybox" | sha)
+    local results=(
+        "${arch}_kernel=$OUT/$arch/vmlinuz"
+        "${arch}_initramfs=$OUT/$arch/initramfs.cpio.gz"
+        "${arch}_manifest=$OUT/$arch.env"
+    )
+    if [ "$(cat "$OUT/$arch/.inputs-hash" 2>/dev/null)" = "$hash" ] && [ -s "$OUT/$arch/vmlinuz" ] &&
+        [ -s "$OUT/$arch/initramfs.cpio.gz" ] && [ -s "$OUT/$arch.env" ]; then
+        printf '%s\n' "${results[@]}" >&3
+        return 0
+    fi
+
+    local start=$SECONDS want name version
+    deb() { echo "$work/debs/${1}_${2//:/%3a}_$arch.deb"; }
+    for want in "$kpkg=$kversion" "busybox-static=$busybox"; do
+        name=${want%%=*} version=${want#*=}
+        if [ ! -s "$(deb "$name" "$version")" ]; then
+            log "downloading $name:$arch $version"
+            rm -f "$work/debs/${name}_"*.deb
+            chown _apt "$work/debs" 2>/dev/null || true
+            (cd "$work/debs" && apt-get download -q=2 "$name:$arch=$version")
+        fi
+    done
+
+    BUILD=$work/build
+    rm -rf "$BUILD"
+    local k=$BUILD/kernel r=$BUILD/root kver
+    mkdir -p "$k" "$r"
+    log "extracting kernel $kpkg:$arch"
+    dpkg-deb --fsys-tarfile "$(deb "$kpkg" "$kversion")" |
+        tar -x -C "$k" --wildcards './boot/vmlinuz-*' './lib/modules/*/modules.builtin*' \
+            './lib/modules/*/modules.order' './lib/modules/*/kernel/drivers/virtio/*' \
+            './lib/modules/*/kernel/drivers/net/*' './lib/modules/*/kernel/drivers/block/*' \
+            './lib/modules/*/kernel/net/core/*' './lib/modules/*/kernel/lib/*'
+    kver=$(ls "$k/lib/modules")
+    dpkg-deb -x "$(deb busybox-static "$busybox")" "$BUILD/busybox"
+
+    mkdir -p "$r"/{bin,dev,etc/init.d,proc,sys,tmp,run,root,usr}
+    ln -s bin "$r/sbin"
+    ln -s ../bin "$r/usr/bin"
+    ln -s ../bin "$r/usr/sbin"
+    cp "$BUILD/busybox/bin/busybox" "$r/bin/busybox"
+    ln -s busybox "$r/bin/sh"
+    copy_modules "$k" "$r" "$kver"
+    cat >"$r/init" <<'INIT'
 #!/bin/busybox sh
 # PID 1: applet links and modules.dep (made here, on the guest's own CPU), the kernel
 # file systems, then busybox init runs /etc/inittab.
@@ -145,47 +173,37 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 depmod -a 2>/dev/null
 exec /bin/init
-EOF
-cat >"$R/etc/init.d/rcS" <<'EOF'
-#!/bin/sh
-# One-shot set-up, run by busybox init before the console login.
-export PATH=/bin
-dmesg -n 1
-for m in virtio_mmio virtio_pci virtio_net virtio_blk; do modprobe "$m" 2>/dev/null; done
-hostname arm64
-ip link set lo up
-# qemu user networking on the first NIC, as the x86_64 guest has it.
-if ip link set eth0 up 2>/dev/null; then
-    ip addr add 10.0.2.15/24 dev eth0
-    ip route add default via 10.0.2.2
-    echo "nameserver 10.0.2.3" >/etc/resolv.conf
-fi
-EOF
-cat >"$R/etc/inittab" <<'EOF'
+INIT
+    guest_rcs "$arch" >"$r/etc/init.d/rcS"
+    cat >"$r/etc/inittab" <<'INITTAB'
 ::sysinit:/etc/init.d/rcS
 ttyAMA0::respawn:/bin/getty -L 115200 ttyAMA0 vt100
 ::shutdown:/bin/umount -a -r
-EOF
-echo "root:$(openssl passwd -1 -salt lavaarm "$ARM_PASSWORD"):0:0:root:/root:/bin/sh" >"$R/etc/passwd"
-echo 'root:x:0:' >"$R/etc/group"
-echo /bin/sh >"$R/etc/shells"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tarm64\n' >"$R/etc/hosts"
-cat >"$R/etc/profile" <<'EOF'
-export PATH=/bin
-PS1='arm64:\w# '
-EOF
-chmod 755 "$R/init" "$R/etc/init.d/rcS"
-chmod 700 "$R/root"
-chmod 1777 "$R/tmp"
-(cd "$R" && find . | LC_ALL=C sort | busybox cpio -o -H newc 2>/dev/null) | gzip -6 -n >"$BUILD/initramfs.cpio.gz"
+INITTAB
+    echo "root:$(openssl passwd -1 -salt lavaarm "$ARM_PASSWORD"):0:0:root:/root:/bin/sh" >"$r/etc/passwd"
+    echo 'root:x:0:' >"$r/etc/group"
+    echo /bin/sh >"$r/etc/shells"
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$arch" >"$r/etc/hosts"
+    printf 'export PATH=/bin\nPS1='\''%s:\\w# '\''\n' "$arch" >"$r/etc/profile"
+    chmod 755 "$r/init" "$r/etc/init.d/rcS"
+    chmod 700 "$r/root"
+    chmod 1777 "$r/tmp"
+    (cd "$r" && find . | LC_ALL=C sort | busybox cpio -o -H newc 2>/dev/null) |
+        gzip -6 -n >"$BUILD/initramfs.cpio.gz"
 
-mv -f "$BUILD/initramfs.cpio.gz" "$OUT/arm64/initramfs.cpio.gz"
-cp "$K/boot/vmlinuz-$KVER" "$OUT/arm64/vmlinuz"
-{
-    printf '%s\n' "${RESULTS[@]}"
-    echo "arm64_password=$ARM_PASSWORD"
-    echo "arm64_prompt=$ARM_PROMPT"
-} >"$OUT/arm64.env"
-echo "$HASH" >"$OUT/arm64/.inputs-hash"
-log "built in $((SECONDS - START)) s"
-printf '%s\n' "${RESULTS[@]}" >&3
+    mv -f "$BUILD/initramfs.cpio.gz" "$OUT/$arch/initramfs.cpio.gz"
+    cp "$k/boot/vmlinuz-$kver" "$OUT/$arch/vmlinuz"
+    {
+        printf '%s\n' "${results[@]}"
+        echo "${arch}_password=$ARM_PASSWORD"
+        printf '%s\n' "${arch}_prompt=$arch:[^\\r\\n]*# \$"
+    } >"$OUT/$arch.env"
+    echo "$hash" >"$OUT/$arch/.inputs-hash"
+    rm -rf "$BUILD"
+    BUILD=
+    log "$arch built in $((SECONDS - start)) s"
+    printf '%s\n' "${results[@]}" >&3
+}
+
+build_arch arm64 linux-image-arm64
+build_arch armhf linux-image-armmp-lpae

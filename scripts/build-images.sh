@@ -78,7 +78,7 @@ DISK_SIZE=3G
 # sftp-server's libraries come from these packages too, not from the host.
 GUEST_PKGS=(busybox-static dropbear-bin openssh-sftp-server libtomcrypt1 libtommath1 libgmp10 zlib1g libcrypt1 libc6)
 # Host device: debootstrap --variant=minbase plus these (with their Depends).
-HOSTDEV_PKGS=(openssh-server openssl qemu-system-x86 qemu-utils iproute2 procps kmod)
+HOSTDEV_PKGS=(openssh-server openssl qemu-system-x86 qemu-system-arm qemu-utils iproute2 procps kmod)
 # Kernel modules (with their dependencies): all virtio drivers are modules in Debian.
 GUEST_MODULES=(virtio_pci virtio_net virtio_blk virtio_console virtio-rng)
 INITRD_MODULES=(virtio_pci virtio_blk crc32c_generic ext4)

@@ -23,6 +23,9 @@ PACKAGES=(
     brz              # test definitions from Bazaar branches (bzr-repo), as LAVA v1 fetched them with bzr
     busybox          # the lava-* shell helpers are tested under busybox's sh and applets, as guests run them
     shellcheck       # scripts/test.sh lints the lava-* shell helpers
+    fdisk            # build-debian-image.sh: sfdisk writes the Debian disk's GPT
+    ovmf             # UEFI firmware of kvm devices (bootloadertype "uefi"; device-types/kvm.toml)
+    qemu-efi-aarch64 # UEFI firmware of kvm-aarch64 devices (device-types/kvm-aarch64.toml)
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
 # step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that
@@ -64,10 +67,17 @@ if [ "$qemu_missing" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         --allow-downgrades qemu-system-x86 qemu-system-arm "qemu-utils/$release"
 fi
-# Debian's arm64 packages (kernel, busybox) for the arm64 test guest are downloaded, not
-# installed: apt needs the architecture enabled to find them.
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    echo "enabling the arm64 architecture for downloads"
-    dpkg --add-architecture arm64
+# Debian's arm64 and armhf packages (kernels, busybox) for the ARM test guests are
+# downloaded, not installed: apt needs the architectures enabled to find them.
+foreign=$(dpkg --print-foreign-architectures)
+added=0
+for arch in arm64 armhf; do
+    if ! echo "$foreign" | grep -qx "$arch"; then
+        echo "enabling the $arch architecture for downloads"
+        dpkg --add-architecture "$arch"
+        added=1
+    fi
+done
+if [ "$added" = 1 ]; then
     apt-get update -qq
 fi

@@ -12,6 +12,7 @@ bash scripts/install-lava-clients.sh >/dev/null
 # on first use too, but here the time shows on its own).
 bash scripts/build-images.sh >/dev/null
 bash scripts/build-arm-image.sh >/dev/null
+bash scripts/build-debian-image.sh >/dev/null
 
 cargo fmt --all -- --check
 # The lava-* shell helpers run on guests' shells (dash, busybox ash...): POSIX sh only.

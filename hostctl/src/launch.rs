@@ -106,6 +106,10 @@ impl VmNetwork {
     }
 }
 
+/// Exit statuses of [`GroupLan::up_command`] that say what the guest lacks.
+const NO_NET_TOOL: i32 = 3;
+const NO_NIC: i32 = 4;
+
 /// One VM's place on its group's LAN: a qemu multicast socket segment (no bridge, no
 /// root on the host, nothing to clean up), one per group, told apart by port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +139,36 @@ impl GroupLan {
         Self::member(group, member)
     }
 
-    /// The shell command that brings the LAN up inside the VM (its second NIC, `eth1`).
+    /// The shell command that brings the LAN up inside the VM: the NIC found by its MAC
+    /// (images name NICs their own way: `eth1`, `enp0s4`...), then `ip`, else busybox's
+    /// or net-tools' `ifconfig`. Exits with [`NO_NIC`] or [`NO_NET_TOOL`] when the guest
+    /// has no such NIC (no driver) or neither tool. In a subshell: the console's shell
+    /// must outlive it. Short: it is typed into every VM's console, at tens of bytes a
+    /// second under nested emulation.
     pub fn up_command(&self) -> String {
+        let mac = &self.mac;
         format!(
-            "ip link set eth1 up && ip addr add {} dev eth1",
-            self.address
+            "(n=$(grep -lx {mac} /sys/class/net/*/address)||{{ echo no NIC has MAC {mac};exit {NO_NIC};}};\
+             n=${{n%%/address*}};n=${{n##*/}};\
+             if command -v ip >/dev/null;then ip link set $n up&&ip addr add {addr} dev $n;\
+             elif command -v ifconfig >/dev/null;then ifconfig $n {ip} netmask {mask} up;\
+             else echo the group LAN needs ip or ifconfig;exit {NO_NET_TOOL};fi)",
+            addr = self.address,
+            ip = self.ip(),
+            mask = self.netmask(),
         )
+    }
+
+    /// The dotted netmask of the address's prefix, for `ifconfig`.
+    fn netmask(&self) -> std::net::Ipv4Addr {
+        let prefix = self
+            .address
+            .split_once('/')
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+            .filter(|p| *p <= 32)
+            .unwrap_or(32);
+        let bits = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+        std::net::Ipv4Addr::from(bits)
     }
 
     /// The address without its prefix.
@@ -158,6 +186,9 @@ impl GroupLan {
         let (output, code) = console
             .run(&command, prompt, Duration::from_secs(30))
             .await?;
+        if code == NO_NET_TOOL || code == NO_NIC {
+            return Err(LanError::Guest(output.trim().to_string()));
+        }
         if code != 0 {
             return Err(LanError::Failed {
                 command,
@@ -174,6 +205,10 @@ impl GroupLan {
 pub enum LanError {
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// What the guest lacks (a NIC driver, `ip` and `ifconfig`), as it said: the job's
+    /// image's doing, not the lab's.
+    #[error("the group LAN: {0}")]
+    Guest(String),
     #[error("`{command}` exited with {code}: {output}")]
     Failed {
         command: String,
@@ -224,6 +259,99 @@ pub fn qemu_command(
 mod tests {
     use super::*;
     use lab::Lab;
+
+    /// The LAN's command as dash and busybox's ash run it, with stand-ins for `ip` and
+    /// `ifconfig` that record their arguments (no NIC of this machine is touched): the
+    /// NIC found by its MAC (here loopback's, the first NIC with all zeroes), `ip` first,
+    /// `ifconfig` without it, and the exit statuses that say what the guest lacks.
+    #[test]
+    fn the_lan_command_finds_the_nic_by_mac_and_uses_ip_or_ifconfig() {
+        let zero_mac = "00:00:00:00:00:00";
+        let mut named: Vec<_> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        named.sort();
+        let nic = named
+            .iter()
+            .find(|p| {
+                std::fs::read_to_string(p.join("address")).is_ok_and(|a| a.trim() == zero_mac)
+            })
+            .and_then(|p| p.file_name())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let lan = GroupLan {
+            mac: zero_mac.into(),
+            ..GroupLan::member(7, 0)
+        };
+        let absent = GroupLan::member(7, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let tools = |names: &[&str]| {
+            let bin = dir.path().join(names.join("-") + "-bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::os::unix::fs::symlink("/bin/grep", bin.join("grep")).unwrap();
+            for name in names {
+                let stub = bin.join(name);
+                std::fs::write(
+                    &stub,
+                    format!("#!/bin/sh\necho \"{name} $*\" >>{}\n", log.display()),
+                )
+                .unwrap();
+                std::fs::set_permissions(
+                    &stub,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+                .unwrap();
+            }
+            bin.display().to_string()
+        };
+        let (grep_only, with_ip, with_ifconfig) =
+            (tools(&[]), tools(&["ip", "ifconfig"]), tools(&["ifconfig"]));
+        for shell in [&["/bin/sh"][..], &["/bin/busybox", "sh"][..]] {
+            let run = |lan: &GroupLan, path: &str| {
+                let _ = std::fs::remove_file(&log);
+                let out = std::process::Command::new(shell[0])
+                    .args(&shell[1..])
+                    .arg("-c")
+                    .arg(lan.up_command())
+                    .env_clear()
+                    .env("PATH", path)
+                    .output()
+                    .unwrap();
+                let calls = std::fs::read_to_string(&log).unwrap_or_default();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    calls,
+                )
+            };
+            let (code, said, _) = run(&absent, &with_ip);
+            assert_eq!(code, Some(NO_NIC), "{shell:?}: {said}");
+            assert!(
+                said.contains(&format!("no NIC has MAC {}", absent.mac)),
+                "{said}"
+            );
+            let (code, said, _) = run(&lan, &grep_only);
+            assert_eq!(code, Some(NO_NET_TOOL), "{shell:?}: {said}");
+            assert!(said.contains("needs ip or ifconfig"), "{said}");
+            let (code, _, calls) = run(&lan, &with_ip);
+            assert_eq!(code, Some(0), "{shell:?}");
+            assert_eq!(
+                calls,
+                format!("ip link set {nic} up\nip addr add 10.99.7.2/24 dev {nic}\n"),
+                "{shell:?}"
+            );
+            let (code, _, calls) = run(&lan, &with_ifconfig);
+            assert_eq!(code, Some(0), "{shell:?}");
+            assert_eq!(
+                calls,
+                format!("ifconfig {nic} 10.99.7.2 netmask 255.255.255.0 up\n"),
+                "{shell:?}"
+            );
+        }
+    }
 
     #[test]
     fn macs_follow_one_scheme() {

@@ -47,6 +47,10 @@ pub enum VmError {
     },
     #[error("VM {vm}: {source}")]
     Console { vm: String, source: ConsoleError },
+    /// What the image lacks to bring the group LAN up with (a NIC driver, `ip` and
+    /// `ifconfig`): the job's error.
+    #[error("VM {vm}: the group LAN: {lacks}")]
+    GuestLan { vm: String, lacks: String },
     #[error("VM {vm}: launch_with is empty")]
     NoCommand { vm: String },
 }
@@ -190,7 +194,7 @@ impl RunningVm {
             })
     }
 
-    /// Brings up the group LAN inside the VM (its second NIC, `eth1`) from its console.
+    /// Brings up the group LAN inside the VM (its NIC with the LAN's MAC) from its console.
     pub async fn configure_lan(&mut self, lan: &GroupLan, prompt: &Regex) -> Result<(), VmError> {
         lan.bring_up(&mut self.console, prompt)
             .await
@@ -198,6 +202,10 @@ impl RunningVm {
                 LanError::Console(source) => VmError::Console {
                     vm: self.name.clone(),
                     source,
+                },
+                LanError::Guest(lacks) => VmError::GuestLan {
+                    vm: self.name.clone(),
+                    lacks,
                 },
                 LanError::Failed {
                     command,

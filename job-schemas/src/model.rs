@@ -182,6 +182,8 @@ pub struct DeployImage {
     /// `None`: the job gave an empty string, a placeholder a lab refuses at submission
     /// (`runner::validation`), so a job that runs always has its image.
     pub image: Option<Url>,
+    /// `bootloadertype: "uefi"`: the VM boots with its device type's UEFI firmware.
+    pub uefi: bool,
     pub target_type: Option<TargetType>,
     pub login: Login,
 }
@@ -199,6 +201,8 @@ pub struct DeployKernel {
     /// Tar archives unpacked over the root file system (ramdisk or nfsrootfs), in order.
     pub overlays: Vec<Url>,
     pub firmware: Option<Url>,
+    /// `bootloadertype: "uefi"`: the device type's UEFI firmware, unless `firmware`.
+    pub uefi: bool,
     pub target_type: Option<TargetType>,
     pub login: Login,
 }
@@ -360,6 +364,10 @@ pub enum TestDefinitionSource {
 
 /// LAVA v1's default definition path inside a repository.
 pub const DEFAULT_TESTDEF: &str = "lavatest.yaml";
+
+/// The `bootloadertype` of a deploy that has an effect on a VM: boot its device type's
+/// UEFI firmware, which runs the disk's own boot loader (or the job's kernel).
+pub const UEFI: &str = "uefi";
 
 /// A test definition that lives in a tree of files.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -870,7 +878,7 @@ impl RawRepo {
 }
 
 /// A deploy action's parameters (both commands: validation refused the keys a command
-/// does not take). Keys with no effect (`bootloadertype`) are not read.
+/// does not take).
 #[derive(Deserialize)]
 struct RawDeploy {
     image: Option<String>,
@@ -882,6 +890,8 @@ struct RawDeploy {
     #[serde(default)]
     overlays: Vec<String>,
     firmware: Option<String>,
+    /// Only `"uefi"` has an effect (validation warns about the others).
+    bootloadertype: Option<String>,
     target_type: Option<TargetType>,
     login_prompt: Option<String>,
     username: Option<String>,
@@ -890,6 +900,10 @@ struct RawDeploy {
 }
 
 impl RawDeploy {
+    fn uefi(&self) -> bool {
+        self.bootloadertype.as_deref() == Some(UEFI)
+    }
+
     fn login(&self) -> Login {
         Login {
             login_prompt: self.login_prompt.clone(),
@@ -929,6 +943,7 @@ impl RawAction {
                 let raw: RawDeploy = serde_json::from_value(params).map_err(internal)?;
                 Command::DeployLinaroImage(DeployImage {
                     image: raw.image.as_deref().and_then(non_empty_url).transpose()?,
+                    uefi: raw.uefi(),
                     target_type: raw.target_type,
                     login: raw.login(),
                 })
@@ -948,6 +963,7 @@ impl RawAction {
                         .filter_map(|u| non_empty_url(u))
                         .collect::<Result<_, _>>()?,
                     firmware: url(&raw.firmware)?,
+                    uefi: raw.uefi(),
                     target_type: raw.target_type,
                     login: raw.login(),
                 }))

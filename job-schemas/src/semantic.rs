@@ -841,8 +841,20 @@ fn check_deploy_target(
         }
         return;
     }
+    if let Some(other) = params
+        .get("bootloadertype")
+        .and_then(Value::as_str)
+        .filter(|b| *b != crate::model::UEFI)
+    {
+        out.push(
+            Diagnostic::warning(
+                param_at("bootloadertype"),
+                format!("bootloadertype {other:?} has no effect"),
+            )
+            .hint("qemu loads a VM's kernel itself; \"uefi\" boots the VM with its device type's UEFI firmware"),
+        );
+    }
     for (key, why) in [
-        ("bootloadertype", "qemu loads a VM's kernel itself"),
         (
             "boot_cmds",
             "qemu loads a VM's kernel itself, with the device type's command line",

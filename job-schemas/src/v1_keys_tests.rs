@@ -363,10 +363,34 @@ fn login_keys_name_the_one_they_need_and_prompts_must_compile() {
 }
 
 #[test]
+fn bootloadertype_uefi_asks_for_the_device_types_uefi_firmware_without_a_warning() {
+    let job = kvm_job(json!([
+        {"command": "deploy_linaro_image", "parameters": {
+            "image": "https://example.org/debian.qcow2", "bootloadertype": "uefi"}},
+        {"command": "boot_linaro_image"}
+    ]));
+    let validated = valid(&job);
+    assert_eq!(warnings(&validated), []);
+    let Command::DeployLinaroImage(deploy) = &validated.job.actions[0].command else {
+        panic!("not an image deploy");
+    };
+    assert!(deploy.uefi);
+    let job = kvm_job(json!([
+        {"command": "deploy_linaro_kernel", "parameters": {
+            "kernel": "https://example.org/k", "bootloadertype": "u_boot"}}
+    ]));
+    let validated = valid(&job);
+    let Command::DeployLinaroKernel(deploy) = &validated.job.actions[0].command else {
+        panic!("not a kernel deploy");
+    };
+    assert!(!deploy.uefi);
+}
+
+#[test]
 fn keys_with_no_effect_are_warnings_that_say_why() {
     let job = kvm_job(json!([
         {"command": "deploy_linaro_kernel", "parameters": {
-            "kernel": "https://example.org/k", "bootloadertype": "uefi"}},
+            "kernel": "https://example.org/k", "bootloadertype": "u_boot"}},
         {"command": "boot_linaro_image", "parameters": {
             "boot_cmds": ["setenv bootargs x"], "options": ["boot_cmds=boot_cmds_oe"]}}
     ]));

@@ -8,6 +8,7 @@
 //! rendering it cannot fail.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -74,6 +75,10 @@ pub(crate) struct QemuTemplateFile {
     /// Default kernel command line for kernel boots.
     #[serde(default)]
     pub append: Option<String>,
+    /// The UEFI firmware on the dispatcher's machine (e.g. OVMF from Debian's `ovmf`)
+    /// a job's `bootloadertype: "uefi"` boots with, as its `{firmware}`.
+    #[serde(default)]
+    pub uefi_firmware: Option<PathBuf>,
     /// Argument groups after the binary.
     pub args: Vec<Vec<String>>,
 }
@@ -97,6 +102,7 @@ pub struct QemuTemplate {
     accel: AccelChoice,
     cpu: CpuModels,
     append: Option<String>,
+    uefi_firmware: Option<PathBuf>,
     args: Vec<Vec<Arg>>,
 }
 
@@ -308,6 +314,7 @@ impl QemuTemplateFile {
             accel: self.accel,
             cpu: self.cpu.clone(),
             append: self.append.clone(),
+            uefi_firmware: self.uefi_firmware.clone(),
             args,
         })
     }
@@ -362,6 +369,11 @@ impl QemuTemplate {
     /// The kernel command line of kernel boots.
     pub fn append(&self) -> Option<&str> {
         self.append.as_deref()
+    }
+
+    /// The UEFI firmware (a file on the dispatcher's machine) of `bootloadertype: "uefi"`.
+    pub fn uefi_firmware(&self) -> Option<&Path> {
+        self.uefi_firmware.as_deref()
     }
 
     /// The full command line: binary, then every group whose placeholders all have values.
@@ -481,6 +493,7 @@ pub(crate) mod tests {
                 tcg: "max".into(),
             },
             append: Some("console=ttyS0".into()),
+            uefi_firmware: None,
             args: args
                 .iter()
                 .map(|g| g.iter().map(|s| s.to_string()).collect())

@@ -71,7 +71,7 @@ pub async fn bring_up_host(
             let store = ImageStore::new(&settings.image_store, settings.fetch.clone())
                 .map_err(|e| Failure::infra("boot", e))?;
             let job_images =
-                images::local_images(&store, boot, log, &device.hostname, "boot").await?;
+                images::local_images(&store, boot, qemu, log, &device.hostname, "boot").await?;
             let mut images = over_device_images(images, job_images, boot);
             images::disk_formats(&mut images).await.map_err(|e| {
                 let class = if boot.deploys() {

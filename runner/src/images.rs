@@ -45,6 +45,37 @@ pub fn check_template(
     ))
 }
 
+/// The lab's UEFI firmware for `bootloadertype: "uefi"`: none configured for the device
+/// type is the job's error (it asked a type that has none), a configured file that is
+/// missing the lab's.
+fn uefi_firmware<'q>(
+    qemu: &'q QemuTemplate,
+    node: &str,
+    stage: &'static str,
+) -> Result<&'q Path, Failure> {
+    let Some(firmware) = qemu.uefi_firmware() else {
+        return Err(Failure::new(
+            ErrorClass::Job,
+            stage,
+            format!(
+                "{node}: bootloadertype \"uefi\", but its device type has no UEFI firmware \
+                 (uefi_firmware in the type's [qemu] table)"
+            ),
+        ));
+    };
+    if !firmware.is_file() {
+        return Err(Failure::new(
+            ErrorClass::Infrastructure,
+            stage,
+            format!(
+                "{node}: the device type's UEFI firmware {} is not on this machine",
+                firmware.display()
+            ),
+        ));
+    }
+    Ok(firmware)
+}
+
 /// Reads the formats of `images`' disk image and root disk from the files, which are
 /// on this machine.
 pub async fn disk_formats(images: &mut VmImages) -> Result<(), ImageError> {
@@ -57,11 +88,12 @@ pub async fn disk_formats(images: &mut VmImages) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Where a VM's files are, fetched (and built) for `node`; failures are the job's
-/// (its URLs, its archives), reported under `stage`.
+/// Where a VM's files are, fetched (and built) for `node`, whose qemu is `qemu`;
+/// failures are the job's (its URLs, its archives), reported under `stage`.
 pub async fn local_images(
     store: &ImageStore,
     boot: &VmBoot,
+    qemu: &QemuTemplate,
     log: &JobLog,
     node: &str,
     stage: &'static str,
@@ -79,6 +111,15 @@ pub async fn local_images(
     let mut local = VmImages::default();
     for (kind, url) in boot.images.iter() {
         local.set(kind, fetch(kind, url).await?.display().to_string());
+    }
+    if boot.uefi && local.firmware.is_none() {
+        let firmware = uefi_firmware(qemu, node, stage)?;
+        log.line(
+            Level::Info,
+            Some(node),
+            format!("UEFI firmware {}", firmware.display()),
+        );
+        local.firmware = Some(firmware.display().to_string());
     }
     disk_formats(&mut local)
         .await
@@ -123,4 +164,39 @@ pub async fn local_images(
         local.kernel_args.push("rdinit=/sbin/init".to_string());
     }
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use lab::Lab;
+
+    use super::*;
+
+    #[test]
+    fn uefi_is_the_jobs_error_on_a_type_without_firmware_and_the_labs_when_it_is_missing() {
+        let builtin = Lab::builtin().unwrap();
+        let arm = builtin.vm_type("kvm-arm").unwrap();
+        let failure = uefi_firmware(arm.qemu, "device", "boot").unwrap_err();
+        assert_eq!(failure.class, ErrorClass::Job);
+        assert!(failure.message.contains("uefi_firmware"), "{failure:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let types = dir.path().join("device-types");
+        std::fs::create_dir_all(&types).unwrap();
+        let kvm = lab::BUILTIN_DEVICE_TYPES
+            .iter()
+            .find(|(file, _)| *file == "kvm.toml")
+            .unwrap()
+            .1
+            .replace("/usr/share/ovmf/OVMF.fd", "/nonexistent/OVMF.fd");
+        std::fs::write(types.join("kvm.toml"), kvm).unwrap();
+        let (lab, _) = Lab::load(&types, None).unwrap();
+        let kvm = lab.vm_type("kvm").unwrap();
+        let failure = uefi_firmware(kvm.qemu, "device", "boot").unwrap_err();
+        assert_eq!(failure.class, ErrorClass::Infrastructure);
+        assert!(
+            failure.message.contains("/nonexistent/OVMF.fd"),
+            "{failure:?}"
+        );
+    }
 }

@@ -460,8 +460,10 @@ impl GroupRun<'_> {
             .map_err(|e| Failure::infra("deploy", e))?;
         let mut images = BTreeMap::new();
         let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
-        for vm in &self.plan.vms {
-            let local = images::local_images(&store, &vm.boot, self.log, &vm.id, "deploy").await?;
+        for (vm, vm_type) in self.plan.vms.iter().zip(&self.vm_types) {
+            let local =
+                images::local_images(&store, &vm.boot, vm_type.qemu, self.log, &vm.id, "deploy")
+                    .await?;
             let mut paths = VmImages {
                 kernel_args: local.kernel_args.clone(),
                 image_format: local.image_format,
@@ -730,7 +732,10 @@ impl GroupRun<'_> {
                 running
                     .configure_lan(&lan, &prompt)
                     .await
-                    .map_err(|e| Failure::infra("boot", e))?;
+                    .map_err(|e| match e {
+                        vm::VmError::GuestLan { .. } => Failure::new(ErrorClass::Job, "boot", e),
+                        _ => Failure::infra("boot", e),
+                    })?;
             }
             Ok::<(), Failure>(())
         }

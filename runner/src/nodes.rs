@@ -35,6 +35,9 @@ pub struct VmBoot {
     pub login: Login,
     /// The boot action's `test_image_prompt`.
     pub test_image_prompt: Option<String>,
+    /// `bootloadertype: "uefi"`: the device type's UEFI firmware, unless the job gives
+    /// its own `firmware`.
+    pub uefi: bool,
 }
 
 impl VmBoot {
@@ -173,6 +176,7 @@ fn boot_from<'a>(
                 boot.nfsrootfs = None;
                 boot.overlays.clear();
                 boot.login = deploy.login.clone();
+                boot.uefi = deploy.uefi;
             }
             Command::DeployLinaroKernel(deploy) => {
                 boot.images = ImageUrls {
@@ -186,6 +190,7 @@ fn boot_from<'a>(
                 boot.nfsrootfs = deploy.nfsrootfs.clone();
                 boot.overlays = deploy.overlays.clone();
                 boot.login = deploy.login.clone();
+                boot.uefi = deploy.uefi;
             }
             Command::BootLinaroImage(b) => boot.test_image_prompt = b.test_image_prompt.clone(),
             _ => {}

@@ -55,12 +55,24 @@ pub fn e2e_job(name: &str, host_type: &str) -> String {
     let path = jobs_dir().join("e2e").join(name);
     let mut text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if text.contains("@ARM64_") {
-        let arm = arm64_images();
+    for arch in ["arm64", "armhf"] {
+        let tag = format!("@{}_", arch.to_uppercase());
+        if text.contains(&tag) {
+            let arm = arm_images(arch);
+            text = text
+                .replace(&format!("{tag}KERNEL@"), &arm.kernel.display().to_string())
+                .replace(
+                    &format!("{tag}INITRD@"),
+                    &arm.initramfs.display().to_string(),
+                )
+                .replace(&format!("{tag}PASSWORD@"), &arm.password);
+        }
+    }
+    if text.contains("@DEBIAN_") {
+        let debian = debian_image();
         text = text
-            .replace("@ARM64_KERNEL@", &arm.kernel.display().to_string())
-            .replace("@ARM64_INITRD@", &arm.initramfs.display().to_string())
-            .replace("@ARM64_PASSWORD@", &arm.password);
+            .replace("@DEBIAN_DISK@", &debian.disk.display().to_string())
+            .replace("@DEBIAN_PASSWORD@", &debian.password);
     }
     text.replace("@GUEST_KERNEL@", &images.guest_kernel.display().to_string())
         .replace(
@@ -873,25 +885,57 @@ fn built_manifest(script: &str, key: &str) -> impl Fn(&str) -> String {
     }
 }
 
-/// The arm64 guest (`scripts/build-arm-image.sh`): Debian's arm64 kernel and busybox,
-/// a getty login on `ttyAMA0`.
+/// An ARM guest (`scripts/build-arm-image.sh`): Debian's kernel and busybox of one
+/// architecture, a getty login on `ttyAMA0`.
 #[derive(Debug, Clone)]
-pub struct Arm64Images {
+pub struct ArmImages {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub password: String,
 }
 
-/// Builds the arm64 guest (cached by input hash) and reads its manifest.
-pub fn arm64_images() -> Arm64Images {
-    static IMAGES: OnceLock<Arm64Images> = OnceLock::new();
+/// Builds the ARM guests (cached by input hash) and reads the manifest of `arch`
+/// (`arm64` or `armhf`).
+pub fn arm_images(arch: &str) -> ArmImages {
+    static IMAGES: OnceLock<std::collections::HashMap<String, ArmImages>> = OnceLock::new();
     IMAGES
         .get_or_init(|| {
-            let get = built_manifest("build-arm-image.sh", "arm64_manifest");
-            Arm64Images {
-                kernel: get("arm64_kernel").into(),
-                initramfs: get("arm64_initramfs").into(),
-                password: get("arm64_password"),
+            ["arm64", "armhf"]
+                .into_iter()
+                .map(|arch| {
+                    let key = format!("{arch}_manifest");
+                    let get = built_manifest("build-arm-image.sh", &key);
+                    let images = ArmImages {
+                        kernel: get(&format!("{arch}_kernel")).into(),
+                        initramfs: get(&format!("{arch}_initramfs")).into(),
+                        password: get(&format!("{arch}_password")),
+                    };
+                    (arch.to_string(), images)
+                })
+                .collect()
+        })
+        .get(arch)
+        .unwrap_or_else(|| panic!("no ARM guest for {arch}"))
+        .clone()
+}
+
+/// The Debian guest that boots by itself (`scripts/build-debian-image.sh`): a qcow2
+/// disk with systemd-boot on its EFI partition, systemd, a getty login on `ttyS0`.
+#[derive(Debug, Clone)]
+pub struct DebianImage {
+    pub disk: PathBuf,
+    pub password: String,
+}
+
+/// Builds the Debian guest (cached by input hash) and reads its manifest.
+pub fn debian_image() -> DebianImage {
+    static IMAGE: OnceLock<DebianImage> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let get = built_manifest("build-debian-image.sh", "debian_manifest");
+            DebianImage {
+                disk: get("debian_disk").into(),
+                password: get("debian_password"),
             }
         })
         .clone()

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    GitDaemon, SEED_JOB, SshHost, binary, e2e_job, free_port, kvm_devices, parse_junit, parse_tap,
-    static_node_agent, test_images,
+    GitDaemon, SEED_JOB, SshHost, binary, debian_image, e2e_job, free_port, kvm_devices,
+    parse_junit, parse_tap, static_node_agent, test_images,
 };
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in, written into `dir`.
@@ -858,6 +858,41 @@ fn a_qcow2_image_boots_and_one_with_a_backing_file_is_refused() {
     assert_eq!(status, 3);
 }
 
+/// A Debian guest as distributions ship disk images (`scripts/build-debian-image.sh`): a
+/// qcow2 disk, deployed with UEFI firmware (OVMF) and no kernel, whose own boot loader
+/// (systemd-boot on its EFI partition) starts Debian's kernel and initramfs; systemd
+/// brings up a getty, the console logs in with the deploy's password, and the test
+/// shell runs there. The firmware's and systemd's escape sequences are on the console.
+#[test]
+fn a_qcow2_debian_disk_boots_through_its_own_boot_loader_under_uefi() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("single-uefi-qcow2.json", "kvm", dir.path());
+    let devices = kvm_devices(dir.path(), &["kvm-01"]);
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, "/var/lib/lava-dispatcher");
+    assert_passed(
+        &report,
+        &[
+            "device.uefi-debian.booted-by-uefi",
+            "device.uefi-debian.loaded-by-systemd-boot",
+            "device.uefi-debian.systemd-is-init",
+            "device.uefi-debian.root-on-the-second-partition",
+            "device.uefi-debian.no-kernel-from-qemu",
+        ],
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    let job_dir = only_job_dir(&state);
+    let log = std::fs::read_to_string(job_dir.join("job.log")).unwrap();
+    assert!(log.contains("format=qcow2"), "{log}");
+    assert!(log.contains("-bios"), "{log}");
+    assert!(!log.contains(" -kernel "), "{log}");
+    let console = std::fs::read_to_string(job_dir.join("console-device.log")).unwrap();
+    assert!(console.contains("debian-uefi login:"), "{console}");
+    assert_only_the_job_has(&job_dir, &debian_image().password);
+    assert_nothing_runs_from(&job_dir, "the VM of the job still runs");
+}
+
 /// The seed's vm_group with guests as a distribution would have them: a `login:`
 /// prompt and a root password (given in the deploy actions, as v1 jobs do), and
 /// nothing of the dispatcher's in the image. The `lava-*` shell helpers are typed in,
@@ -979,21 +1014,23 @@ fn a_refused_login_fails_the_guest_at_once_and_releases_the_others() {
     assert_eq!(status, 3);
 }
 
-/// A git repository of one test definition for aarch64 guests, with its script beside
-/// it (run from the repository's top, as LAVA v1 did).
+/// A git repository of one test definition for ARM guests, with its script beside it
+/// (run from the repository's top, as LAVA v1 did) and the architecture `uname -m`
+/// must print as a parameter (`ARCH`, aarch64 unless the job says otherwise).
 fn arm_definitions(served: &Path) {
     let repo = served.join("arm.git");
     std::fs::create_dir_all(repo.join("lava")).unwrap();
     std::fs::write(
         repo.join("lava/arm.yaml"),
         "metadata:\n  name: arm-from-git\n  format: Lava-Test Test Definition 1.0\n\
-         run:\n  steps:\n    - ./lava/arch.sh\n",
+         params:\n  ARCH: aarch64\n\
+         run:\n  steps:\n    - ./lava/arch.sh \"$ARCH\"\n",
     )
     .unwrap();
     std::fs::write(
         repo.join("lava/arch.sh"),
         r#"#!/bin/sh
-[ "$(uname -m)" = aarch64 ] && r=pass || r=fail; lava-test-case uname-aarch64 --result $r
+[ "$(uname -m)" = "$1" ] && r=pass || r=fail; lava-test-case "uname-$1" --result $r
 [ -f lava/arm.yaml ] && r=pass || r=fail; lava-test-case at-repo-top --result $r
 grep -q console=ttyAMA0 /proc/cmdline && r=pass || r=fail; lava-test-case console-ttyAMA0 --result $r
 "#,
@@ -1006,28 +1043,33 @@ grep -q console=ttyAMA0 /proc/cmdline && r=pass || r=fail; lava-test-case consol
     );
 }
 
-/// An aarch64 guest (Debian's arm64 kernel and busybox, a `login:` prompt, nothing of
-/// ours) as a single-device job on a `kvm-aarch64` device here, emulated by
-/// qemu-system-aarch64: it logs in on `ttyAMA0` and runs a test definition from a git
-/// repository with the script beside it.
-#[test]
-fn an_aarch64_guest_logs_in_and_runs_a_definition_from_git() {
+/// Runs the single-device ARM job `job_name` on a device of `device_type` here (emulated
+/// by `qemu`): the guest (Debian's kernel and busybox, a `login:` prompt, nothing of
+/// ours) logs in on `ttyAMA0` as `hostname` and runs the test definition from a git
+/// repository with the script beside it, which finds `uname -m` to be `machine`.
+fn an_arm_guest_runs_a_definition_from_git(
+    job_name: &str,
+    device_type: &str,
+    qemu: &str,
+    hostname: &str,
+    machine: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let served = dir.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
     let daemon = GitDaemon::serve(&served);
     arm_definitions(&served);
-    let path = dir.path().join("single-arm64.json");
+    let path = dir.path().join(job_name);
     std::fs::write(
         &path,
-        e2e_job("single-arm64.json", "kvm-aarch64").replace("@GIT_URL@", &daemon.url("arm.git")),
+        e2e_job(job_name, device_type).replace("@GIT_URL@", &daemon.url("arm.git")),
     )
     .unwrap();
     let devices = dir.path().join("devices");
     std::fs::create_dir_all(&devices).unwrap();
     std::fs::write(
         devices.join("arm-01.toml"),
-        "hostname = \"arm-01\"\ndevice_type = \"kvm-aarch64\"\n",
+        format!("hostname = \"arm-01\"\ndevice_type = \"{device_type}\"\n"),
     )
     .unwrap();
     let state = dir.path().join("state");
@@ -1035,7 +1077,7 @@ fn an_aarch64_guest_logs_in_and_runs_a_definition_from_git() {
     assert_passed(
         &report,
         &[
-            "device.arm-from-git.uname-aarch64",
+            &format!("device.arm-from-git.uname-{machine}"),
             "device.arm-from-git.at-repo-top",
             "device.arm-from-git.console-ttyAMA0",
         ],
@@ -1044,29 +1086,67 @@ fn an_aarch64_guest_logs_in_and_runs_a_definition_from_git() {
     assert_eq!(status, 0);
     let job_dir = only_job_dir(&state);
     let log = std::fs::read_to_string(job_dir.join("job.log")).unwrap();
-    assert!(log.contains("qemu-system-aarch64"), "{log}");
+    assert!(log.contains(qemu), "{log}");
     assert!(
         log.contains("-accel tcg"),
         "emulated on this x86_64 machine: {log}"
     );
     let console = std::fs::read_to_string(job_dir.join("console-device.log")).unwrap();
-    assert!(console.contains("arm64 login:"), "{console}");
-    assert_nothing_runs_from(&job_dir, "the aarch64 VM still runs");
+    assert!(console.contains(&format!("{hostname} login:")), "{console}");
+    assert_nothing_runs_from(&job_dir, "the ARM VM still runs");
 }
 
-/// A vm_group whose host launches an x86_64 and an aarch64 guest side by side (each
-/// with its own qemu, both with a login and nothing of ours): MultiNode calls and
-/// the group's LAN work between them as between x86_64 guests.
+/// An aarch64 guest as a single-device job on a `kvm-aarch64` device.
 #[test]
-fn an_x86_64_and_an_aarch64_guest_talk_in_one_vm_group() {
-    let (report, status, _) =
-        run_git_job_on_ssh_host("vm-group-x86-and-arm64.json", "arm.git", |served, _| {
-            arm_definitions(served)
-        });
+fn an_aarch64_guest_logs_in_and_runs_a_definition_from_git() {
+    an_arm_guest_runs_a_definition_from_git(
+        "single-arm64.json",
+        "kvm-aarch64",
+        "qemu-system-aarch64",
+        "arm64",
+        "aarch64",
+    );
+}
+
+/// A 32-bit ARM guest (armhf) as a single-device job on a `kvm-arm` device, the job
+/// giving the definition's `ARCH` parameter.
+#[test]
+fn an_armhf_guest_logs_in_and_runs_a_definition_from_git() {
+    an_arm_guest_runs_a_definition_from_git(
+        "single-armhf.json",
+        "kvm-arm",
+        "qemu-system-arm",
+        "armhf",
+        "armv7l",
+    );
+}
+
+/// A vm_group on a `qemu-host` whose host-device VM launches an x86_64 guest (nested
+/// KVM) and an aarch64 guest (qemu-system-aarch64 emulating inside the emulated host)
+/// side by side, both with a login and nothing of ours: MultiNode calls and the group's
+/// LAN work between them as between x86_64 guests, and no VM is left.
+#[test]
+fn an_x86_64_and_an_aarch64_guest_talk_in_one_vm_group_on_a_qemu_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let daemon = GitDaemon::serve(&served);
+    arm_definitions(&served);
+    let path = dir.path().join("vm-group-x86-and-arm64.json");
+    std::fs::write(
+        &path,
+        e2e_job("vm-group-x86-and-arm64.json", "qemu-host")
+            .replace("@GIT_URL@", &daemon.url("arm.git")),
+    )
+    .unwrap();
+    let devices = qemu_host_device(dir.path());
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&path, &devices, &state, "/var/lib/lava-dispatcher");
     assert_passed(
         &report,
         &[
             "arm.arm-from-git.uname-aarch64",
+            "arm.arm-from-git.at-repo-top",
             "arm.arm-from-git.console-ttyAMA0",
             "arm.arm-side.multinode-network-broadcast-eth1",
             "arm.arm-side.sync-all-up",
@@ -1078,4 +1158,8 @@ fn an_x86_64_and_an_aarch64_guest_talk_in_one_vm_group() {
     );
     assert_eq!(report["health"], "complete", "{report:#}");
     assert_eq!(status, 0);
+    let job_dir = only_job_dir(&state);
+    let log = std::fs::read_to_string(job_dir.join("job.log")).unwrap();
+    assert!(log.contains("qemu-system-aarch64"), "{log}");
+    assert_nothing_runs_from(&job_dir.join("host"), "the host-device VM still runs");
 }
