@@ -864,13 +864,23 @@ pub struct TestImages {
 /// `name=value` manifest whose path it prints as `KEY=path`: a lookup that fails the
 /// test naming a missing value.
 fn built_manifest(script: &str, key: &str) -> impl Fn(&str) -> String {
+    manifest(script, &run_build(script), key)
+}
+
+/// Runs `scripts/SCRIPT` (an image build) and returns what it printed.
+fn run_build(script: &str) -> String {
     let built = Command::new("bash")
         .arg(repo_root().join("scripts").join(script))
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("{script}: {e}"));
     assert!(built.status.success(), "scripts/{script} failed");
-    let manifest = String::from_utf8_lossy(&built.stdout)
+    String::from_utf8_lossy(&built.stdout).into_owned()
+}
+
+/// The lookup in the manifest whose path `script` printed (`printed`) as `KEY=path`.
+fn manifest(script: &str, printed: &str, key: &str) -> impl Fn(&str) -> String + use<> {
+    let manifest = printed
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .map(PathBuf::from)
@@ -900,11 +910,12 @@ pub fn arm_images(arch: &str) -> ArmImages {
     static IMAGES: OnceLock<std::collections::HashMap<String, ArmImages>> = OnceLock::new();
     IMAGES
         .get_or_init(|| {
+            // One build makes both guests and prints both manifests.
+            let printed = run_build("build-arm-image.sh");
             ["arm64", "armhf"]
                 .into_iter()
                 .map(|arch| {
-                    let key = format!("{arch}_manifest");
-                    let get = built_manifest("build-arm-image.sh", &key);
+                    let get = manifest("build-arm-image.sh", &printed, &format!("{arch}_manifest"));
                     let images = ArmImages {
                         kernel: get(&format!("{arch}_kernel")).into(),
                         initramfs: get(&format!("{arch}_initramfs")).into(),
