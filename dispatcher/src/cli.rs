@@ -221,6 +221,24 @@ enum DevicesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One device: state, health, its type's health check, and its health history.
+    Show {
+        hostname: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Sets a device's health as an admin: `good`, `unknown` (its health check runs
+    /// before its next job), `bad`, `maintenance` or `retired`.
+    Health {
+        hostname: String,
+        #[arg(value_parser = ["good", "unknown", "bad", "maintenance", "retired"])]
+        health: String,
+        /// Why, kept in the device's health history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 pub fn run(cli: Cli) -> u8 {
@@ -233,6 +251,25 @@ pub fn run(cli: Cli) -> u8 {
         Command::Devices {
             command: DevicesCommand::List { server },
         } => remote::simple(&server.into(), Simple::Devices),
+        Command::Devices {
+            command: DevicesCommand::Show { hostname, server },
+        } => remote::simple(&server.into(), Simple::Device(hostname)),
+        Command::Devices {
+            command:
+                DevicesCommand::Health {
+                    hostname,
+                    health,
+                    reason,
+                    server,
+                },
+        } => remote::simple(
+            &server.into(),
+            Simple::SetHealth {
+                device: hostname,
+                health,
+                reason,
+            },
+        ),
         Command::Serve { config } => crate::serve::serve(&config),
         Command::Submit {
             job,

@@ -72,6 +72,11 @@ impl Server {
             .await
     }
 
+    async fn put(&self, path: &str, body: Vec<u8>) -> Result<Value, Failure> {
+        self.send(self.request(reqwest::Method::PUT, path)?.body(body))
+            .await
+    }
+
     /// Prints the job log's lines from `from`, following it until the job ends when
     /// asked; returns how many lines were printed.
     async fn print_log(&self, id: u64, follow: bool, node: Option<&str>) -> Result<usize, Failure> {
@@ -286,6 +291,20 @@ pub fn simple(server: &Server, what: Simple) -> u8 {
             Simple::Status(id) => server.get(&format!("jobs/{id}")).await,
             Simple::Results(id) => server.get(&format!("jobs/{id}/results")).await,
             Simple::Devices => server.get("devices").await,
+            Simple::Device(name) => server.get(&format!("devices/{}", segment(&name))).await,
+            Simple::SetHealth {
+                device,
+                health,
+                reason,
+            } => {
+                let body = serde_json::json!({ "health": health, "reason": reason });
+                server
+                    .put(
+                        &format!("devices/{}/health", segment(&device)),
+                        body.to_string().into_bytes(),
+                    )
+                    .await
+            }
             Simple::Cancel(id) => server.post(&format!("jobs/{id}/cancel"), Vec::new()).await,
         };
         match answer {
@@ -302,7 +321,20 @@ pub enum Simple {
     Status(u64),
     Results(u64),
     Devices,
+    /// One device with its health history.
+    Device(String),
+    /// An admin's word on a device's health.
+    SetHealth {
+        device: String,
+        health: String,
+        reason: Option<String>,
+    },
     Cancel(u64),
+}
+
+/// `name` as one path segment of a URL (a hostname could hold anything).
+fn segment(name: &str) -> String {
+    url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
 }
 
 /// `results ID --format junit|tap`: the text as the daemon renders it.

@@ -78,6 +78,16 @@ pub(crate) fn check(job: &Value, ctx: &ValidationContext) -> Vec<Diagnostic> {
     }
     check_unknown_keys(top, &mut out);
     check_topology(top, &mut out);
+    if top.get("health_check").and_then(Value::as_bool) == Some(true) {
+        // LAVA v1's scheduler set it on the health checks it ran; a submitted job is
+        // an ordinary one here, whatever it says.
+        out.push(
+            Diagnostic::warning("/health_check", "a submitted job runs as an ordinary job").hint(
+                "a device's health is decided by its device type's [health_check] job, \
+                     which the dispatcher runs itself",
+            ),
+        );
+    }
     check_timeouts(job, &mut out);
     if let Some(priority) = top.get("priority") {
         // Named priorities are strings; the schema bounds numbers to 0..=100.

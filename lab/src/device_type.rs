@@ -2,6 +2,7 @@
 //! (`device-types/<name>.toml`), read as a [`DeviceTypeFile`] and kept, checked, as a
 //! [`DeviceType`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
@@ -50,6 +51,42 @@ pub(crate) struct DeviceTypeFile {
     /// The console login of devices of this type, unless a job gives its own.
     #[serde(default)]
     pub login: Option<LoginFile>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+}
+
+/// `[health_check]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckFile {
+    /// The job's file, relative to the type's file.
+    pub job: PathBuf,
+    #[serde(default)]
+    pub every_hours: Option<u32>,
+    #[serde(default)]
+    pub every_jobs: Option<u32>,
+}
+
+/// A device type's health check: the job that tells whether a device of the type is
+/// fit to take jobs (LAVA's health check). It runs on a device whose health is
+/// `unknown` before any other job, and again when [`HealthCheck::every`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The job's file, as the lab names it in messages.
+    pub path: PathBuf,
+    /// The job as written (LAVA v1 JSON); it validated against the lab when loaded and
+    /// runs on exactly one device of the type.
+    pub definition: String,
+    pub every: Option<HealthFrequency>,
+}
+
+/// How often a good device's health check runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthFrequency {
+    /// After this many hours since the last check.
+    Hours(u32),
+    /// After this many jobs since the last check.
+    Jobs(u32),
 }
 
 /// A checked device type.
@@ -73,6 +110,8 @@ pub struct DeviceType {
     /// How its console logs in when a job's deploy gives no login keys: the lab's
     /// default for the images it boots.
     pub login: Option<ConsoleLogin>,
+    /// Its health check; none: a device's health is what jobs and admins say.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// How the dispatcher gets a device of a type to a shell, with what the type gives

@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 pub use builtin::BUILTIN_DEVICE_TYPES;
 pub use device::{Device, DeviceKind};
 use device::{DeviceFile, QemuOverridesFile};
-pub use device_type::{DeviceType, TypeKind};
-use device_type::{DeviceTypeFile, KindFile};
+pub use device_type::{DeviceType, HealthCheck, HealthFrequency, TypeKind};
+use device_type::{DeviceTypeFile, HealthCheckFile, KindFile};
 pub use login::ConsoleLogin;
 use qemu_template::{Overrides, QemuTemplate, VmImages};
 
@@ -113,10 +113,18 @@ impl Lab {
         let mut sources = Vec::new();
         collect_toml(types_dir, &mut sources, &mut report);
         let mut lab = Lab::default();
+        let mut health_checks = Vec::new();
         for (path, text) in &sources {
-            if let Some(t) = parse_file::<DeviceTypeFile>(path, text, &mut report) {
+            if let Some(mut t) = parse_file::<DeviceTypeFile>(path, text, &mut report) {
+                if let Some(check) = t.health_check.take() {
+                    health_checks.push((path.clone(), t.name.clone(), check));
+                }
                 lab.add_type(path, t, &mut report);
             }
+        }
+        // Once every type is known: a health check is a job, checked against them.
+        for (path, name, check) in health_checks {
+            lab.add_health_check(&path, &name, &check, &mut report);
         }
         if let Some(devices_dir) = devices_dir {
             lab.add_devices(devices_dir, &mut report);
@@ -201,6 +209,106 @@ impl Lab {
                 self.refused_types
                     .entry(t.name)
                     .or_insert_with(|| path.to_path_buf());
+            }
+        }
+    }
+
+    /// Reads and checks the health-check job of type `name` (from `path`): valid against
+    /// the lab's types, on exactly one device of this type, at most one frequency. A
+    /// type whose check has an error is refused, so its devices are too.
+    fn add_health_check(
+        &mut self,
+        path: &Path,
+        name: &str,
+        check: &HealthCheckFile,
+        report: &mut LabReport,
+    ) {
+        if !self.device_types.contains_key(name) {
+            return; // refused already; its own errors say why
+        }
+        let job_path = path
+            .parent()
+            .map_or_else(|| check.job.clone(), |dir| dir.join(&check.job));
+        let mut problems = Vec::new();
+        let error = |message: String| Diagnostic::error("/health_check/job", message);
+        let definition = match std::fs::read_to_string(&job_path) {
+            Ok(text) => Some(text),
+            Err(err) => {
+                problems.push(error(format!("cannot read {}: {err}", job_path.display())));
+                None
+            }
+        };
+        if let Some(text) = &definition {
+            let context = job_schemas::ValidationContext::new(self.catalog());
+            match job_schemas::validate_str(text, &context) {
+                Err(job_report) => {
+                    problems.push(error(format!(
+                        "the health check job {} is not valid ({} error(s), listed under it)",
+                        job_path.display(),
+                        job_report.error_count()
+                    )));
+                    report.add(&job_path, job_report.into_diagnostics());
+                }
+                Ok(validated) => {
+                    let on_this_type = match &validated.job.topology {
+                        job_schemas::Topology::Single {
+                            device_type,
+                            target: None,
+                        } => device_type.as_deref() == Some(name),
+                        job_schemas::Topology::VmGroup(group) => group.host_device_type == name,
+                        _ => false,
+                    };
+                    if !on_this_type {
+                        problems.push(
+                            error(format!(
+                                "the health check job {} does not run on one device of this type",
+                                job_path.display()
+                            ))
+                            .expected(format!(
+                                "a job with \"device_type\": \"{name}\" and no target, or a \
+                                 vm_group whose host is a \"{name}\" (the dispatcher picks \
+                                 the device)"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        let every = match (check.every_hours, check.every_jobs) {
+            (Some(_), Some(_)) => {
+                problems.push(Diagnostic::error(
+                    "/health_check",
+                    "give every_hours or every_jobs, not both",
+                ));
+                None
+            }
+            (Some(0), None) | (None, Some(0)) => {
+                problems.push(Diagnostic::error(
+                    "/health_check",
+                    "every_hours and every_jobs must be more than 0",
+                ));
+                None
+            }
+            (Some(hours), None) => Some(HealthFrequency::Hours(hours)),
+            (None, Some(jobs)) => Some(HealthFrequency::Jobs(jobs)),
+            (None, None) => None,
+        };
+        let has_errors = problems.iter().any(Diagnostic::is_error);
+        report.add(path, problems);
+        match definition {
+            Some(definition) if !has_errors => {
+                if let Some(t) = self.device_types.get_mut(name) {
+                    Arc::make_mut(t).health_check = Some(HealthCheck {
+                        path: job_path,
+                        definition,
+                        every,
+                    });
+                }
+            }
+            _ => {
+                self.device_types.remove(name);
+                self.refused_types
+                    .insert(name.to_string(), path.to_path_buf());
             }
         }
     }
@@ -436,6 +544,7 @@ fn check_type(path: &Path, t: &DeviceTypeFile) -> (Option<DeviceType>, Vec<Diagn
             prompt,
             boot_timeout: Duration::from_secs(t.boot_timeout),
             login: login.flatten(),
+            health_check: None,
         }),
         _ => None,
     };
@@ -766,6 +875,69 @@ args = [["-m", "{memory_mib}"], ["-kernel", "{kernel}"], ["-append", "{append}"]
         let errors = errors(&load(&dir).unwrap_err());
         let pointers: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
         assert_eq!(pointers, ["/ssh", "/qemu"], "{errors:?}");
+    }
+
+    #[test]
+    fn a_health_check_is_a_valid_job_on_one_device_of_its_type() {
+        const SSH_TYPE: &str = "name = \"sshx\"\nkind = \"ssh-host\"\ndescription = \"x\"\n\
+            arch = \"x86_64\"\nshell_prompt = '# $'\nboot_timeout = 30\n";
+        let job = |device_type: &str| {
+            format!(
+                r#"{{"device_type": "{device_type}", "timeout": 60, "actions": [
+                    {{"command": "lava_command_run", "parameters": {{"commands": ["true"]}}}}]}}"#
+            )
+        };
+        let with_check =
+            |extra: &str| format!("{SSH_TYPE}[health_check]\njob = \"sshx.health.json\"\n{extra}");
+        let dir = lab_dir(&[("sshx", &with_check("every_jobs = 5\n"))], &[]);
+        std::fs::write(dir.path().join("types/sshx.health.json"), job("sshx")).unwrap();
+        let (lab, _) = load(&dir).unwrap();
+        let check = lab.device_types["sshx"].health_check.clone().unwrap();
+        assert_eq!(check.every, Some(HealthFrequency::Jobs(5)));
+        assert!(check.definition.contains("lava_command_run"));
+
+        // On another type, two frequencies, a job that is not valid, a missing file:
+        // each named, and the type (so its devices) refused.
+        for (extra, job_text, wanted) in [
+            (
+                "",
+                Some(job("vmx")),
+                "does not run on one device of this type",
+            ),
+            (
+                "every_jobs = 5\nevery_hours = 2\n",
+                Some(job("sshx")),
+                "not both",
+            ),
+            (
+                "",
+                Some("{\"device_type\": \"sshx\"}".to_string()),
+                "is not valid",
+            ),
+            ("", None, "cannot read"),
+        ] {
+            let dir = lab_dir(
+                &[("sshx", &with_check(extra)), ("vmx", VM_TYPE)],
+                &[("h-1", "hostname = \"h-1\"\ndevice_type = \"sshx\"\n")],
+            );
+            if let Some(text) = &job_text {
+                std::fs::write(dir.path().join("types/sshx.health.json"), text).unwrap();
+            }
+            let report = load(&dir).unwrap_err();
+            let errors = errors(&report);
+            assert!(
+                errors
+                    .iter()
+                    .any(|(file, _, message)| file == "sshx.toml" && message.contains(wanted)),
+                "{wanted}: {errors:?}"
+            );
+            assert!(
+                errors
+                    .iter()
+                    .any(|(file, _, message)| file == "h-1.toml" && message.contains("refused")),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

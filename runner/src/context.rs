@@ -623,9 +623,11 @@ impl<'a> GroupContext<'a> {
             ),
             ("LAVA_BACKGROUND_DIR", format!("{job_dir}/background")),
         ];
-        if dirs.vm_group_host {
+        if dirs.kind == NodeKind::VmGroupHost {
             // VMs reach their host at qemu user networking's gateway.
             env.push(("_LAVA_VM_GROUP_HOST_IP", "10.0.2.2".to_string()));
+        }
+        if dirs.kind != NodeKind::Console {
             env.push((
                 "LAVA_MULTI_NODE_CACHE",
                 format!("{job_dir}/multinode-cache.txt"),
@@ -684,23 +686,41 @@ impl<'a> GroupContext<'a> {
 pub struct NodeDirs {
     /// The job's directory on the node: `bin/` (the `lava-*` commands), `tests/`.
     pub job_dir: String,
-    /// The vm_group's host: it starts the VMs and keeps its MultiNode caches in the
-    /// job's directory.
-    pub vm_group_host: bool,
+    pub kind: NodeKind,
+}
+
+/// What a node is, as far as its test shells' environment goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A node on a console (a VM): the shell helpers' defaults.
+    Console,
+    /// A host device reached over SSH: its MultiNode caches in the job's directory
+    /// (a host's `/tmp` may be shared with other nodes, e.g. ssh-hosts on one machine).
+    Host,
+    /// A vm_group's host: as [`NodeKind::Host`], and it starts the VMs, which reach it
+    /// at qemu user networking's gateway.
+    VmGroupHost,
 }
 
 impl NodeDirs {
     pub fn vm_group_host(job_dir: &str) -> Self {
         Self {
             job_dir: job_dir.to_string(),
-            vm_group_host: true,
+            kind: NodeKind::VmGroupHost,
+        }
+    }
+
+    pub fn host(job_dir: &str) -> Self {
+        Self {
+            job_dir: job_dir.to_string(),
+            kind: NodeKind::Host,
         }
     }
 
     pub fn console(job_dir: &str) -> Self {
         Self {
             job_dir: job_dir.to_string(),
-            vm_group_host: false,
+            kind: NodeKind::Console,
         }
     }
 }

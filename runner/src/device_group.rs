@@ -1,20 +1,34 @@
-//! A `device_group` job (and a single-device job, a group of one) on `vm`-kind devices:
-//! each node is a VM the dispatcher starts on its own machine from the device type's
-//! qemu template, with its console on qemu's stdio. Per node: `deploy` (its role's
-//! images, fetched into the image store), `boot` (to the prompt, group LAN up), `test`,
-//! `finalize` (the VM stopped). The nodes share a LAN segment, as a vm_group's VMs do.
+//! A `device_group` job (and a single-device job, a group of one): a node per device,
+//! of any kind, side by side.
+//!
+//! * A `vm` device is a VM the dispatcher starts on its own machine from the device
+//!   type's qemu template, its console on qemu's stdio: `boot` (its role's images,
+//!   fetched into the image store, to the prompt, group LAN up), `test` (on the
+//!   console), `finalize` (the VM stopped). Such nodes share a LAN segment, as a
+//!   vm_group's VMs do.
+//! * An ssh-host, qemu-host or board is brought up by its kind (a qemu-host boots its
+//!   role's deploy over its own images) until there is an SSH session: `boot`,
+//!   `deploy` (the node agent), `test` (on SSH ptys), `finalize` (its job directory
+//!   removed, the device shut down as its kind is).
+//!
+//! Every node's MultiNode calls go through the job's coordinator group as console
+//! markers the runner relays, so no node needs a network path to the dispatcher.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use regex::Regex;
 
-use super::context::GroupContext;
-use super::{Failure, nodes};
+use super::context::{GroupContext, NodeDirs};
+use super::host_node::{self, HostDirs};
+use super::{Failure, host_device, nodes};
 use crate::joblog::Level;
+use hostctl::host::UpHost;
 use hostctl::images::ImageStore;
 use hostctl::launch::{GroupLan, LanError, QemuCommand, VmImages, VmNetwork, qemu_command};
 use hostctl::local::LocalProcess;
+use hostctl::ssh::shell_quote;
 use lab::accel::{self, Accel, HostFacts};
 use lab::device::{Device, DeviceKind};
 use lab::qemu_template::QemuTemplate;
@@ -29,17 +43,106 @@ pub struct DeviceNode<'a> {
     pub device: &'a Device,
 }
 
-/// Runs every node's pipeline side by side; reports come through `ctx`.
-pub async fn run(ctx: &GroupContext<'_>, nodes: &[DeviceNode<'_>]) {
-    futures::future::join_all(nodes.iter().map(|node| pipeline(ctx, node))).await;
+/// Runs every node's pipeline side by side until they end, the job times out or is
+/// canceled (which it returns); reports come through `ctx`. Hosts brought up are
+/// cleaned and shut down afterwards in every case: they are kept outside the pipelines,
+/// which a timeout drops.
+pub async fn run(ctx: &GroupContext<'_>, nodes: &[DeviceNode<'_>]) -> Option<crate::Failure> {
+    let hosts: Vec<OnceLock<UpHost>> = nodes.iter().map(|_| OnceLock::new()).collect();
+    let pipelines = nodes.iter().zip(&hosts).map(|(node, up)| async move {
+        match &node.device.kind {
+            DeviceKind::Vm { qemu } => vm_pipeline(ctx, node, qemu).await,
+            _ => host_pipeline(ctx, node, up).await,
+        }
+    });
+    let cut_short = ctx
+        .until_done(async {
+            futures::future::join_all(pipelines).await;
+        })
+        .await;
+    futures::future::join_all(nodes.iter().zip(hosts).filter_map(|(node, up)| {
+        let up = up.into_inner()?;
+        Some(async move {
+            let _section = ctx.log.section(Some(&node.id), "finalize");
+            let dirs = host_dirs(ctx, node);
+            let script = format!(
+                "rm -rf {}; rmdir {} 2>/dev/null; true",
+                shell_quote(&dirs.job_dir),
+                shell_quote(&job_parent(ctx))
+            );
+            host_node::clean(ctx, &up.ssh, &node.id, &script).await;
+            host_device::shut_down_host(up, node.device, ctx.log).await;
+        })
+    }))
+    .await;
+    cut_short
 }
 
-async fn pipeline(ctx: &GroupContext<'_>, node: &DeviceNode<'_>) {
+/// The directory of the job's nodes on a host: one per node below it, since hosts
+/// may share a file system (ssh-hosts on one machine).
+fn job_parent(ctx: &GroupContext<'_>) -> String {
+    format!("{}/jobs/{}", ctx.settings.host_dir, ctx.settings.job_id)
+}
+
+fn host_dirs(ctx: &GroupContext<'_>, node: &DeviceNode<'_>) -> HostDirs {
+    HostDirs::new(
+        &ctx.settings.host_dir,
+        format!("{}/{}", job_parent(ctx), node.id),
+    )
+}
+
+/// A node on a host device: brought up (kept in `up` for the cleanup), the node agent
+/// deployed, its role's test shells run over SSH.
+async fn host_pipeline(ctx: &GroupContext<'_>, node: &DeviceNode<'_>, up: &OnceLock<UpHost>) {
+    let mut results = Vec::new();
+    let outcome = async {
+        let up = {
+            let _section = ctx.log.section(Some(&node.id), "boot");
+            let boot = nodes::boot_for(ctx.job, &node.role, None);
+            let brought =
+                host_device::bring_up_host(node.device, &boot, ctx.settings, ctx.log).await?;
+            up.get_or_init(|| brought)
+        };
+        let dirs = host_dirs(ctx, node);
+        {
+            let _section = ctx.log.section(Some(&node.id), "deploy");
+            host_node::make_job_dir(&up.ssh, &dirs).await?;
+            host_node::deploy_agent(ctx, &up.ssh, &node.id, &dirs).await?;
+        }
+        let mut relay = ctx.relay(&node.id)?;
+        let node_dirs = NodeDirs::host(&dirs.job_dir);
+        for (index, (shell, timeout)) in nodes::test_shells(ctx.job, &node.role).iter().enumerate()
+        {
+            results.extend(
+                host_node::run_shell(
+                    ctx, &up.ssh, &mut relay, &node.id, &node.role, &node_dirs, index, shell,
+                    *timeout,
+                )
+                .await?,
+            );
+        }
+        Ok(())
+    }
+    .await;
+    if let (Err(_), Some(up)) = (&outcome, up.get())
+        && up.ssh.is_closed()
+    {
+        ctx.log.line(
+            Level::Error,
+            Some(&node.id),
+            format!("the SSH connection to {} was lost", node.device.hostname),
+        );
+    }
+    ctx.finish_node(&node.id, &node.role, outcome, results)
+        .await;
+}
+
+async fn vm_pipeline(ctx: &GroupContext<'_>, node: &DeviceNode<'_>, qemu: &QemuTemplate) {
     let mut vm: Option<LocalProcess> = None;
     let outcome = async {
         let (process, prompt) = {
             let _section = ctx.log.section(Some(&node.id), "boot");
-            boot(ctx, node).await?
+            boot(ctx, node, qemu).await?
         };
         let process = vm.insert(process);
         ctx.console_shells(&mut process.console, &prompt, &node.id, &node.role)
@@ -94,19 +197,9 @@ impl NodeVm {
 async fn boot(
     ctx: &GroupContext<'_>,
     node: &DeviceNode<'_>,
+    qemu: &QemuTemplate,
 ) -> Result<(LocalProcess, Regex), Failure> {
     let device_type = &node.device.device_type;
-    let DeviceKind::Vm { qemu } = &node.device.kind else {
-        return Err(Failure::new(
-            ErrorClass::Job,
-            "boot",
-            format!(
-                "device_group nodes on {} devices ({}) cannot run in this version; vm devices can",
-                node.device.kind.as_str(),
-                node.device.hostname
-            ),
-        ));
-    };
     let boot = nodes::boot_for(ctx.job, &node.role, None);
     let prompt = boot
         .prompt(None, &device_type.prompt)

@@ -36,6 +36,18 @@ pub struct LogLine {
     pub msg: String,
 }
 
+impl LogLine {
+    /// A line written now.
+    pub fn now(lvl: Level, node: Option<&str>, msg: impl Into<String>) -> Self {
+        Self {
+            dt: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            lvl,
+            node: node.map(str::to_string),
+            msg: msg.into(),
+        }
+    }
+}
+
 /// Room kept below half the limit for the two marker lines a full log gets, so the
 /// whole file stays within the limit.
 const MARKER_ROOM: u64 = 512;

@@ -24,6 +24,7 @@ mod files;
 pub mod formats;
 mod helpers;
 mod host_device;
+mod host_node;
 mod images;
 pub mod joblog;
 pub mod nodes;
@@ -44,9 +45,8 @@ use proto::multinode::{VM_START_MESSAGE, VM_STOP_MESSAGE};
 use regex::Regex;
 
 use crate::joblog::{JobLog, Level};
-use context::{GroupContext, NodeDirs, failed_report, raised_failure, shell_failure};
+use context::{GroupContext, NodeDirs, failed_report};
 pub use coordination::Coordination;
-use hostctl::console::Console;
 use hostctl::images::ImageStore;
 use hostctl::launch::{GroupLan, VmImages, VmNetwork};
 use hostctl::ssh::{SshSession, shell_quote};
@@ -314,7 +314,7 @@ async fn run_device_group(
                 .join(", ")
         ),
     );
-    let cut_short = ctx.until_done(device_group::run(&ctx, &group_nodes)).await;
+    let cut_short = device_group::run(&ctx, &group_nodes).await;
     let reports = ctx.reports(cut_short);
     ctx.close().await;
     reports
@@ -384,69 +384,26 @@ impl GroupRun<'_> {
 
     /// The node agent and every VM image onto the host; the accelerator its VMs get.
     async fn deploy(&self, session: &SshSession) -> Result<Deployed, Failure> {
-        let cache = format!("{}/cache", self.settings.host_dir);
-        let bin = format!("{}/bin", self.job_dir);
-        session
-            .run(
-                &format!(
-                    "rm -rf {0} && mkdir -p {1}",
-                    shell_quote(&self.job_dir),
-                    shell_quote(&bin)
-                ),
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|e| Failure::infra("deploy", e))?;
+        let dirs = self.host_dirs();
+        host_node::make_job_dir(session, &dirs).await?;
         // The node agent, the host's facts and the images are independent: they go
         // side by side over the one connection (each step is a round trip or more).
         let ((), probe, images) = tokio::try_join!(
-            self.deploy_agent(session, &cache, &bin),
+            host_node::deploy_agent(self, session, &self.plan.host_id, &dirs),
             async {
                 session
                     .run(accel::PROBE_COMMAND, Duration::from_secs(30))
                     .await
                     .map_err(|e| Failure::infra("deploy", e))
             },
-            self.deploy_images(session, &cache),
+            self.deploy_images(session, &dirs.cache),
         )?;
         let facts = HostFacts::from_probe_output(&probe);
         Ok(Deployed { images, facts })
     }
 
-    /// The node agent into the host's cache, installed as the job's `lava-*` commands.
-    async fn deploy_agent(
-        &self,
-        session: &SshSession,
-        cache: &str,
-        bin: &str,
-    ) -> Result<(), Failure> {
-        let mut progress =
-            context::progress_logger(self.log, &self.plan.host_id, "node agent upload");
-        let agent =
-            transfer::upload_cached(session, &self.settings.node_agent, cache, |done, total| {
-                progress(done, Some(total))
-            })
-            .await
-            .map_err(|e| Failure::infra("deploy", format!("node agent: {e}")))?;
-        if agent.replaced_poisoned {
-            self.log.line(
-                Level::Warning,
-                Some(&self.plan.host_id),
-                "the host's cached node agent had been altered since it was sent; sent again",
-            );
-        }
-        session
-            .run(
-                &format!(
-                    "cp {src} {bin}/node-agent && chmod 755 {bin}/node-agent && {bin}/node-agent install {bin}",
-                    src = shell_quote(&agent.remote_path),
-                    bin = shell_quote(bin)
-                ),
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|e| Failure::infra("deploy", format!("node agent: {e}")))?;
-        Ok(())
+    fn host_dirs(&self) -> host_node::HostDirs {
+        host_node::HostDirs::new(&self.settings.host_dir, self.job_dir.clone())
     }
 
     /// Every VM image fetched (or built) here and uploaded into the host's cache (each
@@ -536,46 +493,20 @@ impl GroupRun<'_> {
                 if index == 1 {
                     self.wait_for_vms(node).await?;
                 }
-                let _section = self.log.section(Some(node), "test");
-                let dir = format!("{}/tests/{index}", self.job_dir);
-                let definitions = self.definitions(shell, index).await?;
-                let files = self.scripts(
-                    node,
-                    &self.plan.host_role,
-                    &definitions,
-                    &dir,
-                    &NodeDirs::vm_group_host(&self.job_dir),
+                results.extend(
+                    host_node::run_shell(
+                        self,
+                        session,
+                        &mut relay,
+                        node,
+                        &self.plan.host_role,
+                        &NodeDirs::vm_group_host(&self.job_dir),
+                        index,
+                        shell,
+                        *timeout,
+                    )
+                    .await?,
                 );
-                files::write_host_files(session, &files)
-                    .await
-                    .map_err(|e| Failure::infra("test", e))?;
-                let command = format!(
-                    "cd {} && {}",
-                    shell_quote(&self.job_dir),
-                    shell::run_command(&format!("{dir}/run.sh"))
-                );
-                let pty = session
-                    .pty(&command)
-                    .await
-                    .map_err(|e| Failure::infra("test", e))?;
-                let mut console = Console::new(pty, self.console_log(node));
-                let timeout = self.shell_timeout(*timeout);
-                let outcome = shell::drive(
-                    &mut console,
-                    &mut relay,
-                    &definitions
-                        .iter()
-                        .map(|(d, _)| d.reader())
-                        .collect::<Result<Vec<_>, _>>()?,
-                    timeout,
-                    self.log,
-                    node,
-                )
-                .await
-                .map_err(shell_failure)?;
-                let raised = raised_failure(&outcome);
-                results.extend(self.collect(node, outcome.results).await);
-                raised?;
             }
             if shells.len() < 2 {
                 self.wait_for_vms(node).await?;
@@ -765,35 +696,7 @@ impl GroupRun<'_> {
             script.push_str(&format!("kill -KILL -- -{group} 2>/dev/null; "));
         }
         script.push_str(&format!("rm -rf {}", shell_quote(&self.job_dir)));
-        if !session.is_closed() {
-            match session.run(&script, Duration::from_secs(60)).await {
-                Ok(_) => return,
-                Err(err) => {
-                    self.log
-                        .line(Level::Warning, None, format!("cleaning the host: {err}"))
-                }
-            }
-        }
-        // The connection may be what failed: the host is cleaned over a new one.
-        self.log.line(
-            Level::Info,
-            None,
-            "the SSH connection to the host is gone; cleaning over a new one".to_string(),
-        );
-        match session.reconnect(Duration::from_secs(30)).await {
-            Ok(fresh) => {
-                if let Err(err) = fresh.run(&script, Duration::from_secs(60)).await {
-                    self.log
-                        .line(Level::Warning, None, format!("cleaning the host: {err}"));
-                }
-                fresh.close().await;
-            }
-            Err(err) => self.log.line(
-                Level::Warning,
-                None,
-                format!("cannot reconnect to clean the host: {err}"),
-            ),
-        }
+        host_node::clean(self, session, &self.plan.host_id, &script).await;
     }
 }
 

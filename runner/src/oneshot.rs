@@ -134,6 +134,7 @@ impl OneShot {
             priority: 0,
             waited: std::time::Duration::ZERO,
             needs: needs.clone(),
+            health_check: false,
         };
         let plan = scheduler::plan(&[request], &views, scheduler::Policy::default());
         let Some(assignment) = plan.first() else {

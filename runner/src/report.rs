@@ -86,6 +86,19 @@ impl JobReport {
     /// with the class and message of the first node that failed for a reason of its
     /// own. A node that failed only because a peer did is not the cause, so
     /// infrastructure and timeout failures are preferred over test ones.
+    /// Every failed case, as `node.suite.case`.
+    pub fn failed_cases(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.results
+                    .iter()
+                    .filter(|c| c.result == TestResult::Fail)
+                    .map(move |c| format!("{}.{}.{}", n.node, c.suite, c.case))
+            })
+            .collect()
+    }
+
     pub fn outcome_of(nodes: &[NodeReport]) -> Outcome {
         let failures = nodes.iter().filter_map(|n| match &n.status {
             NodeStatus::Failed {

@@ -150,6 +150,7 @@ pub fn views(lab: &Lab) -> Vec<DeviceView> {
             tags: d.tags.iter().cloned().collect(),
             state: DeviceState::Idle,
             health: DeviceHealth::Good,
+            awaiting_check: false,
         })
         .collect()
 }

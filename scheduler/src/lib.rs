@@ -6,7 +6,7 @@
 //! Pure: it reads a snapshot of the queue and the devices and returns assignments; the
 //! daemon applies them in one storage transaction.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use job_schemas::Topology;
 use std::time::Duration;
@@ -21,6 +21,9 @@ pub struct DeviceView {
     pub tags: BTreeSet<String>,
     pub state: DeviceState,
     pub health: DeviceHealth,
+    /// Its type has a health check and its health is not known: only that check may
+    /// have it.
+    pub awaiting_check: bool,
 }
 
 /// One device a job needs (one per node that runs on a device of its own).
@@ -42,6 +45,9 @@ pub struct Request {
     /// How long it has been queued.
     pub waited: Duration,
     pub needs: Vec<Need>,
+    /// A device's health check (its need names the device): runs before any other
+    /// job, and is the only job a device awaiting its check may take.
+    pub health_check: bool,
 }
 
 /// Devices given to a job: `devices[i]` serves `needs[i]`.
@@ -106,22 +112,44 @@ fn fits(need: &Need, device: &DeviceView) -> bool {
         && need.hostname.as_ref().is_none_or(|h| *h == device.hostname)
 }
 
+/// What a pass decided: the jobs that start now, and why each other job waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub assignments: Vec<Assignment>,
+    /// `(job id, reason)` of every queued job that got no devices, in queue order:
+    /// "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is in maintenance".
+    pub waiting: Vec<(u64, String)>,
+}
+
 /// Assigns devices to as many queued jobs as can run now, in priority order.
 pub fn plan(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Vec<Assignment> {
+    plan_explained(queue, devices, policy).assignments
+}
+
+/// [`plan`], saying why each job that gets nothing waits.
+pub fn plan_explained(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Plan {
     let mut order: Vec<&Request> = queue.iter().collect();
-    // Highest priority first; among equals, the longest waiting.
-    order.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.waited.cmp(&a.waited)));
-    let mut taken: HashSet<usize> = HashSet::new();
-    let mut withheld: HashSet<usize> = HashSet::new();
+    // Health checks first (they decide which devices may take jobs at all); then the
+    // highest priority; among equals, the longest waiting.
+    order.sort_by(|a, b| {
+        b.health_check
+            .cmp(&a.health_check)
+            .then(b.priority.cmp(&a.priority))
+            .then(b.waited.cmp(&a.waited))
+    });
+    // Device index -> the job it went to (taken) or is kept for (withheld).
+    let mut taken: HashMap<usize, u64> = HashMap::new();
+    let mut withheld: HashMap<usize, u64> = HashMap::new();
     let mut assignments = Vec::new();
+    let mut unserved = Vec::new();
     for request in order {
         let usable: Vec<usize> = (0..devices.len())
-            .filter(|i| !taken.contains(i) && !withheld.contains(i))
-            .filter(|i| schedulable(devices[*i].state, devices[*i].health))
+            .filter(|i| usable_by(request, &devices[*i]))
+            .filter(|i| !taken.contains_key(i) && !withheld.contains_key(i))
             .collect();
         match match_all(&request.needs, devices, &usable) {
             Some(chosen) => {
-                taken.extend(chosen.iter().copied());
+                taken.extend(chosen.iter().map(|i| (*i, request.job_id)));
                 assignments.push(Assignment {
                     job_id: request.job_id,
                     devices: chosen
@@ -139,14 +167,134 @@ pub fn plan(queue: &[Request], devices: &[DeviceView], policy: Policy) -> Vec<As
                 // no smaller job may take them first.
                 for (i, device) in devices.iter().enumerate() {
                     if request.needs.iter().any(|n| fits(n, device)) {
-                        withheld.insert(i);
+                        withheld.entry(i).or_insert(request.job_id);
                     }
                 }
+                unserved.push(request);
             }
-            None => {}
+            None => unserved.push(request),
         }
     }
-    assignments
+    let mut waiting: Vec<(u64, String)> = unserved
+        .into_iter()
+        .map(|r| (r.job_id, why_waiting(r, devices, &taken, &withheld)))
+        .collect();
+    waiting.sort_by_key(|(id, _)| *id);
+    Plan {
+        assignments,
+        waiting,
+    }
+}
+
+/// Whether `device` could serve `request` now, were nobody else asking.
+fn usable_by(request: &Request, device: &DeviceView) -> bool {
+    schedulable(device.state, device.health) && (request.health_check || !device.awaiting_check)
+}
+
+/// Each need of `needs` once, with how many of it there are.
+fn kinds(needs: &[Need]) -> Vec<(&Need, usize)> {
+    let mut kinds: Vec<(&Need, usize)> = Vec::new();
+    for need in needs {
+        match kinds.iter_mut().find(|(n, _)| *n == need) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((need, 1)),
+        }
+    }
+    kinds
+}
+
+/// What a need asks for, as a person says it: `kvm`, `kvm with tags a, b`, `kvm-01`.
+fn describe_need(need: &Need) -> String {
+    let mut what = match (&need.hostname, &need.device_type) {
+        (Some(host), _) => host.clone(),
+        (None, Some(device_type)) => device_type.clone(),
+        (None, None) => "device".to_string(),
+    };
+    if !need.tags.is_empty() {
+        let tags: Vec<&str> = need.tags.iter().map(String::as_str).collect();
+        what.push_str(&format!(" with tags {}", tags.join(", ")));
+    }
+    what
+}
+
+/// Why a device a job could use is not the job's now.
+fn why_not(
+    request: &Request,
+    index: usize,
+    device: &DeviceView,
+    taken: &HashMap<usize, u64>,
+    withheld: &HashMap<usize, u64>,
+) -> String {
+    let host = &device.hostname;
+    match (device.state, device.health) {
+        (DeviceState::Reserved(job) | DeviceState::Running(job), _) => {
+            format!("{host} runs job {job}")
+        }
+        (DeviceState::Offline, _) => format!("{host} is offline"),
+        (_, DeviceHealth::Bad) => format!("{host} is bad"),
+        (_, DeviceHealth::Maintenance) => format!("{host} is in maintenance"),
+        (_, DeviceHealth::Retired) => format!("{host} is retired"),
+        _ if device.awaiting_check && !request.health_check => {
+            format!("{host} awaits its health check")
+        }
+        _ => match (taken.get(&index), withheld.get(&index)) {
+            // Given to a job that comes first, in this pass: it runs it from now on.
+            (Some(job), _) => format!("{host} runs job {job}"),
+            (None, Some(job)) => format!("{host} is held for job {job}, which has waited longer"),
+            (None, None) => format!("{host} is free"),
+        },
+    }
+}
+
+/// Why `request` got no devices in this pass: for each kind of device it is short of,
+/// what each such device is doing.
+fn why_waiting(
+    request: &Request,
+    devices: &[DeviceView],
+    taken: &HashMap<usize, u64>,
+    withheld: &HashMap<usize, u64>,
+) -> String {
+    let mut parts = Vec::new();
+    for (need, wanted) in kinds(&request.needs) {
+        let fitting: Vec<usize> = (0..devices.len())
+            .filter(|i| fits(need, &devices[*i]) && devices[*i].health != DeviceHealth::Retired)
+            .collect();
+        // A device kept for this very job does not keep it waiting.
+        let held_for_another = |i: &usize| withheld.get(i).is_some_and(|j| *j != request.job_id);
+        let free = fitting
+            .iter()
+            .filter(|i| {
+                usable_by(request, &devices[**i]) && !taken.contains_key(i) && !held_for_another(i)
+            })
+            .count();
+        if free >= wanted {
+            continue;
+        }
+        let what = describe_need(need);
+        let head = match wanted {
+            1 => format!("waiting for a free {what}"),
+            n => format!("waiting for {n} free {what} ({free} free now)"),
+        };
+        if fitting.is_empty() {
+            parts.push(format!("{head}: the lab has none"));
+            continue;
+        }
+        let busy: Vec<String> = fitting
+            .iter()
+            .filter(|i| {
+                !usable_by(request, &devices[**i]) || taken.contains_key(i) || held_for_another(i)
+            })
+            .map(|i| why_not(request, *i, &devices[*i], taken, withheld))
+            .collect();
+        parts.push(format!("{head}: {}", busy.join(", ")));
+    }
+    if parts.is_empty() {
+        // Enough of each kind, but not all at once (overlapping tags).
+        return "waiting: the devices it needs are free, but not a set that serves every \
+                node at once"
+            .to_string();
+    }
+    parts.join("; ")
 }
 
 /// Why no set of `devices` could ever serve `needs`, whatever they are doing now (only
@@ -160,14 +308,7 @@ pub fn shortfall(needs: &[Need], devices: &[DeviceView]) -> Option<String> {
     }
     // Name the first kind of device that is short; overlapping tags can make a job
     // unsatisfiable with enough of each kind, which the last line says.
-    let mut kinds: Vec<(&Need, usize)> = Vec::new();
-    for need in needs {
-        match kinds.iter_mut().find(|(n, _)| *n == need) {
-            Some((_, count)) => *count += 1,
-            None => kinds.push((need, 1)),
-        }
-    }
-    for (need, wanted) in kinds {
+    for (need, wanted) in kinds(needs) {
         let have = present.iter().filter(|i| fits(need, &devices[**i])).count();
         if have < wanted {
             let mut what = match &need.device_type {
@@ -252,6 +393,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             state: DeviceState::Idle,
             health: DeviceHealth::Good,
+            awaiting_check: false,
         }
     }
 
@@ -269,7 +411,97 @@ mod tests {
             priority,
             waited: Duration::from_secs(waited_min * 60),
             needs,
+            health_check: false,
         }
+    }
+
+    #[test]
+    fn a_job_that_gets_nothing_says_what_each_device_it_could_use_is_doing() {
+        let mut devices = [
+            device("kvm-01", "kvm", &[]),
+            device("kvm-02", "kvm", &[]),
+            device("kvm-03", "kvm", &[]),
+        ];
+        devices[0].state = DeviceState::Running(7);
+        devices[1].health = DeviceHealth::Maintenance;
+        let urgent = request(9, 90, 0, vec![need("kvm", &[])]);
+        let later = request(10, 10, 0, vec![need("kvm", &[])]);
+        let arm = request(11, 10, 0, vec![need("panda", &[]), need("kvm", &[])]);
+        let planned = plan_explained(&[later, urgent, arm], &devices, Policy::default());
+        assert_eq!(planned.assignments.len(), 1);
+        assert_eq!(
+            planned.waiting,
+            [
+                (
+                    10,
+                    "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is in maintenance, \
+                     kvm-03 runs job 9"
+                        .to_string()
+                ),
+                (
+                    11,
+                    "waiting for a free panda: the lab has none; waiting for a free kvm: \
+                     kvm-01 runs job 7, kvm-02 is in maintenance, kvm-03 runs job 9"
+                        .to_string()
+                ),
+            ]
+        );
+
+        // A starving job keeps the devices it could use from smaller jobs, which say so.
+        devices[1].health = DeviceHealth::Good;
+        let starving = request(3, 10, 60, vec![need("kvm", &[]); 3]);
+        let small = request(12, 5, 0, vec![need("kvm", &[])]);
+        let planned = plan_explained(&[starving, small], &devices, Policy::default());
+        assert!(planned.assignments.is_empty());
+        assert_eq!(
+            planned.waiting[0],
+            (
+                3,
+                "waiting for 3 free kvm (2 free now): kvm-01 runs job 7".to_string()
+            )
+        );
+        assert_eq!(
+            planned.waiting[1],
+            (
+                12,
+                "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is held for job 3, which \
+                 has waited longer, kvm-03 is held for job 3, which has waited longer"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn a_device_awaiting_its_health_check_takes_only_that_check_which_goes_first() {
+        let mut devices = [device("kvm-01", "kvm", &[]), device("kvm-02", "kvm", &[])];
+        devices[0].health = DeviceHealth::Unknown;
+        devices[0].awaiting_check = true;
+        // An urgent user job waiting long cannot have the unchecked device.
+        let user = request(1, 100, 600, vec![need("kvm", &[]); 2]);
+        assert!(plan(&[user], &devices, Policy::default()).is_empty());
+        let check = Request {
+            health_check: true,
+            needs: vec![Need {
+                hostname: Some("kvm-01".into()),
+                ..need("kvm", &[])
+            }],
+            ..request(2, 0, 0, Vec::new())
+        };
+        let single = request(3, 100, 600, vec![need("kvm", &[])]);
+        let planned = plan(&[single, check], &devices, Policy::default());
+        assert_eq!(
+            planned,
+            [
+                Assignment {
+                    job_id: 2,
+                    devices: vec!["kvm-01".into()],
+                },
+                Assignment {
+                    job_id: 3,
+                    devices: vec!["kvm-02".into()],
+                },
+            ]
+        );
     }
 
     #[test]

@@ -22,6 +22,19 @@ pub enum ErrorClass {
     Canceled,
 }
 
+impl std::fmt::Display for ErrorClass {
+    /// The name the API and reports use (`infrastructure`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Infrastructure => "infrastructure",
+            ErrorClass::Job => "job",
+            ErrorClass::Test => "test",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Canceled => "canceled",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {

@@ -67,13 +67,16 @@ pub trait Store: Send + Sync {
     async fn start(&self, job: u64) -> Result<(), StoreError>;
 
     /// The job ended with `outcome` (a job being canceled ends canceled whatever its
-    /// nodes did) and `results`; its devices become idle (an `infrastructure` failure
-    /// leaves a `good` device `unknown`). Returns the final state.
+    /// nodes did) and `results`; its devices become idle, with `health` if given (not
+    /// over an admin's maintenance or retired), each change in their health history. A
+    /// health check job marks its device checked now; any other job counts one more
+    /// job since the check. Returns the final state.
     async fn finish(
         &self,
         job: u64,
         outcome: Outcome,
         results: Option<serde_json::Value>,
+        health: Option<HealthChange>,
     ) -> Result<JobState, StoreError>;
 
     /// Asks for job `job` to end: one not running yet ends canceled at once (its
@@ -95,12 +98,17 @@ pub trait Store: Send + Sync {
     /// Every device, by hostname.
     async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
 
-    /// Sets what an admin says about a device; its state is left alone.
+    /// Sets what an admin says about a device, and why (in its health history); its
+    /// state is left alone.
     async fn set_device_health(
         &self,
         hostname: &str,
         health: DeviceHealth,
+        reason: &str,
     ) -> Result<(), StoreError>;
+
+    /// Device `hostname`'s health changes, newest first (at most the last 200).
+    async fn health_history(&self, hostname: &str) -> Result<Vec<HealthEvent>, StoreError>;
 
     /// A new API token named `name` with `scope`. The secret is returned once and never
     /// stored: only its SHA-256 is, so a copy of the database grants nothing.
@@ -179,6 +187,25 @@ pub struct NewJob {
     pub priority: u8,
     /// The job's nodes, as its validation found them.
     pub members: Vec<Member>,
+    /// The device this job is the health check of; `None` for an ordinary job.
+    pub health_check_of: Option<String>,
+}
+
+/// A device's health as a job's end sets it, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    pub health: DeviceHealth,
+    pub reason: String,
+}
+
+/// One change of a device's health. `at` is unix seconds; `job` the job whose end
+/// made it (none: an admin, or the device joining the lab).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthEvent {
+    pub at: i64,
+    pub health: DeviceHealth,
+    pub job: Option<u64>,
+    pub reason: String,
 }
 
 /// A job as stored.
@@ -205,6 +232,9 @@ pub struct JobSummary {
     pub submitted_at: i64,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// The device this job is the health check of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_of: Option<String>,
 }
 
 /// One node a job has (or will have): its id and its role.
@@ -224,11 +254,13 @@ pub enum TokenScope {
 }
 
 /// A queued job as the scheduler needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub id: u64,
     pub priority: u8,
     pub submitted_at: i64,
+    /// The device it is the health check of.
+    pub health_check_of: Option<String>,
 }
 
 /// A device as stored (its tags live in the lab files, not here).
@@ -238,12 +270,22 @@ pub struct DeviceRecord {
     pub device_type: String,
     pub state: DeviceState,
     pub health: DeviceHealth,
+    /// When its last health check ended (unix seconds).
+    pub last_check_at: Option<i64>,
+    /// Jobs it ran since its last health check.
+    pub jobs_since_check: u32,
 }
 
 impl DeviceRecord {
-    /// The scheduler's view, with the tags from the lab files.
-    pub fn into_view(self, tags: std::collections::BTreeSet<String>) -> DeviceView {
+    /// The scheduler's view, with the tags from the lab files; `checked_type`: the
+    /// device's type has a health check, so an `unknown` device awaits it.
+    pub fn into_view(
+        self,
+        tags: std::collections::BTreeSet<String>,
+        checked_type: bool,
+    ) -> DeviceView {
         DeviceView {
+            awaiting_check: checked_type && self.health == DeviceHealth::Unknown,
             hostname: self.hostname,
             device_type: self.device_type,
             tags,

@@ -465,6 +465,54 @@ fn a_device_group_of_two_kvm_devices_runs_here() {
     assert_nothing_runs_from(&only_job_dir(&state), "a VM of the job still runs");
 }
 
+/// A device_group of every kind of device at once: an ssh-host (sshd in a network
+/// namespace), a qemu-host (its host-device VM booted here) and a kvm device (a VM
+/// here). Test shells on the hosts run over SSH with the node agent, the VM's on its
+/// console with the shell helpers; all three send, wait and sync through the job's
+/// coordinator group, and each host is cleaned and shut down afterwards.
+#[test]
+fn a_device_group_of_an_ssh_host_a_qemu_host_and_a_kvm_device_runs() {
+    let images = test_images();
+    let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
+    let dir = tempfile::tempdir().unwrap();
+    let job = job("device-group-every-kind.json", "kvm", dir.path());
+    host.device_file(dir.path(), "ssh-host-01", true);
+    qemu_host_device(dir.path());
+    let devices = kvm_devices(dir.path(), &["kvm-01"]);
+    let state = dir.path().join("state");
+    let (report, status) = dispatcher_run(&job, &devices, &state, &host.scratch());
+    let mut expected = Vec::new();
+    for (role, others) in [
+        ("ssh", ["qemuhost", "guest"]),
+        ("qemuhost", ["ssh", "guest"]),
+        ("guest", ["ssh", "qemuhost"]),
+    ] {
+        for case in [
+            format!("heard-{}", others[0]),
+            format!("heard-{}", others[1]),
+            "synced".to_string(),
+            "sees-group".to_string(),
+        ] {
+            expected.push(format!("{role}.{role}-side.{case}"));
+        }
+    }
+    assert_passed(
+        &report,
+        &expected.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(report["health"], "complete", "{report:#}");
+    assert_eq!(status, 0);
+    // Each host's node ran where it should: the qemu-host's shell in its own VM.
+    let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
+    assert!(
+        log.contains("bringing up qemu-host-01 (qemu-host)"),
+        "{log}"
+    );
+    assert!(log.contains("bringing up ssh-host-01 (ssh-host)"), "{log}");
+    assert_no_vm_left(&host);
+    assert_nothing_runs_from(&only_job_dir(&state), "a VM of the job still runs");
+}
+
 /// A single-device job on a `kvm` device that deploys a disk image and no kernel: the
 /// VM boots from the disk (no `-append` reaches qemu), and its test shell cannot reach
 /// a service on this machine's loopback through qemu's user network (10.0.2.2).

@@ -52,6 +52,7 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
         .route("/api/v1/jobs/{id}/attachments/{file}", get(attachment))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{hostname}", get(device))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
         .route("/api/v1/device-types", get(device_types))
         .route("/api/v1/openapi.json", get(openapi))
@@ -315,9 +316,20 @@ async fn devices(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {
     ok(json!({ "devices": devices }))
 }
 
+async fn device(
+    State(api): State<Arc<Api>>,
+    Path(hostname): Path<String>,
+    _: CanRead,
+) -> ApiResult {
+    ok(api.service.device(&hostname).await?)
+}
+
 #[derive(Deserialize)]
 struct HealthBody {
     health: DeviceHealth,
+    /// Why, for the device's health history.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn set_health(
@@ -328,10 +340,13 @@ async fn set_health(
 ) -> ApiResult {
     let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
         ServiceError::BadRequest(format!(
-            "expected {{\"health\": \"good|unknown|bad|maintenance|retired\"}}: {e}"
+            "expected {{\"health\": \"good|unknown|bad|maintenance|retired\", \"reason\": \"...\"}}: {e}"
         ))
     })?;
-    ok(api.service.set_health(hostname, wanted.health).await?)
+    ok(api
+        .service
+        .set_health(hostname, wanted.health, wanted.reason)
+        .await?)
 }
 
 async fn device_types(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {

@@ -6,6 +6,10 @@
 //! ended; a slow fallback tick (reading from the same place) covers a log written by
 //! another process and a job that has not started. So each reader costs one chunk of
 //! memory and nothing while the log is quiet, however long the log is.
+//!
+//! While the job is queued, a follower also gets a `queued: ...` line whenever the
+//! scheduler's reason for the wait changes (told by the pass that changed it). These
+//! lines are not in the file: `from` counts the file's lines only.
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -17,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::service::Dispatcher;
-use runner::joblog::LogLine;
+use runner::joblog::{Level, LogLine};
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -57,6 +61,8 @@ pub async fn lines(
         finished_seen: false,
         size: None,
         writer_gone: false,
+        waiting: None,
+        said_waiting: None,
     };
     let mut failed = false;
     let first = loop {
@@ -85,6 +91,10 @@ struct Reader {
     size: Option<watch::Receiver<u64>>,
     /// The log's writer is gone (the job's run ended): only the job's end is awaited.
     writer_gone: bool,
+    /// Changes when a queued job's reason to wait does; taken when first needed.
+    waiting: Option<watch::Receiver<u64>>,
+    /// The reason last sent.
+    said_waiting: Option<String>,
 }
 
 impl Reader {
@@ -102,6 +112,9 @@ impl Reader {
             // At the end of the file.
             if !self.follow || self.finished_seen {
                 return None;
+            }
+            if let Some(line) = self.waiting_line() {
+                return Some((Ok(line), self));
             }
             let ended = self.service.job_ended().notified();
             tokio::pin!(ended);
@@ -121,15 +134,42 @@ impl Reader {
                     None => std::future::pending().await,
                 }
             };
+            let waiting = async {
+                match self.waiting.as_mut() {
+                    Some(changes) => {
+                        if changes.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 still_writing = grew => if !still_writing {
                     self.size = None;
                     self.writer_gone = true;
                 },
                 () = &mut ended => {}
+                () = waiting => {}
                 () = tokio::time::sleep(FALLBACK) => {}
             }
         }
+    }
+
+    /// A `queued: REASON` line when the job's reason to wait changed since the last.
+    fn waiting_line(&mut self) -> Option<Bytes> {
+        if self.waiting.is_none() {
+            self.waiting = Some(self.service.waiting_changes());
+        }
+        let reason = self.service.waiting_reason(self.id)?;
+        if self.said_waiting.as_ref() == Some(&reason) {
+            return None;
+        }
+        let line = LogLine::now(Level::Info, None, format!("queued: {reason}"));
+        self.said_waiting = Some(reason);
+        let mut text = serde_json::to_vec(&line).ok()?;
+        text.push(b'\n');
+        Some(Bytes::from(text))
     }
 
     async fn job_finished(&self) -> bool {

@@ -4,7 +4,9 @@
 //! coordinator.
 //!
 //! The scheduler runs when something changes (a job submitted or ended, a device's
-//! health set), never on a timer: it reads the queue and the devices from the store,
+//! health set, a periodic health check falling due), never on a polling tick: it
+//! queues the health checks that are due (`health.rs`), reads the queue and the
+//! devices from the store,
 //! asks [`scheduler::plan`] which jobs get which devices, reserves each job's
 //! devices all at once in one transaction, and starts the job. A restart loses nothing
 //! submitted: queued jobs stay queued, and jobs that were running end `incomplete`
@@ -16,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+mod health;
 pub mod http;
 mod logs;
 pub mod service;
@@ -78,6 +81,11 @@ pub struct Shared {
     /// The size of each running job's log, changed as it grows: what followers of the
     /// log wait on.
     log_sizes: Mutex<HashMap<u64, watch::Receiver<u64>>>,
+    /// Why each queued job waits, as the last scheduling pass saw it.
+    waiting: Mutex<HashMap<u64, String>>,
+    /// Counts the passes that changed a reason in `waiting`: what followers of a queued
+    /// job's log wait on.
+    waiting_changed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -98,6 +106,33 @@ impl Shared {
     /// The growth signal of job `id`'s log while the job runs here.
     pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
         self.log_sizes.lock().get(&id).cloned()
+    }
+
+    /// Why queued job `id` waits, as the last scheduling pass saw it.
+    pub fn waiting_for(&self, id: u64) -> Option<String> {
+        self.waiting.lock().get(&id).cloned()
+    }
+
+    /// Changes whenever a queued job's reason to wait does.
+    pub fn waiting_changes(&self) -> watch::Receiver<u64> {
+        self.waiting_changed.subscribe()
+    }
+
+    /// The reasons of a pass replace the last pass's; followers are told of a change.
+    fn set_waiting(&self, reasons: Vec<(u64, String)>) {
+        let reasons: HashMap<u64, String> = reasons.into_iter().collect();
+        let mut waiting = self.waiting.lock();
+        if *waiting == reasons {
+            return;
+        }
+        for (job, reason) in &reasons {
+            if waiting.get(job) != Some(reason) {
+                tracing::debug!(job, %reason, "job waits");
+            }
+        }
+        *waiting = reasons;
+        drop(waiting);
+        self.waiting_changed.send_modify(|n| *n += 1);
     }
 
     /// Asks a running job to stop; `false` when it is not running here.
@@ -222,7 +257,12 @@ impl Daemon {
             running: Mutex::default(),
             validated: Mutex::default(),
             log_sizes: Mutex::default(),
+            waiting: Mutex::default(),
+            waiting_changed: watch::channel(0).0,
         });
+        // Before the API answers: a device that needs its health check has it queued
+        // ahead of any job a client could submit.
+        health::queue_due_checks(&shared).await?;
         let (stop, stopped) = watch::channel(false);
         // Half of the connections at most for long-lived answers (followed logs,
         // console downloads): the other half stays free for everything else.
@@ -343,13 +383,31 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
         }
         // A task of its own, so a panic in a pass is logged and the next pass runs.
         let pass = shared.clone();
-        match tokio::spawn(async move { schedule_once(&pass).await }).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(%err, "scheduling failed"),
-            Err(err) => tracing::error!(%err, "the scheduling pass panicked"),
-        }
+        let next_check = match tokio::spawn(async move { schedule_once(&pass).await }).await {
+            Ok(Ok(next_check)) => next_check,
+            Ok(Err(err)) => {
+                tracing::error!(%err, "scheduling failed");
+                None
+            }
+            Err(err) => {
+                tracing::error!(%err, "the scheduling pass panicked");
+                None
+            }
+        };
+        // Woken by a change; or when a device's periodic health check falls due,
+        // which no event announces.
+        let due = async {
+            match next_check {
+                Some(at) => {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shared.wake.notified() => {}
+            () = due => {}
             _ = stopped.changed() => return,
         }
     }
@@ -372,10 +430,12 @@ enum PassError {
     Panicked(#[from] tokio::task::JoinError),
 }
 
-/// One scheduling pass: every job that can get all its devices now starts. Store calls
-/// are async; validating a job queued before a restart and planning cost CPU, so they
-/// run on the blocking pool.
-async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
+/// One scheduling pass: the health checks that are due are queued, then every job that
+/// can get all its devices now starts. Store calls are async; validating a job queued
+/// before a restart and planning cost CPU, so they run on the blocking pool. Returns
+/// when the next periodic health check falls due, if one will.
+async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassError> {
+    let next_check = health::queue_due_checks(shared).await?;
     let queued = shared.store.queue().await?;
     let mut known = std::mem::take(&mut *shared.validated.lock());
     let mut jobs = HashMap::new();
@@ -409,18 +469,25 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
                 continue;
             }
         };
+        let mut needs = scheduler::needs(&job);
+        if let (Some(device), [need]) = (&record.health_check_of, needs.as_mut_slice()) {
+            // A health check runs on the device it checks, and nowhere else.
+            need.hostname = Some(device.clone());
+        }
         requests.push(Request {
             job_id: record.id,
             priority: record.priority,
             waited: Duration::from_secs(
                 u64::try_from(now_secs() - record.submitted_at).unwrap_or(0),
             ),
-            needs: scheduler::needs(&job),
+            needs,
+            health_check: record.health_check_of.is_some(),
         });
-        jobs.insert(record.id, job);
+        jobs.insert(record.id, (job, record.health_check_of));
     }
     if requests.is_empty() {
-        return Ok(());
+        shared.set_waiting(Vec::new());
+        return Ok(next_check);
     }
     let devices: Vec<_> = shared
         .store
@@ -429,15 +496,17 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
         .into_iter()
         .map(|d| {
             let tags = shared.tags_of(&d.hostname).into_iter().collect();
-            d.into_view(tags)
+            let checked = health::check_of(shared, &d.hostname).is_some();
+            d.into_view(tags, checked)
         })
         .collect();
     let plan = tokio::task::spawn_blocking(move || {
-        scheduler::plan(&requests, &devices, scheduler::Policy::default())
+        scheduler::plan_explained(&requests, &devices, scheduler::Policy::default())
     })
     .await?;
-    for assignment in plan {
-        let Some(job) = jobs.remove(&assignment.job_id) else {
+    shared.set_waiting(plan.waiting);
+    for assignment in plan.assignments {
+        let Some((job, health_check_of)) = jobs.remove(&assignment.job_id) else {
             continue;
         };
         shared
@@ -448,42 +517,93 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<(), PassError> {
         shared.running.lock().insert(assignment.job_id, switch);
         tokio::spawn(run_job(
             shared.clone(),
-            assignment.job_id,
-            job,
-            assignment.devices,
+            Started {
+                id: assignment.job_id,
+                job,
+                devices: assignment.devices,
+                health_check_of,
+            },
             cancel,
         ));
     }
     // Still queued: remembered for the next pass.
-    shared.validated.lock().extend(jobs);
-    Ok(())
+    shared
+        .validated
+        .lock()
+        .extend(jobs.into_iter().map(|(id, (job, _))| (id, job)));
+    Ok(next_check)
 }
 
-/// Runs one job on its reserved devices and records how it ended.
-async fn run_job(
-    shared: Arc<Shared>,
-    job_id: u64,
+/// A job given its devices, about to run.
+struct Started {
+    id: u64,
     job: Job,
     devices: Vec<String>,
-    cancel: watch::Receiver<bool>,
-) {
+    /// The device it is the health check of.
+    health_check_of: Option<String>,
+}
+
+/// Runs one job on its reserved devices and records how it ended, with what that
+/// says of its devices' health.
+async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<bool>) {
+    let Started {
+        id: job_id,
+        job,
+        devices,
+        health_check_of,
+    } = started;
+    let began = std::time::Instant::now();
+    tracing::info!(
+        job = job_id,
+        devices = %devices.join(", "),
+        health_check = health_check_of.is_some(),
+        "job started"
+    );
     // `cancel` is held until the end is recorded: graceful shutdown waits for every
     // job's receiver to close, and must not stop the runtime (cancelling the pending
     // store call) between the job's cleanup and its record.
     let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel.clone()).await;
-    let (outcome, results) = match outcome {
+    let (outcome, results, failed_cases) = match outcome {
         Ok(report) => {
             if let Err(err) = runner::write_results(&shared.config.job_dir(job_id), &report) {
                 tracing::warn!(job = job_id, %err, "cannot write the result files");
             }
             let outcome = runner::report::JobReport::outcome_of(&report.nodes);
-            (outcome, serde_json::to_value(&report).ok())
+            let failed = report.failed_cases();
+            (outcome, serde_json::to_value(&report).ok(), failed)
         }
-        Err(outcome) => (outcome, None),
+        Err(outcome) => (outcome, None, Vec::new()),
     };
-    let finished = shared.store.finish(job_id, outcome, results).await;
+    let change = health::after_job(job_id, health_check_of.is_some(), &outcome, &failed_cases);
+    let (health, class) = (
+        outcome.health,
+        outcome.error.as_ref().map(|(class, _)| *class),
+    );
+    let finished = shared
+        .store
+        .finish(job_id, outcome, results, change.clone())
+        .await;
     match finished {
-        Ok(state) => tracing::info!(job = job_id, %state, "job ended"),
+        Ok(state) => {
+            tracing::info!(
+                job = job_id,
+                ?health,
+                class = ?class,
+                duration_secs = began.elapsed().as_secs(),
+                %state,
+                "job ended"
+            );
+            if let Some(change) = change {
+                for device in &devices {
+                    tracing::info!(
+                        device = %device,
+                        health = ?change.health,
+                        reason = %change.reason,
+                        "device health after job {job_id}"
+                    );
+                }
+            }
+        }
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
     }
     shared.running.lock().remove(&job_id);

@@ -98,6 +98,19 @@ pub struct JobView {
     pub nodes: Value,
     /// The nodes the job has (or will have): for the web page's group diagram.
     pub members: Vec<Member>,
+    /// Why it waits, while it is queued: what the last scheduling pass saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// A job in a listing: `GET /api/v1/jobs`.
+#[derive(Debug, Serialize)]
+pub struct JobListed {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// Why it waits, while it is queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// A job's results as JSON: `GET /api/v1/jobs/{id}/results`.
@@ -141,6 +154,31 @@ pub struct DeviceView {
 pub struct HealthSet {
     pub hostname: String,
     pub health: DeviceHealth,
+    pub reason: String,
+}
+
+/// One device in full: `GET /api/v1/devices/{hostname}`.
+#[derive(Debug, Serialize)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceView,
+    /// When its last health check ended (unix seconds).
+    pub last_check_at: Option<i64>,
+    /// Jobs it ran since its last health check.
+    pub jobs_since_check: u32,
+    /// Its type's health check, if it has one.
+    pub health_check: Option<HealthCheckView>,
+    /// Its health changes, newest first.
+    pub history: Vec<store::HealthEvent>,
+}
+
+/// A device type's health check.
+#[derive(Debug, Serialize)]
+pub struct HealthCheckView {
+    /// The job's file.
+    pub job: String,
+    pub every_hours: Option<u32>,
+    pub every_jobs: Option<u32>,
 }
 
 /// A device type of the lab: `GET /api/v1/device-types`.
@@ -224,6 +262,7 @@ impl Dispatcher {
                 definition: text,
                 priority: job.priority.value(),
                 members: nodes.clone(),
+                health_check_of: None,
             })
             .await?;
         self.shared.remember_validated(id, job);
@@ -236,9 +275,33 @@ impl Dispatcher {
         })
     }
 
-    /// Jobs, newest first, all or those in the state named `state`.
-    pub async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, ServiceError> {
-        Ok(self.shared.store.jobs(state).await?)
+    /// Jobs, newest first, all or those in the state named `state`; a queued one with
+    /// why it waits.
+    pub async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobListed>, ServiceError> {
+        let jobs = self.shared.store.jobs(state).await?;
+        Ok(jobs
+            .into_iter()
+            .map(|job| JobListed {
+                waiting_for: self.waiting_for(&job),
+                job,
+            })
+            .collect())
+    }
+
+    fn waiting_for(&self, job: &JobSummary) -> Option<String> {
+        (job.state == JobState::Submitted)
+            .then(|| self.shared.waiting_for(job.id))
+            .flatten()
+    }
+
+    /// Changes whenever a queued job's reason to wait does.
+    pub fn waiting_changes(&self) -> watch::Receiver<u64> {
+        self.shared.waiting_changes()
+    }
+
+    /// Why queued job `id` waits now (`None` once it runs).
+    pub fn waiting_reason(&self, id: u64) -> Option<String> {
+        self.shared.waiting_for(id)
     }
 
     /// Job `id` with its nodes. The nodes were kept from its validation at submission,
@@ -268,6 +331,7 @@ impl Dispatcher {
             .cloned()
             .unwrap_or(Value::Null);
         Ok(JobView {
+            waiting_for: self.waiting_for(&record.summary),
             job: record.summary,
             nodes,
             members,
@@ -391,30 +455,80 @@ impl Dispatcher {
     /// Every device, with its tags from the lab files.
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
         let devices = self.shared.store.devices().await?;
-        Ok(devices
-            .into_iter()
-            .map(|d| DeviceView {
-                tags: self.shared.tags_of(&d.hostname),
-                hostname: d.hostname,
-                device_type: d.device_type,
-                state: d.state,
-                health: d.health,
-            })
-            .collect())
+        Ok(devices.into_iter().map(|d| self.device_view(d)).collect())
     }
 
-    /// Sets a device's health, and wakes the scheduler (the device may serve now).
+    /// Sets a device's health with the admin's reason (its health history keeps
+    /// both), and wakes the scheduler (the device may serve now, or get its check).
     pub async fn set_health(
         &self,
         hostname: String,
         health: DeviceHealth,
+        reason: Option<String>,
     ) -> Result<HealthSet, ServiceError> {
+        let reason = reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "set by an admin".to_string());
         self.shared
             .store
-            .set_device_health(&hostname, health)
+            .set_device_health(&hostname, health, &reason)
             .await?;
+        tracing::info!(device = %hostname, ?health, %reason, "device health set by an admin");
         self.shared.wake.notify_one();
-        Ok(HealthSet { hostname, health })
+        Ok(HealthSet {
+            hostname,
+            health,
+            reason,
+        })
+    }
+
+    /// One device: its state, health, health check and health history.
+    pub async fn device(&self, hostname: &str) -> Result<DeviceDetail, ServiceError> {
+        let record = self
+            .shared
+            .store
+            .devices()
+            .await?
+            .into_iter()
+            .find(|d| d.hostname == hostname)
+            .ok_or_else(|| {
+                ServiceError::Store(StoreError::NotFound(Missing::Device(hostname.to_string())))
+            })?;
+        let history = self.shared.store.health_history(hostname).await?;
+        let check = self
+            .shared
+            .lab
+            .devices
+            .get(hostname)
+            .and_then(|d| d.device_type.health_check.as_ref())
+            .map(|check| HealthCheckView {
+                job: check.path.display().to_string(),
+                every_hours: match check.every {
+                    Some(lab::HealthFrequency::Hours(h)) => Some(h),
+                    _ => None,
+                },
+                every_jobs: match check.every {
+                    Some(lab::HealthFrequency::Jobs(n)) => Some(n),
+                    _ => None,
+                },
+            });
+        Ok(DeviceDetail {
+            last_check_at: record.last_check_at,
+            jobs_since_check: record.jobs_since_check,
+            device: self.device_view(record),
+            health_check: check,
+            history,
+        })
+    }
+
+    fn device_view(&self, d: store::DeviceRecord) -> DeviceView {
+        DeviceView {
+            tags: self.shared.tags_of(&d.hostname),
+            hostname: d.hostname,
+            device_type: d.device_type,
+            state: d.state,
+            health: d.health,
+        }
     }
 
     /// The lab's device types.

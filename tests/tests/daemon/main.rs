@@ -15,6 +15,8 @@ mod coordinator;
 /// A VM killed, the SSH connection dropped, a test shell hung: the job fails, the
 /// group is released, the device cleaned and back in the pool.
 mod faults;
+/// Health checks: a device's check decides its health; failures are blamed by class.
+mod health;
 /// The limits of the daemon's configuration on submitted jobs.
 mod limits;
 /// Generated malformed jobs (proptest) get clear 4xx answers.
