@@ -74,6 +74,12 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Submit a job again as it was written; the new job names the old one.
+    Resubmit {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// A job's results.
     Results {
         id: u64,
@@ -221,6 +227,13 @@ enum DevicesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Makes a daemon read its lab files again (as SIGHUP does): new and fixed devices
+    /// join, a device whose file has errors goes offline naming them, running jobs keep
+    /// their devices.
+    Reload {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// One device: state, health, its type's health check, and its health history.
     Show {
         hostname: String,
@@ -255,6 +268,9 @@ pub fn run(cli: Cli) -> u8 {
             command: DevicesCommand::Show { hostname, server },
         } => remote::simple(&server.into(), Simple::Device(hostname)),
         Command::Devices {
+            command: DevicesCommand::Reload { server },
+        } => remote::simple(&server.into(), Simple::Reload),
+        Command::Devices {
             command:
                 DevicesCommand::Health {
                     hostname,
@@ -282,6 +298,7 @@ pub fn run(cli: Cli) -> u8 {
             Some(format) => remote::results_as(&server.into(), id, format),
         },
         Command::Cancel { id, server } => remote::simple(&server.into(), Simple::Cancel(id)),
+        Command::Resubmit { id, server } => remote::simple(&server.into(), Simple::Resubmit(id)),
         Command::Logs {
             id,
             follow,

@@ -291,6 +291,7 @@ pub fn simple(server: &Server, what: Simple) -> u8 {
             Simple::Status(id) => server.get(&format!("jobs/{id}")).await,
             Simple::Results(id) => server.get(&format!("jobs/{id}/results")).await,
             Simple::Devices => server.get("devices").await,
+            Simple::Reload => server.post("lab/reload", Vec::new()).await,
             Simple::Device(name) => server.get(&format!("devices/{}", segment(&name))).await,
             Simple::SetHealth {
                 device,
@@ -306,6 +307,11 @@ pub fn simple(server: &Server, what: Simple) -> u8 {
                     .await
             }
             Simple::Cancel(id) => server.post(&format!("jobs/{id}/cancel"), Vec::new()).await,
+            Simple::Resubmit(id) => {
+                server
+                    .post(&format!("jobs/{id}/resubmit"), Vec::new())
+                    .await
+            }
         };
         match answer {
             Ok(value) => {
@@ -323,6 +329,8 @@ pub enum Simple {
     Devices,
     /// One device with its health history.
     Device(String),
+    /// The lab files read again by the daemon.
+    Reload,
     /// An admin's word on a device's health.
     SetHealth {
         device: String,
@@ -330,6 +338,8 @@ pub enum Simple {
         reason: Option<String>,
     },
     Cancel(u64),
+    /// The job submitted again, linked to the old one.
+    Resubmit(u64),
 }
 
 /// `name` as one path segment of a URL (a hostname could hold anything).

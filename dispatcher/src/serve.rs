@@ -34,7 +34,36 @@ pub fn serve(config: &Path) -> u8 {
         };
         // Tests and scripts read the address from here (the port may be 0 in the file).
         println!("listening on http://{}", daemon.addr);
-        crate::run::stop_signal().await;
+        // SIGHUP reads the lab files again, as `dispatcher devices reload` does.
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => Some(hangups),
+                Err(err) => {
+                    eprintln!("warning: SIGHUP will not reload the lab: {err}");
+                    None
+                }
+            };
+        let stop = crate::run::stop_signal();
+        tokio::pin!(stop);
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(hangups) => hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut stop => break,
+                Some(()) = hangup => match daemon.shared.reload().await {
+                    Ok(reloaded) => eprintln!(
+                        "lab reloaded: {} device(s), {} refused",
+                        reloaded.devices.len(),
+                        reloaded.refused.len()
+                    ),
+                    Err(err) => eprintln!("error: reloading the lab: {err}"),
+                },
+            }
+        }
         eprintln!("shutting down: canceling running jobs, keeping queued ones");
         daemon.shutdown().await;
         exit::OK

@@ -148,6 +148,43 @@ fn devices_check_reports_every_problem_with_file_and_place() {
     }
 }
 
+/// A board's file with four mistakes of different kinds (a misspelt key, a port that
+/// is a string, a host key that is no fingerprint, no console): one run names all four,
+/// each with its line and key, and says nothing twice.
+#[test]
+fn devices_check_reports_four_mistakes_of_one_file_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let types = dir.path();
+    std::fs::create_dir(types.join("devices")).unwrap();
+    std::fs::copy(
+        repo().join("device-types/arndale.toml"),
+        types.join("arndale.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("devices/board-1.toml"),
+        "hostname = \"board-1\"\ndevice_type = \"arndale\"\ntgas = [\"usb\"]\n\n\
+         [ssh]\naddress = \"board-1.lab\"\nport = \"22\"\nhost_key = \"SHA256:short\"\n\n\
+         [power]\non = \"pdu on 3\"\noff = \"pdu off 3\"\nreset = \"pdu reset 3\"\n",
+    )
+    .unwrap();
+    let out = dispatcher(&["devices", "check", types.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for needle in [
+        "board-1.toml:3:1 at /tgas",
+        "did you mean \"tags\"?",
+        "board-1.toml:7:8 at /ssh/port",
+        "board-1.toml:8:12 at /ssh/host_key",
+        "43 base64 characters",
+        "board-1.toml at /console",
+        "missing [console]",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing in:\n{err}");
+    }
+    assert_eq!(err.matches("error:").count(), 4, "{err}");
+}
+
 #[test]
 fn builtin_device_types_match_the_shipped_directory() {
     let mut shipped: Vec<String> = std::fs::read_dir(repo().join("device-types"))

@@ -255,12 +255,26 @@ impl FetchPolicy {
     /// environment under a restricted policy, and bounded waits for a connection and
     /// for each read.
     pub fn http_client(self: &Arc<Self>) -> Result<reqwest::Client, reqwest::Error> {
+        self.client(true)
+    }
+
+    /// [`FetchPolicy::http_client`] that follows no redirect: for requests made on a
+    /// job's behalf with a body and headers of its own (callbacks), which a redirect
+    /// would carry to another host.
+    pub fn http_client_no_redirects(self: &Arc<Self>) -> Result<reqwest::Client, reqwest::Error> {
+        self.client(false)
+    }
+
+    fn client(self: &Arc<Self>, follow: bool) -> Result<reqwest::Client, reqwest::Error> {
         // reqwest is built without a default TLS provider; ring is the one the rest of
         // the dispatcher uses. Installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = self.clone();
         let restricted = matches!(self.networks, NetworkAccess::Public { .. });
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if !follow {
+                return attempt.stop();
+            }
             if attempt.previous().len() >= 10 {
                 return attempt.error("more than 10 redirects");
             }

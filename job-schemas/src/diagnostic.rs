@@ -103,16 +103,17 @@ impl Diagnostic {
             Severity::Warning => "warning",
         };
         out.push_str(&format!("{level}: {}\n", self.message));
-        let shown_pointer = if self.pointer.is_empty() {
-            "(whole job)"
+        // A problem of the whole document (a syntax error) has no key to name.
+        let at = if self.pointer.is_empty() {
+            String::new()
         } else {
-            &self.pointer
+            format!(" at {}", self.pointer)
         };
         match (self.line, self.column) {
-            (Some(line), Some(column)) => out.push_str(&format!(
-                "  --> {source}:{line}:{column} at {shown_pointer}\n"
-            )),
-            _ => out.push_str(&format!("  --> {source} at {shown_pointer}\n")),
+            (Some(line), Some(column)) => {
+                out.push_str(&format!("  --> {source}:{line}:{column}{at}\n"))
+            }
+            _ => out.push_str(&format!("  --> {source}{at}\n")),
         }
         for (label, value) in [
             ("expected", &self.expected),

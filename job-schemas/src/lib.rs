@@ -36,11 +36,11 @@ extern crate self as job_schemas;
 pub use context::{DeviceCatalog, DeviceTypeClass, Limits, ValidationContext};
 pub use diagnostic::{Diagnostic, MAX_DIAGNOSTICS, Omitted, Report, Severity};
 pub use model::{
-    Action, Boot, Command, CommandRun, DEFAULT_TESTDEF, DeployImage, DeployKernel, GitRepo,
-    GroupRole, Install, Job, LogLevel, Login, Member, NodeKind, PackageManager, ParsePattern,
-    Priority, RepoDefinition, RepoSource, RoleSpec, SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall,
-    Steps, TargetType, TestDefinition, TestDefinitionSource, TestMetadata, TestShell, Topology,
-    VmGroup, VmSpec,
+    Action, Boot, Callback, CallbackMethod, Command, CommandRun, DEFAULT_TESTDEF, Dataset,
+    DeployImage, DeployKernel, GitRepo, GroupRole, Install, Job, LogLevel, Login, Member, NodeKind,
+    PackageManager, ParsePattern, Priority, RepoDefinition, RepoSource, RoleSpec,
+    SINGLE_DEVICE_ROLE, ScalarValue, SkipInstall, Steps, TargetType, TestDefinition,
+    TestDefinitionSource, TestMetadata, TestShell, Topology, VmGroup, VmSpec,
 };
 pub use schema::JOB_SCHEMA;
 pub use semantic::{DEFAULT_JOB_TIMEOUT_SECS, MAX_TIMEOUT_SECS, MAX_VMS_PER_GROUP, deploy_urls};

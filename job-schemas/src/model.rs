@@ -28,6 +28,50 @@ pub struct Job {
     pub metadata: serde_json::Map<String, Value>,
     pub topology: Topology,
     pub actions: Vec<Action>,
+    /// Mailed when the job ends (LAVA v1 `notify`).
+    pub notify: Vec<String>,
+    /// Mailed when the job ends incomplete (LAVA v1 `notify_on_incomplete`).
+    pub notify_on_incomplete: Vec<String>,
+    /// HTTP requests made when the job ends.
+    pub callbacks: Vec<Callback>,
+}
+
+/// An HTTP request made when a job ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    pub url: String,
+    #[serde(default)]
+    pub method: CallbackMethod,
+    /// Sent in `token_header`; the key of the body's HMAC.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default = "default_token_header")]
+    pub token_header: String,
+    #[serde(default)]
+    pub dataset: Dataset,
+}
+
+fn default_token_header() -> String {
+    "Authorization".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CallbackMethod {
+    #[default]
+    #[serde(rename = "POST")]
+    Post,
+    #[serde(rename = "PUT")]
+    Put,
+}
+
+/// What a callback's body holds besides the job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataset {
+    #[default]
+    State,
+    Results,
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -660,6 +704,9 @@ impl Job {
             metadata: raw.metadata,
             topology,
             actions,
+            notify: raw.notify,
+            notify_on_incomplete: raw.notify_on_incomplete,
+            callbacks: raw.callbacks,
         })
     }
 }
@@ -694,6 +741,12 @@ struct RawJob {
     health_check: bool,
     #[serde(default)]
     metadata: serde_json::Map<String, Value>,
+    #[serde(default)]
+    notify: Vec<String>,
+    #[serde(default)]
+    notify_on_incomplete: Vec<String>,
+    #[serde(default)]
+    callbacks: Vec<Callback>,
     device_type: Option<String>,
     target: Option<String>,
     device_group: Option<Vec<GroupRole>>,

@@ -18,8 +18,11 @@ const RESERVED_KEYS: [&str; 4] = ["target_group", "group_size", "sub_id", "role"
 
 /// The top-level keys the dispatcher reads; any other is accepted with a warning, as
 /// LAVA v1 accepted (and ignored) keys it did not know.
-pub(crate) const KNOWN_KEYS: [&str; 12] = [
+pub(crate) const KNOWN_KEYS: [&str; 15] = [
     "job_name",
+    "notify",
+    "notify_on_incomplete",
+    "callbacks",
     "timeout",
     "logging_level",
     "priority",

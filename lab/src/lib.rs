@@ -16,6 +16,7 @@ mod builtin;
 pub mod device;
 pub mod device_type;
 pub mod login;
+mod parse;
 pub mod qemu_template;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,19 @@ pub struct Lab {
     /// Types whose file had errors, with that file: a device of one is refused
     /// naming it.
     refused_types: BTreeMap<String, PathBuf>,
+    /// Device files that had errors, by file name (without `.toml`): such a device is
+    /// not in the lab, and a daemon shows it offline with these errors.
+    pub refused_devices: BTreeMap<String, RefusedDevice>,
+}
+
+/// A device file with errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedDevice {
+    pub path: PathBuf,
+    /// Its `device_type`, when the file got that far.
+    pub device_type: Option<String>,
+    /// Its problems, compiler style, with file, line and key.
+    pub errors: String,
 }
 
 /// A `vm` device type with its template: what a vm_group job's VMs are started as.
@@ -109,15 +123,27 @@ impl Lab {
         types_dir: &Path,
         devices_dir: Option<&Path>,
     ) -> Result<(Lab, LabReport), LabReport> {
+        let (lab, report) = Self::load_lenient(types_dir, devices_dir);
+        if report.has_errors() {
+            Err(report)
+        } else {
+            Ok((lab, report))
+        }
+    }
+
+    /// As [`Lab::load`], but a file with errors refuses only what it describes: the
+    /// lab of everything else, and every problem found. What a running daemon uses,
+    /// so one typo takes one device offline, not the lab.
+    pub fn load_lenient(types_dir: &Path, devices_dir: Option<&Path>) -> (Lab, LabReport) {
         let mut report = LabReport::default();
         let mut sources = Vec::new();
         collect_toml(types_dir, &mut sources, &mut report);
         let mut lab = Lab::default();
         let mut health_checks = Vec::new();
         for (path, text) in &sources {
-            if let Some(mut t) = parse_file::<DeviceTypeFile>(path, text, &mut report) {
-                if let Some(check) = t.health_check.take() {
-                    health_checks.push((path.clone(), t.name.clone(), check));
+            if let Some(mut t) = read_file::<DeviceTypeFile>(path, text, &mut report) {
+                if let Some(check) = t.value.health_check.take() {
+                    health_checks.push((path.clone(), t.value.name.clone(), check));
                 }
                 lab.add_type(path, t, &mut report);
             }
@@ -129,11 +155,7 @@ impl Lab {
         if let Some(devices_dir) = devices_dir {
             lab.add_devices(devices_dir, &mut report);
         }
-        if report.has_errors() {
-            Err(report)
-        } else {
-            Ok((lab, report))
-        }
+        (lab, report)
     }
 
     /// The device types built into the binary (the ones shipped in `device-types/`),
@@ -143,7 +165,7 @@ impl Lab {
         let mut lab = Lab::default();
         for (file, text) in BUILTIN_DEVICE_TYPES {
             let path = Path::new("device-types").join(file);
-            if let Some(t) = parse_file::<DeviceTypeFile>(&path, text, &mut report) {
+            if let Some(t) = read_file::<DeviceTypeFile>(&path, text, &mut report) {
                 lab.add_type(&path, t, &mut report);
             }
         }
@@ -156,14 +178,23 @@ impl Lab {
 
     /// The built-in device types plus the device files in `devices_dir`.
     pub fn load_with_builtin_types(devices_dir: &Path) -> Result<(Lab, LabReport), LabReport> {
-        let mut lab = Lab::builtin()?;
-        let mut report = LabReport::default();
-        lab.add_devices(devices_dir, &mut report);
+        let (lab, report) = Self::load_lenient_with_builtin_types(devices_dir)?;
         if report.has_errors() {
             Err(report)
         } else {
             Ok((lab, report))
         }
+    }
+
+    /// As [`Lab::load_with_builtin_types`], refusing only the devices whose files have
+    /// errors (the built-in types have none: a test holds them to it).
+    pub fn load_lenient_with_builtin_types(
+        devices_dir: &Path,
+    ) -> Result<(Lab, LabReport), LabReport> {
+        let mut lab = Lab::builtin()?;
+        let mut report = LabReport::default();
+        lab.add_devices(devices_dir, &mut report);
+        Ok((lab, report))
     }
 
     /// The device types as job validation sees them.
@@ -191,8 +222,15 @@ impl Lab {
         }
     }
 
-    fn add_type(&mut self, path: &Path, t: DeviceTypeFile, report: &mut LabReport) {
-        let (checked, mut problems) = check_type(path, &t);
+    fn add_type(&mut self, path: &Path, read: Read<DeviceTypeFile>, report: &mut LabReport) {
+        let t = read.value;
+        let (checked, checks) = check_type(path, &t);
+        let mut problems = read.problems;
+        problems.extend(
+            checks
+                .into_iter()
+                .filter(|d| !read.removed.covers(&d.pointer)),
+        );
         if self.device_types.contains_key(&t.name) || self.refused_types.contains_key(&t.name) {
             problems.push(Diagnostic::error(
                 "/name",
@@ -313,18 +351,41 @@ impl Lab {
         }
     }
 
-    /// Every device file (`*.toml`) in `dir`.
+    /// Every device file (`*.toml`) in `dir`; a file with errors is a refused device.
     fn add_devices(&mut self, dir: &Path, report: &mut LabReport) {
         let mut sources = Vec::new();
         collect_toml(dir, &mut sources, report);
         for (path, text) in &sources {
-            if let Some(d) = parse_file::<DeviceFile>(path, text, report) {
-                self.add_device(path, d, report);
-            }
+            let device_type = match read_file::<DeviceFile>(path, text, report) {
+                Some(d) => {
+                    let device_type = d.value.device_type.clone();
+                    if self.add_device(path, d, report) {
+                        continue;
+                    }
+                    Some(device_type)
+                }
+                None => None,
+            };
+            let errors = report
+                .files
+                .iter()
+                .filter(|f| f.path == *path)
+                .map(|f| f.report.render(&path.display().to_string()))
+                .collect();
+            self.refused_devices.insert(
+                file_stem(path),
+                RefusedDevice {
+                    path: path.clone(),
+                    device_type,
+                    errors,
+                },
+            );
         }
     }
 
-    fn add_device(&mut self, path: &Path, d: DeviceFile, report: &mut LabReport) {
+    /// Checks a device file and adds the device; whether it was added.
+    fn add_device(&mut self, path: &Path, read: Read<DeviceFile>, report: &mut LabReport) -> bool {
+        let d = read.value;
         let mut problems = Vec::new();
         if file_stem(path) != d.hostname {
             problems.push(
@@ -346,19 +407,25 @@ impl Lab {
                 None
             }
         };
+        problems.retain(|d| !read.removed.covers(&d.pointer));
+        problems.splice(0..0, read.problems);
         let has_errors = problems.iter().any(Diagnostic::is_error);
         report.add(path, problems);
-        if let (Some((device_type, kind)), false) = (kind, has_errors) {
-            self.devices.insert(
-                d.hostname.clone(),
-                Device {
-                    hostname: d.hostname,
-                    device_type,
-                    description: d.description,
-                    tags: d.tags,
-                    kind,
-                },
-            );
+        match (kind, has_errors) {
+            (Some((device_type, kind)), false) => {
+                self.devices.insert(
+                    d.hostname.clone(),
+                    Device {
+                        hostname: d.hostname,
+                        device_type,
+                        description: d.description,
+                        tags: d.tags,
+                        kind,
+                    },
+                );
+                true
+            }
+            _ => false,
         }
     }
 
@@ -421,33 +488,35 @@ fn collect_toml(dir: &Path, out: &mut Vec<(PathBuf, String)>, report: &mut LabRe
     }
 }
 
-/// Parses one TOML file into `T`, reporting a parse error with its line and column.
-fn parse_file<T: DeserializeOwned>(path: &Path, text: &str, report: &mut LabReport) -> Option<T> {
-    match toml::from_str::<T>(text) {
-        Ok(value) => Some(value),
-        Err(err) => {
-            report.add(path, vec![toml_diagnostic(text, &err)]);
+/// A file read into its shape as far as it could be: its problems so far, and the
+/// keys taken out for them (later checks say nothing more about those).
+struct Read<T> {
+    value: T,
+    problems: Vec<Diagnostic>,
+    removed: parse::Removed,
+}
+
+/// Reads one TOML file into `T` with every problem it has ([`parse`]); a file that
+/// could not be read at all has its problems in `report` and gives `None`.
+fn read_file<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    report: &mut LabReport,
+) -> Option<Read<T>> {
+    let mut parsed = parse::parse::<T>(text);
+    // Found in serde's order (keys sorted): told in the file's.
+    parsed.problems.sort_by_key(|d| (d.line, d.column));
+    match parsed.value {
+        Some(value) => Some(Read {
+            value,
+            problems: parsed.problems,
+            removed: parsed.removed,
+        }),
+        None => {
+            report.add(path, parsed.problems);
             None
         }
     }
-}
-
-fn toml_diagnostic(text: &str, err: &toml::de::Error) -> Diagnostic {
-    let message = err.message().to_string();
-    let mut d = Diagnostic::error("", message.clone());
-    if let Some(span) = err.span() {
-        let before = &text[..span.start.min(text.len())];
-        d.line = Some(before.matches('\n').count() + 1);
-        d.column = Some(before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1);
-    }
-    // serde's wording: "unknown field `x`, expected one of `a`, `b`"
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((field, expected)) = rest.split_once('`')
-    {
-        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        d = d.maybe_hint(job_schemas::did_you_mean(field, known.iter().copied()));
-    }
-    d
 }
 
 /// The checked device type and every problem of its file (the type is `None` when

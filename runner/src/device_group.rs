@@ -60,22 +60,41 @@ pub async fn run(ctx: &GroupContext<'_>, nodes: &[DeviceNode<'_>]) -> Option<cra
             futures::future::join_all(pipelines).await;
         })
         .await;
-    futures::future::join_all(nodes.iter().zip(hosts).filter_map(|(node, up)| {
-        let up = up.into_inner()?;
-        Some(async move {
-            let _section = ctx.log.section(Some(&node.id), "finalize");
-            let dirs = host_dirs(ctx, node);
-            let script = format!(
-                "rm -rf {}; rmdir {} 2>/dev/null; true",
-                shell_quote(&dirs.job_dir),
-                shell_quote(&job_parent(ctx))
-            );
-            host_node::clean(ctx, &up.ssh, &node.id, &script).await;
-            host_device::shut_down_host(up, node.device, ctx.log).await;
-        })
-    }))
+    futures::future::join_all(
+        nodes
+            .iter()
+            .zip(hosts)
+            .map(|(node, up)| finalize_host(ctx, node, up.into_inner())),
+    )
     .await;
     cut_short
+}
+
+/// A host node's end, whatever cut its pipeline short: its directory removed and the
+/// device shut down as its kind is. A board cut short while booting (no session yet)
+/// may be powered on already: it is powered off. A VM node has nothing here.
+async fn finalize_host(ctx: &GroupContext<'_>, node: &DeviceNode<'_>, up: Option<UpHost>) {
+    let Some(up) = up else {
+        if let DeviceKind::Board { power, .. } = &node.device.kind
+            && let Err(err) = hostctl::host::power_off_board(&node.device.hostname, power).await
+        {
+            ctx.log.line(
+                Level::Warning,
+                Some(&node.id),
+                format!("powering off: {err}"),
+            );
+        }
+        return;
+    };
+    let _section = ctx.log.section(Some(&node.id), "finalize");
+    let dirs = host_dirs(ctx, node);
+    let script = format!(
+        "rm -rf {}; rmdir {} 2>/dev/null; true",
+        shell_quote(&dirs.job_dir),
+        shell_quote(&job_parent(ctx))
+    );
+    host_node::clean(ctx, &up.ssh, &node.id, &script).await;
+    host_device::shut_down_host(up, node.device, ctx.log).await;
 }
 
 /// The directory of the job's nodes on a host: one per node below it, since hosts

@@ -66,7 +66,8 @@ pub async fn bring_up_host(
         DeviceKind::QemuHost { qemu, images, ssh } => {
             let accel =
                 accel::decide_for(qemu.accel(), HostFacts::probe_local(), &device_type.arch).accel;
-            let workdir = settings.work_dir.join("host");
+            // One directory per host device: a device_group may boot several.
+            let workdir = settings.work_dir.join(format!("host-{}", device.hostname));
             std::fs::create_dir_all(&workdir).map_err(|e| Failure::infra("boot", e))?;
             let store = ImageStore::new(&settings.image_store, settings.fetch.clone())
                 .map_err(|e| Failure::infra("boot", e))?;

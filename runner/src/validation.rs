@@ -140,8 +140,23 @@ fn finish(
     Err(Report::new(all).with_positions(text))
 }
 
-/// Every device of the lab, as if idle: what could ever serve a job.
+/// Every device of the lab, as if idle: what could ever serve a job. A device whose
+/// file has errors (of a known type) counts too, offline: fixing its file brings it
+/// back, so a job for it waits rather than being refused.
 pub fn views(lab: &Lab) -> Vec<DeviceView> {
+    let refused = lab
+        .refused_devices
+        .iter()
+        .filter_map(|(hostname, refused)| {
+            Some(DeviceView {
+                hostname: hostname.clone(),
+                device_type: refused.device_type.clone()?,
+                tags: Default::default(),
+                state: DeviceState::Offline,
+                health: DeviceHealth::Unknown,
+                awaiting_check: false,
+            })
+        });
     lab.devices
         .values()
         .map(|d| DeviceView {
@@ -152,6 +167,7 @@ pub fn views(lab: &Lab) -> Vec<DeviceView> {
             health: DeviceHealth::Good,
             awaiting_check: false,
         })
+        .chain(refused)
         .collect()
 }
 
@@ -200,6 +216,12 @@ fn job_urls(job: &Value) -> Vec<(String, String)> {
     for (i, vm) in vms.into_iter().flatten().enumerate() {
         if let Some(image) = strings(vm.get("image")) {
             urls.push((format!("/vm_group/vms/{i}/image"), image));
+        }
+    }
+    let callbacks = job.get("callbacks").and_then(Value::as_array);
+    for (i, callback) in callbacks.into_iter().flatten().enumerate() {
+        if let Some(url) = strings(callback.get("url")) {
+            urls.push((format!("/callbacks/{i}/url"), url));
         }
     }
     let actions = job.get("actions").and_then(Value::as_array);
@@ -302,6 +324,44 @@ mod tests {
             report.render("job")
         );
         assert!(report.render("job").contains("is not a directory"));
+    }
+
+    /// A callback is a request the dispatcher makes for the job: to an address the
+    /// lab lets jobs reach, or the job is refused.
+    #[test]
+    fn callbacks_are_checked_against_the_labs_network_policy() {
+        let policy = JobPolicy {
+            fetch: Arc::new(FetchPolicy::restricted(
+                &[],
+                &[],
+                Vec::new(),
+                FetchLimits::default(),
+            )),
+            ..JobPolicy::default()
+        };
+        let lab = Lab::builtin().unwrap();
+        let text = serde_json::json!({
+            "device_type": "kvm",
+            "timeout": 60,
+            "callbacks": [
+                {"url": "https://ci.example.org/lava"},
+                {"url": "http://127.0.0.1:8079/api/v1/jobs", "token": "x"},
+                {"url": "http://[fd00::1]/hook", "dataset": "log"}
+            ],
+            "actions": [{"command": "lava_command_run", "parameters": {"commands": ["true"]}}]
+        })
+        .to_string();
+        let report = validate_for_run(&text, &lab, &policy).unwrap_err();
+        let callbacks: Vec<String> = pointers(&report)
+            .into_iter()
+            .filter(|p| p.starts_with("/callbacks"))
+            .collect();
+        assert_eq!(
+            callbacks,
+            ["/callbacks/1/url", "/callbacks/2/url"],
+            "{}",
+            report.render("job")
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub const JOB_STATE_NAMES: [&str; 5] =
 /// not at all.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Queues a new job; returns its id (never reused).
+    /// Queues a new job; returns its id (never reused). A resubmission is linked both
+    /// ways in the same step: the job it came from names it as `resubmitted_as`.
     async fn submit(&self, job: NewJob) -> Result<u64, StoreError>;
 
     /// Job `id`; `None` when there is none (an id past the backend's integers included).
@@ -189,6 +190,10 @@ pub struct NewJob {
     pub members: Vec<Member>,
     /// The device this job is the health check of; `None` for an ordinary job.
     pub health_check_of: Option<String>,
+    /// The job this one is a resubmission of (it is linked back to this one).
+    pub resubmitted_from: Option<u64>,
+    /// Automatic retries (after `infrastructure` failures) that led to this job.
+    pub auto_retries: u32,
 }
 
 /// A device's health as a job's end sets it, and why.
@@ -219,6 +224,9 @@ pub struct JobRecord {
     /// The job's nodes, as validation found them at submission; `None` for a job
     /// submitted before the store kept them (see [`Store::set_members`]).
     pub members: Option<Vec<Member>>,
+    /// Automatic retries (after `infrastructure` failures) that led to this job.
+    #[serde(skip)]
+    pub auto_retries: u32,
 }
 
 /// A job without its definition and results: what a listing shows. Timestamps are
@@ -235,6 +243,12 @@ pub struct JobSummary {
     /// The device this job is the health check of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_of: Option<String>,
+    /// The job this one was resubmitted from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resubmitted_from: Option<u64>,
+    /// The newest job resubmitted from this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resubmitted_as: Option<u64>,
 }
 
 /// One node a job has (or will have): its id and its role.

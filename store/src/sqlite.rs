@@ -82,6 +82,11 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     CREATE INDEX device_health_host ON device_health (hostname, id);",
+    // 5: resubmissions: the job a job was resubmitted from, the newest job resubmitted
+    // from it, and how many automatic retries (retry_infrastructure) led to it.
+    "ALTER TABLE jobs ADD COLUMN resubmitted_from INTEGER;
+    ALTER TABLE jobs ADD COLUMN resubmitted_as INTEGER;
+    ALTER TABLE jobs ADD COLUMN auto_retries INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The default [`Store`]: a SQLite file. Needs a tokio runtime (its calls run on the
@@ -313,22 +318,36 @@ impl Db {
             return Err(StoreError::Invalid(Invalid::Priority(job.priority)).into());
         }
         let state = JobState::Submitted;
-        let id: u64 = self.lock().query_row(
-            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
-                 members, health_check_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-            params![
-                job.name,
-                job.definition,
-                job.priority,
-                now(),
-                state.name(),
-                serde_json::to_string(&state)?,
-                serde_json::to_string(&job.members)?,
-                job.health_check_of
-            ],
-            |row| row.get(0),
-        )?;
+        let id: u64 = self.write(|tx| {
+            let id: u64 = tx.query_row(
+                "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
+                     members, health_check_of, resubmitted_from, auto_retries)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                params![
+                    job.name,
+                    job.definition,
+                    job.priority,
+                    now(),
+                    state.name(),
+                    serde_json::to_string(&state)?,
+                    serde_json::to_string(&job.members)?,
+                    job.health_check_of,
+                    job.resubmitted_from,
+                    job.auto_retries
+                ],
+                |row| row.get(0),
+            )?;
+            if let Some(from) = job.resubmitted_from {
+                let linked = tx.execute(
+                    "UPDATE jobs SET resubmitted_as = ?2 WHERE id = ?1",
+                    params![from, id],
+                )?;
+                if linked == 0 {
+                    return Err(StoreError::NotFound(Missing::Job(from)).into());
+                }
+            }
+            Ok(id)
+        })?;
         tracing::info!(job = id, name = ?job.name, priority = job.priority, "job submitted");
         Ok(id)
     }
@@ -338,7 +357,8 @@ impl Db {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS}, definition, results, members FROM jobs WHERE id = ?1"
+            "SELECT {SUMMARY_COLUMNS}, definition, results, members, auto_retries FROM jobs
+             WHERE id = ?1"
         );
         Ok(self.lock().query_row(&sql, [id], job_from_row).optional()?)
     }
@@ -449,12 +469,13 @@ impl Db {
                 )
                 .optional()?
                 .flatten();
-            if checked.is_some() {
+            // A check that said something (a canceled one did not) starts the count again.
+            if checked.is_some() && health.is_some() {
                 tx.execute(
                     "UPDATE devices SET last_check_at = ?2, jobs_since_check = 0 WHERE job_id = ?1",
                     params![job_id, now()],
                 )?;
-            } else {
+            } else if checked.is_none() {
                 tx.execute(
                     "UPDATE devices SET jobs_since_check = jobs_since_check + 1 WHERE job_id = ?1",
                     [job_id],
@@ -791,8 +812,8 @@ fn device_in(tx: &Connection, hostname: &str) -> Result<Option<DeviceRecord>, Fa
 }
 
 /// A job's columns up to its definition, in [`summary_from_row`]'s order.
-const SUMMARY_COLUMNS: &str =
-    "id, name, priority, state_json, submitted_at, started_at, ended_at, health_check_of";
+const SUMMARY_COLUMNS: &str = "id, name, priority, state_json, submitted_at, started_at, \
+    ended_at, health_check_of, resubmitted_from, resubmitted_as";
 
 /// Whether `id` can be a job's id: SQLite's integers are signed 64-bit, so a larger id
 /// names no job (rather than failing to bind as a query parameter).
@@ -810,6 +831,8 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         started_at: row.get(5)?,
         ended_at: row.get(6)?,
         health_check_of: row.get(7)?,
+        resubmitted_from: row.get(8)?,
+        resubmitted_as: row.get(9)?,
     })
 }
 
@@ -817,15 +840,16 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
         summary: summary_from_row(row)?,
-        definition: row.get(8)?,
+        definition: row.get(10)?,
         results: row
-            .get::<_, Option<String>>(9)?
-            .map(|text| parse_json(9, &text))
+            .get::<_, Option<String>>(11)?
+            .map(|text| parse_json(11, &text))
             .transpose()?,
         members: row
-            .get::<_, Option<String>>(10)?
-            .map(|text| parse_json(10, &text))
+            .get::<_, Option<String>>(12)?
+            .map(|text| parse_json(12, &text))
             .transpose()?,
+        auto_retries: row.get(13)?,
     })
 }
 
@@ -912,6 +936,8 @@ mod tests {
             priority,
             members: Vec::new(),
             health_check_of: None,
+            resubmitted_from: None,
+            auto_retries: 0,
         }
     }
 
@@ -1156,12 +1182,12 @@ mod tests {
         let (_dir, path, store) = temp_store(&[]).await;
         drop(store);
         let raw = Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 5).unwrap();
+        raw.pragma_update(None, "user_version", 6).unwrap();
         drop(raw);
         let err = SqliteStore::open(&path).await.err().unwrap();
         assert!(
             matches!(&err, StoreError::Unavailable(why)
-                if why.contains("version 5, newer than this dispatcher's 4")),
+                if why.contains("version 6, newer than this dispatcher's 5")),
             "{err}"
         );
     }
@@ -1389,6 +1415,31 @@ mod tests {
                 .as_deref(),
             Some("kvm-01")
         );
+
+        // A check that ended saying nothing (canceled) does not count as one.
+        let user = store.submit(new_job(None, "{}", 50)).await.unwrap();
+        store.reserve(user, &hosts(&["kvm-01"])).await.unwrap();
+        store.start(user).await.unwrap();
+        store
+            .finish(user, Outcome::complete(), None, None)
+            .await
+            .unwrap();
+        let canceled = store
+            .submit(NewJob {
+                health_check_of: Some("kvm-01".into()),
+                ..new_job(None, "{}", 100)
+            })
+            .await
+            .unwrap();
+        store.reserve(canceled, &hosts(&["kvm-01"])).await.unwrap();
+        store.start(canceled).await.unwrap();
+        store
+            .finish(canceled, Outcome::canceled("by an admin"), None, None)
+            .await
+            .unwrap();
+        let after = device(&*store, "kvm-01").await;
+        assert_eq!(after.jobs_since_check, 1);
+        assert_eq!(after.last_check_at, checked.last_check_at);
 
         // An admin's maintenance stands over a job's verdict.
         store

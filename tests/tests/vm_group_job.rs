@@ -415,7 +415,7 @@ fn a_qemu_host_boots_the_jobs_kernel_on_an_nfsrootfs_tarball() {
     let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
     assert!(log.contains("from 1 tar archive(s)"), "{log}");
     assert_nothing_runs_from(
-        &only_job_dir(&state).join("host"),
+        &only_job_dir(&state).join("host-qemu-host-01"),
         "the host-device VM still runs",
     );
 }
@@ -439,7 +439,10 @@ fn the_seed_job_runs_on_a_qemu_host_with_nested_vms() {
     // The host-device VM itself is gone: its console log ends and no qemu runs with
     // this job's host directory.
     let job_dir = only_job_dir(&state);
-    assert_nothing_runs_from(&job_dir.join("host"), "the host-device VM still runs");
+    assert_nothing_runs_from(
+        &job_dir.join("host-qemu-host-01"),
+        "the host-device VM still runs",
+    );
 }
 
 /// (e) A device_group job of two `kvm` devices: VMs the dispatcher starts on its own
@@ -1209,5 +1212,8 @@ fn an_x86_64_and_an_aarch64_guest_talk_in_one_vm_group_on_a_qemu_host() {
     let job_dir = only_job_dir(&state);
     let log = std::fs::read_to_string(job_dir.join("job.log")).unwrap();
     assert!(log.contains("qemu-system-aarch64"), "{log}");
-    assert_nothing_runs_from(&job_dir.join("host"), "the host-device VM still runs");
+    assert_nothing_runs_from(
+        &job_dir.join("host-qemu-host-01"),
+        "the host-device VM still runs",
+    );
 }

@@ -51,8 +51,10 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
         .route("/api/v1/jobs/{id}/console/{node}", get(console))
         .route("/api/v1/jobs/{id}/attachments/{file}", get(attachment))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/resubmit", post(resubmit))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{hostname}", get(device))
+        .route("/api/v1/lab/reload", post(reload))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
         .route("/api/v1/device-types", get(device_types))
         .route("/api/v1/openapi.json", get(openapi))
@@ -274,6 +276,11 @@ async fn cancel(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanWrite) -> A
     ok(api.service.cancel(id).await?)
 }
 
+async fn resubmit(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanWrite) -> ApiResult {
+    let submitted = api.service.resubmit(id, false).await?;
+    Ok((StatusCode::CREATED, axum::Json(submitted)).into_response())
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     /// `1`: keep the response open and send lines as they are written, until the job ends.
@@ -314,6 +321,10 @@ async fn log(
 async fn devices(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {
     let devices = api.service.devices().await?;
     ok(json!({ "devices": devices }))
+}
+
+async fn reload(State(api): State<Arc<Api>>, _: CanWrite) -> ApiResult {
+    ok(api.service.reload().await?)
 }
 
 async fn device(

@@ -103,6 +103,29 @@ pub struct DaemonConfig {
     /// Seconds a client has to send a request's body (a job, a health change).
     #[serde(default = "default_http_body_timeout_secs")]
     pub http_body_timeout_secs: u64,
+    /// Times a job that ended `infrastructure` is submitted again by itself, each new
+    /// job linked to the one it retries; 0: never.
+    #[serde(default)]
+    pub retry_infrastructure: u32,
+    /// Attempts to deliver one job callback while its receiver fails (5xx) or cannot be
+    /// reached, 1 s, 2 s, 4 s... apart (at most a minute).
+    #[serde(default = "default_callback_attempts")]
+    pub callback_attempts: u32,
+    /// The SMTP relay (`host:port`, plain SMTP on the lab's network) that mails jobs'
+    /// `notify` addresses; unset: this lab sends no mail (submission warns).
+    #[serde(default)]
+    pub smtp_relay: Option<String>,
+    /// The sender of that mail.
+    #[serde(default = "default_mail_from")]
+    pub mail_from: String,
+}
+
+fn default_callback_attempts() -> u32 {
+    6
+}
+
+fn default_mail_from() -> String {
+    "lava-dispatcher@localhost".to_string()
 }
 
 fn default_max_download_bytes() -> u64 {

@@ -20,10 +20,8 @@ use store::{HealthChange, NewJob, StoreError};
 use super::{Shared, now_secs};
 
 /// Device `hostname`'s health check: its type's, if it has one.
-pub fn check_of<'a>(shared: &'a Shared, hostname: &str) -> Option<&'a HealthCheck> {
-    shared
-        .lab
-        .devices
+pub fn check_of<'a>(lab: &'a lab::Lab, hostname: &str) -> Option<&'a HealthCheck> {
+    lab.devices
         .get(hostname)
         .and_then(|d| d.device_type.health_check.as_ref())
 }
@@ -105,15 +103,20 @@ pub async fn queue_due_checks(
     let queued = shared.store.queue().await?;
     let now = now_secs();
     let mut next: Option<i64> = None;
+    let state = shared.lab();
     for record in devices {
-        let Some(check) = check_of(shared, &record.hostname) else {
+        let Some(check) = check_of(&state.lab, &record.hostname) else {
             continue;
         };
         if let (DeviceHealth::Good, Some(HealthFrequency::Hours(h)), Some(at)) =
             (record.health, check.every, record.last_check_at)
         {
             let at = at + i64::from(h) * 3600;
-            next = Some(next.map_or(at, |n| n.min(at)));
+            // A check already due waits for its device to be idle, which a job's end
+            // announces: only a time still ahead needs waking for.
+            if at > now {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
         }
         let pending = queued
             .iter()
@@ -125,7 +128,7 @@ pub async fn queue_due_checks(
             continue;
         };
         let definition = check.definition.clone();
-        let pass = shared.clone();
+        let pass = state.clone();
         let validated = tokio::task::spawn_blocking(move || {
             validation::validate_for_run(&definition, &pass.lab, &pass.policy)
         })
@@ -154,6 +157,8 @@ pub async fn queue_due_checks(
                             })
                             .collect(),
                         health_check_of: Some(hostname.clone()),
+                        resubmitted_from: None,
+                        auto_retries: 0,
                     })
                     .await?;
                 shared.remember_validated(id, job);

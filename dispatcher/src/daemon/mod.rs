@@ -21,6 +21,8 @@ pub mod config;
 mod health;
 pub mod http;
 mod logs;
+mod mail;
+pub mod notify;
 pub mod service;
 
 use std::collections::HashMap;
@@ -61,13 +63,38 @@ pub enum DaemonError {
     Coordinator(String),
 }
 
+/// The lab as its files say now, with the job policy made from it. A reload replaces
+/// it whole; a job keeps the one it started with to its end, so a reload never changes
+/// a running job's devices.
+pub struct LabState {
+    pub lab: Lab,
+    pub policy: JobPolicy,
+}
+
+/// What a reload of the lab files found.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    /// The devices in use now.
+    pub devices: Vec<String>,
+    /// Device files with errors, by file name: those devices are offline.
+    pub refused: Vec<String>,
+    /// Errors in all the files.
+    pub errors: usize,
+    /// Every problem, compiler style, with file, line and key.
+    pub problems: String,
+}
+
 /// What the service, the scheduler and the job tasks share.
 pub struct Shared {
     pub config: DaemonConfig,
-    pub lab: Lab,
+    /// Swapped whole by [`Shared::reload`].
+    lab: parking_lot::RwLock<Arc<LabState>>,
+    /// Held by a reload and by each scheduling pass: a pass sees the lab and the store's
+    /// devices of one reload, and a reload's fresh start (no cached validation) is not
+    /// undone by a pass under way.
+    reloading: tokio::sync::Mutex<()>,
     pub store: Arc<dyn Store>,
     pub coordination: Coordination,
-    pub policy: JobPolicy,
     /// Wakes the scheduler.
     pub wake: Notify,
     /// Signalled whenever a job ends (finished or canceled): wakes log followers.
@@ -89,13 +116,54 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The lab now (a job holds the one it started with).
+    pub fn lab(&self) -> Arc<LabState> {
+        self.lab.read().clone()
+    }
+
     /// A device's tags, as its lab file gives them (the store keeps state, not tags).
     pub fn tags_of(&self, hostname: &str) -> Vec<String> {
-        self.lab
+        self.lab()
+            .lab
             .devices
             .get(hostname)
             .map(|d| d.tags.clone())
             .unwrap_or_default()
+    }
+
+    /// Reads the lab files again and puts what they say in use without a restart: new
+    /// devices join, a device whose file now has errors goes offline naming them, a
+    /// device gone from the files is retired; a running job keeps its devices as they
+    /// were. Queued jobs are validated again against the new lab by the next pass.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = self.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_lab(&config))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("loading the lab did not complete: {e}"))
+            })?;
+        let (state, report) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => return Err(StoreError::Unavailable(err.to_string())),
+        };
+        self.store.sync_devices(lab_devices(&state.lab)).await?;
+        let reloaded = Reloaded {
+            devices: state.lab.devices.keys().cloned().collect(),
+            refused: state.lab.refused_devices.keys().cloned().collect(),
+            errors: report.error_count(),
+            problems: report.render(),
+        };
+        *self.lab.write() = Arc::new(state);
+        self.validated.lock().clear();
+        tracing::info!(
+            devices = reloaded.devices.len(),
+            refused = reloaded.refused.len(),
+            errors = reloaded.errors,
+            "lab files reloaded"
+        );
+        self.wake.notify_one();
+        Ok(reloaded)
     }
 
     /// Remembers a queued job as validated at submission.
@@ -155,14 +223,10 @@ pub struct Daemon {
 
 impl Daemon {
     /// Loads the lab, opens the store (recovering from a restart), starts the embedded
-    /// coordinator, the HTTP API and the scheduler.
+    /// coordinator, the HTTP API and the scheduler. A lab file with errors refuses what
+    /// it describes (logged, and shown offline in the device list), not the daemon.
     pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
-        let lab = match &config.device_types {
-            Some(dir) => Lab::load(dir, Some(&config.devices)),
-            None => Lab::load_with_builtin_types(&config.devices),
-        }
-        .map(|(lab, _warnings)| lab)
-        .map_err(|report| DaemonError::Lab(report.render()))?;
+        let (lab_state, _report) = load_lab(&config)?;
         for dir in [config.state_dir.clone(), config.jobs_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Io {
                 what: format!("cannot create {}", dir.display()),
@@ -170,12 +234,7 @@ impl Daemon {
             })?;
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database()).await?);
-        let devices: Vec<(String, String)> = lab
-            .devices
-            .values()
-            .map(|d| (d.hostname.clone(), d.device_type.name.clone()))
-            .collect();
-        store.sync_devices(devices).await?;
+        store.sync_devices(lab_devices(&lab_state.lab)).await?;
         let cut_short = store.recover_after_restart().await?;
         for &job in &cut_short {
             tracing::warn!(
@@ -218,12 +277,6 @@ impl Daemon {
             what: "listening socket".into(),
             source,
         })?;
-        let device_keys: Vec<PathBuf> = lab
-            .devices
-            .values()
-            .filter_map(|d| d.ssh().and_then(|s| s.identity_file.clone()))
-            .collect();
-        let policy = config.job_policy(&device_keys);
         hostctl::console::set_max_log_bytes(config.max_console_bytes);
         let fd_limit = http::raise_fd_limit();
         let max_connections = match config.max_connections {
@@ -248,10 +301,10 @@ impl Daemon {
         tracing::info!(?limits, "HTTP limits");
         let shared = Arc::new(Shared {
             config,
-            lab,
+            lab: parking_lot::RwLock::new(Arc::new(lab_state)),
+            reloading: tokio::sync::Mutex::new(()),
             store,
             coordination,
-            policy,
             wake: Notify::new(),
             job_ended: Notify::new(),
             running: Mutex::default(),
@@ -304,6 +357,40 @@ impl Daemon {
             coordinator.shutdown().await;
         }
     }
+}
+
+/// Reads the lab files as the configuration names them, leniently: a file with errors
+/// refuses only what it describes, and its problems are logged. Fails only when the
+/// shipped device types themselves do not load.
+fn load_lab(config: &DaemonConfig) -> Result<(LabState, lab::LabReport), DaemonError> {
+    let (lab, report) = match &config.device_types {
+        Some(dir) => Lab::load_lenient(dir, Some(&config.devices)),
+        None => Lab::load_lenient_with_builtin_types(&config.devices)
+            .map_err(|report| DaemonError::Lab(report.render()))?,
+    };
+    for file in report.files.iter().filter(|f| f.report.error_count() > 0) {
+        tracing::error!(
+            file = %file.path.display(),
+            problems = %file.report.render(&file.path.display().to_string()),
+            "lab file refused"
+        );
+    }
+    // The devices' own keys are secrets no job may read.
+    let device_keys: Vec<PathBuf> = lab
+        .devices
+        .values()
+        .filter_map(|d| d.ssh().and_then(|s| s.identity_file.clone()))
+        .collect();
+    let policy = config.job_policy(&device_keys);
+    Ok((LabState { lab, policy }, report))
+}
+
+/// `(hostname, device type)` of every device in use: what the store is synced to.
+fn lab_devices(lab: &Lab) -> Vec<(String, String)> {
+    lab.devices
+        .values()
+        .map(|d| (d.hostname.clone(), d.device_type.name.clone()))
+        .collect()
 }
 
 /// Connects to the standalone coordinator the configuration names, and checks that it
@@ -359,7 +446,16 @@ async fn standalone_coordinator(
 /// so each is told to quit there. (VMs on a remote host stopped with the SSH session
 /// they were attached to.)
 async fn quit_local_vms(job_dir: &std::path::Path) {
-    let mut sockets = vec![job_dir.join("host").join("qmp.sock")];
+    let mut sockets = Vec::new();
+    // Each qemu-host's in `host-HOSTNAME/`, each kvm device's in `vms/NODE/`.
+    if let Ok(entries) = std::fs::read_dir(job_dir) {
+        sockets.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("host-"))
+                .map(|e| e.path().join("qmp.sock")),
+        );
+    }
     if let Ok(vms) = std::fs::read_dir(job_dir.join("vms")) {
         sockets.extend(vms.flatten().map(|vm| vm.path().join("qmp.sock")));
     }
@@ -435,6 +531,7 @@ enum PassError {
 /// before a restart and planning cost CPU, so they run on the blocking pool. Returns
 /// when the next periodic health check falls due, if one will.
 async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassError> {
+    let _no_reload = shared.reloading.lock().await;
     let next_check = health::queue_due_checks(shared).await?;
     let queued = shared.store.queue().await?;
     let mut known = std::mem::take(&mut *shared.validated.lock());
@@ -446,9 +543,9 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
             // Queued before this daemon started: read and validated once.
             None => match shared.store.job(record.id).await? {
                 Some(stored) => {
-                    let pass = shared.clone();
+                    let state = shared.lab();
                     tokio::task::spawn_blocking(move || {
-                        validation::validate_for_run(&stored.definition, &pass.lab, &pass.policy)
+                        validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
                             .map(|v| v.job)
                     })
                     .await?
@@ -489,15 +586,29 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
         shared.set_waiting(Vec::new());
         return Ok(next_check);
     }
+    let lab_now = shared.lab();
     let devices: Vec<_> = shared
         .store
         .devices()
         .await?
         .into_iter()
         .map(|d| {
-            let tags = shared.tags_of(&d.hostname).into_iter().collect();
-            let checked = health::check_of(shared, &d.hostname).is_some();
-            d.into_view(tags, checked)
+            let tags = lab_now
+                .lab
+                .devices
+                .get(&d.hostname)
+                .map(|device| device.tags.iter().cloned().collect())
+                .unwrap_or_default();
+            let checked = health::check_of(&lab_now.lab, &d.hostname).is_some();
+            let refused = lab_now.lab.refused_devices.contains_key(&d.hostname);
+            let mut view = d.into_view(tags, checked);
+            if refused {
+                // Retired by the sync, but only until its file is fixed: a job waiting
+                // for it is told it is offline.
+                view.state = states::DeviceState::Offline;
+                view.health = states::DeviceHealth::Unknown;
+            }
+            view
         })
         .collect();
     let plan = tokio::task::spawn_blocking(move || {
@@ -579,12 +690,27 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         outcome.health,
         outcome.error.as_ref().map(|(class, _)| *class),
     );
+    let retry =
+        health_check_of.is_none() && notify::retries(class, 0, shared.config.retry_infrastructure);
     let finished = shared
         .store
         .finish(job_id, outcome, results, change.clone())
         .await;
     match finished {
         Ok(state) => {
+            notify::job_ended(&shared, job_id, &job);
+            if retry {
+                let service = service::Dispatcher::new(shared.clone());
+                match service.resubmit(job_id, true).await {
+                    Ok(Some(again)) => tracing::info!(
+                        job = job_id,
+                        retry = again.id,
+                        "infrastructure failure: the job is submitted again"
+                    ),
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(job = job_id, %err, "cannot retry the job"),
+                }
+            }
             tracing::info!(
                 job = job_id,
                 ?health,
@@ -637,10 +763,12 @@ async fn run_job_inner(
         None,
         format!("job {job_id} running on {}", devices.join(", ")),
     );
+    // The lab as it is now, kept to the job's end whatever a reload does meanwhile.
+    let state = shared.lab();
     let devices: Vec<_> = devices
         .iter()
         .map(|d| {
-            shared
+            state
                 .lab
                 .devices
                 .get(d)
@@ -652,7 +780,7 @@ async fn run_job_inner(
         job_id,
         work_dir: job_dir,
         image_store: shared.config.state_dir.join("images"),
-        fetch: shared.policy.fetch.clone(),
+        fetch: state.policy.fetch.clone(),
         node_agent: shared.config.node_agent.clone(),
         lab_key: shared.config.lab_key.clone(),
         known_hosts: shared.config.state_dir.join("known_hosts"),
@@ -661,7 +789,7 @@ async fn run_job_inner(
     };
     let report = runner::run_job(
         job,
-        &shared.lab,
+        &state.lab,
         &devices,
         &shared.coordination,
         &settings,

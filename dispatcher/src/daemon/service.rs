@@ -147,6 +147,10 @@ pub struct DeviceView {
     pub state: DeviceState,
     pub health: DeviceHealth,
     pub tags: Vec<String>,
+    /// Its file's errors, when it has any: the device is offline until they are fixed
+    /// and the lab reloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A device's health as set: `PUT /api/v1/devices/{hostname}/health`.
@@ -245,14 +249,38 @@ impl Dispatcher {
     pub async fn submit(&self, text: Vec<u8>) -> Result<Submitted, ServiceError> {
         let text = String::from_utf8(text)
             .map_err(|e| ServiceError::BadRequest(format!("the job is not UTF-8: {e}")))?;
-        let shared = self.shared.clone();
+        self.queue(text, None, 0).await
+    }
+
+    /// Validates and queues `text`, a resubmission of `from` if given.
+    async fn queue(
+        &self,
+        text: String,
+        from: Option<u64>,
+        auto_retries: u32,
+    ) -> Result<Submitted, ServiceError> {
+        let state = self.shared.lab();
         let (validated, text) = off_thread(move || {
-            let validated = validation::validate_for_run(&text, &shared.lab, &shared.policy);
+            let validated = validation::validate_for_run(&text, &state.lab, &state.policy);
             (validated, text)
         })
         .await?;
         let validated = validated.map_err(|report| ServiceError::InvalidJob(Box::new(report)))?;
         let job = validated.job;
+        let mut warnings = validated.warnings;
+        if self.shared.config.smtp_relay.is_none() {
+            for (key, addresses) in [
+                ("/notify", &job.notify),
+                ("/notify_on_incomplete", &job.notify_on_incomplete),
+            ] {
+                if !addresses.is_empty() {
+                    warnings.push(
+                        Diagnostic::warning(key, "this lab sends no mail: nobody will be mailed")
+                            .hint("its daemon has no smtp_relay; callbacks reach an HTTP receiver"),
+                    );
+                }
+            }
+        }
         let nodes = members_of(&job);
         let id = self
             .shared
@@ -263,6 +291,8 @@ impl Dispatcher {
                 priority: job.priority.value(),
                 members: nodes.clone(),
                 health_check_of: None,
+                resubmitted_from: from,
+                auto_retries,
             })
             .await?;
         self.shared.remember_validated(id, job);
@@ -270,9 +300,32 @@ impl Dispatcher {
         Ok(Submitted {
             id,
             nodes,
-            warnings: validated.warnings,
+            warnings,
             omitted_warnings: validated.omitted_warnings,
         })
+    }
+
+    /// Submits job `id` again as it was written, validated against the lab as it is now;
+    /// the new job and the old one are linked. `automatic`: a retry after an
+    /// `infrastructure` failure, made only while the chain of such retries is shorter
+    /// than `retry_infrastructure` (`None` past it).
+    pub async fn resubmit(
+        &self,
+        id: u64,
+        automatic: bool,
+    ) -> Result<Option<Submitted>, ServiceError> {
+        let record = self.job_record(id).await?;
+        let auto_retries = if automatic {
+            if record.auto_retries >= self.shared.config.retry_infrastructure {
+                return Ok(None);
+            }
+            record.auto_retries + 1
+        } else {
+            0
+        };
+        self.queue(record.definition, Some(id), auto_retries)
+            .await
+            .map(Some)
     }
 
     /// Jobs, newest first, all or those in the state named `state`; a queued one with
@@ -312,10 +365,10 @@ impl Dispatcher {
         let members = match record.members.take() {
             Some(members) => members,
             None => {
-                let shared = self.shared.clone();
+                let state = self.shared.lab();
                 let definition = std::mem::take(&mut record.definition);
                 let members = off_thread(move || {
-                    validation::validate_job(&definition, &shared.lab, &shared.policy)
+                    validation::validate_job(&definition, &state.lab, &state.policy)
                         .map(|v| members_of(&v.job))
                         .unwrap_or_default()
                 })
@@ -455,7 +508,23 @@ impl Dispatcher {
     /// Every device, with its tags from the lab files.
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
         let devices = self.shared.store.devices().await?;
-        Ok(devices.into_iter().map(|d| self.device_view(d)).collect())
+        let mut views: Vec<DeviceView> = devices.into_iter().map(|d| self.device_view(d)).collect();
+        // A device whose file has errors and never loaded: offline, with its errors.
+        let state = self.shared.lab();
+        for (hostname, refused) in &state.lab.refused_devices {
+            if views.iter().all(|v| v.hostname != *hostname) {
+                views.push(DeviceView {
+                    hostname: hostname.clone(),
+                    device_type: refused.device_type.clone().unwrap_or_default(),
+                    state: DeviceState::Offline,
+                    health: DeviceHealth::Unknown,
+                    tags: Vec::new(),
+                    error: Some(refused.errors.clone()),
+                });
+            }
+        }
+        views.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(views)
     }
 
     /// Sets a device's health with the admin's reason (its health history keeps
@@ -495,8 +564,8 @@ impl Dispatcher {
                 ServiceError::Store(StoreError::NotFound(Missing::Device(hostname.to_string())))
             })?;
         let history = self.shared.store.health_history(hostname).await?;
-        let check = self
-            .shared
+        let state = self.shared.lab();
+        let check = state
             .lab
             .devices
             .get(hostname)
@@ -522,18 +591,32 @@ impl Dispatcher {
     }
 
     fn device_view(&self, d: store::DeviceRecord) -> DeviceView {
+        let error = self
+            .shared
+            .lab()
+            .lab
+            .refused_devices
+            .get(&d.hostname)
+            .map(|r| r.errors.clone());
         DeviceView {
             tags: self.shared.tags_of(&d.hostname),
             hostname: d.hostname,
             device_type: d.device_type,
             state: d.state,
             health: d.health,
+            error,
         }
+    }
+
+    /// Reads the lab files again and puts them in use (see [`super::Shared::reload`]).
+    pub async fn reload(&self) -> Result<super::Reloaded, ServiceError> {
+        Ok(self.shared.reload().await?)
     }
 
     /// The lab's device types.
     pub fn device_types(&self) -> Vec<DeviceTypeView> {
         self.shared
+            .lab()
             .lab
             .device_types
             .values()

@@ -17,10 +17,14 @@ mod coordinator;
 mod faults;
 /// Health checks: a device's check decides its health; failures are blamed by class.
 mod health;
+/// Lab files under a running daemon: a broken one, reloads.
+mod lab_files;
 /// The limits of the daemon's configuration on submitted jobs.
 mod limits;
 /// Generated malformed jobs (proptest) get clear 4xx answers.
 mod malformed_jobs;
+/// A job's end told: callbacks, mail, resubmission and automatic retries.
+mod notify;
 /// Many jobs on a few devices: each runs once, one at a time per device.
 mod queue;
 /// A daemon killed or stopped mid-job, and started again.
