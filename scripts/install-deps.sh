@@ -26,6 +26,10 @@ PACKAGES=(
     fdisk            # build-debian-image.sh: sfdisk writes the Debian disk's GPT
     ovmf             # UEFI firmware of kvm devices (bootloadertype "uefi"; device-types/kvm.toml)
     qemu-efi-aarch64 # UEFI firmware of kvm-aarch64 devices (device-types/kvm-aarch64.toml)
+    tmux             # the CLI tests run `submit --follow` in a real terminal (a tmux pane)
+    binutils         # build-deb.sh strips the binaries it packs
+    systemd          # the package test: systemd-analyze verify of the unit
+    man-db           # the package test: the installed manual pages are found (man -w)
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
 # step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that

@@ -2,14 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hostctl::fetch::{FetchLimits, FetchPolicy};
 use job_schemas::{Limits, Report, Topology};
 use lab::{Lab, LabReport};
 use runner::validation::{self, JobPolicy};
 
-use crate::exit;
+use crate::out::{errln, errprint};
 use crate::remote::{self, Simple};
+use crate::{exit, out};
 use runner::formats::ResultsFormat;
 
 #[derive(Debug, Parser)]
@@ -40,26 +41,41 @@ enum Command {
         /// The daemon's configuration (TOML).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Check the configuration and the lab files, print what was found, and exit
+        /// (1: the daemon would refuse to start) without starting.
+        #[arg(long)]
+        check: bool,
     },
     /// Submit a job to a daemon.
     Submit {
         job: PathBuf,
-        /// Print the job's log as it runs, then its results.
+        /// Print the job's log as it runs (with progress on a terminal), then its
+        /// results; the exit status is the job's (0 passed, 1 a case failed, 3
+        /// incomplete).
         #[arg(long)]
         follow: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// A job's state, timings and nodes.
+    /// A job's state, timings and nodes; a finished job's exit status is its result.
     Status {
+        id: u64,
+        #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Wait for a job to end (progress on a terminal), print its results; the exit
+    /// status is the job's (0 passed, 1 a case failed, 3 incomplete).
+    Wait {
         id: u64,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// A job's log.
+    /// A job's log; once the job has ended, the exit status is its result.
     Logs {
         id: u64,
-        /// Keep printing lines until the job ends.
+        /// Keep printing lines until the job ends (with progress on a terminal).
         #[arg(long)]
         follow: bool,
         /// Only this node's lines (`host`, `server`, `client-2` ...).
@@ -72,19 +88,23 @@ enum Command {
     Cancel {
         id: u64,
         #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// Submit a job again as it was written; the new job names the old one.
     Resubmit {
         id: u64,
         #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
-    /// A job's results.
+    /// A job's results: one line per test case and the counts, or JSON, JUnit XML or
+    /// TAP.
     Results {
         id: u64,
-        /// JSON, JUnit XML or TAP.
-        #[arg(long, value_enum, default_value_t = ResultsArg::Json)]
+        #[arg(long, value_enum, default_value_t = ResultsArg::Text)]
         format: ResultsArg,
         #[command(flatten)]
         server: ServerArgs,
@@ -94,6 +114,34 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print a shell completion script: `dispatcher completions bash >
+    /// /usr/share/bash-completion/completions/dispatcher`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per subcommand into DIR.
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--format text|json` of the commands that print a daemon's answer.
+#[derive(Debug, clap::Args)]
+struct FormatArg {
+    /// `text` for people (tables, colour on a terminal), `json` for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+impl FormatArg {
+    fn get(&self) -> remote::Format {
+        match self.format {
+            Format::Text => remote::Format::Text,
+            Format::Json => remote::Format::Json,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,6 +273,8 @@ enum DevicesCommand {
     /// The devices of a daemon, with their state and health.
     List {
         #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// Makes a daemon read its lab files again (as SIGHUP does): new and fixed devices
@@ -232,11 +282,15 @@ enum DevicesCommand {
     /// their devices.
     Reload {
         #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// One device: state, health, its type's health check, and its health history.
     Show {
         hostname: String,
+        #[command(flatten)]
+        format: FormatArg,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -250,6 +304,8 @@ enum DevicesCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
 }
@@ -262,20 +318,26 @@ pub fn run(cli: Cli) -> u8 {
             command: DevicesCommand::Check { dir, devices },
         } => devices_check(&dir, devices.as_deref()),
         Command::Devices {
-            command: DevicesCommand::List { server },
-        } => remote::simple(&server.into(), Simple::Devices),
+            command: DevicesCommand::List { format, server },
+        } => remote::simple(&server.into(), Simple::Devices, format.get()),
         Command::Devices {
-            command: DevicesCommand::Show { hostname, server },
-        } => remote::simple(&server.into(), Simple::Device(hostname)),
+            command:
+                DevicesCommand::Show {
+                    hostname,
+                    format,
+                    server,
+                },
+        } => remote::simple(&server.into(), Simple::Device(hostname), format.get()),
         Command::Devices {
-            command: DevicesCommand::Reload { server },
-        } => remote::simple(&server.into(), Simple::Reload),
+            command: DevicesCommand::Reload { format, server },
+        } => remote::simple(&server.into(), Simple::Reload, format.get()),
         Command::Devices {
             command:
                 DevicesCommand::Health {
                     hostname,
                     health,
                     reason,
+                    format,
                     server,
                 },
         } => remote::simple(
@@ -285,20 +347,32 @@ pub fn run(cli: Cli) -> u8 {
                 health,
                 reason,
             },
+            format.get(),
         ),
-        Command::Serve { config } => crate::serve::serve(&config),
+        Command::Serve {
+            config,
+            check: false,
+        } => crate::serve::serve(&config),
+        Command::Serve {
+            config,
+            check: true,
+        } => crate::serve::check(&config),
         Command::Submit {
             job,
             follow,
             server,
         } => remote::submit(&server.into(), &job, follow),
-        Command::Status { id, server } => remote::simple(&server.into(), Simple::Status(id)),
-        Command::Results { id, format, server } => match format.format() {
-            None | Some(ResultsFormat::Json) => remote::simple(&server.into(), Simple::Results(id)),
-            Some(format) => remote::results_as(&server.into(), id, format),
-        },
-        Command::Cancel { id, server } => remote::simple(&server.into(), Simple::Cancel(id)),
-        Command::Resubmit { id, server } => remote::simple(&server.into(), Simple::Resubmit(id)),
+        Command::Status { id, format, server } => remote::status(&server.into(), id, format.get()),
+        Command::Wait { id, server } => remote::wait(&server.into(), id),
+        Command::Results { id, format, server } => {
+            remote::results(&server.into(), id, format.format())
+        }
+        Command::Cancel { id, format, server } => {
+            remote::simple(&server.into(), Simple::Cancel(id), format.get())
+        }
+        Command::Resubmit { id, format, server } => {
+            remote::simple(&server.into(), Simple::Resubmit(id), format.get())
+        }
         Command::Logs {
             id,
             follow,
@@ -313,6 +387,38 @@ pub fn run(cli: Cli) -> u8 {
                     read_only,
                 },
         } => crate::serve::token_create(&config, &name, read_only),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dispatcher", &mut script);
+            out::text(String::from_utf8_lossy(&script));
+            exit::OK
+        }
+        Command::Manpage { dir } => manpage(dir.as_deref()),
+    }
+}
+
+/// The manual from the clap definitions: the main page on stdout, or every page
+/// (`dispatcher.1`, `dispatcher-submit.1`, ...) written into `dir`.
+fn manpage(dir: Option<&Path>) -> u8 {
+    let command = Cli::command();
+    let written = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(command, dir))
+            .map_err(|e| format!("{}: {e}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map(|()| out::text(String::from_utf8_lossy(&page)))
+                .map_err(|e| e.to_string())
+        }
+    };
+    match written {
+        Ok(()) => exit::OK,
+        Err(err) => {
+            errln!("error: cannot write the manual: {err}");
+            exit::UNREADABLE
+        }
     }
 }
 
@@ -320,13 +426,13 @@ fn validate(args: &ValidateArgs) -> u8 {
     let source = args.job.display().to_string();
     let text = match std::fs::read(&args.job) {
         Err(err) => {
-            eprintln!("error: cannot read {source}: {err}");
+            errln!("error: cannot read {source}: {err}");
             return exit::UNREADABLE;
         }
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(err) => {
-                eprintln!("error: {source} is not UTF-8 text: {err}");
+                errln!("error: {source} is not UTF-8 text: {err}");
                 return exit::UNREADABLE;
             }
         },
@@ -338,8 +444,8 @@ fn validate(args: &ValidateArgs) -> u8 {
     let lab = match lab {
         Ok(lab) => lab,
         Err(report) => {
-            eprint!("{}", report.render());
-            eprintln!(
+            errprint!("{}", report.render());
+            errln!(
                 "error: the device types are invalid; fix them first (dispatcher devices check)"
             );
             return exit::UNREADABLE;
@@ -369,11 +475,11 @@ fn validate(args: &ValidateArgs) -> u8 {
             Ok(validated) => {
                 let warnings = validated.warnings_report();
                 if !validated.warnings.is_empty() {
-                    eprint!("{}", warnings.render(&source));
+                    errprint!("{}", warnings.render(&source));
                 }
-                println!("{source}: valid ({})", describe(&validated.job));
+                out::line(format!("{source}: valid ({})", describe(&validated.job)));
             }
-            Err(report) => eprint!("{}", report.render(&source)),
+            Err(report) => errprint!("{}", report.render(&source)),
         },
     }
     if outcome.is_ok() {
@@ -413,7 +519,7 @@ fn print_json(outcome: &Result<job_schemas::Validated, Report>) {
             "diagnostics": report.diagnostics(),
         }),
     };
-    println!("{value:#}");
+    out::line(format!("{value:#}"));
 }
 
 /// "vm_group: 3 nodes (host, server, client)"
@@ -454,7 +560,7 @@ fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
     match Lab::load(dir, devices) {
         Ok((lab, warnings)) => {
             print_warnings(&warnings);
-            println!(
+            out::line(format!(
                 "ok: {} device type{} ({}), {} device{} ({})",
                 lab.device_types.len(),
                 if lab.device_types.len() == 1 { "" } else { "s" },
@@ -466,12 +572,12 @@ fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
                 lab.devices.len(),
                 if lab.devices.len() == 1 { "" } else { "s" },
                 lab.devices.keys().cloned().collect::<Vec<_>>().join(", "),
-            );
+            ));
             exit::OK
         }
         Err(report) => {
-            eprint!("{}", report.render());
-            eprintln!(
+            errprint!("{}", report.render());
+            errln!(
                 "{} error(s): the lab configuration is not valid",
                 report.error_count()
             );
@@ -482,6 +588,6 @@ fn devices_check(dir: &Path, devices: Option<&Path>) -> u8 {
 
 fn print_warnings(report: &LabReport) {
     if !report.files.is_empty() {
-        eprint!("{}", report.render());
+        errprint!("{}", report.render());
     }
 }

@@ -2,17 +2,22 @@
 //!
 //! Offline checks a test writer or lab admin runs before submitting or deploying
 //! (`validate`, `devices check`); `run`: one job here and now, without a daemon;
-//! `serve`: the daemon; `submit`, `status`, `logs`, `cancel`, `results`, `devices
-//! list`: its HTTP API from the command line; `token create`.
+//! `serve`: the daemon; `submit`, `status`, `wait`, `logs`, `cancel`, `results`,
+//! `devices list`: its HTTP API from the command line; `token create`; `completions`
+//! and `manpage`, generated from the same definitions.
 //! Exit codes are part of the interface: 0 fine, 1 problems found (an invalid job, a
 //! failed test case), 2 input unreadable, 3 a job that ran incomplete, 4 the daemon
 //! could not be reached or refused.
 
 mod cli;
 mod exit;
+mod follow;
+mod out;
 mod remote;
 mod run;
 mod serve;
+mod summary;
+mod tables;
 
 use std::process::ExitCode;
 

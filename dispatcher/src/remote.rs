@@ -1,14 +1,23 @@
-//! The CLI's side of the HTTP API: `submit`, `status`, `logs`, `cancel`, `results`,
-//! `devices`, each one request (or one followed stream) to a daemon.
+//! The CLI's side of the HTTP API: `submit`, `status`, `wait`, `logs`, `cancel`,
+//! `results`, `devices`, each one request (or one followed stream) to a daemon, its
+//! answer printed for a person (`--format json`: as the daemon sent it).
+//!
+//! Exit statuses follow the job where there is one to follow: `submit --follow`,
+//! `wait`, `logs` and `status` of a finished job exit 0 when it completed with no
+//! failed case, 1 when a case failed, 3 when it ended incomplete or canceled.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
 use runner::formats::ResultsFormat;
+use runner::report::JobReport;
 use serde_json::Value;
 
-use crate::exit;
+use crate::follow::Follower;
+use crate::out::{errln, errprint};
+use crate::summary::{self, Paint};
+use crate::{exit, out, tables};
 
 /// Where the daemon is and how to prove who we are.
 pub struct Server {
@@ -16,10 +25,21 @@ pub struct Server {
     pub token: Option<String>,
 }
 
+/// How to print an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For a person: tables, labelled fields, colour on a terminal.
+    Text,
+    /// The daemon's JSON, pretty-printed, for scripts.
+    Json,
+}
+
 enum Failure {
     /// The daemon answered with an error status.
     Refused(u16, Value),
     Unreachable(String),
+    /// The command line asks for something that cannot be (a node the job lacks).
+    Usage(String),
 }
 
 impl Server {
@@ -77,9 +97,14 @@ impl Server {
             .await
     }
 
-    /// Prints the job log's lines from `from`, following it until the job ends when
-    /// asked; returns how many lines were printed.
-    async fn print_log(&self, id: u64, follow: bool, node: Option<&str>) -> Result<usize, Failure> {
+    /// Hands every line of job `id`'s log to `follower`, following it until the job
+    /// ends when asked. Stops early when stdout's reader has gone (`| head`).
+    async fn read_log(
+        &self,
+        id: u64,
+        follow: bool,
+        follower: &mut Follower,
+    ) -> Result<(), Failure> {
         let path = format!("jobs/{id}/log?follow={}", u8::from(follow));
         let response = self
             .request(reqwest::Method::GET, &path)?
@@ -94,87 +119,77 @@ impl Server {
         }
         let mut stream = response.bytes_stream();
         let mut pending = Vec::new();
-        let mut printed = 0;
-        let mut painter = Painter::for_stdout();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Failure::Unreachable(e.to_string()))?;
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                let Ok(line) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                if node.is_some_and(|wanted| line["node"].as_str() != Some(wanted)) {
-                    continue;
+                if let Ok(line) = serde_json::from_slice::<Value>(&line) {
+                    follower.line(&line);
                 }
-                println!("{}", painter.render(&line));
-                printed += 1;
+            }
+            if out::closed() {
+                break;
             }
         }
-        Ok(printed)
-    }
-}
-
-/// Renders log lines as `12:00:01.234 [server] info: start: boot`, each node in a colour
-/// of its own when the output is a terminal, so interleaved nodes stay apart.
-struct Painter {
-    colour: bool,
-    nodes: Vec<String>,
-}
-
-/// ANSI colours for nodes, in the order nodes first appear.
-const NODE_COLOURS: [u8; 6] = [36, 32, 33, 35, 34, 31];
-
-impl Painter {
-    fn for_stdout() -> Self {
-        use std::io::IsTerminal;
-        Self {
-            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            nodes: Vec::new(),
-        }
+        follower.finish();
+        Ok(())
     }
 
-    fn render(&mut self, line: &Value) -> String {
-        let time = line["dt"].as_str().unwrap_or("").get(11..23).unwrap_or("");
-        let node = match line["node"].as_str() {
-            None => String::new(),
-            Some(name) if self.colour => {
-                let index = match self.nodes.iter().position(|n| n == name) {
-                    Some(index) => index,
-                    None => {
-                        self.nodes.push(name.to_string());
-                        self.nodes.len() - 1
-                    }
-                };
-                let code = NODE_COLOURS[index % NODE_COLOURS.len()];
-                format!(" \x1b[1;{code}m[{name}]\x1b[0m")
-            }
-            Some(name) => format!(" [{name}]"),
-        };
-        format!(
-            "{time}{node} {}: {}",
-            line["lvl"].as_str().unwrap_or("?"),
-            line["msg"].as_str().unwrap_or("")
-        )
+    /// Job `id`'s results, read as a report (`None`: it has none, e.g. canceled while
+    /// queued), with the job's state.
+    async fn report(&self, id: u64) -> Result<(Value, Option<JobReport>), Failure> {
+        let results = self.get(&format!("jobs/{id}/results")).await?;
+        let report = serde_json::from_value(results["results"].clone()).ok();
+        Ok((results["state"].clone(), report))
+    }
+
+    /// The nodes job `id` has, to check a `--node` against.
+    async fn nodes(&self, id: u64) -> Result<Vec<String>, Failure> {
+        let view = self.get(&format!("jobs/{id}")).await?;
+        Ok(view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["node"].as_str().map(str::to_string))
+            .collect())
     }
 }
 
 fn report(failure: Failure) -> u8 {
+    let paint = Paint::for_stderr();
+    let error = paint.bad("error");
     match failure {
         Failure::Unreachable(message) => {
-            eprintln!("error: cannot reach the dispatcher: {message}");
+            errln!(
+                "{error}: cannot reach the dispatcher: {message} (its address: --server or \
+                 LAVA_DISPATCHER_URL)"
+            );
             exit::SERVER
+        }
+        Failure::Usage(message) => {
+            errln!("{error}: {message}");
+            exit::USAGE
         }
         Failure::Refused(400, body) => {
             if let Some(report) = body["report"].as_str() {
-                eprint!("{report}");
+                errprint!("{report}");
             }
-            eprintln!("error: {}", body["error"].as_str().unwrap_or("refused"));
+            errln!("{error}: {}", body["error"].as_str().unwrap_or("refused"));
             exit::PROBLEMS
         }
+        Failure::Refused(401, body) => {
+            errln!(
+                "{error}: the dispatcher wants an API token ({}): set LAVA_DISPATCHER_TOKEN or \
+                 pass --token; an admin makes one with `dispatcher token create NAME --config \
+                 FILE`",
+                body["error"].as_str().unwrap_or("unauthorized")
+            );
+            exit::SERVER
+        }
         Failure::Refused(status, body) => {
-            eprintln!(
-                "error: the dispatcher answered {status}: {}",
+            errln!(
+                "{error}: the dispatcher answered {status}: {}",
                 body["error"].as_str().unwrap_or("")
             );
             exit::SERVER
@@ -186,15 +201,52 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .map_err(|e| errln!("error: cannot start the runtime: {e}"))
         .ok()
 }
 
+/// Runs `body` on a fresh runtime; a failure is reported and becomes the exit status.
+fn block_on(body: impl std::future::Future<Output = Result<u8, Failure>>) -> u8 {
+    let Some(runtime) = runtime() else {
+        return exit::SERVER;
+    };
+    runtime.block_on(body).unwrap_or_else(report)
+}
+
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    out::line(serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// The exit status a job's state means, where no report says more: 0 complete (or not
+/// finished yet), 3 incomplete or canceled.
+fn state_status(state: &Value) -> u8 {
+    match state["health"].as_str() {
+        None | Some("complete") => exit::OK,
+        Some(_) => exit::INCOMPLETE,
+    }
+}
+
+/// A finished job's summary and the exit status it means.
+async fn finish(server: &Server, id: u64) -> Result<u8, Failure> {
+    let (state, report) = server.report(id).await?;
+    let paint = Paint::for_stdout();
+    match report {
+        Some(report) => {
+            out::text(summary::render(&report, paint));
+            Ok(summary::exit_status(&report))
+        }
+        None => {
+            out::line(format!("job {id}: {}", tables::job_state(&state, paint)));
+            if let Some([class, message]) = state["error"].as_array().map(Vec::as_slice) {
+                out::line(format!(
+                    "  [{}] {}",
+                    class.as_str().unwrap_or("?"),
+                    message.as_str().unwrap_or("")
+                ));
+            }
+            Ok(state_status(&state))
+        }
+    }
 }
 
 /// `dispatcher submit JOB [--follow]`.
@@ -202,130 +254,131 @@ pub fn submit(server: &Server, job: &Path, follow: bool) -> u8 {
     let text = match std::fs::read(job) {
         Ok(text) => text,
         Err(err) => {
-            eprintln!("error: cannot read {}: {err}", job.display());
+            errln!("error: cannot read {}: {err}", job.display());
             return exit::UNREADABLE;
         }
     };
-    let Some(runtime) = runtime() else {
-        return exit::SERVER;
-    };
-    runtime.block_on(async {
-        let created = match server.post("jobs", text).await {
-            Ok(created) => created,
-            Err(failure) => return report(failure),
-        };
+    block_on(async {
+        let created = server.post("jobs", text).await?;
         let id = created["id"].as_u64().unwrap_or(0);
-        println!("job {id} submitted");
+        out::line(format!("job {id} submitted"));
         if !follow {
-            return exit::OK;
+            return Ok(exit::OK);
         }
-        if let Err(failure) = server.print_log(id, true, None).await {
-            return report(failure);
-        }
-        match server.get(&format!("jobs/{id}/results")).await {
-            Ok(results) => print_results(&results),
-            Err(failure) => report(failure),
-        }
+        let mut follower = Follower::new(true, None, true);
+        server.read_log(id, true, &mut follower).await?;
+        finish(server, id).await
     })
 }
 
-/// Prints a finished job's summary; the exit status says how it went (as `run`'s).
-fn print_results(results: &Value) -> u8 {
-    let state = &results["state"];
-    let Some(report) = results["results"].as_object() else {
-        println!(
-            "job {}: {}",
-            results["id"],
-            state["state"].as_str().unwrap_or("?")
-        );
-        return if state["health"] == "complete" {
-            exit::OK
+/// `dispatcher wait ID`: until the job ends (progress on a terminal), then its summary.
+pub fn wait(server: &Server, id: u64) -> u8 {
+    block_on(async {
+        let mut follower = Follower::new(false, None, true);
+        server.read_log(id, true, &mut follower).await?;
+        finish(server, id).await
+    })
+}
+
+/// `dispatcher logs ID [--follow] [--node NODE]`.
+pub fn logs(server: &Server, id: u64, follow: bool, node: Option<&str>) -> u8 {
+    block_on(async {
+        if let Some(node) = node {
+            let nodes = server.nodes(id).await?;
+            if !nodes.iter().any(|n| n == node) {
+                return Err(Failure::Usage(format!(
+                    "job {id} has no node {node:?}; its nodes: {}",
+                    nodes.join(", ")
+                )));
+            }
+        }
+        let mut follower = Follower::new(true, node, follow);
+        server.read_log(id, follow, &mut follower).await?;
+        let state = server.get(&format!("jobs/{id}")).await?["state"].clone();
+        if state["health"].as_str() == Some("complete") {
+            // A complete job whose case failed exits 1, as `submit --follow` does.
+            let (_, report) = server.report(id).await?;
+            return Ok(report.as_ref().map_or(exit::OK, summary::exit_status));
+        }
+        Ok(state_status(&state))
+    })
+}
+
+/// `dispatcher status ID`.
+pub fn status(server: &Server, id: u64, format: Format) -> u8 {
+    block_on(async {
+        let view = server.get(&format!("jobs/{id}")).await?;
+        match format {
+            Format::Json => print_json(&view),
+            Format::Text => out::text(tables::job(&view, Paint::for_stdout())),
+        }
+        if view["state"]["health"].as_str() == Some("complete") {
+            let failed = view["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|n| n["results"].as_array().into_iter().flatten())
+                .any(|case| case["result"] == "fail");
+            return Ok(if failed { exit::PROBLEMS } else { exit::OK });
+        }
+        Ok(state_status(&view["state"]))
+    })
+}
+
+/// `dispatcher results ID [--format text|json|junit|tap]`.
+pub fn results(server: &Server, id: u64, format: Option<ResultsFormat>) -> u8 {
+    let name = match format {
+        None => return block_on(results_text(server, id)),
+        Some(ResultsFormat::Json) => "json",
+        Some(ResultsFormat::Junit) => "junit",
+        Some(ResultsFormat::Tap) => "tap",
+    };
+    block_on(async {
+        let request = server.request(
+            reqwest::Method::GET,
+            &format!("jobs/{id}/results?format={name}"),
+        )?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{}: {e}", server.url)))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(Failure::Refused(status.as_u16(), body));
+        }
+        if name == "json" {
+            match serde_json::from_str::<Value>(&text) {
+                Ok(value) => print_json(&value),
+                Err(_) => out::text(&text),
+            }
         } else {
-            3
-        };
-    };
-    let mut failed = false;
-    for node in report
-        .get("nodes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for case in node["results"].as_array().into_iter().flatten() {
-            let result = case["result"].as_str().unwrap_or("unknown");
-            failed |= result == "fail";
-            println!(
-                "{}.{}.{} -- {}",
-                node["node"].as_str().unwrap_or("?"),
-                case["suite"].as_str().unwrap_or("?"),
-                case["case"].as_str().unwrap_or("?"),
-                result.to_uppercase()
-            );
+            out::text(&text);
         }
-    }
-    let health = report.get("health").and_then(Value::as_str).unwrap_or("?");
-    println!("job {}: {health}", results["id"]);
-    if let Some(error) = report.get("error").and_then(Value::as_str) {
-        println!(
-            "  [{}] {error}",
-            report
-                .get("error_class")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-        );
-    }
-    match (health, failed) {
-        ("complete", false) => exit::OK,
-        ("complete", true) => exit::PROBLEMS,
-        _ => 3,
-    }
-}
-
-/// `status ID`, `results ID`, `devices`, `cancel ID`: one request, its answer printed.
-pub fn simple(server: &Server, what: Simple) -> u8 {
-    let Some(runtime) = runtime() else {
-        return exit::SERVER;
-    };
-    runtime.block_on(async {
-        let answer = match what {
-            Simple::Status(id) => server.get(&format!("jobs/{id}")).await,
-            Simple::Results(id) => server.get(&format!("jobs/{id}/results")).await,
-            Simple::Devices => server.get("devices").await,
-            Simple::Reload => server.post("lab/reload", Vec::new()).await,
-            Simple::Device(name) => server.get(&format!("devices/{}", segment(&name))).await,
-            Simple::SetHealth {
-                device,
-                health,
-                reason,
-            } => {
-                let body = serde_json::json!({ "health": health, "reason": reason });
-                server
-                    .put(
-                        &format!("devices/{}/health", segment(&device)),
-                        body.to_string().into_bytes(),
-                    )
-                    .await
-            }
-            Simple::Cancel(id) => server.post(&format!("jobs/{id}/cancel"), Vec::new()).await,
-            Simple::Resubmit(id) => {
-                server
-                    .post(&format!("jobs/{id}/resubmit"), Vec::new())
-                    .await
-            }
-        };
-        match answer {
-            Ok(value) => {
-                print_json(&value);
-                exit::OK
-            }
-            Err(failure) => report(failure),
-        }
+        Ok(exit::OK)
     })
 }
 
+async fn results_text(server: &Server, id: u64) -> Result<u8, Failure> {
+    let (state, report) = server.report(id).await?;
+    match report {
+        Some(report) => {
+            out::text(summary::render(&report, Paint::for_stdout()));
+            Ok(exit::OK)
+        }
+        None => {
+            out::line(format!(
+                "job {id} has no results ({})",
+                tables::job_state(&state, Paint::for_stdout())
+            ));
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The other requests: one call, its answer printed.
 pub enum Simple {
-    Status(u64),
-    Results(u64),
     Devices,
     /// One device with its health history.
     Device(String),
@@ -342,54 +395,80 @@ pub enum Simple {
     Resubmit(u64),
 }
 
+pub fn simple(server: &Server, what: Simple, format: Format) -> u8 {
+    block_on(async {
+        let answer = match &what {
+            Simple::Devices => server.get("devices").await?,
+            Simple::Reload => server.post("lab/reload", Vec::new()).await?,
+            Simple::Device(name) => server.get(&format!("devices/{}", segment(name))).await?,
+            Simple::SetHealth {
+                device,
+                health,
+                reason,
+            } => {
+                let body = serde_json::json!({ "health": health, "reason": reason });
+                server
+                    .put(
+                        &format!("devices/{}/health", segment(device)),
+                        body.to_string().into_bytes(),
+                    )
+                    .await?
+            }
+            Simple::Cancel(id) => {
+                server
+                    .post(&format!("jobs/{id}/cancel"), Vec::new())
+                    .await?
+            }
+            Simple::Resubmit(id) => {
+                server
+                    .post(&format!("jobs/{id}/resubmit"), Vec::new())
+                    .await?
+            }
+        };
+        if format == Format::Json {
+            print_json(&answer);
+            return Ok(exit::OK);
+        }
+        let paint = Paint::for_stdout();
+        let text = match what {
+            Simple::Devices => tables::devices(&answer, paint),
+            Simple::Device(_) => tables::device(&answer, paint),
+            Simple::Reload => {
+                let refused = answer["refused"].as_array().map_or(0, Vec::len);
+                let mut text = answer["problems"].as_str().unwrap_or("").to_string();
+                text.push_str(&format!(
+                    "lab reloaded: {} device(s) in use, {refused} device file(s) refused\n",
+                    answer["devices"].as_array().map_or(0, Vec::len)
+                ));
+                text
+            }
+            Simple::SetHealth { .. } => {
+                let reason = answer["reason"].as_str().unwrap_or("");
+                format!(
+                    "{}: health {}{}\n",
+                    answer["hostname"].as_str().unwrap_or("?"),
+                    answer["health"].as_str().unwrap_or("?"),
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    }
+                )
+            }
+            Simple::Cancel(id) => {
+                format!("job {id}: {}\n", tables::job_state(&answer["state"], paint))
+            }
+            Simple::Resubmit(id) => format!(
+                "job {} submitted (resubmitted from job {id})\n",
+                answer["id"]
+            ),
+        };
+        out::text(text);
+        Ok(exit::OK)
+    })
+}
+
 /// `name` as one path segment of a URL (a hostname could hold anything).
 fn segment(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
-}
-
-/// `results ID --format junit|tap`: the text as the daemon renders it.
-pub fn results_as(server: &Server, id: u64, format: ResultsFormat) -> u8 {
-    let Some(runtime) = runtime() else {
-        return exit::SERVER;
-    };
-    let name = match format {
-        ResultsFormat::Junit => "junit",
-        ResultsFormat::Tap => "tap",
-        ResultsFormat::Json => "json",
-    };
-    runtime.block_on(async {
-        let request = match server.request(
-            reqwest::Method::GET,
-            &format!("jobs/{id}/results?format={name}"),
-        ) {
-            Ok(request) => request,
-            Err(failure) => return report(failure),
-        };
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return report(Failure::Unreachable(format!("{}: {e}", server.url))),
-        };
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            print!("{text}");
-            exit::OK
-        } else {
-            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            report(Failure::Refused(status.as_u16(), body))
-        }
-    })
-}
-
-/// `logs ID [--follow]`.
-pub fn logs(server: &Server, id: u64, follow: bool, node: Option<&str>) -> u8 {
-    let Some(runtime) = runtime() else {
-        return exit::SERVER;
-    };
-    runtime.block_on(async {
-        match server.print_log(id, follow, node).await {
-            Ok(_) => exit::OK,
-            Err(failure) => report(failure),
-        }
-    })
 }

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
+use crate::out::{errln, errprint};
+use crate::summary::{self, Paint};
+use crate::{exit, out};
 use lab::Lab;
 use runner::formats::ResultsFormat;
 use runner::oneshot::{OneShot, OneShotError, describe_files};
 use runner::validation::JobPolicy;
-use states::{Health, TestResult};
-
-use crate::exit;
 
 /// What `dispatcher run` was asked.
 pub struct RunRequest {
@@ -47,7 +47,7 @@ pub fn run(request: &RunRequest) -> u8 {
     let text = match std::fs::read_to_string(&request.job) {
         Ok(text) => text,
         Err(err) => {
-            eprintln!("error: cannot read {source}: {err}");
+            errln!("error: cannot read {source}: {err}");
             return exit::UNREADABLE;
         }
     };
@@ -58,8 +58,8 @@ pub fn run(request: &RunRequest) -> u8 {
     let lab = match types {
         Ok((lab, _warnings)) => lab,
         Err(report) => {
-            eprint!("{}", report.render());
-            eprintln!("error: the lab configuration is not valid");
+            errprint!("{}", report.render());
+            errln!("error: the lab configuration is not valid");
             return exit::UNREADABLE;
         }
     };
@@ -70,7 +70,7 @@ pub fn run(request: &RunRequest) -> u8 {
             .unwrap_or_else(|| PathBuf::from("node-agent-static"))
     });
     if !node_agent.is_file() {
-        eprintln!(
+        errln!(
             "error: no static node agent at {} (build it with scripts/build-node-agent-static.sh, or pass --node-agent)",
             node_agent.display()
         );
@@ -90,7 +90,7 @@ pub fn run(request: &RunRequest) -> u8 {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            errln!("error: cannot start the runtime: {err}");
             return exit::UNREADABLE;
         }
     };
@@ -100,7 +100,7 @@ pub fn run(request: &RunRequest) -> u8 {
         let (cancel, canceled) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             stop_signal().await;
-            eprintln!("canceling the job: stopping its VMs and devices (again to quit now)");
+            errln!("canceling the job: stopping its VMs and devices (again to quit now)");
             let _ = cancel.send(true);
             stop_signal().await;
             std::process::exit(i32::from(exit::INCOMPLETE));
@@ -109,29 +109,21 @@ pub fn run(request: &RunRequest) -> u8 {
     });
     match outcome {
         Err(OneShotError::Invalid(report)) => {
-            eprint!("{report}");
+            errprint!("{report}");
             exit::PROBLEMS
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             exit::UNREADABLE
         }
         Ok(ran) => {
             if let Some(format) = request.format {
-                println!("{}", format.render(&ran.report).trim_end());
+                out::line(format.render(&ran.report).trim_end());
             } else {
-                print!("{}", ran.report.summary());
-                println!("{}", describe_files(&ran.job_dir));
+                out::text(summary::render(&ran.report, Paint::for_stdout()));
+                out::line(describe_files(&ran.job_dir));
             }
-            let failed = ran
-                .report
-                .cases()
-                .any(|(_, case)| case.result == TestResult::Fail);
-            match ran.report.health {
-                Health::Complete if !failed => exit::OK,
-                Health::Complete => exit::PROBLEMS,
-                Health::Incomplete | Health::Canceled => exit::INCOMPLETE,
-            }
+            summary::exit_status(&ran.report)
         }
     }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use dispatcher::daemon::{Daemon, DaemonConfig};
 use store::{SqliteStore, Store, TokenScope};
 
-use crate::exit;
+use crate::out::{errln, errprint};
+use crate::{exit, out};
 
 /// Runs the daemon until SIGINT or SIGTERM, then shuts it down gracefully (running
 /// jobs canceled and cleaned up, queued jobs kept).
@@ -13,14 +14,14 @@ pub fn serve(config: &Path) -> u8 {
     let config = match DaemonConfig::load(config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             return exit::UNREADABLE;
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            errln!("error: cannot start the runtime: {err}");
             return exit::UNREADABLE;
         }
     };
@@ -28,18 +29,18 @@ pub fn serve(config: &Path) -> u8 {
         let daemon = match Daemon::start(config).await {
             Ok(daemon) => daemon,
             Err(err) => {
-                eprintln!("error: {err}");
+                errln!("error: {err}");
                 return exit::PROBLEMS;
             }
         };
         // Tests and scripts read the address from here (the port may be 0 in the file).
-        println!("listening on http://{}", daemon.addr);
+        out::line(format!("listening on http://{}", daemon.addr));
         // SIGHUP reads the lab files again, as `dispatcher devices reload` does.
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(hangups) => Some(hangups),
                 Err(err) => {
-                    eprintln!("warning: SIGHUP will not reload the lab: {err}");
+                    errln!("warning: SIGHUP will not reload the lab: {err}");
                     None
                 }
             };
@@ -55,19 +56,56 @@ pub fn serve(config: &Path) -> u8 {
             tokio::select! {
                 () = &mut stop => break,
                 Some(()) = hangup => match daemon.shared.reload().await {
-                    Ok(reloaded) => eprintln!(
+                    Ok(reloaded) => errln!(
                         "lab reloaded: {} device(s), {} refused",
                         reloaded.devices.len(),
                         reloaded.refused.len()
                     ),
-                    Err(err) => eprintln!("error: reloading the lab: {err}"),
+                    Err(err) => errln!("error: reloading the lab: {err}"),
                 },
             }
         }
-        eprintln!("shutting down: canceling running jobs, keeping queued ones");
+        errln!("shutting down: canceling running jobs, keeping queued ones");
         daemon.shutdown().await;
         exit::OK
     })
+}
+
+/// `serve --check`: the configuration and the lab, checked as the daemon's start
+/// checks them; the lab files' problems printed (a device whose file has errors stays
+/// offline, the daemon starts all the same).
+pub fn check(path: &Path) -> u8 {
+    let config = match DaemonConfig::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            errln!("error: {err}");
+            return exit::PROBLEMS;
+        }
+    };
+    match dispatcher::daemon::check(&config) {
+        Ok((lab, report)) => {
+            if !report.files.is_empty() {
+                errprint!("{}", report.render());
+            }
+            out::line(format!(
+                "ok: {} would start: {} device type(s), {} device(s) in use, {} device \
+                 file(s) refused",
+                path.display(),
+                lab.device_types.len(),
+                lab.devices.len(),
+                report
+                    .files
+                    .iter()
+                    .filter(|f| f.report.error_count() > 0)
+                    .count()
+            ));
+            exit::OK
+        }
+        Err(err) => {
+            errln!("error: {err}");
+            exit::PROBLEMS
+        }
+    }
 }
 
 /// Makes an API token in the daemon's database and prints it (once).
@@ -75,12 +113,12 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     let config = match DaemonConfig::load(config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             return exit::UNREADABLE;
         }
     };
     if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
-        eprintln!("error: cannot create {}: {err}", config.state_dir.display());
+        errln!("error: cannot create {}: {err}", config.state_dir.display());
         return exit::UNREADABLE;
     }
     let scope = if read_only {
@@ -94,7 +132,7 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            errln!("error: cannot start the runtime: {err}");
             return exit::UNREADABLE;
         }
     };
@@ -104,11 +142,11 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
     });
     match created {
         Ok(token) => {
-            println!("{token}");
+            out::line(&token);
             exit::OK
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             exit::PROBLEMS
         }
     }

@@ -248,3 +248,34 @@ fn run_explains_an_invalid_job_and_a_lab_without_a_fitting_device() {
     // Nothing was started or written for a job that could not run.
     assert!(!state.join("jobs").exists());
 }
+
+#[test]
+fn the_readme_shows_the_configuration_the_package_installs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let shipped = std::fs::read_to_string(repo().join("packaging/dispatcher.toml")).unwrap();
+    let marker = "<!-- packaging/dispatcher.toml -->\n```toml\n";
+    let start = readme.find(marker).expect("the marked block") + marker.len();
+    let end = start + readme[start..].find("```\n").expect("its end");
+    assert_eq!(readme[start..end], shipped, "README.md's copy differs");
+}
+
+#[test]
+fn completions_and_manual_pages_come_from_the_commands() {
+    let bash = dispatcher(&["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    let script = text(&bash.stdout);
+    for word in ["submit", "wait", "--follow", "--format"] {
+        assert!(script.contains(word), "{word} in the bash completion");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dispatcher(&["manpage", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(pages.status.code(), Some(0), "{}", text(&pages.stderr));
+    for page in [
+        "dispatcher.1",
+        "dispatcher-submit.1",
+        "dispatcher-devices-health.1",
+    ] {
+        let roff = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(roff.contains(".TH"), "{page}: {roff}");
+    }
+}

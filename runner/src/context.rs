@@ -26,8 +26,9 @@ use hostctl::repos::{RepoCache, RepoError, Tree};
 use hostctl::ssh::shell_quote;
 use states::ErrorClass;
 
-/// A progress callback for a transfer (`done`, `total` bytes) that logs each quarter
-/// once, so a long upload or download shows in the log as it goes.
+/// A progress callback for a transfer (`done`, `total` bytes) that logs each tenth
+/// once, so a long upload or download shows in the log as it goes (and in the CLI's
+/// progress bar, which reads these lines).
 pub fn progress_logger(
     log: &JobLog,
     node: &str,
@@ -39,15 +40,15 @@ pub fn progress_logger(
         let Some(total) = total.filter(|t| *t > 0) else {
             return;
         };
-        let quarter = (done.min(total) * 4) / total;
-        if quarter > logged {
-            logged = quarter;
+        let tenth = (done.min(total) * 10) / total;
+        if tenth > logged {
+            logged = tenth;
             log.line(
                 Level::Info,
                 Some(&node),
                 format!(
                     "{what}: {}% ({:.1} of {:.1} MiB)",
-                    quarter * 25,
+                    tenth * 10,
                     done as f64 / 1_048_576.0,
                     total as f64 / 1_048_576.0
                 ),

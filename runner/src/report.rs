@@ -1,7 +1,5 @@
 //! What a finished job reports: its outcome, each node's outcome and test results, as
-//! JSON for CI and as a terminal summary (`role.case -- PASS` per line).
-
-use std::fmt::Write as _;
+//! JSON for CI (the terminal summary is the CLI's: `dispatcher`'s summary module).
 
 use serde::{Deserialize, Serialize};
 
@@ -130,68 +128,6 @@ impl JobReport {
         self.nodes
             .iter()
             .flat_map(|n| n.results.iter().map(move |c| (n, c)))
-    }
-
-    /// The terminal summary: one line per case, then one per failed node, then the job.
-    pub fn summary(&self) -> String {
-        let mut text = String::new();
-        for (node, case) in self.cases() {
-            let result = match case.result {
-                TestResult::Pass => "PASS",
-                TestResult::Fail => "FAIL",
-                TestResult::Skip => "SKIP",
-                TestResult::Unknown => "UNKNOWN",
-            };
-            let measured = match (&case.measurement, &case.units) {
-                (Some(m), Some(u)) => format!(" ({m} {u})"),
-                (Some(m), None) => format!(" ({m})"),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                text,
-                "{}.{}.{} -- {result}{measured}",
-                node.node, case.suite, case.case
-            );
-        }
-        for node in &self.nodes {
-            if let NodeStatus::Failed {
-                class,
-                action,
-                message,
-            } = &node.status
-            {
-                let _ = writeln!(
-                    text,
-                    "{} ({}): {action} failed [{}]: {message}",
-                    node.node,
-                    node.role,
-                    class_name(*class)
-                );
-            }
-        }
-        let passed = self
-            .cases()
-            .filter(|(_, c)| c.result == TestResult::Pass)
-            .count();
-        let failed = self
-            .cases()
-            .filter(|(_, c)| c.result == TestResult::Fail)
-            .count();
-        let health = match self.health {
-            Health::Complete => "complete",
-            Health::Incomplete => "incomplete",
-            Health::Canceled => "canceled",
-        };
-        let _ = write!(
-            text,
-            "job {}: {health} in {:.1} s: {passed} passed, {failed} failed",
-            self.job_id, self.duration_secs
-        );
-        if let (Some(class), Some(error)) = (self.error_class, &self.error) {
-            let _ = write!(text, "\n  [{}] {error}", class_name(class));
-        }
-        text.push('\n');
-        text
     }
 }
 

@@ -8,6 +8,7 @@
 //!   [`http`] is the raw HTTP/1.1 request for probes below what a client would send;
 //! - [`SshLab`]: a lab of `ssh-host` devices and the daemon's configuration for it;
 //! - [`chromium`]: the daemon's web page in headless Chromium;
+//! - [`run_in_terminal`]: a command in a tmux pane, as a person runs the CLI;
 //! - [`e2e_job`]: the jobs of `tests/jobs/e2e/` (the seed job, [`SEED_JOB`]) with this
 //!   machine's test images filled in.
 //!
@@ -17,11 +18,13 @@ mod api;
 mod browser;
 mod git_daemon;
 mod ssh_lab;
+mod terminal;
 
 pub use api::ApiClient;
 pub use browser::{chromium, chromium_showing};
 pub use git_daemon::GitDaemon;
 pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
+pub use terminal::{TerminalRun, run_in_terminal, strip_escapes};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

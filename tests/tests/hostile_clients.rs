@@ -39,14 +39,19 @@ impl Lab {
 
     fn write_config(config: &Path, dir: &Path, devices: &Path, extra: &str) {
         // No job runs here (the devices are in maintenance): the key and the agent
-        // are never used.
+        // are never used, only there (the daemon checks that they are).
+        let (key, agent) = (dir.join("lab-key"), dir.join("agent"));
+        std::fs::write(&key, "unused").unwrap();
+        std::fs::write(&agent, "unused").unwrap();
         std::fs::write(
             config,
             format!(
                 "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndevices = \"{}\"\n\
-                 lab_key = \"/nonexistent/lab-key\"\nnode_agent = \"/nonexistent/agent\"\n{extra}",
+                 lab_key = \"{}\"\nnode_agent = \"{}\"\n{extra}",
                 dir.join("state").display(),
                 devices.display(),
+                key.display(),
+                agent.display(),
             ),
         )
         .unwrap();

@@ -226,6 +226,42 @@ impl DaemonConfig {
         }
     }
 
+    /// The paths this configuration names that are not there, each as `key = path
+    /// (what is wrong)`: the daemon refuses to start on any, since every job would fail
+    /// on it later (a missing node agent only shows when a host is booted).
+    pub fn missing_paths(&self) -> Vec<String> {
+        let mut wanted: Vec<(&str, &Path, bool)> = vec![
+            ("devices", &self.devices, true),
+            ("lab_key", &self.lab_key, false),
+            ("node_agent", &self.node_agent, false),
+        ];
+        if let Some(types) = &self.device_types {
+            wanted.push(("device_types", types, true));
+        }
+        if let Some(token) = &self.coordinator_token_file {
+            wanted.push(("coordinator_token_file", token, false));
+        }
+        if let Some(ca) = &self.coordinator_ca {
+            wanted.push(("coordinator_ca", ca, false));
+        }
+        for root in &self.file_roots {
+            wanted.push(("file_roots", root, true));
+        }
+        wanted
+            .into_iter()
+            .filter_map(|(key, path, dir)| {
+                let problem = match std::fs::metadata(path) {
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => "not found".into(),
+                    Err(err) => err.to_string(),
+                    Ok(meta) if dir && !meta.is_dir() => "not a directory".to_string(),
+                    Ok(meta) if !dir && meta.is_dir() => "a directory, not a file".to_string(),
+                    Ok(_) => return None,
+                };
+                Some(format!("{key} = {} ({problem})", path.display()))
+            })
+            .collect()
+    }
+
     /// What submitted jobs are checked against. `secrets` are more files no job may
     /// read (the devices' own SSH keys), besides the daemon's.
     pub fn job_policy(&self, secrets: &[PathBuf]) -> runner::validation::JobPolicy {
@@ -283,6 +319,65 @@ mod tests {
         );
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         DaemonConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    /// The configuration the package installs (and the README shows) loads, and so
+    /// does every key it only shows commented out: a renamed key fails here, not in a
+    /// lab.
+    #[test]
+    fn the_shipped_configuration_and_every_key_it_shows_load() {
+        let shipped = include_str!("../../../packaging/dispatcher.toml");
+        let mut shown = 0;
+        let uncommented: Vec<String> = shipped
+            .lines()
+            .map(|line| match commented_option(line) {
+                Some(setting) => {
+                    shown += 1;
+                    setting
+                }
+                None => line.to_string(),
+            })
+            .collect();
+        assert!(shown > 20, "{shown} keys shown");
+        for text in [shipped.to_string(), uncommented.join("\n")] {
+            let config: DaemonConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            config.check().unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// `# key = value   # comment` as `key = value`; other lines `None`.
+    fn commented_option(line: &str) -> Option<String> {
+        let rest = line.strip_prefix("# ")?;
+        let (key, value) = rest.split_once(" = ")?;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return None;
+        }
+        let value = value.split("  #").next().unwrap_or(value).trim();
+        Some(format!("{key} = {value}"))
+    }
+
+    #[test]
+    fn every_missing_path_is_named_with_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").expect("key");
+        let path = dir.path().join("dispatcher.toml");
+        let text = format!(
+            "state_dir = \"/s\"\ndevices = \"{}\"\nlab_key = \"{}\"\n\
+             node_agent = \"/nonexistent/agent\"\ndevice_types = \"{}\"\n",
+            dir.path().display(),
+            key.display(),
+            key.display()
+        );
+        std::fs::write(&path, text).expect("config");
+        let config = DaemonConfig::load(&path).expect("valid");
+        let missing = config.missing_paths();
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert_eq!(missing[0], "node_agent = /nonexistent/agent (not found)");
+        assert_eq!(
+            missing[1],
+            format!("device_types = {} (not a directory)", key.display())
+        );
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("the coordinator: {0}")]
     Coordinator(String),
+    #[error("the configuration names paths that are not there:\n  {}", .0.join("\n  "))]
+    MissingPaths(Vec<String>),
 }
 
 /// The lab as its files say now, with the job policy made from it. A reload replaces
@@ -138,7 +140,7 @@ impl Shared {
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, StoreError> {
         let _one_at_a_time = self.reloading.lock().await;
         let config = self.config.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_lab(&config))
+        let loaded = tokio::task::spawn_blocking(move || load_lab(&config, true))
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("loading the lab did not complete: {e}"))
@@ -226,7 +228,11 @@ impl Daemon {
     /// coordinator, the HTTP API and the scheduler. A lab file with errors refuses what
     /// it describes (logged, and shown offline in the device list), not the daemon.
     pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
-        let (lab_state, _report) = load_lab(&config)?;
+        let missing = config.missing_paths();
+        if !missing.is_empty() {
+            return Err(DaemonError::MissingPaths(missing));
+        }
+        let (lab_state, _report) = load_lab(&config, true)?;
         for dir in [config.state_dir.clone(), config.jobs_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Io {
                 what: format!("cannot create {}", dir.display()),
@@ -362,13 +368,32 @@ impl Daemon {
 /// Reads the lab files as the configuration names them, leniently: a file with errors
 /// refuses only what it describes, and its problems are logged. Fails only when the
 /// shipped device types themselves do not load.
-fn load_lab(config: &DaemonConfig) -> Result<(LabState, lab::LabReport), DaemonError> {
+/// What `dispatcher serve --check` and the start of the daemon agree on: the paths
+/// the configuration names are there and the lab loads. The report holds the lab
+/// files' warnings and the errors of files that take only their device out of use
+/// (the daemon starts with those); the lab itself: its device types and devices.
+pub fn check(config: &DaemonConfig) -> Result<(Lab, lab::LabReport), DaemonError> {
+    let missing = config.missing_paths();
+    if !missing.is_empty() {
+        return Err(DaemonError::MissingPaths(missing));
+    }
+    // The caller prints the report itself: no log lines as well.
+    let (state, report) = load_lab(config, false)?;
+    Ok((state.lab, report))
+}
+
+/// The lab as its files say; `log_refused`: each file that has errors is logged too.
+fn load_lab(
+    config: &DaemonConfig,
+    log_refused: bool,
+) -> Result<(LabState, lab::LabReport), DaemonError> {
     let (lab, report) = match &config.device_types {
         Some(dir) => Lab::load_lenient(dir, Some(&config.devices)),
         None => Lab::load_lenient_with_builtin_types(&config.devices)
             .map_err(|report| DaemonError::Lab(report.render()))?,
     };
-    for file in report.files.iter().filter(|f| f.report.error_count() > 0) {
+    let refused = report.files.iter().filter(|f| f.report.error_count() > 0);
+    for file in refused.filter(|_| log_refused) {
         tracing::error!(
             file = %file.path.display(),
             problems = %file.report.render(&file.path.display().to_string()),

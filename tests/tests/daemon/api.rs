@@ -1,6 +1,6 @@
 use system_tests::{
-    SshLab, chromium, chromium_showing, diagnostic_pointers, http, jobs_dir, json_of, parse_junit,
-    parse_tap,
+    SshLab, binary, chromium, chromium_showing, diagnostic_pointers, http, jobs_dir, json_of,
+    parse_junit, parse_tap, run_in_terminal,
 };
 
 #[test]
@@ -54,19 +54,72 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
 
     let job = lab.dir.path().join("seed.json");
     std::fs::write(&job, lab.seed_job()).unwrap();
-    let out = daemon.cli(&token, &["submit", job.to_str().unwrap(), "--follow"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Submitted and followed in a terminal, as a person does: progress lines while
+    // the images go up and the VMs boot, then the results and their counts.
+    let run = run_in_terminal(
+        &binary("dispatcher"),
+        &["submit", job.to_str().unwrap(), "--follow"],
+        &[
+            ("LAVA_DISPATCHER_URL", daemon.url.as_str()),
+            ("LAVA_DISPATCHER_TOKEN", token.as_str()),
+        ],
+        "submit-follow",
+    );
+    let seen = &run.text;
+    assert_eq!(run.exit, Some(0), "{seen}");
     assert!(
-        stdout.contains("client.client-side.ping-server -- PASS")
-            && stdout.contains("server.server-side.sync-all-up -- PASS"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        seen.contains("client.client-side.ping-server -- PASS")
+            && seen.contains("server.server-side.sync-all-up -- PASS"),
+        "{seen}"
     );
     assert!(
-        stdout.contains("[server] info: start: boot"),
-        "the log was followed: {stdout}"
+        seen.contains("[server] info: start: boot"),
+        "the log was followed: {seen}"
     );
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let upload =
+        regex::Regex::new(r"\[(server|client)\] \w+ upload \[[=> ]{30}\] [0-9.]+ [KMG]?i?B/")
+            .unwrap();
+    assert!(
+        upload.is_match(seen),
+        "a progress bar while uploading: {seen}"
+    );
+    let boot = regex::Regex::new(r"\[(server|client)\] boot +[0-9]+s").unwrap();
+    assert!(boot.is_match(seen), "a progress line while booting: {seen}");
+    let summary =
+        regex::Regex::new(r"job 1: complete in [0-9.]+ s: ([0-9]+) passed, 0 failed \(3 nodes\)")
+            .unwrap();
+    let passed: usize = summary
+        .captures(seen)
+        .unwrap_or_else(|| panic!("a summary with counts: {seen}"))[1]
+        .parse()
+        .unwrap();
+    assert!(passed >= 7, "{seen}");
+    let coloured = regex::Regex::new(r"(\x1b\[[0-9;]*m)+PASS").unwrap();
+    assert!(coloured.is_match(&run.raw), "PASS in colour on a terminal");
+    assert!(
+        !run.screen.contains(" upload [") && run.screen.contains("0 failed (3 nodes)"),
+        "the progress lines are gone at the end, the summary stays:\n{}",
+        run.screen
+    );
+    // Into a pipe that closes early: the first line, no panic.
+    let head = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "\"$0\" results 1 | head -1; echo \"status ${PIPESTATUS[0]}\"",
+        ])
+        .arg(binary("dispatcher"))
+        .env("LAVA_DISPATCHER_URL", &daemon.url)
+        .env("LAVA_DISPATCHER_TOKEN", &token)
+        .output()
+        .unwrap();
+    let (first, stderr) = (
+        String::from_utf8_lossy(&head.stdout),
+        String::from_utf8_lossy(&head.stderr),
+    );
+    assert!(
+        first.ends_with(" -- PASS\nstatus 0\n") && stderr.is_empty(),
+        "{first}{stderr}"
+    );
 
     let (status, body) = api.request("GET", "/api/v1/jobs/1", b"").unwrap();
     assert_eq!(status, 200);

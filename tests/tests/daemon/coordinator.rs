@@ -65,7 +65,10 @@ fn a_standalone_coordinator_restarted_mid_job_loses_nothing() {
     let log = api.follow_log(id).unwrap();
     let state = api.job_state(id).unwrap();
     assert_eq!(state["health"], "complete", "{state}\n{log:#?}");
-    let results = daemon.cli(api.token(), &["results", &id.to_string()]);
+    let results = daemon.cli(
+        api.token(),
+        &["results", &id.to_string(), "--format", "json"],
+    );
     let results = json_of(&String::from_utf8_lossy(&results.stdout));
     let passed: Vec<String> = results["results"]["nodes"]
         .as_array()

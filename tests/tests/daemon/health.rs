@@ -206,7 +206,10 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
         "complete",
         "{log:#?}"
     );
-    let shown = daemon.cli(api.token(), &["devices", "show", "ssh-host-02"]);
+    let shown = daemon.cli(
+        api.token(),
+        &["devices", "show", "ssh-host-02", "--format", "json"],
+    );
     assert!(
         shown.status.success(),
         "{}",

@@ -77,7 +77,7 @@ fn a_broken_device_file_takes_only_its_device_offline_and_reloads_need_no_restar
         )
         .unwrap();
     assert_eq!(status, 400, "{answer}");
-    let reload = daemon.cli(api.token(), &["devices", "reload"]);
+    let reload = daemon.cli(api.token(), &["devices", "reload", "--format", "json"]);
     assert!(
         reload.status.success(),
         "{}",

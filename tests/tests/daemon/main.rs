@@ -10,6 +10,8 @@
 
 /// Tokens, the API, the CLI, results, the web page and the metrics, on a whole job.
 mod api;
+/// The `dispatcher` client as people and scripts use it: tables, exit statuses, pipes.
+mod cli;
 /// A standalone coordinator restarted under a job, or refusing the daemon.
 mod coordinator;
 /// A VM killed, the SSH connection dropped, a test shell hung: the job fails, the

@@ -95,7 +95,10 @@ fn callbacks_are_signed_retried_after_a_server_error_and_delivered_once() {
 
     // Resubmitted by hand (CLI): the new job names the old one, and its own end is
     // told once, with its log.
-    let again = daemon.cli(api.token(), &["resubmit", &first.to_string()]);
+    let again = daemon.cli(
+        api.token(),
+        &["resubmit", &first.to_string(), "--format", "json"],
+    );
     assert!(
         again.status.success(),
         "{}",

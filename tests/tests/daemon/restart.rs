@@ -73,9 +73,15 @@ fn cancel_and_a_graceful_shutdown_stop_running_jobs_and_keep_the_queue() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `logs --follow` returns once the job has ended.
+    // `logs --follow` returns once the job has ended, its exit status the job's: 3,
+    // canceled.
     let out = daemon.cli(&token, &["logs", &first.to_string(), "--follow"]);
-    assert!(out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = api.job_state(first).unwrap();
     assert_eq!(state["health"], "canceled", "{state}");
     lab.host.assert_no_qemu();
