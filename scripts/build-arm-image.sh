@@ -92,7 +92,11 @@ copy_modules() {  # K R KVER
 # unless its inputs are unchanged; prints its result lines on fd 3.
 build_arch() {  # ARCH KMETA
     local arch=$1 kmeta=$2
-    dpkg --print-foreign-architectures | grep -qx "$arch" ||
+    # Read whole before grep: with pipefail, `grep -q` leaving at the first match can
+    # kill dpkg with SIGPIPE mid-list and fail the test (arm64 comes first).
+    local foreign
+    foreign=$(dpkg --print-foreign-architectures)
+    grep -qx "$arch" <<<"$foreign" ||
         { log "$arch is not enabled for downloads (scripts/install-deps.sh)"; return 1; }
     mkdir -p "$OUT/$arch"
     local work=$OUT/.work-$arch

@@ -168,14 +168,27 @@ fn a_queued_job_says_why_it_waits_and_the_reason_follows_the_lab() {
     );
     assert!(page.contains("id=\"waiting-for\""), "{page}");
     assert!(page.contains(&format!("runs job {first}")), "{page}");
-    // A follower of the queued job's log gets each new reason as it comes.
-    let follower = std::process::Command::new(system_tests::binary("dispatcher"))
+    // A follower of the queued job's log gets each new reason as it comes: the
+    // current one first (read before the first job is let go, so the follower's
+    // start cannot race the change), then each change.
+    let mut follower = std::process::Command::new(system_tests::binary("dispatcher"))
         .args(["logs", &low.to_string(), "--follow"])
         .env("LAVA_DISPATCHER_URL", &daemon.url)
         .env("LAVA_DISPATCHER_TOKEN", api.token())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+    let mut followed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let current = line.contains(&format!("runs job {first}"));
+        followed.push(line);
+        if current {
+            break;
+        }
+    }
 
     // The first job ends: the high-priority one runs next, and the low one now waits
     // for it.
@@ -190,8 +203,9 @@ fn a_queued_job_says_why_it_waits_and_the_reason_follows_the_lab() {
     assert!(page.contains(&reason), "{page}");
     release(&api, high, &gate);
     release(&api, low, &gate);
-    let out = follower.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    followed.extend(lines.map(Result::unwrap));
+    follower.wait().unwrap();
+    let text = followed.join("\n");
     for id in [first, high] {
         assert!(
             text.contains(&format!(
