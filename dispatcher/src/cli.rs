@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// A daemon's jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Run the daemon: HTTP API, queue, scheduler, jobs, embedded coordinator.
     Serve {
         /// The daemon's configuration (TOML).
@@ -261,6 +266,40 @@ enum Format {
 }
 
 #[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first, a page at a time, as a table.
+    List {
+        #[arg(long, value_parser = ["submitted", "scheduled", "running", "canceling", "finished"])]
+        state: Option<String>,
+        /// A finished job's health.
+        #[arg(long, value_parser = ["complete", "incomplete", "canceled"])]
+        health: Option<String>,
+        /// Jobs with a node of this device type.
+        #[arg(long, value_name = "TYPE")]
+        device_type: Option<String>,
+        /// Text in the job's name, or its id.
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+        /// Jobs on the page (1 to 1000).
+        #[arg(long, default_value_t = 25)]
+        limit: u32,
+        /// Jobs skipped before the page.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A job as it was submitted (its JSON, byte for byte).
+    Definition {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DevicesCommand {
     /// Check device type files in DIR and device files in DIR/devices (or --devices).
     Check {
@@ -349,6 +388,32 @@ pub fn run(cli: Cli) -> u8 {
             },
             format.get(),
         ),
+        Command::Jobs {
+            command:
+                JobsCommand::List {
+                    state,
+                    health,
+                    device_type,
+                    search,
+                    limit,
+                    offset,
+                    format,
+                    server,
+                },
+        } => {
+            let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
+            let named = [
+                ("state", state),
+                ("health", health),
+                ("device_type", device_type),
+                ("q", search),
+            ];
+            query.extend(named.into_iter().filter_map(|(k, v)| Some((k, v?))));
+            remote::jobs(&server.into(), &query, format.get())
+        }
+        Command::Jobs {
+            command: JobsCommand::Definition { id, server },
+        } => remote::definition(&server.into(), id),
         Command::Serve {
             config,
             check: false,

@@ -83,6 +83,26 @@ impl Server {
         }
     }
 
+    /// An answer that is text, not JSON (JUnit, TAP, a job's definition); an error
+    /// answer is JSON all the same.
+    async fn get_text(&self, path: &str) -> Result<String, Failure> {
+        let response = self
+            .request(reqwest::Method::GET, path)?
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.url)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("unreadable answer: {e}")))?;
+        if !status.is_success() {
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(Failure::Refused(status.as_u16(), body));
+        }
+        Ok(text)
+    }
+
     async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.send(self.request(reqwest::Method::GET, path)?).await
     }
@@ -334,20 +354,9 @@ pub fn results(server: &Server, id: u64, format: Option<ResultsFormat>) -> u8 {
         Some(ResultsFormat::Tap) => "tap",
     };
     block_on(async {
-        let request = server.request(
-            reqwest::Method::GET,
-            &format!("jobs/{id}/results?format={name}"),
-        )?;
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Unreachable(format!("{}: {e}", server.url)))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            return Err(Failure::Refused(status.as_u16(), body));
-        }
+        let text = server
+            .get_text(&format!("jobs/{id}/results?format={name}"))
+            .await?;
         if name == "json" {
             match serde_json::from_str::<Value>(&text) {
                 Ok(value) => print_json(&value),
@@ -375,6 +384,33 @@ async fn results_text(server: &Server, id: u64) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `dispatcher jobs list`: one page of jobs, as a table and where it is in the whole.
+pub fn jobs(server: &Server, query: &[(&str, String)], format: Format) -> u8 {
+    block_on(async {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        let page = server.get(&format!("jobs?{query}")).await?;
+        match format {
+            Format::Json => print_json(&page),
+            Format::Text => out::text(tables::jobs(&page, Paint::for_stdout())),
+        }
+        Ok(exit::OK)
+    })
+}
+
+/// `dispatcher jobs definition ID`: the job's JSON as it was submitted.
+pub fn definition(server: &Server, id: u64) -> u8 {
+    block_on(async {
+        let text = server.get_text(&format!("jobs/{id}/definition")).await?;
+        out::text(&text);
+        if !text.ends_with('\n') {
+            out::line("");
+        }
+        Ok(exit::OK)
+    })
 }
 
 /// The other requests: one call, its answer printed.

@@ -184,6 +184,66 @@ fn node_status(report: &Value, paint: Paint) -> (String, String) {
     (status, results)
 }
 
+/// `GET /api/v1/jobs`: one row a job, then where the page is in the whole listing.
+pub fn jobs(page: &Value, paint: Paint) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "STATE",
+        "DEVICES",
+        "SUBMITTER",
+        "SUBMITTED",
+        "TOOK",
+        "NAME",
+    ]);
+    let jobs = page["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for job in jobs {
+        let names = |key: &str| -> Vec<String> {
+            job[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        // The devices it got; before that, the types it waits for.
+        let devices = match (names("devices"), names("device_types")) {
+            (devices, _) if !devices.is_empty() => devices.join(","),
+            (_, types) if !types.is_empty() => format!("({})", types.join(",")),
+            _ => "-".into(),
+        };
+        let took = span(&job["started_at"], &job["ended_at"]).unwrap_or_else(|| "-".into());
+        table.row(vec![
+            text_of(&job["id"]),
+            job_state(&job["state"], paint),
+            devices,
+            text_of(&job["submitter"]),
+            time(&job["submitted_at"]),
+            took,
+            text_of(&job["name"]),
+        ]);
+    }
+    let mut text = table.render();
+    let (offset, total) = (
+        page["offset"].as_u64().unwrap_or(0),
+        page["total"].as_u64().unwrap_or(0),
+    );
+    let shown = jobs.len() as u64;
+    if shown == 0 {
+        text.push_str(&format!("no jobs here ({total} match)\n"));
+    } else {
+        let last = offset + shown;
+        text.push_str(&format!("jobs {}-{last} of {total}", offset + 1));
+        if last < total {
+            text.push_str(&format!(" (next: --offset {last})"));
+        }
+        text.push('\n');
+    }
+    text
+}
+
 /// `state` of a device: `idle`, `running job 7`.
 fn device_state(state: &Value) -> String {
     let name = state["state"].as_str().unwrap_or("?");
@@ -330,6 +390,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("1796300000"), "no epoch seconds: {text}");
+    }
+
+    #[test]
+    fn a_page_of_jobs_says_where_it_is_in_the_listing() {
+        let page = json!({"total": 3, "offset": 0, "jobs": [
+            {"id": 3, "name": "boot", "state": {"state": "running"}, "device_types": ["kvm"],
+             "devices": ["kvm-01"], "submitter": "ci", "submitted_at": 1_796_300_000u64,
+             "started_at": 1_796_300_005u64},
+            {"id": 2, "name": null, "state": {"state": "submitted"}, "device_types": ["kvm"],
+             "devices": [], "submitted_at": 1_796_300_001u64}
+        ]});
+        let text = jobs(&page, PLAIN);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("3   running    kvm-01   ci "),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with(" -     boot"),
+            "not ended: no duration: {text}"
+        );
+        assert!(
+            lines[2].starts_with("2   submitted  (kvm)    -  "),
+            "{text}"
+        );
+        assert_eq!(lines[3], "jobs 1-2 of 3 (next: --offset 2)");
     }
 
     #[test]

@@ -54,7 +54,20 @@ pub trait Store: Send + Sync {
 
     /// Jobs, newest first, all or only those in the state named `state` ("running";
     /// see [`JOB_STATE_NAMES`]), without their definitions and results.
-    async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, StoreError>;
+    async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, StoreError> {
+        let filter = JobFilter {
+            state: state.map(str::to_string),
+            limit: u32::MAX,
+            ..JobFilter::default()
+        };
+        Ok(self.job_page(&filter).await?.jobs)
+    }
+
+    /// A page of the jobs `filter` matches, newest first, and how many it matches.
+    async fn job_page(&self, filter: &JobFilter) -> Result<JobPage, StoreError>;
+
+    /// Jobs counted by state, and finished ones by health.
+    async fn job_counts(&self) -> Result<JobCounts, StoreError>;
 
     /// The queue, oldest first, without the job definitions: what a scheduling pass
     /// reads every time (definitions are read once per job, see [`Store::job`]).
@@ -176,6 +189,8 @@ pub enum Invalid {
     Priority(u8),
     #[error("unknown job state {0:?}")]
     JobState(String),
+    #[error("unknown job health {0:?} (complete, incomplete or canceled)")]
+    JobHealth(String),
 }
 
 /// A job to queue.
@@ -194,6 +209,43 @@ pub struct NewJob {
     pub resubmitted_from: Option<u64>,
     /// Automatic retries (after `infrastructure` failures) that led to this job.
     pub auto_retries: u32,
+    /// The device types its nodes need (for listing jobs by device type).
+    pub device_types: Vec<String>,
+    /// The name of the token that submitted it; `None`: the daemon itself (a health
+    /// check, an automatic retry) or a lab with public writes.
+    pub submitter: Option<String>,
+}
+
+/// Which jobs a listing shows, and which page of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// A state name (see [`JOB_STATE_NAMES`]).
+    pub state: Option<String>,
+    /// A finished job's health: `complete`, `incomplete` or `canceled`.
+    pub health: Option<String>,
+    /// Jobs with a node of this device type.
+    pub device_type: Option<String>,
+    /// Jobs whose name holds this text (any case), or whose id it is.
+    pub text: Option<String>,
+    /// At most this many, newest first...
+    pub limit: u32,
+    /// ...after skipping this many.
+    pub offset: u64,
+}
+
+/// One page of a listing, and how many jobs the filter matches in all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    pub total: u64,
+}
+
+/// How many jobs there are in each state, and finished ones by health: what
+/// `/metrics` shows, counted by the database rather than read job by job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    pub finished_by_health: std::collections::BTreeMap<String, u64>,
 }
 
 /// A device's health as a job's end sets it, and why.
@@ -249,6 +301,13 @@ pub struct JobSummary {
     /// The newest job resubmitted from this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resubmitted_as: Option<u64>,
+    /// The device types its nodes need (empty for jobs stored before these were kept).
+    pub device_types: Vec<String>,
+    /// The devices it was given, once scheduled.
+    pub devices: Vec<String>,
+    /// Who submitted it: a token's name (none: the daemon itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
 }
 
 /// One node a job has (or will have): its id and its role.

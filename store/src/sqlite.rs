@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobRecord,
-    JobSummary, Member, Missing, NewJob, Queued, RESTART_MESSAGE, Store, StoreError, TokenScope,
+    Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobCounts,
+    JobFilter, JobPage, JobRecord, JobSummary, Member, Missing, NewJob, Queued, RESTART_MESSAGE,
+    Store, StoreError, TokenScope,
 };
 use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
 
@@ -87,7 +88,30 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN resubmitted_from INTEGER;
     ALTER TABLE jobs ADD COLUMN resubmitted_as INTEGER;
     ALTER TABLE jobs ADD COLUMN auto_retries INTEGER NOT NULL DEFAULT 0;",
+    // 6: what job listings filter and show: the device types a job needs and the
+    // devices it was given (each ` a b `, space-delimited, so `LIKE '% a %'` finds one
+    // whole name), and the token that submitted it. NULL for older jobs.
+    "ALTER TABLE jobs ADD COLUMN device_types TEXT;
+    ALTER TABLE jobs ADD COLUMN devices TEXT;
+    ALTER TABLE jobs ADD COLUMN submitter TEXT;",
 ];
+
+/// Names as one space-delimited column value: ` a b ` (see migration 6).
+fn name_list(names: &[String]) -> String {
+    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    format!(" {} ", names.join(" "))
+}
+
+/// A [`name_list`] column read back (NULL: none known).
+fn names_of(column: Option<String>) -> Vec<String> {
+    column
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
 
 /// The default [`Store`]: a SQLite file. Needs a tokio runtime (its calls run on the
 /// runtime's blocking pool).
@@ -146,9 +170,13 @@ impl Store for SqliteStore {
         self.call(move |db| db.set_members(id, &members)).await
     }
 
-    async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, StoreError> {
-        let state = state.map(str::to_string);
-        self.call(move |db| db.jobs(state.as_deref())).await
+    async fn job_page(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+        let filter = filter.clone();
+        self.call(move |db| db.job_page(&filter)).await
+    }
+
+    async fn job_counts(&self) -> Result<JobCounts, StoreError> {
+        self.call(Db::job_counts).await
     }
 
     async fn queue(&self) -> Result<Vec<Queued>, StoreError> {
@@ -321,8 +349,9 @@ impl Db {
         let id: u64 = self.write(|tx| {
             let id: u64 = tx.query_row(
                 "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
-                     members, health_check_of, resubmitted_from, auto_retries)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                     members, health_check_of, resubmitted_from, auto_retries, device_types,
+                     submitter)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
                 params![
                     job.name,
                     job.definition,
@@ -333,7 +362,9 @@ impl Db {
                     serde_json::to_string(&job.members)?,
                     job.health_check_of,
                     job.resubmitted_from,
-                    job.auto_retries
+                    job.auto_retries,
+                    name_list(&job.device_types),
+                    job.submitter
                 ],
                 |row| row.get(0),
             )?;
@@ -390,16 +421,86 @@ impl Db {
         Ok(())
     }
 
-    fn jobs(&self, state: Option<&str>) -> Result<Vec<JobSummary>, Fail> {
-        if let Some(name) = state.filter(|s| !JOB_STATE_NAMES.contains(s)) {
+    fn job_page(&self, filter: &JobFilter) -> Result<JobPage, Fail> {
+        if let Some(name) = filter
+            .state
+            .as_deref()
+            .filter(|s| !JOB_STATE_NAMES.contains(s))
+        {
             return Err(StoreError::Invalid(Invalid::JobState(name.to_string())).into());
         }
+        if let Some(health) = filter
+            .health
+            .as_deref()
+            .filter(|h| !["complete", "incomplete", "canceled"].contains(h))
+        {
+            return Err(StoreError::Invalid(Invalid::JobHealth(health.to_string())).into());
+        }
+        // Each condition holds when its parameter is NULL; LIKE's wildcards in the
+        // user's text are escaped, so "50%" finds "50%" and not everything.
+        let text = filter.text.as_deref().map(|t| {
+            let escaped = t
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let id: Option<i64> = filter.text.as_deref().and_then(|t| t.trim().parse().ok());
+        let device_type = filter.device_type.as_deref().map(|t| format!("% {t} %"));
+        let conditions = "(?1 IS NULL OR state = ?1)
+             AND (?2 IS NULL OR health = ?2)
+             AND (?3 IS NULL OR device_types LIKE ?3)
+             AND (?4 IS NULL OR name LIKE ?4 ESCAPE '\\' OR id = ?5)";
+        let params = params![filter.state, filter.health, device_type, text, id];
         let conn = self.lock();
+        let total: u64 = conn.query_row(
+            &format!("SELECT count(*) FROM jobs WHERE {conditions}"),
+            params,
+            |row| row.get(0),
+        )?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC"
+            "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE {conditions}
+             ORDER BY id DESC LIMIT ?6 OFFSET ?7"
         ))?;
-        let rows = stmt.query_map([state], summary_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let limit = i64::from(filter.limit);
+        let offset = i64::try_from(filter.offset).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(
+            params![
+                filter.state,
+                filter.health,
+                device_type,
+                text,
+                id,
+                limit,
+                offset
+            ],
+            summary_from_row,
+        )?;
+        Ok(JobPage {
+            jobs: rows.collect::<Result<_, _>>()?,
+            total,
+        })
+    }
+
+    fn job_counts(&self) -> Result<JobCounts, Fail> {
+        let conn = self.lock();
+        let mut counts = JobCounts::default();
+        let mut stmt = conn.prepare("SELECT state, health, count(*) FROM jobs GROUP BY 1, 2")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, u64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (state, health, n) = row?;
+            *counts.by_state.entry(state).or_default() += n;
+            if let Some(health) = health {
+                *counts.finished_by_health.entry(health).or_default() += n;
+            }
+        }
+        Ok(counts)
     }
 
     fn queue(&self) -> Result<Vec<Queued>, Fail> {
@@ -447,6 +548,10 @@ impl Db {
                     params![hostname, reserved, job_id],
                 )?;
             }
+            tx.execute(
+                "UPDATE jobs SET devices = ?2 WHERE id = ?1",
+                params![job_id, name_list(hostnames)],
+            )?;
             tracing::info!(job = job_id, devices = ?hostnames, "devices reserved");
             Ok(())
         })
@@ -813,7 +918,10 @@ fn device_in(tx: &Connection, hostname: &str) -> Result<Option<DeviceRecord>, Fa
 
 /// A job's columns up to its definition, in [`summary_from_row`]'s order.
 const SUMMARY_COLUMNS: &str = "id, name, priority, state_json, submitted_at, started_at, \
-    ended_at, health_check_of, resubmitted_from, resubmitted_as";
+    ended_at, health_check_of, resubmitted_from, resubmitted_as, device_types, devices, \
+    submitter";
+/// How many columns [`SUMMARY_COLUMNS`] names: a job's other columns come after them.
+const SUMMARY_COUNT: usize = 13;
 
 /// Whether `id` can be a job's id: SQLite's integers are signed 64-bit, so a larger id
 /// names no job (rather than failing to bind as a query parameter).
@@ -833,6 +941,9 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
         health_check_of: row.get(7)?,
         resubmitted_from: row.get(8)?,
         resubmitted_as: row.get(9)?,
+        device_types: names_of(row.get(10)?),
+        devices: names_of(row.get(11)?),
+        submitter: row.get(12)?,
     })
 }
 
@@ -840,16 +951,16 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<JobSummary> {
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
         summary: summary_from_row(row)?,
-        definition: row.get(10)?,
+        definition: row.get(SUMMARY_COUNT)?,
         results: row
-            .get::<_, Option<String>>(11)?
-            .map(|text| parse_json(11, &text))
+            .get::<_, Option<String>>(SUMMARY_COUNT + 1)?
+            .map(|text| parse_json(SUMMARY_COUNT + 1, &text))
             .transpose()?,
         members: row
-            .get::<_, Option<String>>(12)?
-            .map(|text| parse_json(12, &text))
+            .get::<_, Option<String>>(SUMMARY_COUNT + 2)?
+            .map(|text| parse_json(SUMMARY_COUNT + 2, &text))
             .transpose()?,
-        auto_retries: row.get(13)?,
+        auto_retries: row.get(SUMMARY_COUNT + 3)?,
     })
 }
 
@@ -938,6 +1049,8 @@ mod tests {
             health_check_of: None,
             resubmitted_from: None,
             auto_retries: 0,
+            device_types: vec!["kvm".to_string()],
+            submitter: None,
         }
     }
 
@@ -1057,6 +1170,98 @@ mod tests {
             })
         ));
         assert_eq!(device_state(&*store, "kvm-01").await, DeviceState::Idle);
+    }
+
+    #[tokio::test]
+    async fn listings_filter_page_and_count_in_the_database() {
+        let (_dir, _path, store) = temp_store(&["kvm-01", "ssh-01"]).await;
+        let submit = |name: &str, types: &[&str]| NewJob {
+            device_types: types.iter().map(|t| t.to_string()).collect(),
+            submitter: Some("ci".into()),
+            ..new_job(Some(name), "{}", 50)
+        };
+        let boot = store.submit(submit("boot 50%", &["kvm"])).await.unwrap();
+        let smoke = store
+            .submit(submit("smoke_test", &["kvm", "ssh-host"]))
+            .await
+            .unwrap();
+        let ssh = store
+            .submit(submit("Ssh only", &["ssh-host"]))
+            .await
+            .unwrap();
+        store.reserve(boot, &["kvm-01".to_string()]).await.unwrap();
+        store.start(boot).await.unwrap();
+        store
+            .finish(boot, Outcome::complete(), None, None)
+            .await
+            .unwrap();
+        let page = |filter: JobFilter| {
+            let store = store.clone();
+            async move {
+                let page = store
+                    .job_page(&JobFilter {
+                        limit: if filter.limit == 0 { 100 } else { filter.limit },
+                        ..filter
+                    })
+                    .await
+                    .unwrap();
+                (
+                    page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+                    page.total,
+                )
+            }
+        };
+        let kvm = |t: &str| JobFilter {
+            device_type: Some(t.into()),
+            ..JobFilter::default()
+        };
+        assert_eq!(page(kvm("kvm")).await, (vec![smoke, boot], 2));
+        assert_eq!(page(kvm("ssh")).await, (vec![], 0), "whole names only");
+        let text = |t: &str| JobFilter {
+            text: Some(t.into()),
+            ..JobFilter::default()
+        };
+        assert_eq!(page(text("ssh")).await, (vec![ssh], 1), "any case");
+        assert_eq!(page(text("50%")).await, (vec![boot], 1));
+        assert_eq!(page(text("%")).await, (vec![boot], 1), "% is no wildcard");
+        assert_eq!(
+            page(text("e_t")).await,
+            (vec![smoke], 1),
+            "_ is no wildcard"
+        );
+        assert_eq!(page(text(&smoke.to_string())).await.0, vec![smoke]);
+        let complete = JobFilter {
+            health: Some("complete".into()),
+            ..JobFilter::default()
+        };
+        assert_eq!(page(complete).await, (vec![boot], 1));
+        let second_page = JobFilter {
+            limit: 1,
+            offset: 1,
+            ..JobFilter::default()
+        };
+        assert_eq!(
+            page(second_page).await,
+            (vec![smoke], 3),
+            "the total of all pages"
+        );
+        let listed = store.job(boot).await.unwrap().unwrap().summary;
+        assert_eq!(listed.devices, ["kvm-01"]);
+        assert_eq!(listed.device_types, ["kvm"]);
+        assert_eq!(listed.submitter.as_deref(), Some("ci"));
+        assert!(matches!(
+            store
+                .job_page(&JobFilter {
+                    health: Some("green".into()),
+                    ..JobFilter::default()
+                })
+                .await,
+            Err(StoreError::Invalid(Invalid::JobHealth(_)))
+        ));
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!(counts.by_state.get("submitted"), Some(&2));
+        assert_eq!(counts.by_state.get("finished"), Some(&1));
+        assert_eq!(counts.finished_by_health.get("complete"), Some(&1));
     }
 
     #[tokio::test]
@@ -1182,12 +1387,16 @@ mod tests {
         let (_dir, path, store) = temp_store(&[]).await;
         drop(store);
         let raw = Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 6).unwrap();
+        let newer = MIGRATIONS.len() + 1;
+        raw.pragma_update(None, "user_version", newer).unwrap();
         drop(raw);
         let err = SqliteStore::open(&path).await.err().unwrap();
+        let expected = format!(
+            "version {newer}, newer than this dispatcher's {}",
+            MIGRATIONS.len()
+        );
         assert!(
-            matches!(&err, StoreError::Unavailable(why)
-                if why.contains("version 6, newer than this dispatcher's 5")),
+            matches!(&err, StoreError::Unavailable(why) if why.contains(&expected)),
             "{err}"
         );
     }

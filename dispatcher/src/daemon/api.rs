@@ -46,6 +46,7 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
     Router::new()
         .route("/api/v1/jobs", post(submit).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/definition", get(definition))
         .route("/api/v1/jobs/{id}/log", get(log))
         .route("/api/v1/jobs/{id}/results", get(results))
         .route("/api/v1/jobs/{id}/console/{node}", get(console))
@@ -163,8 +164,8 @@ fn token_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A request whose token may write (`WRITE`), or read (or that needs none: public
-/// reads).
-struct Authorized<const WRITE: bool>;
+/// reads); with the token's name, if it has one.
+struct Authorized<const WRITE: bool>(Option<String>);
 
 type CanRead = Authorized<false>;
 type CanWrite = Authorized<true>;
@@ -174,10 +175,11 @@ impl<const WRITE: bool> FromRequestParts<Arc<Api>> for Authorized<WRITE> {
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
         let access = if WRITE { Access::Write } else { Access::Read };
-        api.service
+        let name = api
+            .service
             .authorize(token_of(&parts.headers), access)
             .await?;
-        Ok(Authorized)
+        Ok(Authorized(name))
     }
 }
 
@@ -185,15 +187,15 @@ impl<const WRITE: bool> FromRequestParts<Arc<Api>> for Authorized<WRITE> {
 /// anonymous client must not make the daemon buffer `max_job_bytes` per request), and
 /// within `http_body_timeout_secs`: a client sending its job a byte at a time holds a
 /// connection and a request, so it gets a deadline. (Its size is bounded by
-/// `max_job_bytes`, as the `Bytes` extractor applies it.)
-struct TimedBody(Bytes);
+/// `max_job_bytes`, as the `Bytes` extractor applies it.) With the writing token's name.
+struct TimedBody(Bytes, Option<String>);
 
 impl FromRequest<Arc<Api>> for TimedBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, api: &Arc<Api>) -> Result<Self, Response> {
         let (mut parts, body) = request.into_parts();
-        CanWrite::from_request_parts(&mut parts, api)
+        let Authorized(name) = CanWrite::from_request_parts(&mut parts, api)
             .await
             .map_err(IntoResponse::into_response)?;
         let request = Request::from_parts(parts, body);
@@ -204,7 +206,7 @@ impl FromRequest<Arc<Api>> for TimedBody {
         )
         .await
         {
-            Ok(Ok(bytes)) => Ok(Self(bytes)),
+            Ok(Ok(bytes)) => Ok(Self(bytes, name)),
             Ok(Err(rejection)) => Err(rejection.into_response()),
             Err(_) => Err(ApiError::from(ServiceError::BodyTimeout(seconds)).into_response()),
         }
@@ -220,24 +222,64 @@ fn stream_place(api: &Api) -> Result<tokio::sync::OwnedSemaphorePermit, ServiceE
         .map_err(|_| ServiceError::Busy)
 }
 
-async fn submit(State(api): State<Arc<Api>>, TimedBody(body): TimedBody) -> ApiResult {
+async fn submit(State(api): State<Arc<Api>>, TimedBody(body, submitter): TimedBody) -> ApiResult {
     // The token was checked before the body was read (`TimedBody`).
-    let submitted = api.service.submit(Vec::from(body)).await?;
+    let submitted = api.service.submit(Vec::from(body), submitter).await?;
     Ok((StatusCode::CREATED, axum::Json(submitted)).into_response())
 }
 
+/// `GET /api/v1/jobs?state=&health=&device_type=&q=&limit=&offset=`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    health: Option<String>,
+    device_type: Option<String>,
+    /// Text in the job's name, or its id.
+    q: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
 }
+
+/// Jobs a listing gives when it asks for no `limit`, and the most it may ask for.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
 
 async fn list_jobs(
     State(api): State<Arc<Api>>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
     _: CanRead,
 ) -> ApiResult {
-    let jobs = api.service.jobs(query.state.as_deref()).await?;
-    ok(json!({ "jobs": jobs }))
+    let Query(query) = query.map_err(|e| ServiceError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ServiceError::BadRequest(format!(
+            "limit={limit}: a page holds 1 to {MAX_PAGE} jobs"
+        ))
+        .into());
+    }
+    let blank = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let filter = store::JobFilter {
+        state: blank(query.state),
+        health: blank(query.health),
+        device_type: blank(query.device_type),
+        text: blank(query.q),
+        limit,
+        offset: query.offset.unwrap_or(0),
+    };
+    let page = api.service.jobs(&filter).await?;
+    ok(json!({
+        "jobs": page.jobs,
+        "total": page.total,
+        "limit": filter.limit,
+        "offset": filter.offset,
+    }))
+}
+
+/// `GET /api/v1/jobs/{id}/definition`: the job as it was submitted, byte for byte.
+async fn definition(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanRead) -> ApiResult {
+    let text = api.service.definition(id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 async fn job(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanRead) -> ApiResult {
@@ -276,8 +318,12 @@ async fn cancel(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanWrite) -> A
     ok(api.service.cancel(id).await?)
 }
 
-async fn resubmit(State(api): State<Arc<Api>>, JobId(id): JobId, _: CanWrite) -> ApiResult {
-    let submitted = api.service.resubmit(id, false).await?;
+async fn resubmit(
+    State(api): State<Arc<Api>>,
+    JobId(id): JobId,
+    Authorized(submitter): CanWrite,
+) -> ApiResult {
+    let submitted = api.service.resubmit(id, false, submitter).await?;
     Ok((StatusCode::CREATED, axum::Json(submitted)).into_response())
 }
 
@@ -347,7 +393,7 @@ async fn set_health(
     State(api): State<Arc<Api>>,
     Path(hostname): Path<String>,
     // The token was checked before the body was read.
-    TimedBody(body): TimedBody,
+    TimedBody(body, _): TimedBody,
 ) -> ApiResult {
     let wanted: HealthBody = serde_json::from_slice(&body).map_err(|e| {
         ServiceError::BadRequest(format!(

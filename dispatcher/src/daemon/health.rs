@@ -148,17 +148,12 @@ pub async fn queue_due_checks(
                         ),
                         definition: check.definition.clone(),
                         priority: 100,
-                        members: job
-                            .members()
-                            .into_iter()
-                            .map(|m| store::Member {
-                                node: m.node,
-                                role: m.role,
-                            })
-                            .collect(),
+                        members: super::service::members_of(&job),
                         health_check_of: Some(hostname.clone()),
                         resubmitted_from: None,
                         auto_retries: 0,
+                        device_types: super::service::device_types_of(&job, &state.lab),
+                        submitter: None,
                     })
                     .await?;
                 shared.remember_validated(id, job);

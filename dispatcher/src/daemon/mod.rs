@@ -726,7 +726,7 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
             notify::job_ended(&shared, job_id, &job);
             if retry {
                 let service = service::Dispatcher::new(shared.clone());
-                match service.resubmit(job_id, true).await {
+                match service.resubmit(job_id, true, None).await {
                     Ok(Some(again)) => tracing::info!(
                         job = job_id,
                         retry = again.id,

@@ -21,7 +21,7 @@ use job_schemas::{Diagnostic, Report};
 use runner::formats::ResultsFormat;
 use runner::report::JobReport;
 use runner::validation;
-use states::{DeviceHealth, DeviceState, Health, JobState};
+use states::{DeviceHealth, DeviceState, JobState};
 use store::{JOB_STATE_NAMES, JobSummary, Member, Missing, NewJob, StoreError, TokenScope};
 
 /// The daemon's service: every request a client can make. Cheap to clone.
@@ -111,6 +111,13 @@ pub struct JobListed {
     /// Why it waits, while it is queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+}
+
+/// A page of jobs, and how many the filter matches in all.
+#[derive(Debug, Serialize)]
+pub struct JobListing {
+    pub jobs: Vec<JobListed>,
+    pub total: u64,
 }
 
 /// A job's results as JSON: `GET /api/v1/jobs/{id}/results`.
@@ -231,25 +238,36 @@ impl Dispatcher {
 
     /// Checks a request's token (`None`: it has none) for `access`; reads pass without
     /// one when reads are public.
-    pub async fn authorize(&self, token: Option<&str>, access: Access) -> Result<(), ServiceError> {
+    /// Whether `token` may do what `access` asks; the token's name when there is one
+    /// (a public read needs none).
+    pub async fn authorize(
+        &self,
+        token: Option<&str>,
+        access: Access,
+    ) -> Result<Option<String>, ServiceError> {
         if access == Access::Read && self.shared.config.public_reads {
-            return Ok(());
+            return Ok(None);
         }
         let token = token.ok_or(ServiceError::NoToken)?;
         match self.shared.store.token_scope(token).await? {
             Some((name, TokenScope::ReadOnly)) if access == Access::Write => {
                 Err(ServiceError::ReadOnlyToken(name))
             }
-            Some(_) => Ok(()),
+            Some((name, _)) => Ok(Some(name)),
             None => Err(ServiceError::UnknownToken),
         }
     }
 
-    /// Validates and queues a job (`text` as submitted), and wakes the scheduler.
-    pub async fn submit(&self, text: Vec<u8>) -> Result<Submitted, ServiceError> {
+    /// Validates and queues a job (`text` as submitted, by the token named
+    /// `submitter`), and wakes the scheduler.
+    pub async fn submit(
+        &self,
+        text: Vec<u8>,
+        submitter: Option<String>,
+    ) -> Result<Submitted, ServiceError> {
         let text = String::from_utf8(text)
             .map_err(|e| ServiceError::BadRequest(format!("the job is not UTF-8: {e}")))?;
-        self.queue(text, None, 0).await
+        self.queue(text, None, 0, submitter).await
     }
 
     /// Validates and queues `text`, a resubmission of `from` if given.
@@ -258,8 +276,10 @@ impl Dispatcher {
         text: String,
         from: Option<u64>,
         auto_retries: u32,
+        submitter: Option<String>,
     ) -> Result<Submitted, ServiceError> {
         let state = self.shared.lab();
+        let lab = state.clone();
         let (validated, text) = off_thread(move || {
             let validated = validation::validate_for_run(&text, &state.lab, &state.policy);
             (validated, text)
@@ -293,6 +313,8 @@ impl Dispatcher {
                 health_check_of: None,
                 resubmitted_from: from,
                 auto_retries,
+                device_types: device_types_of(&job, &lab.lab),
+                submitter,
             })
             .await?;
         self.shared.remember_validated(id, job);
@@ -308,37 +330,49 @@ impl Dispatcher {
     /// Submits job `id` again as it was written, validated against the lab as it is now;
     /// the new job and the old one are linked. `automatic`: a retry after an
     /// `infrastructure` failure, made only while the chain of such retries is shorter
-    /// than `retry_infrastructure` (`None` past it).
+    /// than `retry_infrastructure` (`None` past it), in the name of the job's own
+    /// submitter; else by the token named `submitter`.
     pub async fn resubmit(
         &self,
         id: u64,
         automatic: bool,
+        submitter: Option<String>,
     ) -> Result<Option<Submitted>, ServiceError> {
         let record = self.job_record(id).await?;
-        let auto_retries = if automatic {
+        let (auto_retries, submitter) = if automatic {
             if record.auto_retries >= self.shared.config.retry_infrastructure {
                 return Ok(None);
             }
-            record.auto_retries + 1
+            (record.auto_retries + 1, record.summary.submitter.clone())
         } else {
-            0
+            (0, submitter)
         };
-        self.queue(record.definition, Some(id), auto_retries)
+        self.queue(record.definition, Some(id), auto_retries, submitter)
             .await
             .map(Some)
     }
 
     /// Jobs, newest first, all or those in the state named `state`; a queued one with
     /// why it waits.
-    pub async fn jobs(&self, state: Option<&str>) -> Result<Vec<JobListed>, ServiceError> {
-        let jobs = self.shared.store.jobs(state).await?;
-        Ok(jobs
-            .into_iter()
-            .map(|job| JobListed {
-                waiting_for: self.waiting_for(&job),
-                job,
-            })
-            .collect())
+    /// A page of the jobs `filter` matches, newest first, and how many it matches.
+    pub async fn jobs(&self, filter: &store::JobFilter) -> Result<JobListing, ServiceError> {
+        let page = self.shared.store.job_page(filter).await?;
+        Ok(JobListing {
+            jobs: page
+                .jobs
+                .into_iter()
+                .map(|job| JobListed {
+                    waiting_for: self.waiting_for(&job),
+                    job,
+                })
+                .collect(),
+            total: page.total,
+        })
+    }
+
+    /// Job `id` as it was submitted.
+    pub async fn definition(&self, id: u64) -> Result<String, ServiceError> {
+        Ok(self.job_record(id).await?.definition)
     }
 
     fn waiting_for(&self, job: &JobSummary) -> Option<String> {
@@ -638,26 +672,18 @@ impl Dispatcher {
 
     /// The daemon's numbers now.
     pub async fn metrics(&self) -> Result<Metrics, ServiceError> {
-        let jobs = self.shared.store.jobs(None).await?;
+        // Counted by the database: a scrape reads no job.
+        let counts = self.shared.store.job_counts().await?;
         let devices = self.shared.store.devices().await?;
-        let count = |keep: &dyn Fn(&JobState) -> bool| {
-            jobs.iter().filter(|j| keep(&j.state)).count() as u64
-        };
-        let jobs_by_state = JOB_STATE_NAMES
+        let count = |map: &BTreeMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
+        let jobs_by_state: Vec<(&'static str, u64)> = JOB_STATE_NAMES
             .iter()
-            .map(|&name| (name, count(&|s| s.name() == name)))
+            .map(|&name| (name, count(&counts.by_state, name)))
             .collect();
-        let finished_by_health = [
-            ("complete", Health::Complete),
-            ("incomplete", Health::Incomplete),
-            ("canceled", Health::Canceled),
-        ]
-        .into_iter()
-        .map(|(name, health)| {
-            let finished = |s: &JobState| matches!(s, JobState::Finished(o) if o.health == health);
-            (name, count(&finished))
-        })
-        .collect();
+        let finished_by_health = ["complete", "incomplete", "canceled"]
+            .into_iter()
+            .map(|name| (name, count(&counts.finished_by_health, name)))
+            .collect();
         let mut by_state_and_health = BTreeMap::new();
         for device in devices {
             // The names the API shows: the serde names of the state and health.
@@ -672,7 +698,7 @@ impl Dispatcher {
         Ok(Metrics {
             jobs_by_state,
             finished_by_health,
-            queued: count(&|s| *s == JobState::Submitted),
+            queued: count(&counts.by_state, "submitted"),
             devices: by_state_and_health,
             coordinator: self.shared.coordination.gauges(),
             transfer_bytes: hostctl::transfer::BYTES_SENT.load(Ordering::Relaxed),
@@ -709,7 +735,24 @@ async fn off_thread<T: Send + 'static>(
 }
 
 /// Every node the job will have, with its role.
-fn members_of(job: &job_schemas::Job) -> Vec<Member> {
+/// The device types `job`'s nodes need, as listings filter them: a job that names
+/// only its target device needs that device's type.
+pub(super) fn device_types_of(job: &job_schemas::Job, lab: &lab::Lab) -> Vec<String> {
+    if let job_schemas::Topology::Single {
+        device_type: None,
+        target: Some(target),
+    } = &job.topology
+    {
+        return lab
+            .devices
+            .get(target)
+            .map(|d| vec![d.device_type.name.clone()])
+            .unwrap_or_default();
+    }
+    job.roles().into_iter().map(|r| r.device_type).collect()
+}
+
+pub(super) fn members_of(job: &job_schemas::Job) -> Vec<Member> {
     job.members()
         .into_iter()
         .map(|m| Member {

@@ -99,7 +99,7 @@ fn a_person_reads_tables_a_script_reads_json_and_exit_statuses_are_the_jobs() {
     let definition = std::fs::read_to_string(jobs_dir().join("valid/device-group-two-kvm.json"))
         .unwrap()
         .replace("file:///srv/lava/images/", "http://images.example.org/");
-    std::fs::write(&job, definition).unwrap();
+    std::fs::write(&job, &definition).unwrap();
     let submitted = daemon.cli(&token, &["submit", job.to_str().unwrap()]);
     assert_eq!(text(&submitted.stdout), "job 1 submitted\n");
     let status = daemon.cli(&token, &["status", "1"]);
@@ -145,6 +145,66 @@ fn a_person_reads_tables_a_script_reads_json_and_exit_statuses_are_the_jobs() {
         text(&results.stdout),
         "job 1 has no results (finished: canceled)\n"
     );
+
+    // Jobs as a table, filtered and a page at a time, by the token that sent them.
+    std::fs::write(&job, definition.replace("two kvm devices", "nightly boot")).unwrap();
+    let second = daemon.cli(&token, &["submit", job.to_str().unwrap()]);
+    assert_eq!(text(&second.stdout), "job 2 submitted\n");
+    let listed = |args: &[&str]| {
+        let out = daemon.cli(&token, &[&["jobs", "list"][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let all = listed(&[]);
+    let rows: Vec<&str> = all.lines().collect();
+    assert!(rows[0].starts_with("ID  STATE"), "{all}");
+    assert!(
+        rows[1].starts_with("2   submitted           (kvm)    cli"),
+        "the types it waits for, its submitter: {all}"
+    );
+    assert!(
+        rows[1].ends_with("nightly boot") && rows[2].starts_with("1 "),
+        "{all}"
+    );
+    assert_eq!(rows[3], "jobs 1-2 of 2");
+    assert!(listed(&["--limit", "1"]).ends_with("jobs 1-1 of 2 (next: --offset 1)\n"));
+    let second_page = listed(&["--limit", "1", "--offset", "1"]);
+    assert!(second_page.contains("two kvm devices"), "{second_page}");
+    assert!(second_page.ends_with("jobs 2-2 of 2\n"), "{second_page}");
+    let found = listed(&["--search", "NIGHTLY"]);
+    assert!(
+        found.contains("nightly boot") && found.ends_with("jobs 1-1 of 1\n"),
+        "{found}"
+    );
+    let canceled = listed(&["--health", "canceled"]);
+    assert!(
+        canceled.contains("two kvm devices") && !canceled.contains("nightly"),
+        "{canceled}"
+    );
+    assert_eq!(
+        listed(&["--device-type", "ssh-host"]).lines().last(),
+        Some("no jobs here (0 match)")
+    );
+    let page: Value =
+        serde_json::from_str(&listed(&["--state", "submitted", "--format", "json"])).unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), page["jobs"][0]["id"].as_u64()),
+        (Some(1), Some(2))
+    );
+    for bad in ["limit=0", "limit=1001", "colour=red", "health=green"] {
+        let (status, body) = system_tests::http(
+            &daemon.addr(),
+            "GET",
+            &format!("/api/v1/jobs?{bad}"),
+            Some(&token),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // A job as it was sent, byte for byte.
+    let sent = daemon.cli(&token, &["jobs", "definition", "1"]);
+    assert_eq!(text(&sent.stdout).trim_end(), definition.trim_end());
 
     // Output into a pipe nobody reads any more: no panic, the status unchanged.
     for args in [
