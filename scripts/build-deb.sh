@@ -12,6 +12,8 @@
 # build the tests already made (stripped all the same).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The package's modes are the files' modes: the same whatever the caller's umask.
+umask 022
 
 PROFILE="${PROFILE:-release}"
 # A dev package is for the tests: compressed fast (xz takes half a minute on a debug

@@ -281,7 +281,7 @@ enum JobsCommand {
         #[arg(long, value_name = "TEXT")]
         search: Option<String>,
         /// Jobs on the page (1 to 1000).
-        #[arg(long, default_value_t = 25)]
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Jobs skipped before the page.
         #[arg(long, default_value_t = 0)]
@@ -291,7 +291,7 @@ enum JobsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// A job as it was submitted (its JSON, byte for byte).
+    /// A job as it was submitted (its JSON, byte for byte; callback tokens hidden).
     Definition {
         id: u64,
         #[command(flatten)]

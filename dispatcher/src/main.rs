@@ -6,8 +6,9 @@
 //! `devices list`: its HTTP API from the command line; `token create`; `completions`
 //! and `manpage`, generated from the same definitions.
 //! Exit codes are part of the interface: 0 fine, 1 problems found (an invalid job, a
-//! failed test case), 2 input unreadable, 3 a job that ran incomplete, 4 the daemon
-//! could not be reached or refused.
+//! failed test case), 2 input unreadable or a command line asking for what cannot be,
+//! 3 a job that ran incomplete or was canceled, 4 the daemon could not be reached or
+//! refused. Where a job is followed or shown ended, the status is its result.
 
 mod cli;
 mod exit;

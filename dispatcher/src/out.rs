@@ -4,8 +4,8 @@
 //! would panic on EPIPE (Rust ignores SIGPIPE, so the write fails instead of killing
 //! us). Every line of a subcommand goes through [`line`] instead: once the reader is
 //! gone the rest is dropped quietly and the command ends with the status it would have
-//! had, so `set -o pipefail` scripts still see the job's result. A followed log stops
-//! following as soon as nobody reads it ([`closed`]).
+//! had (a followed job is still followed to its end, silently), so `set -o pipefail`
+//! scripts still see the job's result.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

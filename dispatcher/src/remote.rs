@@ -118,7 +118,9 @@ impl Server {
     }
 
     /// Hands every line of job `id`'s log to `follower`, following it until the job
-    /// ends when asked. Stops early when stdout's reader has gone (`| head`).
+    /// ends when asked. Once stdout's reader has gone (`| head`) the lines are dropped
+    /// but the job is still followed to its end, so the exit status is still its
+    /// result.
     async fn read_log(
         &self,
         id: u64,
@@ -147,9 +149,6 @@ impl Server {
                 if let Ok(line) = serde_json::from_slice::<Value>(&line) {
                     follower.line(&line);
                 }
-            }
-            if out::closed() {
-                break;
             }
         }
         follower.finish();
@@ -246,9 +245,18 @@ fn state_status(state: &Value) -> u8 {
     }
 }
 
-/// A finished job's summary and the exit status it means.
+/// A followed job's summary and the exit status it means; a job that is not over
+/// when its followed log ended (the daemon stopped, or ended the stream) is an error,
+/// not a result.
 async fn finish(server: &Server, id: u64) -> Result<u8, Failure> {
     let (state, report) = server.report(id).await?;
+    if state["state"].as_str() != Some("finished") {
+        return Err(Failure::Unreachable(format!(
+            "the log of job {id} ended before the job did (it is {}); follow it again \
+             with `dispatcher wait {id}`",
+            state["state"].as_str().unwrap_or("?")
+        )));
+    }
     let paint = Paint::for_stdout();
     match report {
         Some(report) => {
@@ -315,6 +323,12 @@ pub fn logs(server: &Server, id: u64, follow: bool, node: Option<&str>) -> u8 {
         let mut follower = Follower::new(true, node, follow);
         server.read_log(id, follow, &mut follower).await?;
         let state = server.get(&format!("jobs/{id}")).await?["state"].clone();
+        if follow && state["state"].as_str() != Some("finished") {
+            return Err(Failure::Unreachable(format!(
+                "the log of job {id} ended before the job did (it is {})",
+                state["state"].as_str().unwrap_or("?")
+            )));
+        }
         if state["health"].as_str() == Some("complete") {
             // A complete job whose case failed exits 1, as `submit --follow` does.
             let (_, report) = server.report(id).await?;

@@ -57,7 +57,10 @@ impl Table {
 
 /// Unix seconds as `2026-12-03 18:20:55Z`; `-` when absent.
 pub fn time(value: &Value) -> String {
-    match value.as_u64() {
+    // RFC 3339 has four-digit years: a time past 9999 (a daemon's bad answer) shows
+    // as `-` rather than failing the formatter.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match value.as_u64().filter(|secs| *secs < YEAR_10000) {
         Some(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
             .to_string()
             .replacen('T', " ", 1),

@@ -89,8 +89,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN resubmitted_as INTEGER;
     ALTER TABLE jobs ADD COLUMN auto_retries INTEGER NOT NULL DEFAULT 0;",
     // 6: what job listings filter and show: the device types a job needs and the
-    // devices it was given (each ` a b `, space-delimited, so `LIKE '% a %'` finds one
-    // whole name), and the token that submitted it. NULL for older jobs.
+    // devices it was given (each ` a b `, space-delimited, so ` a ` finds one whole
+    // name), and the token that submitted it. NULL for older jobs.
     "ALTER TABLE jobs ADD COLUMN device_types TEXT;
     ALTER TABLE jobs ADD COLUMN devices TEXT;
     ALTER TABLE jobs ADD COLUMN submitter TEXT;",
@@ -446,10 +446,12 @@ impl Db {
             format!("%{escaped}%")
         });
         let id: Option<i64> = filter.text.as_deref().and_then(|t| t.trim().parse().ok());
-        let device_type = filter.device_type.as_deref().map(|t| format!("% {t} %"));
+        // A whole name, exactly: ` kvm ` in ` kvm ssh-host ` (instr: no wildcards, and
+        // case counts, as in device type names).
+        let device_type = filter.device_type.as_deref().map(|t| format!(" {t} "));
         let conditions = "(?1 IS NULL OR state = ?1)
              AND (?2 IS NULL OR health = ?2)
-             AND (?3 IS NULL OR device_types LIKE ?3)
+             AND (?3 IS NULL OR instr(device_types, ?3) > 0)
              AND (?4 IS NULL OR name LIKE ?4 ESCAPE '\\' OR id = ?5)";
         let params = params![filter.state, filter.health, device_type, text, id];
         let conn = self.lock();
@@ -1217,6 +1219,8 @@ mod tests {
         };
         assert_eq!(page(kvm("kvm")).await, (vec![smoke, boot], 2));
         assert_eq!(page(kvm("ssh")).await, (vec![], 0), "whole names only");
+        assert_eq!(page(kvm("KVM")).await, (vec![], 0), "as named");
+        assert_eq!(page(kvm("ssh_host")).await, (vec![], 0), "_ is no wildcard");
         let text = |t: &str| JobFilter {
             text: Some(t.into()),
             ..JobFilter::default()

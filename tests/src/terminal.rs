@@ -71,7 +71,12 @@ pub fn run_in_terminal(
         let out = Command::new("timeout")
             .arg("1200")
             .arg("tmux")
-            .args(["-L", &socket])
+            // No user configuration, and no colour switches from the caller's
+            // environment: the pane is the same on every machine.
+            .args(["-f", "/dev/null", "-L", &socket])
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR")
+            .env_remove("CLICOLOR_FORCE")
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"));

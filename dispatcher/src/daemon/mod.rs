@@ -365,9 +365,6 @@ impl Daemon {
     }
 }
 
-/// Reads the lab files as the configuration names them, leniently: a file with errors
-/// refuses only what it describes, and its problems are logged. Fails only when the
-/// shipped device types themselves do not load.
 /// What `dispatcher serve --check` and the start of the daemon agree on: the paths
 /// the configuration names are there and the lab loads. The report holds the lab
 /// files' warnings and the errors of files that take only their device out of use
@@ -382,7 +379,9 @@ pub fn check(config: &DaemonConfig) -> Result<(Lab, lab::LabReport), DaemonError
     Ok((state.lab, report))
 }
 
-/// The lab as its files say; `log_refused`: each file that has errors is logged too.
+/// Reads the lab files as the configuration names them, leniently: a file with errors
+/// refuses only what it describes (`log_refused`: and its problems are logged). Fails
+/// only when the shipped device types themselves do not load.
 fn load_lab(
     config: &DaemonConfig,
     log_refused: bool,

@@ -370,9 +370,13 @@ impl Dispatcher {
         })
     }
 
-    /// Job `id` as it was submitted.
+    /// Job `id` as it was submitted, byte for byte, unless it has callback tokens:
+    /// those are the keys of the callbacks' signatures, and a reader (a read-only
+    /// token, anyone where reads are public) must not learn them, so they are hidden
+    /// (the JSON then re-written).
     pub async fn definition(&self, id: u64) -> Result<String, ServiceError> {
-        Ok(self.job_record(id).await?.definition)
+        let text = self.job_record(id).await?.definition;
+        Ok(hide_callback_tokens(&text).unwrap_or(text))
     }
 
     fn waiting_for(&self, job: &JobSummary) -> Option<String> {
@@ -735,6 +739,27 @@ async fn off_thread<T: Send + 'static>(
 }
 
 /// Every node the job will have, with its role.
+/// `definition` with each `callbacks[].token` replaced by `"(hidden)"`; `None` when it
+/// has none (or is not JSON), to be served as it is.
+fn hide_callback_tokens(definition: &str) -> Option<String> {
+    let mut job: Value = serde_json::from_str(definition).ok()?;
+    let mut hidden = false;
+    for callback in job
+        .get_mut("callbacks")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(token) = callback.get_mut("token") {
+            *token = Value::String("(hidden)".into());
+            hidden = true;
+        }
+    }
+    hidden
+        .then(|| serde_json::to_string_pretty(&job).ok())
+        .flatten()
+}
+
 /// The device types `job`'s nodes need, as listings filter them: a job that names
 /// only its target device needs that device's type.
 pub(super) fn device_types_of(job: &job_schemas::Job, lab: &lab::Lab) -> Vec<String> {
@@ -760,4 +785,23 @@ pub(super) fn members_of(job: &job_schemas::Job) -> Vec<Member> {
             role: m.role,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hide_callback_tokens;
+
+    #[test]
+    fn callback_tokens_are_hidden_and_other_definitions_kept_byte_for_byte() {
+        let with = r#"{"job_name": "x", "callbacks": [{"url": "http://r/", "token": "s3cret"},
+            {"url": "http://q/"}]}"#;
+        let shown = hide_callback_tokens(with).expect("a token to hide");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("(hidden)"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://q/"), "{shown}");
+        assert_eq!(hide_callback_tokens(r#"{"job_name":  "x"}"#), None);
+        assert_eq!(hide_callback_tokens("not json"), None);
+    }
 }
