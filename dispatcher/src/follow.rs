@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use crate::out;
+use crate::summary::Paint;
 
 /// ANSI colours for nodes, in the order nodes first appear.
 const NODE_COLOURS: [u8; 6] = [36, 32, 33, 35, 34, 31];
@@ -26,7 +27,7 @@ pub struct Follower {
     print: bool,
     /// Only this node's lines.
     node: Option<String>,
-    colour: bool,
+    paint: Paint,
     /// Nodes in the order they first appeared: their colour is their index.
     seen: Vec<String>,
     bars: Option<Bars>,
@@ -44,7 +45,6 @@ impl Follower {
     /// `print`: the log lines go to stdout; `progress`: progress lines on stderr when it
     /// is a terminal.
     pub fn new(print: bool, node: Option<&str>, progress: bool) -> Self {
-        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let bars = (progress && std::io::stderr().is_terminal()).then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
             lines: BTreeMap::new(),
@@ -53,7 +53,7 @@ impl Follower {
         Self {
             print,
             node: node.map(str::to_string),
-            colour,
+            paint: Paint::for_stdout(),
             seen: Vec::new(),
             bars,
         }
@@ -106,7 +106,7 @@ impl Follower {
     fn render(&self, line: &Value, colour_index: Option<usize>) -> String {
         let time = line["dt"].as_str().unwrap_or("").get(11..23).unwrap_or("");
         let node = match (line["node"].as_str(), colour_index) {
-            (Some(name), Some(index)) if self.colour => {
+            (Some(name), Some(index)) if self.paint.colour => {
                 let code = NODE_COLOURS[index % NODE_COLOURS.len()];
                 format!(" \x1b[1;{code}m[{name}]\x1b[0m")
             }
@@ -115,8 +115,8 @@ impl Follower {
         };
         let level = line["lvl"].as_str().unwrap_or("?");
         let level = match level {
-            "error" if self.colour => format!("\x1b[1;31m{level}\x1b[0m"),
-            "warning" if self.colour => format!("\x1b[1;33m{level}\x1b[0m"),
+            "error" => self.paint.bad(level),
+            "warning" => self.paint.warn(level),
             _ => level.to_string(),
         };
         format!(

@@ -64,30 +64,10 @@ impl Server {
         Ok(request)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+    /// The answer to `request` as text; an error status is [`Failure::Refused`] with
+    /// its body (JSON where the daemon sent JSON).
+    async fn send_text(&self, request: reqwest::RequestBuilder) -> Result<String, Failure> {
         let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.url)))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::Unreachable(format!("unreadable answer: {e}")))?;
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::Unreachable(format!("unreadable answer: {e}")))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(Failure::Refused(status.as_u16(), body))
-        }
-    }
-
-    /// An answer that is text, not JSON (JUnit, TAP, a job's definition); an error
-    /// answer is JSON all the same.
-    async fn get_text(&self, path: &str) -> Result<String, Failure> {
-        let response = self
-            .request(reqwest::Method::GET, path)?
             .send()
             .await
             .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.url)))?;
@@ -101,6 +81,18 @@ impl Server {
             return Err(Failure::Refused(status.as_u16(), body));
         }
         Ok(text)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let text = self.send_text(request).await?;
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Unreachable(format!("unreadable answer: {e}")))
+    }
+
+    /// An answer that is text, not JSON (JUnit, TAP, a job's definition).
+    async fn get_text(&self, path: &str) -> Result<String, Failure> {
+        self.send_text(self.request(reqwest::Method::GET, path)?)
+            .await
     }
 
     async fn get(&self, path: &str) -> Result<Value, Failure> {
