@@ -130,15 +130,59 @@ async fn connect(target: &Target, token: &str) -> Result<Inner, ClientError> {
     Ok(CoordinatorClient::with_interceptor(channel, Bearer(bearer)))
 }
 
+/// An error and its causes, `a: b: c`. A cause that says what the text already ends
+/// with is left out: transport layers wrap an error in one that repeats its words
+/// ("tcp connect error: tcp connect error: Connection refused").
 fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        let said = inner.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::source_chain;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_repeating_its_wrapper_is_said_once() {
+        let error = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer(
+                    "tcp connect error",
+                    Some(Box::new(Layer("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            source_chain(&error),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }
 
 /// A blocking call's request with its deadline, and a transport timeout a little past

@@ -210,6 +210,7 @@ mod tests {
                 results: cases,
                 attachments: Vec::new(),
             }],
+            timeline: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{locate, pointer};
 
 /// How bad a problem is. Errors make a job invalid; warnings are reported and the job runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -15,7 +15,7 @@ pub enum Severity {
 }
 
 /// One problem, located by JSON pointer (and line/column when the source text is known).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Diagnostic {
     pub severity: Severity,
     /// RFC 6901 JSON pointer to the offending value; `""` is the whole document.
@@ -140,7 +140,7 @@ impl fmt::Display for Diagnostic {
 pub const MAX_DIAGNOSTICS: usize = 100;
 
 /// How many problems a [`Report`] found but left out, by severity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Omitted {
     pub errors: usize,
     pub warnings: usize,

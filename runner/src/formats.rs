@@ -319,6 +319,7 @@ mod tests {
                     attachments: Vec::new(),
                 },
             ],
+            timeline: Vec::new(),
         }
     }
 

@@ -13,7 +13,11 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+use crate::report::ActionSpan;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Debug,
@@ -26,7 +30,7 @@ pub enum Level {
     Results,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// RFC 3339 UTC time with milliseconds.
     pub dt: String,
@@ -100,6 +104,8 @@ pub struct JobLog {
     path: PathBuf,
     inner: Arc<Mutex<Inner>>,
     grew: Arc<watch::Sender<u64>>,
+    /// The sections ended so far: the job's timeline.
+    spans: Arc<Mutex<Vec<ActionSpan>>>,
 }
 
 impl JobLog {
@@ -128,6 +134,7 @@ impl JobLog {
             path: path.to_path_buf(),
             inner: Arc::new(Mutex::new(inner)),
             grew,
+            spans: Arc::default(),
         })
     }
 
@@ -173,7 +180,13 @@ impl JobLog {
             node: node.map(str::to_string),
             name: name.to_string(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
         }
+    }
+
+    /// Every section ended so far, in the order they ended.
+    pub fn timeline(&self) -> Vec<ActionSpan> {
+        self.spans.lock().clone()
     }
 }
 
@@ -183,11 +196,18 @@ pub struct Section {
     node: Option<String>,
     name: String,
     started: Instant,
+    started_at: SystemTime,
 }
 
 impl Drop for Section {
     fn drop(&mut self) {
         let took = self.started.elapsed().as_secs_f64();
+        self.log.spans.lock().push(ActionSpan {
+            node: self.node.clone(),
+            action: self.name.clone(),
+            started: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            duration_secs: took,
+        });
         self.log.line(
             Level::Info,
             self.node.as_deref(),
@@ -369,6 +389,10 @@ mod tests {
         let msgs: Vec<&str> = lines.iter().map(|l| l.msg.as_str()).collect();
         assert_eq!(msgs[..2], ["start: deploy", "guest:/# "]);
         assert!(msgs[2].starts_with("end: deploy ("), "{msgs:?}");
+        let timeline = log.timeline();
+        assert_eq!(timeline.len(), 1, "{timeline:?}");
+        assert_eq!(timeline[0].node.as_deref(), Some("server"));
+        assert_eq!(timeline[0].action, "deploy");
         assert_eq!(lines[1].node.as_deref(), Some("server"));
         assert!(lines[0].dt.ends_with('Z'));
         assert_eq!(read(&path, 2).unwrap().len(), 1);

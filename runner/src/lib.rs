@@ -174,6 +174,7 @@ pub async fn run_job(
         error,
         duration_secs: started.elapsed().as_secs_f64(),
         nodes,
+        timeline: log.timeline(),
     };
     log.line(
         Level::Info,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use states::{ErrorClass, Health, Outcome, TestResult};
 
 /// One test case, as reported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaseReport {
     /// The test definition's name.
     pub suite: String,
@@ -23,7 +23,7 @@ pub struct CaseReport {
 
 /// A file a node's test shell attached (`lava-test-run-attach`,
 /// `lava-test-case-attach`), kept in the job's directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttachmentReport {
     pub node: String,
     /// The test definition it was attached in.
@@ -40,7 +40,7 @@ pub struct AttachmentReport {
 }
 
 /// How one node's pipeline ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Every action ran.
@@ -54,7 +54,7 @@ pub enum NodeStatus {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub node: String,
     pub role: String,
@@ -65,7 +65,20 @@ pub struct NodeReport {
     pub attachments: Vec<AttachmentReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One pipeline action of one node (or of the job, `node` none) as it ran: the
+/// job's timeline, kept whole even when the log's middle was dropped for its size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionSpan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The action's name, as its log section (`boot`, `deploy`, `test`, ...).
+    pub action: String,
+    /// When it started: RFC 3339 UTC with milliseconds, as the log's lines.
+    pub started: String,
+    pub duration_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobReport {
     pub job_id: u64,
     pub job_name: Option<String>,
@@ -76,6 +89,9 @@ pub struct JobReport {
     pub error: Option<String>,
     pub duration_secs: f64,
     pub nodes: Vec<NodeReport>,
+    /// Every action of every node, in the order they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<ActionSpan>,
 }
 
 impl JobReport {

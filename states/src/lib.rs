@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Why a job did not complete, so CI can retry infrastructure failures only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     /// The lab failed: a device did not boot, SSH dropped, the dispatcher restarted.
@@ -35,7 +35,7 @@ impl std::fmt::Display for ErrorClass {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Complete,
@@ -44,10 +44,11 @@ pub enum Health {
 }
 
 /// How a finished job ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Outcome {
     pub health: Health,
-    /// Set exactly when the health is not `Complete`.
+    /// Set exactly when the health is not `Complete`: `[class, message]`.
+    #[schema(value_type = Option<Vec<String>>)]
     pub error: Option<(ErrorClass, String)>,
 }
 
@@ -74,7 +75,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum JobState {
     Submitted,
@@ -155,7 +156,7 @@ impl fmt::Display for JobState {
 }
 
 /// What an admin says about a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceHealth {
     Good,
@@ -167,7 +168,7 @@ pub enum DeviceHealth {
 }
 
 /// What a device is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", content = "job", rename_all = "lowercase")]
 pub enum DeviceState {
     Idle,
@@ -182,7 +183,7 @@ pub fn schedulable(state: DeviceState, health: DeviceHealth) -> bool {
 }
 
 /// A test case's result, as `lava-test-case` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TestResult {
     Pass,

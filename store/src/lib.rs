@@ -257,7 +257,7 @@ pub struct HealthChange {
 
 /// One change of a device's health. `at` is unix seconds; `job` the job whose end
 /// made it (none: an admin, or the device joining the lab).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HealthEvent {
     pub at: i64,
     pub health: DeviceHealth,
@@ -283,7 +283,7 @@ pub struct JobRecord {
 
 /// A job without its definition and results: what a listing shows. Timestamps are
 /// unix seconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: u64,
     pub name: Option<String>,
@@ -311,7 +311,7 @@ pub struct JobSummary {
 }
 
 /// One node a job has (or will have): its id and its role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub node: String,
     pub role: String,

@@ -21,7 +21,7 @@ mod ssh_lab;
 mod terminal;
 
 pub use api::ApiClient;
-pub use browser::{chromium, chromium_showing};
+pub use browser::Browser;
 pub use git_daemon::GitDaemon;
 pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
 pub use terminal::{TerminalRun, run_in_terminal, strip_escapes};

@@ -22,8 +22,10 @@ mod health;
 pub mod http;
 mod logs;
 mod mail;
+mod metrics;
 pub mod notify;
 pub mod service;
+mod sessions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,7 +76,7 @@ pub struct LabState {
 }
 
 /// What a reload of the lab files found.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
     /// The devices in use now.
     pub devices: Vec<String>,
@@ -115,6 +117,8 @@ pub struct Shared {
     /// Counts the passes that changed a reason in `waiting`: what followers of a queued
     /// job's log wait on.
     waiting_changed: watch::Sender<u64>,
+    /// What `/metrics` shows.
+    pub metrics: metrics::LabMetrics,
 }
 
 impl Shared {
@@ -305,6 +309,7 @@ impl Daemon {
             idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
         };
         tracing::info!(?limits, "HTTP limits");
+        let embedded_coordinator = coordination.gauges().is_some();
         let shared = Arc::new(Shared {
             config,
             lab: parking_lot::RwLock::new(Arc::new(lab_state)),
@@ -318,6 +323,7 @@ impl Daemon {
             log_sizes: Mutex::default(),
             waiting: Mutex::default(),
             waiting_changed: watch::channel(0).0,
+            metrics: metrics::LabMetrics::new(embedded_coordinator),
         });
         // Before the API answers: a device that needs its health check has it queued
         // ahead of any job a client could submit.
@@ -610,6 +616,7 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
         shared.set_waiting(Vec::new());
         return Ok(next_check);
     }
+    let waited: HashMap<u64, Duration> = requests.iter().map(|r| (r.job_id, r.waited)).collect();
     let lab_now = shared.lab();
     let devices: Vec<_> = shared
         .store
@@ -648,6 +655,11 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
             .store
             .reserve(assignment.job_id, &assignment.devices)
             .await?;
+        let device_types = service::device_types_of(&job, &lab_now.lab);
+        shared.metrics.job_started(
+            &device_types,
+            waited.get(&assignment.job_id).copied().unwrap_or_default(),
+        );
         let (switch, cancel) = watch::channel(false);
         shared.running.lock().insert(assignment.job_id, switch);
         tokio::spawn(run_job(
@@ -656,6 +668,7 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
                 id: assignment.job_id,
                 job,
                 devices: assignment.devices,
+                device_types,
                 health_check_of,
             },
             cancel,
@@ -674,6 +687,8 @@ struct Started {
     id: u64,
     job: Job,
     devices: Vec<String>,
+    /// The types of the devices it needs (for the metrics).
+    device_types: Vec<String>,
     /// The device it is the health check of.
     health_check_of: Option<String>,
 }
@@ -685,6 +700,7 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         id: job_id,
         job,
         devices,
+        device_types,
         health_check_of,
     } = started;
     let began = std::time::Instant::now();
@@ -716,6 +732,12 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     );
     let retry =
         health_check_of.is_none() && notify::retries(class, 0, shared.config.retry_infrastructure);
+    let health_name = serde_json::to_value(health).unwrap_or_default();
+    shared.metrics.job_ended(
+        &device_types,
+        health_name.as_str().unwrap_or_default(),
+        began.elapsed(),
+    );
     let finished = shared
         .store
         .finish(job_id, outcome, results, change.clone())

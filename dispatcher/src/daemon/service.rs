@@ -78,7 +78,7 @@ pub enum ServiceError {
 }
 
 /// A queued job: `POST /api/v1/jobs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Submitted {
     pub id: u64,
     /// Every node the job will have, with its role.
@@ -90,21 +90,39 @@ pub struct Submitted {
 }
 
 /// One job: `GET /api/v1/jobs/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
     pub job: JobSummary,
     /// The nodes of the job's results, once it has them (else null).
+    #[schema(value_type = Option<Vec<runner::report::NodeReport>>)]
     pub nodes: Value,
     /// The nodes the job has (or will have): for the web page's group diagram.
     pub members: Vec<Member>,
+    /// Once it ended incomplete: its class and the failure that decided it (see
+    /// `JobReport::outcome_of`), for the page's header.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<states::ErrorClass>)]
+    pub error_class: Value,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<String>)]
+    pub error: Value,
+    /// Every node's actions with when they started and how long they took, once it
+    /// ended (older jobs: null).
+    #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<Vec<runner::report::ActionSpan>>)]
+    pub timeline: Value,
+    /// How long it ran, in seconds, as its report measured it.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<f64>)]
+    pub duration_secs: Value,
     /// Why it waits, while it is queued: what the last scheduling pass saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
 
 /// A job in a listing: `GET /api/v1/jobs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobListed {
     #[serde(flatten)]
     pub job: JobSummary,
@@ -121,10 +139,12 @@ pub struct JobListing {
 }
 
 /// A job's results as JSON: `GET /api/v1/jobs/{id}/results`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobResults {
     pub id: u64,
     pub state: JobState,
+    /// The job's report, once it has one.
+    #[schema(value_type = Option<runner::report::JobReport>)]
     pub results: Option<Value>,
 }
 
@@ -140,14 +160,14 @@ pub enum Results {
 }
 
 /// A job's state after a cancel: `POST /api/v1/jobs/{id}/cancel`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Canceled {
     pub id: u64,
     pub state: JobState,
 }
 
 /// A device with its tags: `GET /api/v1/devices`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     pub hostname: String,
     pub device_type: String,
@@ -161,7 +181,7 @@ pub struct DeviceView {
 }
 
 /// A device's health as set: `PUT /api/v1/devices/{hostname}/health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthSet {
     pub hostname: String,
     pub health: DeviceHealth,
@@ -169,7 +189,7 @@ pub struct HealthSet {
 }
 
 /// One device in full: `GET /api/v1/devices/{hostname}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceDetail {
     #[serde(flatten)]
     pub device: DeviceView,
@@ -184,7 +204,7 @@ pub struct DeviceDetail {
 }
 
 /// A device type's health check.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthCheckView {
     /// The job's file.
     pub job: String,
@@ -193,7 +213,7 @@ pub struct HealthCheckView {
 }
 
 /// A device type of the lab: `GET /api/v1/device-types`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceTypeView {
     pub name: String,
     pub kind: &'static str,
@@ -220,6 +240,8 @@ pub struct Metrics {
     pub queued: u64,
     /// Devices by (state, health) names.
     pub devices: BTreeMap<(String, String), u64>,
+    /// Each device's (name, type, health).
+    pub device_health: Vec<(String, String, String)>,
     /// The embedded coordinator's groups and blocked calls (a standalone one serves
     /// its own numbers).
     pub coordinator: Option<(usize, usize)>,
@@ -256,6 +278,20 @@ impl Dispatcher {
             Some((name, _)) => Ok(Some(name)),
             None => Err(ServiceError::UnknownToken),
         }
+    }
+
+    /// Who `token` is: its name, and whether it is read-only (for signing in, which
+    /// needs a real token even where reads are public).
+    pub async fn token_info(&self, token: &str) -> Result<(String, bool), ServiceError> {
+        match self.shared.store.token_scope(token).await? {
+            Some((name, scope)) => Ok((name, scope == TokenScope::ReadOnly)),
+            None => Err(ServiceError::UnknownToken),
+        }
+    }
+
+    /// Whether anyone may read without a token.
+    pub fn public_reads(&self) -> bool {
+        self.shared.config.public_reads
     }
 
     /// Validates and queues a job (`text` as submitted, by the token named
@@ -415,16 +451,22 @@ impl Dispatcher {
                 members
             }
         };
-        let nodes = record
-            .results
-            .as_ref()
-            .and_then(|r| r.get("nodes"))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let of_results = |key: &str| {
+            record
+                .results
+                .as_ref()
+                .and_then(|r| r.get(key))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         Ok(JobView {
             waiting_for: self.waiting_for(&record.summary),
+            nodes: of_results("nodes"),
+            error_class: of_results("error_class"),
+            error: of_results("error"),
+            timeline: of_results("timeline"),
+            duration_secs: of_results("duration_secs"),
             job: record.summary,
-            nodes,
             members,
         })
     }
@@ -689,6 +731,7 @@ impl Dispatcher {
             .map(|name| (name, count(&counts.finished_by_health, name)))
             .collect();
         let mut by_state_and_health = BTreeMap::new();
+        let mut device_health = Vec::new();
         for device in devices {
             // The names the API shows: the serde names of the state and health.
             let state = serde_json::to_value(device.state).unwrap_or_default();
@@ -697,6 +740,11 @@ impl Dispatcher {
                 state["state"].as_str().unwrap_or_default().to_string(),
                 health.as_str().unwrap_or_default().to_string(),
             );
+            device_health.push((
+                device.hostname.clone(),
+                device.device_type.clone(),
+                key.1.clone(),
+            ));
             *by_state_and_health.entry(key).or_default() += 1;
         }
         Ok(Metrics {
@@ -704,9 +752,16 @@ impl Dispatcher {
             finished_by_health,
             queued: count(&counts.by_state, "submitted"),
             devices: by_state_and_health,
+            device_health,
             coordinator: self.shared.coordination.gauges(),
             transfer_bytes: hostctl::transfer::BYTES_SENT.load(Ordering::Relaxed),
         })
+    }
+
+    /// `/metrics` as OpenMetrics text: the numbers now, and the histograms kept.
+    pub async fn metrics_text(&self) -> Result<String, ServiceError> {
+        let now = self.metrics().await?;
+        Ok(self.shared.metrics.render(&now))
     }
 
     async fn job_record(&self, id: u64) -> Result<store::JobRecord, ServiceError> {

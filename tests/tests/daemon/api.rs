@@ -1,6 +1,6 @@
 use system_tests::{
-    SshLab, binary, chromium, chromium_showing, diagnostic_pointers, http, jobs_dir, json_of,
-    parse_junit, parse_tap, run_in_terminal,
+    Browser, SshLab, binary, diagnostic_pointers, http, jobs_dir, json_of, parse_junit, parse_tap,
+    run_in_terminal,
 };
 
 #[test]
@@ -142,11 +142,13 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
     assert_eq!((passed, failed, good_plan), (cases.len(), 0, true));
 
     // The web page shows the finished job: its group, its log, its results.
-    let page = chromium_showing(
-        &format!("{}/?token={token}#/job/1", daemon.url),
-        5000,
+    let mut browser = Browser::start();
+    browser.sign_in(&daemon.url, &token);
+    let page = browser.show(
+        &format!("{}/#/job/1", daemon.url),
+        "#results-table",
+        "ping-server",
         "job-finished.png",
-        "id=\"results-table\"",
     );
     assert!(page.contains("id=\"results-table\""), "{page}");
     assert!(
@@ -157,9 +159,21 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
         page.contains("data-node=\"client\""),
         "the group diagram: {page}"
     );
-    let list = chromium(
-        &format!("{}/?token={token}#/", daemon.url),
-        3000,
+    // The timeline: a lane for the host and each VM, each with its boot and test.
+    let lanes = browser.eval(
+        "Object.fromEntries([...document.querySelectorAll('#timeline .lane')].map(l => \
+         [l.dataset.node, [...l.querySelectorAll('.bar')].map(b => b.dataset.action)]))",
+    );
+    for node in ["host", "server", "client"] {
+        let actions = lanes[node].as_array().cloned().unwrap_or_default();
+        for action in ["boot", "test"] {
+            assert!(actions.contains(&action.into()), "{node} {action}: {lanes}");
+        }
+    }
+    let list = browser.show(
+        &format!("{}/#/", daemon.url),
+        "#jobs",
+        "ssh-host-01",
         "jobs.png",
     );
     assert!(
@@ -236,6 +250,11 @@ fn the_api_checks_tokens_and_jobs_and_runs_a_vm_group_job() {
         "dispatcher_queue_length 0",
         "dispatcher_devices{state=\"idle\",health=\"unknown\"} 1",
         "dispatcher_coordinator_waiters 0",
+        // The job's run and its wait, observed per device type; each device's health.
+        "dispatcher_job_duration_seconds_count{device_type=\"ssh-host\",health=\"complete\"} 1",
+        "dispatcher_queue_wait_seconds_count{device_type=\"ssh-host\"} 1",
+        "dispatcher_device_health{device=\"ssh-host-01\",device_type=\"ssh-host\",health=\"unknown\"} 1",
+        "dispatcher_device_health{device=\"ssh-host-01\",device_type=\"ssh-host\",health=\"bad\"} 0",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }

@@ -134,5 +134,8 @@ fn a_standalone_coordinator_that_refuses_the_token_or_is_away_stops_the_start() 
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(stderr.contains(&url), "names the coordinator: {stderr}");
+        // Said once, in words (not as the percent-encoded gRPC header it came in).
+        assert_eq!(stderr.matches(expected).count(), 1, "{stderr}");
+        assert!(!stderr.contains("%20"), "{stderr}");
     }
 }

@@ -6,14 +6,12 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use system_tests::{
-    ApiClient, SshLab, chromium_showing, device_types_dir, kvm_devices, test_images,
-};
+use system_tests::{ApiClient, Browser, SshLab, device_types_dir, kvm_devices, test_images};
 
 use crate::CLIENT_TESTING;
 
 /// A single-device job on `device_type` whose one test shell runs `steps`.
-fn shell_job(name: &str, device_type: &str, steps: &[&str]) -> Value {
+pub(crate) fn shell_job(name: &str, device_type: &str, steps: &[&str]) -> Value {
     json!({
         "job_name": name,
         "device_type": device_type,
@@ -221,11 +219,13 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
     assert_eq!(shown["jobs_since_check"], 1);
 
     // The device's page tells the same story.
-    let page = chromium_showing(
-        &format!("{}/?token={}#/device/ssh-host-02", daemon.url, api.token()),
-        3000,
-        "device-health.png",
+    let mut browser = Browser::start();
+    browser.sign_in(&daemon.url, api.token());
+    let page = browser.show(
+        &format!("{}/#/device/ssh-host-02", daemon.url),
+        "#health-history",
         "disk replaced",
+        "device-health.png",
     );
     assert!(page.contains("id=\"health-history\""), "{page}");
     assert!(

@@ -46,11 +46,13 @@ fn a_broken_device_file_takes_only_its_device_offline_and_reloads_need_no_restar
             && error.contains("did you mean \"address\"?"),
         "{shown:#}"
     );
-    let page = system_tests::chromium_showing(
-        &format!("{}/?token={}#/", daemon.url, api.token()),
-        3000,
-        "devices-broken-file.png",
+    let mut browser = system_tests::Browser::start();
+    browser.sign_in(&daemon.url, api.token());
+    let page = browser.show(
+        &format!("{}/#/devices", daemon.url),
+        "#devices",
         "did you mean",
+        "devices-broken-file.png",
     );
     assert!(page.contains("broken-01.toml:5:1 at /ssh/adress"), "{page}");
 

@@ -31,6 +31,8 @@ mod notify;
 mod queue;
 /// A daemon killed or stopped mid-job, and started again.
 mod restart;
+/// The web page in headless Chromium: sign-in, a job's page, the job list, devices.
+mod web;
 
 /// What a job's log says once its client VM's test shell runs.
 const CLIENT_TESTING: &str = "\"node\":\"client\",\"msg\":\"start: test\"";

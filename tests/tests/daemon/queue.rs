@@ -160,11 +160,13 @@ fn a_queued_job_says_why_it_waits_and_the_reason_follows_the_lab() {
             .any(|j| j["id"] == low && j["waiting_for"] == reason.as_str()),
         "{listed}"
     );
-    let page = system_tests::chromium_showing(
-        &format!("{}/?token={}#/job/{low}", daemon.url, api.token()),
-        3000,
-        "job-waiting.png",
+    let mut browser = system_tests::Browser::start();
+    browser.sign_in(&daemon.url, api.token());
+    let page = browser.show(
+        &format!("{}/#/job/{low}", daemon.url),
+        "#waiting-for",
         &format!("runs job {first}"),
+        "job-waiting.png",
     );
     assert!(page.contains("id=\"waiting-for\""), "{page}");
     assert!(page.contains(&format!("runs job {first}")), "{page}");
@@ -194,11 +196,11 @@ fn a_queued_job_says_why_it_waits_and_the_reason_follows_the_lab() {
     // for it.
     release(&api, first, &gate);
     let reason = until_waiting_for(&api, low, &format!("ssh-host-01 runs job {high}"));
-    let page = system_tests::chromium_showing(
-        &format!("{}/?token={}#/job/{low}", daemon.url, api.token()),
-        3000,
-        "job-waiting-next.png",
+    let page = browser.show(
+        &format!("{}/#/job/{low}", daemon.url),
+        "#waiting-for",
         &format!("runs job {high}"),
+        "job-waiting-next.png",
     );
     assert!(page.contains(&reason), "{page}");
     release(&api, high, &gate);
