@@ -81,6 +81,17 @@ pub struct Missing {
 /// Most nodes a message names; a group of a thousand is summed up, not listed.
 pub const MAX_NAMED: usize = 16;
 
+/// What a blocked call waits on, so a change wakes only the calls it may release: one
+/// barrier, one message id, a legacy group's bundles, or the group's nodes (one
+/// registered, failed or finished; the group closed), which every call also waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Sync(String),
+    Message(String),
+    Bundles,
+    Nodes,
+}
+
 /// A request that can never be right, whatever the group does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -152,6 +163,10 @@ pub enum Change {
 #[derive(Debug, Default, Clone)]
 struct SyncRound {
     arrived: BTreeSet<String>,
+    /// The registered nodes that have not arrived, by their place in the group: kept as
+    /// nodes arrive, so a call learns who it still waits for without going over the
+    /// whole group (which made a round of N arrivals cost N² steps).
+    not_arrived: BTreeSet<usize>,
     completed: bool,
     collected: BTreeSet<String>,
     /// The message each node passed (legacy clients may give one; default the id).
@@ -177,8 +192,8 @@ pub struct Group {
     passed: HashMap<String, (String, u64)>,
     /// Nodes whose presence stream is open (see [`Change::Attached`]).
     present: BTreeSet<String>,
-    /// Set by every change a waiting call may care about; see [`Group::take_changed`].
-    changed: bool,
+    /// What the changes since the last [`Group::take_touched`] may release.
+    touched: Vec<Topic>,
     /// Changes not yet handed to the journal; `None` while not recording.
     unrecorded: Option<Vec<Change>>,
 }
@@ -204,7 +219,7 @@ impl Group {
             gone: 0,
             passed: HashMap::new(),
             present: BTreeSet::new(),
-            changed: false,
+            touched: Vec::new(),
             unrecorded: None,
         }
     }
@@ -233,10 +248,11 @@ impl Group {
 
     /// Makes a change read back from the journal (not recorded again).
     pub fn replay(&mut self, change: Change) {
-        match change {
+        let touched = match change {
             Change::Registered { node, role } => {
                 if !self.index.contains_key(&node) {
-                    self.index.insert(node.clone(), self.nodes.len());
+                    let place = self.nodes.len();
+                    self.index.insert(node.clone(), place);
                     self.nodes.push(Node {
                         id: node,
                         role,
@@ -244,7 +260,12 @@ impl Group {
                         reason: None,
                         token_hash: None,
                     });
+                    // Barriers still filling wait for the newcomer too.
+                    for round in self.syncs.values_mut().filter(|r| !r.completed) {
+                        round.not_arrived.insert(place);
+                    }
                 }
+                Topic::Nodes
             }
             Change::Activated { node } => {
                 if let Some(n) = self
@@ -257,24 +278,42 @@ impl Group {
             }
             Change::Failed { node, reason } => {
                 self.end(&node, NodeState::Failed, Some(reason));
+                Topic::Nodes
             }
-            Change::Finished { node } => self.end(&node, NodeState::Finished, None),
-            Change::Closed => self.closed = true,
+            Change::Finished { node } => {
+                self.end(&node, NodeState::Finished, None);
+                Topic::Nodes
+            }
+            Change::Closed => {
+                self.closed = true;
+                Topic::Nodes
+            }
             Change::Sent { node, id, data } => {
                 self.messages
-                    .entry(id)
+                    .entry(id.clone())
                     .or_default()
                     .entry(node)
                     .or_default()
                     .extend(data);
+                Topic::Message(id)
             }
             Change::SyncArrived { node, id, message } => {
                 let size = self.size();
-                let round = self.syncs.entry(id).or_default();
+                let place = self.index.get(&node).copied();
+                let registered = self.nodes.len();
+                let round = self.syncs.entry(id.clone()).or_insert_with(|| SyncRound {
+                    not_arrived: (0..registered).collect(),
+                    ..SyncRound::default()
+                });
                 round.arrived.insert(node.clone());
+                if let Some(place) = place {
+                    round.not_arrived.remove(&place);
+                }
                 round.messages.insert(node, message);
                 if round.arrived.len() >= size {
                     round.completed = true;
+                    round.not_arrived.clear();
+                    Topic::Sync(id)
                 } else {
                     // Nobody waits for an arrival short of the last.
                     return;
@@ -292,17 +331,25 @@ impl Group {
             }
             Change::Bundled { node, bundle } => {
                 self.bundles.insert(node, bundle);
+                Topic::Bundles
             }
             Change::Cleared { node } => {
                 self.cleared.insert(node.clone());
                 self.end(&node, NodeState::Finished, None);
+                Topic::Nodes
             }
             Change::Attached { node } => {
                 self.present.insert(node);
                 return;
             }
+        };
+        self.touch_topic(touched);
+    }
+
+    fn touch_topic(&mut self, topic: Topic) {
+        if !self.touched.contains(&topic) {
+            self.touched.push(topic);
         }
-        self.changed = true;
     }
 
     /// A node failed or finished, unless it already had.
@@ -696,22 +743,45 @@ impl Group {
             // Just freed: arrive at the next round.
             return self.poll_sync(caller, message_id, None, call);
         };
-        let (expected_done, completed): (&BTreeSet<String>, bool) = if round.completed {
-            (&round.collected, true)
-        } else {
-            (&round.arrived, false)
-        };
         let unregistered = size.saturating_sub(self.nodes.len());
-        let (missing, gone) = self.missing(
+        if !round.completed {
+            // Filling: who has not arrived is kept by the round, in group order.
+            let mut missing = Missing {
+                count: round.not_arrived.len(),
+                unregistered,
+                of: size,
+                nodes: Vec::new(),
+            };
+            missing.nodes = round
+                .not_arrived
+                .iter()
+                .take(MAX_NAMED)
+                .map(|&i| self.nodes[i].id.clone())
+                .collect();
+            // Only a group with a node gone needs to look for it among the missing.
+            let gone: Vec<&str> = if self.gone == 0 {
+                Vec::new()
+            } else {
+                round
+                    .not_arrived
+                    .iter()
+                    .map(|&i| &self.nodes[i])
+                    .filter(|n| n.state.is_gone())
+                    .map(|n| n.id.as_str())
+                    .collect()
+            };
+            return Ok(self.pending_or_hopeless(missing, gone));
+        }
+        // Passed, and called again before everyone else has: rare, so counted afresh.
+        // A node gone before collecting does not hold the others up
+        // (reset_sync_if_passed counts it as passed).
+        let (missing, _gone) = self.missing(
             self.nodes.iter(),
-            |n| expected_done.contains(&n.id),
+            |n| round.collected.contains(&n.id),
             unregistered,
             size,
         );
-        // Once the barrier is complete, a node that is gone before collecting does not
-        // hold the others up (reset_sync_if_passed counts it as passed).
-        let gone = if completed { Vec::new() } else { gone };
-        Ok(self.pending_or_hopeless(missing, gone))
+        Ok(Check::Pending(missing))
     }
 
     /// Frees a sync id once every node has passed the barrier (or is gone).
@@ -732,13 +802,13 @@ impl Group {
         };
         if all_passed {
             self.syncs.remove(message_id);
-            self.changed = true;
+            self.touch_topic(Topic::Sync(message_id.to_string()));
         }
     }
 
-    /// Whether anything waiters care about changed since the last call; clears the flag.
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
+    /// What the changes since the last call may release; forgets them.
+    pub fn take_touched(&mut self) -> Vec<Topic> {
+        std::mem::take(&mut self.touched)
     }
 
     /// `lava-network collect`: the broadcasts of every other node (of `role`).
@@ -988,6 +1058,61 @@ mod tests {
         // b can still send, so a plain wait is not hopeless.
         assert!(matches!(g.check_wait("a", "x"), Check::Pending(_)));
         assert_eq!(g.touch("c"), Err(Refusal::NodeFailed("c".into())));
+    }
+
+    #[test]
+    fn a_filling_barrier_names_who_it_waits_for_in_group_order() {
+        let mut g = group(&[("a", "r"), ("b", "r"), ("c", "r"), ("d", "r")]);
+        let missing = |check: Result<Check<serde_json::Value>, Refusal>| match check {
+            Ok(Check::Pending(m)) => (m.count, m.nodes, m.of),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            missing(g.poll_sync("c", "s", None, 0)),
+            (3, vec!["a".into(), "b".into(), "d".into()], 4)
+        );
+        assert_eq!(
+            missing(g.poll_sync("a", "s", None, 0)),
+            (2, vec!["b".into(), "d".into()], 4)
+        );
+        // A node gone before arriving makes the barrier hopeless, naming it.
+        g.fail("d", "its VM panicked");
+        match g.poll_sync("b", "s", None, 0) {
+            Ok(Check::Hopeless(why)) => assert!(why.contains("its VM panicked"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_legacy_node_registering_mid_barrier_is_waited_for() {
+        let mut g = Group::self_registering("g".into(), 3);
+        g.register("a", "r").unwrap();
+        assert!(is_pending(g.poll_sync("a", "s", None, 0)));
+        g.register("b", "r").unwrap();
+        match g.poll_sync("a", "s", None, 0) {
+            Ok(Check::Pending(m)) => {
+                assert_eq!((m.count, m.unregistered, m.nodes), (1, 1, vec!["b".into()]));
+            }
+            other => panic!("{other:?}"),
+        }
+        g.register("c", "r").unwrap();
+        assert!(is_pending(g.poll_sync("b", "s", None, 0)));
+        assert!(is_ready(g.poll_sync("c", "s", None, 0)));
+    }
+
+    /// A change says what it may release, so only the calls blocked on that wake.
+    #[test]
+    fn changes_touch_only_what_they_may_release() {
+        let mut g = group(&[("a", "r"), ("b", "r")]);
+        g.send("a", "m", data(&[("k", "v")])).unwrap();
+        assert_eq!(g.take_touched(), [Topic::Message("m".into())]);
+        // An arrival short of the last releases nobody.
+        assert!(is_pending(g.poll_sync("a", "s", None, 0)));
+        assert!(g.take_touched().is_empty());
+        assert!(is_ready(g.poll_sync("b", "s", None, 0)));
+        assert_eq!(g.take_touched(), [Topic::Sync("s".into())]);
+        g.fail("b", "gone");
+        assert_eq!(g.take_touched(), [Topic::Nodes]);
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn read_back(path: &Path) -> Result<Option<Recovered>, String> {
             serde_json::from_slice(line).map_err(|e| format!("line {}: {e}", n + 2))?;
         group.replay(change);
     }
-    let _ = group.take_changed();
+    let _ = group.take_touched();
     if group.is_closed() {
         let _ = std::fs::remove_file(path);
         return Ok(None);

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::group::{self, Check, Data, Group, Senders};
+use crate::group::{self, Check, Data, Group, Senders, Topic};
 use crate::store::{GroupCell, LegacyBounds, LegacyRefusal, Store};
 
 /// Longest group name, client name or role a legacy request may give: LAVA's are job
@@ -226,17 +226,24 @@ async fn respond_held(store: &Store, request: &Request, limits: &LegacyLimits) -
         return first;
     };
     let deadline = tokio::time::Instant::now() + hold;
+    // Woken only by what may answer it: its barrier, its message, the bundles, or the
+    // group's nodes (a legacy group fills as nodes register).
+    let topic = match (request.request.as_deref(), request.message_id()) {
+        (Some("lava_sync"), Some(id)) => Topic::Sync(id),
+        (Some("lava_wait" | "lava_wait_all"), Some(id)) => Topic::Message(id),
+        (Some("aggregate"), _) => Topic::Bundles,
+        _ => Topic::Nodes,
+    };
+    let subscription = cell.subscribe_to(topic);
     loop {
-        let notified = cell.notified();
-        tokio::pin!(notified);
         // Registered before checking, so a change between check and wait is not lost.
-        notified.as_mut().enable();
+        let woken = subscription.armed();
         let response = respond(store, request, limits);
         if !is_wait(&response) {
             return response;
         }
         tokio::select! {
-            () = &mut notified => {}
+            () = woken.wait() => {}
             () = tokio::time::sleep_until(deadline) => return response,
         }
     }

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::group::{self, Data, Senders};
+use crate::group::{self, Data, Senders, Topic};
 use crate::store::{self, CallError, GroupCell, Store};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::GroupEvent, Status>> + Send>>;
@@ -328,9 +328,13 @@ impl Coordinator for Service {
         group::check_message_id(&r.message_id).map_err(|e| status(e.into()))?;
         let deadline = self.store.deadline(r.deadline.as_ref());
         let senders = cell
-            .wait_for(&r.node_id, "lava-wait", &r.message_id, deadline, |g| {
-                Ok(g.check_wait(&r.node_id, &r.message_id))
-            })
+            .wait_for(
+                &r.node_id,
+                "lava-wait",
+                message(&r.message_id),
+                deadline,
+                |g| Ok(g.check_wait(&r.node_id, &r.message_id)),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(reply(senders)))
@@ -345,9 +349,13 @@ impl Coordinator for Service {
         group::check_message_id(&r.message_id).map_err(|e| status(e.into()))?;
         let deadline = self.store.deadline(r.deadline.as_ref());
         let senders = cell
-            .wait_for(&r.node_id, "lava-wait-all", &r.message_id, deadline, |g| {
-                g.check_wait_all(&r.node_id, &r.message_id, non_empty(&r.role))
-            })
+            .wait_for(
+                &r.node_id,
+                "lava-wait-all",
+                message(&r.message_id),
+                deadline,
+                |g| g.check_wait_all(&r.node_id, &r.message_id, non_empty(&r.role)),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(reply(senders)))
@@ -360,7 +368,8 @@ impl Coordinator for Service {
         let r = request.get_ref();
         let cell = self.node(&request)?;
         let deadline = self.store.deadline(r.deadline.as_ref());
-        cell.wait_for(&r.node_id, "lava-sync", &r.message_id, deadline, |g| {
+        let barrier = (r.message_id.as_str(), Topic::Sync(r.message_id.clone()));
+        cell.wait_for(&r.node_id, "lava-sync", barrier, deadline, |g| {
             g.poll_sync(&r.node_id, &r.message_id, None, r.call)
         })
         .await
@@ -398,7 +407,7 @@ impl Coordinator for Service {
             .wait_for(
                 &r.node_id,
                 "lava-network collect",
-                NETWORK_MESSAGE,
+                message(NETWORK_MESSAGE),
                 deadline,
                 |g| g.check_network(&r.node_id, non_empty(&r.role)),
             )
@@ -440,7 +449,7 @@ impl Coordinator for Service {
         cell.wait_for(
             &r.node_id,
             "lava-wait-for-vms",
-            VM_STOP_MESSAGE,
+            message(VM_STOP_MESSAGE),
             deadline,
             |g| g.check_wait_all(&r.node_id, VM_STOP_MESSAGE, None),
         )
@@ -464,4 +473,9 @@ impl Coordinator for Service {
         }
         Ok(Response::new(v1::FinishResponse {}))
     }
+}
+
+/// A message id and the topic a call waiting for it is woken by.
+fn message(id: &str) -> (&str, Topic) {
+    (id, Topic::Message(id.to_string()))
 }

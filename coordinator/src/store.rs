@@ -1,7 +1,7 @@
 //! All groups, access control, and the one place calls wait: re-running a group check
 //! whenever the group changes, until it is ready, hopeless or past its deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::group::{Check, Group, Node, NodeState, Refusal};
+use crate::group::{Check, Group, Node, NodeState, Refusal, Topic};
 use crate::journal::{Genesis, GroupFile, Journal, JournalError, Kind};
 
 /// Why a call did not succeed.
@@ -111,7 +111,11 @@ const EVENT_BUFFER: usize = 4096;
 /// One group with its change notification and event stream.
 pub struct GroupCell {
     state: Mutex<Group>,
-    changed: Notify,
+    /// Wakes the calls blocked on one [`Topic`] (made by the first call to wait on it,
+    /// dropped with the last); [`Topic::Nodes`] has its own, since every call waits on
+    /// it.
+    topics: Mutex<HashMap<Topic, Arc<Notify>>>,
+    nodes_changed: Notify,
     /// Made at the first [`GroupCell::subscribe`]: a channel of [`EVENT_BUFFER`] slots
     /// costs about half a megabyte, and legacy groups are never watched. Events sent
     /// before then had no receiver, and a broadcast channel drops those anyway.
@@ -125,6 +129,65 @@ pub struct GroupCell {
     /// Where the group's changes are recorded; `None`: a coordinator without a state
     /// directory.
     file: Option<GroupFile>,
+}
+
+/// A blocked call's interest in one topic of a group: [`Subscription::changed`]
+/// completes at the next change that may release it. The topic's entry goes with its
+/// last subscription.
+pub struct Subscription<'a> {
+    cell: &'a GroupCell,
+    topic: Topic,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Subscription<'_> {
+    /// Both wake-ups, registered now: a change after this and before the returned
+    /// future is awaited still completes it.
+    pub fn armed(&self) -> Armed<'_> {
+        let mut topic = self.notify.as_ref().map(|n| Box::pin(n.notified()));
+        let mut nodes = Box::pin(self.cell.nodes_changed.notified());
+        if let Some(topic) = topic.as_mut() {
+            topic.as_mut().enable();
+        }
+        nodes.as_mut().enable();
+        Armed { topic, nodes }
+    }
+}
+
+/// See [`Subscription::armed`].
+pub struct Armed<'a> {
+    topic: Option<std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+    nodes: std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+impl Armed<'_> {
+    /// Completes at the first of the two wake-ups.
+    pub async fn wait(self) {
+        let Armed { topic, nodes } = self;
+        match topic {
+            Some(topic) => {
+                tokio::select! {
+                    () = topic => {}
+                    () = nodes => {}
+                }
+            }
+            None => nodes.await,
+        }
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        let mut topics = lock(&self.cell.topics);
+        // Dropped under the lock, where every clone is made: the count is exact.
+        drop(self.notify.take());
+        if topics
+            .get(&self.topic)
+            .is_some_and(|notify| Arc::strong_count(notify) == 1)
+        {
+            topics.remove(&self.topic);
+        }
+    }
 }
 
 /// Removes a blocked call from [`GroupCell::waiting`] however the call ends (including
@@ -155,7 +218,8 @@ impl GroupCell {
         }
         Arc::new(Self {
             state: Mutex::new(group),
-            changed: Notify::new(),
+            topics: Mutex::new(HashMap::new()),
+            nodes_changed: Notify::new(),
             events: OnceLock::new(),
             used: Mutex::new(Instant::now()),
             seq: std::sync::atomic::AtomicU64::new(0),
@@ -182,15 +246,36 @@ impl GroupCell {
             // The change stands in memory; only a restart would lose it.
             tracing::error!(group = %group.id, %err, "cannot record a change");
         }
-        if group.take_changed() {
-            self.changed.notify_waiters();
+        let touched = group.take_touched();
+        drop(group);
+        if !touched.is_empty() {
+            let topics = lock(&self.topics);
+            for topic in touched {
+                match topic {
+                    Topic::Nodes => self.nodes_changed.notify_waiters(),
+                    topic => {
+                        if let Some(notify) = topics.get(&topic) {
+                            notify.notify_waiters();
+                        }
+                    }
+                }
+            }
         }
         out
     }
 
-    /// Completes at the group's next change that a blocked call may care about.
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
+    /// What wakes a call blocked on `topic` (and on the group's nodes), held while the
+    /// call waits.
+    pub fn subscribe_to(&self, topic: Topic) -> Subscription<'_> {
+        let notify = lock(&self.topics)
+            .entry(topic.clone())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        Subscription {
+            cell: self,
+            topic,
+            notify: Some(notify),
+        }
     }
 
     pub fn emit(&self, kind: group_event::Kind) {
@@ -256,17 +341,16 @@ impl GroupCell {
         &self,
         caller: &str,
         call: &str,
-        message_id: &str,
+        (message_id, topic): (&str, Topic),
         deadline: Instant,
         mut check: impl FnMut(&mut Group) -> Result<Check<T>, Refusal>,
     ) -> Result<T, CallError> {
         let label = format!("{call} '{message_id}'");
         let mut guard: Option<WaitingGuard<'_>> = None;
+        let subscription = self.subscribe_to(topic);
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
             // Registered before checking, so a change between check and wait is not lost.
-            notified.as_mut().enable();
+            let woken = subscription.armed();
             let outcome = self.update(|group| {
                 if group.is_closed() {
                     return Err(CallError::Hopeless(format!(
@@ -303,7 +387,7 @@ impl GroupCell {
                 self.emit(group_event::Kind::Waiting(waiting));
             }
             tokio::select! {
-                () = &mut notified => {}
+                () = woken.wait() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     let described = self.lock().describe_missing(&missing);
                     return Err(CallError::Deadline(format!("{label}: deadline passed; {described}")));
@@ -706,6 +790,43 @@ mod tests {
             idle_expiry,
         };
         store
+    }
+
+    /// A call blocked on one message is not woken by another message, and is by its
+    /// own and by a node failing.
+    #[test]
+    fn a_blocked_call_wakes_only_for_its_topic_or_the_nodes() {
+        use crate::group::Data;
+        use futures::FutureExt as _;
+        let store = store(4, Duration::from_secs(3600));
+        let cell = store.legacy_group("g", Some(2)).unwrap();
+        cell.update(|g| {
+            g.register("a", "r").unwrap();
+            g.register("b", "r").unwrap();
+        });
+        let subscription = cell.subscribe_to(Topic::Message("mine".into()));
+        let woken = subscription.armed();
+        cell.update(|g| g.send("b", "other", Data::new()).unwrap());
+        let mut waiting = Box::pin(woken.wait());
+        assert!(
+            waiting.as_mut().now_or_never().is_none(),
+            "woken by another message"
+        );
+        cell.update(|g| g.send("b", "mine", Data::new()).unwrap());
+        assert!(
+            waiting.as_mut().now_or_never().is_some(),
+            "not woken by its own"
+        );
+        let woken = subscription.armed();
+        cell.update(|g| g.fail("b", "gone"));
+        assert!(
+            woken.wait().now_or_never().is_some(),
+            "not woken by a node failing"
+        );
+        // The last subscription gone, its topic's entry goes too.
+        drop(waiting);
+        drop(subscription);
+        assert!(lock(&cell.topics).is_empty());
     }
 
     #[test]
