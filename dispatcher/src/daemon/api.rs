@@ -282,24 +282,24 @@ impl FromRequest<Arc<Api>> for TimedBody {
         let Authorized(name) = CanWrite::from_request_parts(&mut parts, api)
             .await
             .map_err(IntoResponse::into_response)?;
-        let body = body_within_deadline(Request::from_parts(parts, body), api).await?;
+        let request = Request::from_parts(parts, body);
+        let body = within_body_deadline(api, Bytes::from_request(request, api))
+            .await?
+            .map_err(IntoResponse::into_response)?;
         Ok(Self(body, name))
     }
 }
 
-/// A request's body, read within `http_body_timeout_secs`.
-async fn body_within_deadline(request: Request, api: &Arc<Api>) -> Result<Bytes, Response> {
+/// `read` (a request's body being read), given `http_body_timeout_secs`: a client
+/// sending its body a byte at a time holds a connection, so it gets a deadline.
+async fn within_body_deadline<T>(
+    api: &Api,
+    read: impl std::future::Future<Output = T>,
+) -> Result<T, Response> {
     let seconds = api.service.config().http_body_timeout_secs;
-    match tokio::time::timeout(
-        Duration::from_secs(seconds),
-        Bytes::from_request(request, api),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(rejection)) => Err(rejection.into_response()),
-        Err(_) => Err(ApiError::from(ServiceError::BodyTimeout(seconds)).into_response()),
-    }
+    tokio::time::timeout(Duration::from_secs(seconds), read)
+        .await
+        .map_err(|_| ApiError::from(ServiceError::BodyTimeout(seconds)).into_response())
 }
 
 /// Who the web page is signed in as.
@@ -386,22 +386,13 @@ async fn sign_in(State(api): State<Arc<Api>>, request: Request) -> Result<Respon
     }
     // Anyone may sign in, so the body is read with a small limit of its own, not the
     // job size limit writes get.
-    let seconds = api.service.config().http_body_timeout_secs;
-    let body = match tokio::time::timeout(
-        Duration::from_secs(seconds),
-        axum::body::to_bytes(request.into_body(), SIGN_IN_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            return Err(ApiError::from(ServiceError::BadRequest(format!(
-                "a sign-in is at most {SIGN_IN_BYTES} bytes"
-            )))
-            .into_response());
-        }
-        Err(_) => return Err(ApiError::from(ServiceError::BodyTimeout(seconds)).into_response()),
-    };
+    let read = axum::body::to_bytes(request.into_body(), SIGN_IN_BYTES);
+    let body = within_body_deadline(&api, read).await?.map_err(|_| {
+        ApiError::from(ServiceError::BadRequest(format!(
+            "a sign-in is at most {SIGN_IN_BYTES} bytes"
+        )))
+        .into_response()
+    })?;
     let SignIn { token } = serde_json::from_slice(&body).map_err(|e| {
         ApiError::from(ServiceError::BadRequest(format!(
             "expected {{\"token\": \"...\"}}: {e}"
