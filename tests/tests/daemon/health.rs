@@ -131,19 +131,31 @@ fn run_first_check(api: &ApiClient, name: &str) -> u64 {
 }
 
 const PASSING: &[&str] = &["df / >/dev/null && lava-test-case root-fs --result pass"];
-const FAILING: &[&str] = &[
-    "lava-test-case root-fs --result pass",
-    "lava-test-raise no-usable-disk",
-];
+/// A check that fails until the file `fixed` exists (the ssh-host shares this
+/// machine's file system).
+fn failing_until(fixed: &Path) -> Vec<String> {
+    vec![
+        "lava-test-case root-fs --result pass".to_string(),
+        format!(
+            "test -e {} || lava-test-raise no-usable-disk",
+            fixed.display()
+        ),
+    ]
+}
 
 /// Two new devices, one whose check passes (`good`) and one whose check fails (`bad`);
-/// a job for the bad one's type waits until an admin says the device is fixed, then
-/// runs. Each device's history says when, which job and why.
+/// a job for the bad one's type waits, told it is bad, until the device is fixed and an
+/// admin asks for a check, which passes: the device is good and the job runs. Each
+/// device's history says when, which job and why.
 #[test]
 fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts() {
+    let fixed_dir = tempfile::tempdir().unwrap();
+    let fixed = fixed_dir.path().join("disk-replaced");
+    let flaky_steps = failing_until(&fixed);
+    let flaky_steps: Vec<&str> = flaky_steps.iter().map(String::as_str).collect();
     let (lab, _types) = checked_lab(
         &["ssh-checked", "ssh-flaky"],
-        &[("ssh-checked", PASSING), ("ssh-flaky", FAILING)],
+        &[("ssh-checked", PASSING), ("ssh-flaky", &flaky_steps)],
     );
     let (daemon, api) = lab.serve();
     let waiting = api
@@ -168,9 +180,17 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
             .map(|p| p.ends_with("ssh-flaky.health.json")),
         Some(true)
     );
-    // A bad device takes no job: the job for its type is still queued (it could not
-    // have had the device before its check either).
+    // A bad device takes no job: the scheduler, looking again after the check, keeps
+    // the job for its type queued and says why.
+    api.follow_until(waiting, "ssh-host-02 is bad").unwrap();
     assert_eq!(api.job_state(waiting).unwrap()["state"], "submitted");
+    assert!(
+        api.job(waiting).unwrap()["waiting_for"]
+            .as_str()
+            .is_some_and(|r| r.contains("ssh-host-02 is bad")),
+        "{}",
+        api.job(waiting).unwrap()
+    );
 
     let history_01 = history(&api, "ssh-host-01");
     assert_eq!(history_01[0].0, "good");
@@ -181,14 +201,16 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
     assert_eq!(history_02[0].1, Some(bad_check));
     assert!(history_02[0].2.contains("no-usable-disk"), "{history_02:?}");
 
-    // The admin's word, through the CLI, with a reason; the job runs on it now.
+    // The disk is replaced and the admin asks for a check, through the CLI, with a
+    // reason; the check passes, the device is good, and the job runs on it.
+    std::fs::write(&fixed, b"").unwrap();
     let set = daemon.cli(
         api.token(),
         &[
             "devices",
             "health",
             "ssh-host-02",
-            "good",
+            "unknown",
             "--reason",
             "disk replaced",
         ],
@@ -204,6 +226,25 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
         "complete",
         "{log:#?}"
     );
+    let checks = checks_of(&api, "ssh-host-02");
+    assert_eq!(checks.len(), 2, "{checks:#?}");
+    let recheck = checks[1]["id"].as_u64().unwrap();
+    assert_eq!(api.job_state(recheck).unwrap()["health"], "complete");
+    let history_02 = history(&api, "ssh-host-02");
+    let said: Vec<(&str, Option<u64>)> = history_02
+        .iter()
+        .map(|(h, j, _)| (h.as_str(), *j))
+        .collect();
+    assert_eq!(
+        said[..3],
+        [
+            ("good", Some(recheck)),
+            ("unknown", None),
+            ("bad", Some(bad_check))
+        ],
+        "{history_02:#?}"
+    );
+    assert_eq!(history_02[1].2, "disk replaced");
     let shown = daemon.cli(
         api.token(),
         &["devices", "show", "ssh-host-02", "--format", "json"],
@@ -214,7 +255,7 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
         String::from_utf8_lossy(&shown.stderr)
     );
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!(shown["history"][0]["reason"], "disk replaced", "{shown:#}");
+    assert_eq!(shown["history"][1]["reason"], "disk replaced", "{shown:#}");
     assert_eq!(shown["history"][0]["health"], "good");
     assert_eq!(shown["jobs_since_check"], 1);
 
@@ -241,7 +282,14 @@ fn a_passing_check_makes_a_device_good_and_a_failing_one_bad_until_an_admin_acts
 #[test]
 fn an_infrastructure_failure_is_followed_by_a_check_before_the_next_job() {
     let (lab, _types) = checked_lab(&["ssh-host"], &[("ssh-host", PASSING)]);
-    let (_daemon, api) = lab.serve();
+    // The daemon's own log, at its info level, as journald would keep it.
+    let journal = lab.dir.path().join("daemon.log");
+    let mut command = std::process::Command::new(system_tests::binary("dispatcher"));
+    command
+        .env("DISPATCHER_LOG", "info")
+        .stderr(std::fs::File::create(&journal).unwrap());
+    let daemon = system_tests::Daemon::try_start(command, &lab.config).unwrap();
+    let api = daemon.api(&lab.token(&["ci"]));
     let first_check = run_first_check(&api, "ssh-host-01");
     assert_eq!(device(&api, "ssh-host-01")["health"], "good");
     let cut = api.submit(&lab.seed_job()).unwrap();
@@ -258,10 +306,21 @@ fn an_infrastructure_failure_is_followed_by_a_check_before_the_next_job() {
     let checks = checks_of(&api, "ssh-host-01");
     assert_eq!(checks.len(), 2, "{checks:#?}");
     let second = &checks[1];
-    let next_job = api.job(next).unwrap();
+    // In the order of the logs' millisecond times (RFC 3339, UTC: they sort as text):
+    // the check's last line, then the next job's first.
+    let check_log = api.follow_log(second["id"].as_u64().unwrap()).unwrap();
+    let next_log = api.follow_log(next).unwrap();
+    let check_ended = check_log.last().unwrap()["dt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let next_began = next_log.first().unwrap()["dt"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        second["ended_at"].as_i64().unwrap() <= next_job["started_at"].as_i64().unwrap(),
-        "the check did not end before the next job started: {second} / {next_job}"
+        check_ended <= next_began,
+        "the check did not end before the next job started: {check_log:#?} / {next_log:#?}"
     );
     let lines = history(&api, "ssh-host-01");
     let said: Vec<(&str, Option<u64>)> = lines.iter().map(|(h, j, _)| (h.as_str(), *j)).collect();
@@ -275,6 +334,38 @@ fn an_infrastructure_failure_is_followed_by_a_check_before_the_next_job() {
         "{lines:#?}"
     );
     assert!(lines[1].2.contains("infrastructure"), "{lines:#?}");
+
+    // The daemon said what it did, a line each, without a terminal's escape codes: the
+    // cut job's start and end (health, class, duration) and the device's health after
+    // it, the checks and the next job.
+    let said = std::fs::read_to_string(&journal).unwrap();
+    assert!(!said.contains('\x1b'), "{said}");
+    let line_of = |job: u64, what: &str| -> String {
+        said.lines()
+            .find(|l| l.contains(what) && l.contains(&format!("job={job} ")))
+            .unwrap_or_else(|| panic!("no \"{what}\" line for job {job}:\n{said}"))
+            .to_string()
+    };
+    line_of(cut, "job started");
+    let ended = line_of(cut, "job ended");
+    for field in [
+        "health=Incomplete",
+        "class=Some(Infrastructure)",
+        "duration_secs=",
+    ] {
+        assert!(ended.contains(field), "{field}: {ended}");
+    }
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&format!("device health after job {cut}"))
+                && l.contains("device=ssh-host-01")
+                && l.contains("health=Unknown")),
+        "{said}"
+    );
+    for job in [first_check, second["id"].as_u64().unwrap(), next] {
+        line_of(job, "job started");
+        line_of(job, "job ended");
+    }
 }
 
 /// A user's image whose kernel panics is the job's fault: the job ends `job`-class and

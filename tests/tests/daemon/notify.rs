@@ -131,6 +131,12 @@ fn callbacks_are_signed_retried_after_a_server_error_and_delivered_once() {
             .is_some_and(|log| log.contains("job finished: Complete")),
         "{told:#}"
     );
+    // Once each: a last job's callback is the next request the server gets, so no
+    // job's end was told twice.
+    let last = api.submit(&quick_job("last", callback("state"))).unwrap();
+    api.follow_log(last).unwrap();
+    let told: Value = serde_json::from_str(&receiver.line()).unwrap();
+    assert_eq!(told["body"]["id"], last, "{told:#}");
 }
 
 #[test]
@@ -163,14 +169,17 @@ fn notify_addresses_are_mailed_through_the_labs_relay() {
         .unwrap();
     api.follow_log(job).unwrap();
     // The relay prints each message between its markers.
-    let mut message = String::new();
-    loop {
-        let line = relay.line();
-        if line.contains("END MESSAGE") {
-            break;
+    let mut next_message = || {
+        let mut message = String::new();
+        loop {
+            let line = relay.line();
+            if line.contains("END MESSAGE") {
+                return message;
+            }
+            message.push_str(&line);
         }
-        message.push_str(&line);
-    }
+    };
+    let message = next_message();
     assert!(message.contains("To: alice@example.org"), "{message}");
     assert!(
         !message.contains("bob@example.org"),
@@ -181,6 +190,30 @@ fn notify_addresses_are_mailed_through_the_labs_relay() {
         message.contains(&format!("Subject: job {job} complete: mailed")),
         "{message}"
     );
+
+    // A job that ends incomplete mails both lists, a message each (in the addresses'
+    // order); its messages are the next the relay gets (so the complete job's was its
+    // only one: bob got none).
+    let mut broken: Value = serde_json::from_str(&quick_job(
+        "broken",
+        json!({"notify": ["alice@example.org"], "notify_on_incomplete": ["bob@example.org"]}),
+    ))
+    .unwrap();
+    broken["actions"] = json!([{"command": "lava_test_shell", "parameters": {"testdef_repos": [
+        {"inline": {"metadata": {"name": "broken", "format": "Lava-Test Test Definition 1.0"},
+                    "run": {"steps": ["lava-test-raise broken"]}}}]}}]);
+    let incomplete = api.submit(&broken.to_string()).unwrap();
+    api.follow_log(incomplete).unwrap();
+    assert_eq!(api.job_state(incomplete).unwrap()["health"], "incomplete");
+    for to in ["alice@example.org", "bob@example.org"] {
+        let message = next_message();
+        assert!(
+            message.contains(&format!("Subject: job {incomplete} incomplete: broken")),
+            "{message}"
+        );
+        assert!(message.contains(&format!("To: {to}")), "{message}");
+        assert!(message.contains("raised: broken"), "{message}");
+    }
 }
 
 #[test]
@@ -204,10 +237,30 @@ fn retry_infrastructure_reruns_a_job_whose_host_dropped_its_ssh_connection() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    assert_eq!(api.job(retry).unwrap()["resubmitted_from"], job);
+    // The retry's connection is cut too: with one retry allowed, it is not retried.
+    api.follow_until(retry, CLIENT_TESTING).unwrap();
+    assert!(lab.host.drop_connections() > 0, "a session to cut");
     api.follow_log(retry).unwrap();
     let retried = api.job(retry).unwrap();
-    assert_eq!(retried["resubmitted_from"], job);
-    assert_eq!(retried["state"]["health"], "complete", "{retried:#}");
-    // One retry: the retry's own end asks for no other.
-    assert!(retried.get("resubmitted_as").is_none(), "{retried:#}");
+    assert_eq!(
+        retried["state"]["error"][0], "infrastructure",
+        "{retried:#}"
+    );
+    // A job queued after it runs to its end on the same device: by then a retry of
+    // the retry, were there one, would have been queued long before.
+    let after = api
+        .submit(&quick_job("after the retries", json!({})))
+        .unwrap();
+    api.follow_log(after).unwrap();
+    assert_eq!(api.job_state(after).unwrap()["health"], "complete");
+    let jobs = api.get_json("/api/v1/jobs").unwrap();
+    let ids: Vec<u64> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [after, retry, job], "{jobs:#}");
+    assert!(api.job(retry).unwrap().get("resubmitted_as").is_none());
 }
