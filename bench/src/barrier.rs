@@ -22,8 +22,24 @@ use crate::stats::{Sample, human};
 /// How long Debian's coordinator gets for a group of over 256 nodes.
 const DEBIAN_BUDGET: Duration = Duration::from_secs(120);
 
-/// Sync rounds over gRPC, one connection per node.
-async fn grpc_rounds(endpoint: &str, n: usize, rounds: usize) -> Result<Vec<Duration>, String> {
+/// What every node does at once in a round.
+#[derive(Clone, Copy)]
+enum Call {
+    /// `lava-sync`: the barrier.
+    Sync,
+    /// `lava-send` of a message of its own: answered at once, with no barrier, so the
+    /// round is what a call per node costs the transport and the runtime (the floor
+    /// under any barrier).
+    Send,
+}
+
+/// Rounds of `call` over gRPC, one connection per node.
+async fn grpc_rounds(
+    endpoint: &str,
+    n: usize,
+    rounds: usize,
+    call: Call,
+) -> Result<Vec<Duration>, String> {
     let err = |e: coordinator::ClientError| e.to_string();
     let mut admin = AdminClient::connect(endpoint, ADMIN_TOKEN)
         .await
@@ -42,7 +58,10 @@ async fn grpc_rounds(endpoint: &str, n: usize, rounds: usize) -> Result<Vec<Dura
                 let (start_line, id) = (start_line.clone(), id.clone());
                 tokio::spawn(async move {
                     start_line.wait().await;
-                    c.sync(&id, None).await
+                    match call {
+                        Call::Sync => c.sync(&id, None).await,
+                        Call::Send => c.send(&id, std::collections::BTreeMap::new()).await,
+                    }
                 })
             })
             .collect();
@@ -231,9 +250,16 @@ pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, 
             0..=16 => (200, 5),
             _ => (50, 3),
         };
-        let ours = Sample::new(runtime.block_on(grpc_rounds(&endpoint, n, grpc_rounds_n))?);
-        let ours_kept =
-            Sample::new(runtime.block_on(grpc_rounds(&keeping_endpoint, n, grpc_rounds_n))?);
+        let ours =
+            Sample::new(runtime.block_on(grpc_rounds(&endpoint, n, grpc_rounds_n, Call::Sync))?);
+        let floor =
+            Sample::new(runtime.block_on(grpc_rounds(&endpoint, n, grpc_rounds_n, Call::Send))?);
+        let ours_kept = Sample::new(runtime.block_on(grpc_rounds(
+            &keeping_endpoint,
+            n,
+            grpc_rounds_n,
+            Call::Sync,
+        ))?);
         // Debian's coordinator listens with a backlog of 1: with a thousand clients most
         // connection attempts are dropped and retried with TCP's growing back-off, so a
         // round can take many minutes. What finished within the budget is reported.
@@ -251,6 +277,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, sizes: &[usize]) -> Result<Table, 
         let lava3 = Sample::new(lava3_times);
         for (who, sample) in [
             ("ours, gRPC (Rust client)", ours),
+            (
+                "floor: one `lava-send` per node at once, no barrier (gRPC)",
+                floor,
+            ),
             ("ours, gRPC, groups kept on disk (--state-dir)", ours_kept),
             (
                 "ours, LAVA port (LAVA's client, poll_delay 3)",

@@ -35,10 +35,35 @@ impl Lab {
         let dispatcher = sibling("dispatcher")?;
         let token = try_create_token(&dispatcher, &ssh.config, &["bench"])?;
         let mut command = Command::new(&dispatcher);
-        command.env("RUST_LOG", "warn").stderr(Stdio::null());
+        // BENCH_DAEMON_LOG=FILE keeps the daemon's log (at DISPATCHER_LOG's level) for a look
+        // at what a run did.
+        match std::env::var_os("BENCH_DAEMON_LOG") {
+            Some(path) => {
+                let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+                command.stderr(file);
+            }
+            None => {
+                command.env("RUST_LOG", "warn").stderr(Stdio::null());
+            }
+        }
         let daemon = Daemon::try_start(command, &ssh.config)?;
         let api = ApiClient::new(&daemon.url, &token)?;
         Ok(Self { daemon, api, ssh })
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// Sets `device`'s health through the API (an admin's act).
+    pub fn set_health(&self, device: &str, health: &str) -> Result<(), String> {
+        let body = serde_json::json!({"health": health, "reason": "benchmark"}).to_string();
+        let path = format!("/api/v1/devices/{device}/health");
+        match self.api.request("PUT", &path, body.as_bytes())? {
+            (200, _) => Ok(()),
+            (status, answer) => Err(format!("PUT {path}: HTTP {status}: {answer}")),
+        }
     }
 
     /// The daemon's resident memory, KiB.

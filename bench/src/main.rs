@@ -7,6 +7,7 @@
 
 mod api;
 mod barrier;
+mod follow;
 mod lab;
 mod local;
 mod overhead;
@@ -54,6 +55,11 @@ enum What {
     Overhead,
     /// Submissions per second, latency, and the daemon's memory.
     Api,
+    /// The daemon's CPU time with many followers of one running job's log.
+    Follow {
+        #[arg(default_value_t = 1000)]
+        followers: usize,
+    },
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -71,15 +77,16 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-/// The lab benchmarks share one daemon: memory idle first, then the overhead runs,
-/// then the API load (which leaves a queue behind).
-fn lab_tables() -> Result<Vec<report::Table>, String> {
+/// The lab benchmarks share one daemon: memory idle first, then the overhead runs and
+/// the followed log, then the API load (which leaves a queue behind).
+fn lab_tables(runtime: &tokio::runtime::Runtime) -> Result<Vec<report::Table>, String> {
     let lab = lab::Lab::start()?;
     let idle = api::idle_rss(&lab);
     let overhead = overhead::run(&lab)?;
+    let follow = follow::run(&lab, runtime, 1000)?;
     let api = api::run(&lab, idle)?;
     lab.stop()?;
-    Ok(vec![overhead, api])
+    Ok(vec![overhead, follow, api])
 }
 
 fn run(what: What) -> Result<(), String> {
@@ -94,7 +101,7 @@ fn run(what: What) -> Result<(), String> {
                 barrier::run(&runtime, &[2, 16, 128, 1024]).map(|t| vec![t]),
                 throughput::run(&runtime).map(|t| vec![t]),
                 transfer::run(&runtime, 512).map(|t| vec![t]),
-                lab_tables(),
+                lab_tables(&runtime),
             ];
             let mut tables = Vec::new();
             for attempt in attempts {
@@ -111,6 +118,12 @@ fn run(what: What) -> Result<(), String> {
         What::Overhead => {
             let lab = lab::Lab::start()?;
             let table = overhead::run(&lab)?;
+            lab.stop()?;
+            vec![table]
+        }
+        What::Follow { followers } => {
+            let lab = lab::Lab::start()?;
+            let table = follow::run(&lab, &runtime, *followers)?;
             lab.stop()?;
             vec![table]
         }

@@ -779,7 +779,7 @@ fn check_deploy_target(
     let param_at = |key: &str| format!("{at}/parameters/{key}");
     for key in ["login_prompt", "password_prompt", "test_image_prompt"] {
         if let Some(pattern) = params.get(key).and_then(Value::as_str)
-            && let Err(err) = regex::Regex::new(pattern)
+            && let Err(err) = regex_syntax::Parser::new().parse(pattern)
         {
             out.push(
                 Diagnostic::error(
@@ -1201,7 +1201,7 @@ fn check_vms(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
             );
         }
         if let Some(prompt) = vm.get("shell_prompt").and_then(Value::as_str)
-            && let Err(err) = regex::Regex::new(prompt)
+            && let Err(err) = regex_syntax::Parser::new().parse(prompt)
         {
             out.push(
                 Diagnostic::error(

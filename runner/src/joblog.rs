@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 use crate::report::ActionSpan;
 
@@ -92,10 +93,28 @@ struct Inner {
     file: File,
     written: u64,
     mode: Mode,
-    /// The log's path, limit and growth signal (for the tail's files and `Drop`).
+    /// The log's path and limit (for the tail's files and `Drop`).
     path: PathBuf,
     limit: u64,
-    grew: Arc<watch::Sender<u64>>,
+    /// What is written to the log itself, as it is written (see [`Growth`]).
+    feed: broadcast::Sender<Growth>,
+}
+
+/// How many writes a follower of [`JobLog::feed`] may fall behind before it is told it
+/// lagged (and reads the rest from the file).
+const FEED_CAPACITY: usize = 1024;
+
+/// One write to the log file, told to its followers as it happens, so a thousand
+/// followers of a running job share the writer's bytes instead of each reading the
+/// file. The file stays the truth: a follower that lagged, or is told of bytes it was
+/// not given, reads them from there.
+#[derive(Debug, Clone)]
+pub enum Growth {
+    /// `text`, whole lines as written, starts at byte `at` of the file.
+    Lines { at: u64, text: Bytes },
+    /// Bytes were appended from elsewhere (the kept tail, at the job's end) and end at
+    /// byte `end`: read them from the file.
+    Copied { end: u64 },
 }
 
 /// Appends to one job's log. Cheap to clone; every clone writes to the same file.
@@ -103,7 +122,6 @@ struct Inner {
 pub struct JobLog {
     path: PathBuf,
     inner: Arc<Mutex<Inner>>,
-    grew: Arc<watch::Sender<u64>>,
     /// The sections ended so far: the job's timeline.
     spans: Arc<Mutex<Vec<ActionSpan>>>,
 }
@@ -118,14 +136,13 @@ impl JobLog {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let written = file.metadata()?.len();
-        let grew = Arc::new(watch::Sender::new(written));
         let mut inner = Inner {
             file,
             written,
             mode: Mode::Head,
             path: path.to_path_buf(),
             limit,
-            grew: grew.clone(),
+            feed: broadcast::Sender::new(FEED_CAPACITY),
         };
         if written >= inner.head_limit() {
             inner.mode = Mode::Tail(inner.new_tail()?);
@@ -133,7 +150,6 @@ impl JobLog {
         Ok(Self {
             path: path.to_path_buf(),
             inner: Arc::new(Mutex::new(inner)),
-            grew,
             spans: Arc::default(),
         })
     }
@@ -142,10 +158,12 @@ impl JobLog {
         &self.path
     }
 
-    /// The log's size in bytes, changed whenever the file grows: followers wait on it
-    /// instead of reading the file again and again.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.grew.subscribe()
+    /// Every write to the log file from now on ([`Growth`]), with the file's size now:
+    /// a follower that has read the file up to that size and then takes the feed
+    /// misses nothing. Closed when the last writer is gone.
+    pub fn feed(&self) -> (u64, broadcast::Receiver<Growth>) {
+        let inner = self.inner.lock();
+        (inner.written, inner.feed.subscribe())
     }
 
     /// Appends one line (past half the limit, into the tail; see [`Mode`]). Write
@@ -245,11 +263,16 @@ impl Inner {
     }
 
     /// Writes `text` (whole lines) to the log itself and tells followers.
-    fn write_log(&mut self, text: &str) -> std::io::Result<()> {
+    fn write_log(&mut self, text: String) -> std::io::Result<()> {
         self.file.write_all(text.as_bytes())?;
         self.file.flush()?;
+        let at = self.written;
         self.written += text.len() as u64;
-        self.grew.send_replace(self.written);
+        // No follower is no error.
+        let _ = self.feed.send(Growth::Lines {
+            at,
+            text: Bytes::from(text),
+        });
         Ok(())
     }
 
@@ -258,7 +281,7 @@ impl Inner {
         let len = text.len() as u64;
         if matches!(self.mode, Mode::Head) {
             if self.written + len <= self.head_limit() {
-                return self.write_log(&text);
+                return self.write_log(text);
             }
             let marker = LogLine {
                 msg: format!(
@@ -270,7 +293,7 @@ impl Inner {
                 lvl: Level::Warning,
                 ..line.clone()
             };
-            self.write_log(&json_line(&marker))?;
+            self.write_log(json_line(&marker))?;
             self.mode = Mode::Tail(self.new_tail()?);
         }
         let segment_limit = self.segment_limit();
@@ -324,7 +347,7 @@ impl Inner {
                     self.limit, tail.dropped_lines, tail.dropped_bytes
                 ),
             };
-            self.write_log(&json_line(&marker))?;
+            self.write_log(json_line(&marker))?;
         }
         let segments = if tail.started >= 2 {
             vec![tail.started - 2, tail.started - 1]
@@ -339,7 +362,7 @@ impl Inner {
             self.written += copied;
             std::fs::remove_file(&path)?;
         }
-        self.grew.send_replace(self.written);
+        let _ = self.feed.send(Growth::Copied { end: self.written });
         Ok(())
     }
 }
@@ -404,10 +427,18 @@ mod tests {
         let path = dir.path().join("job-2.jsonl");
         let limit = 4000;
         let log = JobLog::open(&path, limit).unwrap();
-        let mut grew = log.subscribe();
+        let (size, mut feed) = log.feed();
+        assert_eq!(size, 0);
         log.line(Level::Info, None, "job 2 running");
-        assert!(grew.has_changed().unwrap(), "followers are told");
-        grew.mark_unchanged();
+        let Ok(Growth::Lines { at: 0, text }) = feed.try_recv() else {
+            panic!("followers are handed the line");
+        };
+        assert_eq!(read(&path, 0).unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            text,
+            "as written to the file"
+        );
         for i in 0..500 {
             log.line(
                 Level::Target,
@@ -422,8 +453,28 @@ mod tests {
             before.last().unwrap().msg.starts_with("log past"),
             "{before:?}"
         );
+        // Each write while under half the limit is handed on where it went in the file.
+        let mut at = text.len() as u64;
+        while let Ok(Growth::Lines {
+            at: written_at,
+            text,
+        }) = feed.try_recv()
+        {
+            assert_eq!(written_at, at);
+            at += text.len() as u64;
+        }
+        assert_eq!(at, std::fs::metadata(&path).unwrap().len());
         log.finish();
-        assert!(grew.has_changed().unwrap());
+        // The tail is copied from its files, not handed on: followers read the file.
+        let copied_to = std::fs::metadata(&path).unwrap().len();
+        let mut told = Vec::new();
+        while let Ok(growth) = feed.try_recv() {
+            told.push(growth);
+        }
+        assert!(
+            matches!(told.last(), Some(Growth::Copied { end }) if *end == copied_to),
+            "{told:?}"
+        );
         let lines = read(&path, 0).unwrap();
         let msgs: Vec<&str> = lines.iter().map(|l| l.msg.as_str()).collect();
         assert_eq!(msgs[0], "job 2 running", "the head is kept");

@@ -133,7 +133,7 @@ impl OneShot {
             job_id: 0,
             priority: 0,
             waited: std::time::Duration::ZERO,
-            needs: needs.clone(),
+            needs: needs.clone().into(),
             health_check: false,
         };
         let plan = scheduler::plan(&[request], &views, scheduler::Policy::default());

@@ -7,6 +7,7 @@
 //! daemon applies them in one storage transaction.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use job_schemas::Topology;
 use std::time::Duration;
@@ -27,7 +28,7 @@ pub struct DeviceView {
 }
 
 /// One device a job needs (one per node that runs on a device of its own).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Need {
     /// `None`: any type (a job naming only its `target` device).
     pub device_type: Option<String>,
@@ -44,7 +45,9 @@ pub struct Request {
     pub priority: u8,
     /// How long it has been queued.
     pub waited: Duration,
-    pub needs: Vec<Need>,
+    /// Shared with the daemon's copy of the queued job: a pass over a long queue
+    /// copies no needs.
+    pub needs: Arc<[Need]>,
     /// A device's health check (its need names the device): runs before any other
     /// job, and is the only job a device awaiting its check may take.
     pub health_check: bool,
@@ -117,8 +120,9 @@ fn fits(need: &Need, device: &DeviceView) -> bool {
 pub struct Plan {
     pub assignments: Vec<Assignment>,
     /// `(job id, reason)` of every queued job that got no devices, in queue order:
-    /// "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is in maintenance".
-    pub waiting: Vec<(u64, String)>,
+    /// "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is in maintenance". Jobs
+    /// that wait for the same reason share its text.
+    pub waiting: Vec<(u64, Arc<str>)>,
 }
 
 /// Assigns devices to as many queued jobs as can run now, in priority order.
@@ -175,9 +179,26 @@ pub fn plan_explained(queue: &[Request], devices: &[DeviceView], policy: Policy)
             None => unserved.push(request),
         }
     }
-    let mut waiting: Vec<(u64, String)> = unserved
+    // A long queue is mostly jobs that need the same devices and wait for the same
+    // reason: it is worked out once for each set of needs (requests that share their
+    // `needs` allocation, as the daemon gives jobs that need the same), so a pass does
+    // not hash every job's needs. (A job devices are held for is told of them apart:
+    // they do not keep it waiting.)
+    let holders: BTreeSet<u64> = withheld.values().copied().collect();
+    let mut reasons: HashMap<(*const Need, bool), Arc<str>> = HashMap::new();
+    let mut waiting: Vec<(u64, Arc<str>)> = unserved
         .into_iter()
-        .map(|r| (r.job_id, why_waiting(r, devices, &taken, &withheld)))
+        .map(|r| {
+            let reason = if holders.contains(&r.job_id) {
+                Arc::from(why_waiting(r, devices, &taken, &withheld))
+            } else {
+                reasons
+                    .entry((r.needs.as_ptr(), r.health_check))
+                    .or_insert_with(|| Arc::from(why_waiting(r, devices, &taken, &withheld)))
+                    .clone()
+            };
+            (r.job_id, reason)
+        })
         .collect();
     waiting.sort_by_key(|(id, _)| *id);
     Plan {
@@ -410,7 +431,7 @@ mod tests {
             job_id: id,
             priority,
             waited: Duration::from_secs(waited_min * 60),
-            needs,
+            needs: needs.into(),
             health_check: false,
         }
     }
@@ -427,8 +448,20 @@ mod tests {
         let urgent = request(9, 90, 0, vec![need("kvm", &[])]);
         let later = request(10, 10, 0, vec![need("kvm", &[])]);
         let arm = request(11, 10, 0, vec![need("panda", &[]), need("kvm", &[])]);
-        let planned = plan_explained(&[later, urgent, arm], &devices, Policy::default());
+        let alike = Request {
+            needs: later.needs.clone(),
+            ..request(13, 10, 0, Vec::new())
+        };
+        let planned = plan_explained(&[later, urgent, arm, alike], &devices, Policy::default());
         assert_eq!(planned.assignments.len(), 1);
+        // Jobs that share their needs share one reason, worked out once.
+        let (last, reason) = planned.waiting.last().unwrap().clone();
+        assert_eq!(last, 13);
+        assert!(Arc::ptr_eq(&reason, &planned.waiting[0].1));
+        let planned = Plan {
+            waiting: planned.waiting[..2].to_vec(),
+            ..planned
+        };
         assert_eq!(
             planned.waiting,
             [
@@ -436,13 +469,13 @@ mod tests {
                     10,
                     "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is in maintenance, \
                      kvm-03 runs job 9"
-                        .to_string()
+                        .into()
                 ),
                 (
                     11,
                     "waiting for a free panda: the lab has none; waiting for a free kvm: \
                      kvm-01 runs job 7, kvm-02 is in maintenance, kvm-03 runs job 9"
-                        .to_string()
+                        .into()
                 ),
             ]
         );
@@ -457,7 +490,7 @@ mod tests {
             planned.waiting[0],
             (
                 3,
-                "waiting for 3 free kvm (2 free now): kvm-01 runs job 7".to_string()
+                "waiting for 3 free kvm (2 free now): kvm-01 runs job 7".into()
             )
         );
         assert_eq!(
@@ -466,7 +499,7 @@ mod tests {
                 12,
                 "waiting for a free kvm: kvm-01 runs job 7, kvm-02 is held for job 3, which \
                  has waited longer, kvm-03 is held for job 3, which has waited longer"
-                    .to_string()
+                    .into()
             )
         );
     }
@@ -484,7 +517,8 @@ mod tests {
             needs: vec![Need {
                 hostname: Some("kvm-01".into()),
                 ..need("kvm", &[])
-            }],
+            }]
+            .into(),
             ..request(2, 0, 0, Vec::new())
         };
         let single = request(3, 100, 600, vec![need("kvm", &[])]);

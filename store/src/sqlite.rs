@@ -94,6 +94,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN device_types TEXT;
     ALTER TABLE jobs ADD COLUMN devices TEXT;
     ALTER TABLE jobs ADD COLUMN submitter TEXT;",
+    // 7: job counts by state and health (what `/metrics` shows) from an index alone:
+    // in the table those columns sit behind the definition, in its overflow pages, so
+    // counting read every job's definition.
+    "CREATE INDEX jobs_state_health ON jobs (state, health);",
 ];
 
 /// Names as one space-delimited column value: ` a b ` (see migration 6).
@@ -118,15 +122,27 @@ fn names_of(column: Option<String>) -> Vec<String> {
 #[derive(Clone)]
 pub struct SqliteStore {
     db: Arc<Db>,
+    /// New jobs, stored by the committer thread in group commits.
+    submissions: std::sync::mpsc::Sender<Submission>,
 }
+
+/// A job to store, and where its id (or why it was not stored) goes.
+type Submission = (
+    NewJob,
+    tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+);
+
+/// The most jobs stored in one commit.
+const MAX_GROUP: usize = 256;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and brings its schema up to
     /// date.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let db = blocking(move || Db::open(&path)).await?;
-        Ok(SqliteStore { db: Arc::new(db) })
+        let db = Arc::new(blocking(move || Db::open(&path)).await?);
+        let submissions = spawn_committer(db.clone())?;
+        Ok(SqliteStore { db, submissions })
     }
 
     /// Runs `f` on the blocking pool, so the caller's async thread keeps going.
@@ -137,6 +153,31 @@ impl SqliteStore {
         let db = self.db.clone();
         blocking(move || f(&db)).await
     }
+}
+
+/// Group commit: the submissions that arrive while a commit is under way are stored
+/// together in the next one. A commit waits for the disk (the WAL is synced, so an
+/// answered submission survives a power cut); sharing that wait among every job that
+/// came meanwhile is what lets many clients submit at once. The thread ends when the
+/// last clone of the store is dropped.
+fn spawn_committer(db: Arc<Db>) -> Result<std::sync::mpsc::Sender<Submission>, StoreError> {
+    let (sender, receiver) = std::sync::mpsc::channel::<Submission>();
+    std::thread::Builder::new()
+        .name("store-commit".into())
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                db.submit_group(group);
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the committer: {e}")))?;
+    Ok(sender)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -155,7 +196,15 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, job: NewJob) -> Result<u64, StoreError> {
-        self.call(move |db| db.submit(&job)).await
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.submissions
+            .send((job, answer))
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the committer stopped before answering".into(),
+            ))
+        })
     }
 
     async fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
@@ -301,10 +350,20 @@ impl From<Fail> for StoreError {
     }
 }
 
-/// The connection and the synchronous calls the async ones run on the blocking pool.
+/// The connections and the synchronous calls the async ones run on the blocking pool.
 struct Db {
+    /// Every write, and reads inside a write's transaction.
     conn: Mutex<Connection>,
+    /// Reads alone: WAL lets them go on while a write waits for the disk, so a token
+    /// check or a scheduling pass's look at the queue never queues behind a commit or
+    /// behind each other.
+    readers: Vec<Mutex<Connection>>,
+    /// Which reader a read waits for when every reader is busy.
+    next_reader: std::sync::atomic::AtomicUsize,
 }
+
+/// Read-only connections beside the writer.
+const READERS: usize = 4;
 
 impl Db {
     fn open(path: &Path) -> Result<Db, Fail> {
@@ -317,10 +376,41 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         migrate(&mut conn)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                reader.busy_timeout(BUSY_TIMEOUT)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<_, Fail>>()?;
         tracing::debug!(path = %path.display(), "store opened");
         Ok(Db {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// A reader connection: a free one, or else the next in turn.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            match reader.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let turn = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.readers.len();
+        self.readers[turn]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A panic while holding the lock cannot leave a half-done change behind (an
@@ -341,48 +431,95 @@ impl Db {
         Ok(value)
     }
 
-    fn submit(&self, job: &NewJob) -> Result<u64, Fail> {
-        if job.priority > 100 {
-            return Err(StoreError::Invalid(Invalid::Priority(job.priority)).into());
-        }
-        let state = JobState::Submitted;
-        let id: u64 = self.write(|tx| {
-            let id: u64 = tx.query_row(
-                "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
-                     members, health_check_of, resubmitted_from, auto_retries, device_types,
-                     submitter)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
-                params![
-                    job.name,
-                    job.definition,
-                    job.priority,
-                    now(),
-                    state.name(),
-                    serde_json::to_string(&state)?,
-                    serde_json::to_string(&job.members)?,
-                    job.health_check_of,
-                    job.resubmitted_from,
-                    job.auto_retries,
-                    name_list(&job.device_types),
-                    job.submitter
-                ],
-                |row| row.get(0),
-            )?;
-            if let Some(from) = job.resubmitted_from {
-                let linked = tx.execute(
-                    "UPDATE jobs SET resubmitted_as = ?2 WHERE id = ?1",
-                    params![from, id],
-                )?;
-                if linked == 0 {
-                    return Err(StoreError::NotFound(Missing::Job(from)).into());
+    /// Stores `group` in one transaction, each job in a savepoint of its own (a job
+    /// that cannot be stored is refused alone), and answers each.
+    fn submit_group(&self, group: Vec<Submission>) {
+        let mut conn = self.lock();
+        let stored = (|| -> Result<Vec<Result<u64, Fail>>, Fail> {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut ids = Vec::with_capacity(group.len());
+            for (job, _) in &group {
+                let savepoint = tx.savepoint()?;
+                match insert_job(&savepoint, job) {
+                    Ok(id) => {
+                        savepoint.commit()?;
+                        ids.push(Ok(id));
+                    }
+                    // Dropped: rolled back.
+                    Err(fail) => ids.push(Err(fail)),
                 }
             }
-            Ok(id)
-        })?;
-        tracing::info!(job = id, name = ?job.name, priority = job.priority, "job submitted");
-        Ok(id)
+            tx.commit()?;
+            Ok(ids)
+        })();
+        drop(conn);
+        match stored {
+            Ok(ids) => {
+                for ((job, answer), id) in group.into_iter().zip(ids) {
+                    if let Ok(id) = id {
+                        tracing::info!(job = id, name = ?job.name, priority = job.priority, "job submitted");
+                    }
+                    // A submitter that left (its client hung up) needs no answer.
+                    let _ = answer.send(id.map_err(StoreError::from));
+                }
+            }
+            Err(fail) => {
+                let err = StoreError::from(fail);
+                for (_, answer) in group {
+                    let _ = answer.send(Err(match &err {
+                        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                        other => StoreError::Backend(other.to_string()),
+                    }));
+                }
+            }
+        }
     }
+}
 
+/// Stores one new job in the transaction `tx`: its id.
+fn insert_job(tx: &Connection, job: &NewJob) -> Result<u64, Fail> {
+    if job.priority > 100 {
+        return Err(StoreError::Invalid(Invalid::Priority(job.priority)).into());
+    }
+    let state = JobState::Submitted;
+    // Run for every submission: the statement is kept prepared.
+    let id: u64 = tx
+        .prepare_cached(
+            "INSERT INTO jobs (name, definition, priority, submitted_at, state, state_json,
+                 members, health_check_of, resubmitted_from, auto_retries, device_types,
+                 submitter)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+        )?
+        .query_row(
+            params![
+                job.name,
+                job.definition,
+                job.priority,
+                now(),
+                state.name(),
+                serde_json::to_string(&state)?,
+                serde_json::to_string(&job.members)?,
+                job.health_check_of,
+                job.resubmitted_from,
+                job.auto_retries,
+                name_list(&job.device_types),
+                job.submitter
+            ],
+            |row| row.get(0),
+        )?;
+    if let Some(from) = job.resubmitted_from {
+        let linked = tx.execute(
+            "UPDATE jobs SET resubmitted_as = ?2 WHERE id = ?1",
+            params![from, id],
+        )?;
+        if linked == 0 {
+            return Err(StoreError::NotFound(Missing::Job(from)).into());
+        }
+    }
+    Ok(id)
+}
+
+impl Db {
     fn job(&self, id: u64) -> Result<Option<JobRecord>, Fail> {
         if !storable(id) {
             return Ok(None);
@@ -391,7 +528,7 @@ impl Db {
             "SELECT {SUMMARY_COLUMNS}, definition, results, members, auto_retries FROM jobs
              WHERE id = ?1"
         );
-        Ok(self.lock().query_row(&sql, [id], job_from_row).optional()?)
+        Ok(self.read().query_row(&sql, [id], job_from_row).optional()?)
     }
 
     fn job_state(&self, id: u64) -> Result<Option<JobState>, Fail> {
@@ -399,7 +536,7 @@ impl Db {
             return Ok(None);
         }
         Ok(self
-            .lock()
+            .read()
             .query_row("SELECT state_json FROM jobs WHERE id = ?1", [id], |row| {
                 json_column(row, 0)
             })
@@ -454,7 +591,7 @@ impl Db {
              AND (?3 IS NULL OR instr(device_types, ?3) > 0)
              AND (?4 IS NULL OR name LIKE ?4 ESCAPE '\\' OR id = ?5)";
         let params = params![filter.state, filter.health, device_type, text, id];
-        let conn = self.lock();
+        let conn = self.read();
         let total: u64 = conn.query_row(
             &format!("SELECT count(*) FROM jobs WHERE {conditions}"),
             params,
@@ -485,7 +622,7 @@ impl Db {
     }
 
     fn job_counts(&self) -> Result<JobCounts, Fail> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut counts = JobCounts::default();
         let mut stmt = conn.prepare("SELECT state, health, count(*) FROM jobs GROUP BY 1, 2")?;
         let rows = stmt.query_map([], |row| {
@@ -506,8 +643,8 @@ impl Db {
     }
 
     fn queue(&self) -> Result<Vec<Queued>, Fail> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
             "SELECT id, priority, submitted_at, health_check_of FROM jobs
              WHERE state = 'submitted' ORDER BY id",
         )?;
@@ -699,7 +836,7 @@ impl Db {
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, Fail> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn.prepare(&format!("{DEVICE_COLUMNS} ORDER BY hostname"))?;
         let rows = stmt.query_map([], device_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -731,7 +868,7 @@ impl Db {
     }
 
     fn health_history(&self, hostname: &str) -> Result<Vec<HealthEvent>, Fail> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn.prepare(
             "SELECT at, health, job_id, reason FROM device_health
              WHERE hostname = ?1 ORDER BY id DESC LIMIT ?2",
@@ -771,13 +908,13 @@ impl Db {
     }
 
     fn token_scope(&self, token: &str) -> Result<Option<(String, TokenScope)>, Fail> {
+        // Asked on every request: the statement is kept prepared.
         let found = self
-            .lock()
-            .query_row(
-                "SELECT name, read_only FROM tokens WHERE sha256 = ?1",
-                [sha256_hex(token)],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
-            )
+            .read()
+            .prepare_cached("SELECT name, read_only FROM tokens WHERE sha256 = ?1")?
+            .query_row([sha256_hex(token)], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?))
+            })
             .optional()?;
         Ok(found.map(|(name, read_only)| {
             let scope = if read_only {
@@ -1093,6 +1230,81 @@ mod tests {
             .await
             .unwrap()
             .map(|(name, _)| name)
+    }
+
+    #[tokio::test]
+    async fn counting_jobs_and_reading_the_queue_read_no_definition() {
+        let (_dir, path, _store) = temp_store(&["kvm-01"]).await;
+        let raw = Connection::open(&path).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = raw.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        // The statements of `job_counts` and `queue`: served by an index alone.
+        let counts = plan("SELECT state, health, count(*) FROM jobs GROUP BY 1, 2");
+        assert!(
+            counts.contains("COVERING INDEX jobs_state_health"),
+            "{counts}"
+        );
+        let queue = plan(
+            "SELECT id, priority, submitted_at, health_check_of FROM jobs
+             WHERE state = 'submitted' ORDER BY id",
+        );
+        assert!(queue.contains("COVERING INDEX jobs_queue"), "{queue}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submissions_at_once_are_each_stored_and_a_bad_one_is_refused_alone() {
+        let (_dir, path, store) = temp_store(&["kvm-01"]).await;
+        let submitted: Vec<_> = (0..200u64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut job = new_job(Some(&format!("job {i}")), "{}", 50);
+                    if i == 100 {
+                        // Resubmitted from a job that does not exist: refused.
+                        job.resubmitted_from = Some(999_999);
+                    }
+                    (i, store.submit(job).await)
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in submitted {
+            let (i, answer) = task.await.unwrap();
+            match answer {
+                Ok(id) => {
+                    assert_ne!(i, 100);
+                    assert_eq!(
+                        summary(&*store, id).await.name.as_deref(),
+                        Some(&*format!("job {i}"))
+                    );
+                    ids.push(id);
+                }
+                Err(err) => {
+                    assert_eq!(i, 100, "{err}");
+                    assert!(
+                        matches!(err, StoreError::NotFound(Missing::Job(999_999))),
+                        "{err}"
+                    );
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            199,
+            "every other job stored once, each with its own id"
+        );
+        // What was answered is on disk: another connection reads it.
+        drop(store);
+        let raw = Connection::open(&path).unwrap();
+        let count: u64 = raw
+            .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 199);
     }
 
     #[tokio::test]

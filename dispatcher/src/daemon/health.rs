@@ -100,7 +100,9 @@ pub async fn queue_due_checks(
     shared: &std::sync::Arc<Shared>,
 ) -> Result<Option<SystemTime>, StoreError> {
     let devices = shared.store.devices().await?;
-    let queued = shared.store.queue().await?;
+    // The queue is read only when an idle device has a check (a long queue is read
+    // once per pass, by the pass, otherwise).
+    let mut queued: Option<Vec<store::Queued>> = None;
     let now = now_secs();
     let mut next: Option<i64> = None;
     let state = shared.lab();
@@ -118,10 +120,17 @@ pub async fn queue_due_checks(
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
+        if record.state != DeviceState::Idle {
+            continue;
+        }
+        let queued = match &mut queued {
+            Some(queued) => queued,
+            None => queued.insert(shared.store.queue().await?),
+        };
         let pending = queued
             .iter()
             .any(|q| q.health_check_of.as_deref() == Some(record.hostname.as_str()));
-        if record.state != DeviceState::Idle || pending {
+        if pending {
             continue;
         }
         let Some(why) = due(&record, check, now) else {
@@ -156,7 +165,7 @@ pub async fn queue_due_checks(
                         submitter: None,
                     })
                     .await?;
-                shared.remember_validated(id, job);
+                shared.remember_validated(id, job, Some(&hostname));
                 tracing::info!(device = %hostname, job = id, %why, "health check queued");
             }
             Err(report) => {

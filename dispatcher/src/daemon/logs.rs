@@ -1,27 +1,29 @@
 //! A job's log over HTTP (`GET /api/v1/jobs/ID/log`): its complete lines from a line
 //! number on, read from the file in bounded chunks.
 //!
-//! A follower (`?follow=1`) keeps its place in the file and reads only what was added
-//! since, when the log says it grew ([`runner::joblog::JobLog::subscribe`]) or a job
-//! ended; a slow fallback tick (reading from the same place) covers a log written by
-//! another process and a job that has not started. So each reader costs one chunk of
-//! memory and nothing while the log is quiet, however long the log is.
+//! A follower (`?follow=1`) of a job running here takes the log's feed of writes
+//! ([`runner::joblog::JobLog::feed`]) before it reads the file, reads the file to its
+//! end, and from then on is handed each write as the writer makes it: a thousand
+//! followers share the writer's bytes, and none reads the file again unless it fell
+//! behind the feed (the file is the catch-up source). A job not running here (queued,
+//! or its log written by another process) is looked at on a slow tick instead. So
+//! each follower costs one chunk of memory, and nothing while the log is quiet.
 //!
 //! While the job is queued, a follower also gets a `queued: ...` line whenever the
 //! scheduler's reason for the wait changes (told by the pass that changed it). These
 //! lines are not in the file: `from` counts the file's lines only.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{broadcast, watch};
 
 use super::service::Dispatcher;
-use runner::joblog::{Level, LogLine};
+use runner::joblog::{Growth, Level, LogLine};
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -30,8 +32,14 @@ const CHUNK: usize = 64 * 1024;
 /// long unless the file is damaged), so a reader never holds more than this.
 const MAX_LINE: usize = 1024 * 1024;
 
-/// How often a follower looks at the log without being told it grew.
+/// How often a follower without a feed looks at the log and the job.
 const FALLBACK: Duration = Duration::from_secs(1);
+
+/// Lines fed within this long of a first one go out with it, in one write: a follower
+/// of a chatty log costs a write per batch, not per line (each write is a trip through
+/// hyper, the runtime and TCP, a thousand times over with a thousand followers), and a
+/// person watching cannot tell.
+const BATCH: Duration = Duration::from_millis(100);
 
 /// The lines of job `id`'s log at `path` from line `from` (0-based), as NDJSON; with
 /// `follow`, until the job ends.
@@ -47,29 +55,32 @@ pub async fn lines(
     from: usize,
     follow: bool,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let ends = service.job_ends();
     let mut reader = Reader {
-        cursor: Cursor {
-            path,
-            file: None,
-            skip: from,
-            partial: Vec::new(),
-            overlong: false,
-        },
+        cursor: Cursor::new(path, from),
         service,
         id,
         follow,
         finished_seen: false,
-        size: None,
+        feed: None,
+        read_file: true,
         writer_gone: false,
+        ends,
+        check_end: true,
         waiting: None,
         said_waiting: None,
     };
+    // Taken before the file is read: nothing written meanwhile is missed.
+    reader.take_feed();
     let mut failed = false;
     let first = loop {
         match reader.cursor.next_lines().await {
             Ok(Some(out)) if out.is_empty() => continue,
-            Ok(Some(out)) => break Some(Ok(Bytes::from(out))),
-            Ok(None) => break None,
+            Ok(Some(out)) => break Some(Ok(out)),
+            Ok(None) => {
+                reader.read_file = false;
+                break None;
+            }
             Err(err) => {
                 tracing::warn!(job = id, %err, "cannot read the job log");
                 failed = true;
@@ -88,9 +99,16 @@ struct Reader {
     follow: bool,
     /// The job was seen finished: one more read to the end of the file, then stop.
     finished_seen: bool,
-    size: Option<watch::Receiver<u64>>,
+    /// The writes to the log as they happen, while the job runs here.
+    feed: Option<broadcast::Receiver<Growth>>,
+    /// The file may hold lines not sent yet: read it to its end before waiting.
+    read_file: bool,
     /// The log's writer is gone (the job's run ended): only the job's end is awaited.
     writer_gone: bool,
+    /// Changes when a job ends.
+    ends: watch::Receiver<u64>,
+    /// Whether this job may have ended since it was last looked at.
+    check_end: bool,
     /// Changes when a queued job's reason to wait does; taken when first needed.
     waiting: Option<watch::Receiver<u64>>,
     /// The reason last sent.
@@ -100,13 +118,15 @@ struct Reader {
 impl Reader {
     async fn next(mut self) -> Option<(std::io::Result<Bytes>, Self)> {
         loop {
-            match self.cursor.next_lines().await {
-                Ok(Some(out)) if !out.is_empty() => return Some((Ok(Bytes::from(out)), self)),
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(job = self.id, %err, "cannot read the job log");
-                    return None;
+            if self.read_file {
+                match self.cursor.next_lines().await {
+                    Ok(Some(out)) if !out.is_empty() => return Some((Ok(out), self)),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => self.read_file = false,
+                    Err(err) => {
+                        tracing::warn!(job = self.id, %err, "cannot read the job log");
+                        return None;
+                    }
                 }
             }
             // At the end of the file.
@@ -116,21 +136,23 @@ impl Reader {
             if let Some(line) = self.waiting_line() {
                 return Some((Ok(line), self));
             }
-            let ended = self.service.job_ended().notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            // Finished first, then read to the end once more: a line written just
-            // before the end is not lost.
-            if self.job_finished().await {
-                self.finished_seen = true;
+            if self.feed.is_none() && !self.writer_gone && self.take_feed() {
+                // The job started here: what it wrote before the feed was taken is
+                // in the file.
+                self.read_file = true;
                 continue;
             }
-            if self.size.is_none() && !self.writer_gone {
-                self.size = self.service.log_size(self.id);
+            if std::mem::take(&mut self.check_end) && self.job_finished().await {
+                // Finished first, then read to the end once more: a line written just
+                // before the end is not lost.
+                self.finished_seen = true;
+                self.read_file = true;
+                continue;
             }
-            let grew = async {
-                match self.size.as_mut() {
-                    Some(size) => size.changed().await.is_ok(),
+            let fed_here = self.feed.is_some();
+            let fed = async {
+                match self.feed.as_mut() {
+                    Some(feed) => feed.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -144,16 +166,108 @@ impl Reader {
                     None => std::future::pending().await,
                 }
             };
+            // Without a feed nothing says the log grew: the file is looked at now
+            // and then.
+            let tick = async {
+                if fed_here {
+                    std::future::pending().await
+                } else {
+                    tokio::time::sleep(FALLBACK).await
+                }
+            };
+            let ended = async {
+                if self.ends.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                still_writing = grew => if !still_writing {
-                    self.size = None;
-                    self.writer_gone = true;
+                growth = fed => match growth {
+                    Ok(Growth::Lines { at, text }) => match self.cursor.fed(at, &text) {
+                        Some(out) if !out.is_empty() => {
+                            let out = self.gather(out).await;
+                            return Some((Ok(out), self));
+                        }
+                        Some(_) => {}
+                        // Bytes before these were not handed over: in the file.
+                        None => self.read_file = true,
+                    },
+                    Ok(Growth::Copied { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.read_file = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.writer_left(),
                 },
-                () = &mut ended => {}
+                () = ended => self.check_end = true,
                 () = waiting => {}
-                () = tokio::time::sleep(FALLBACK) => {}
+                () = tick => {
+                    self.read_file = true;
+                    self.check_end = true;
+                }
             }
         }
+    }
+
+    /// `first`, and the lines fed within [`BATCH`] after it (up to a chunk's size).
+    /// The follower sleeps through the batch and then takes what came, rather than
+    /// being woken for each line: with a thousand followers, every wake counts.
+    async fn gather(&mut self, first: Bytes) -> Bytes {
+        if self.feed.is_none() {
+            return first;
+        }
+        tokio::time::sleep(BATCH).await;
+        let mut size = first.len();
+        let mut parts = vec![first];
+        let mut closed = false;
+        while let Some(feed) = self.feed.as_mut() {
+            if size >= CHUNK {
+                break;
+            }
+            match feed.try_recv() {
+                Ok(Growth::Lines { at, text }) => match self.cursor.fed(at, &text) {
+                    Some(out) => {
+                        size += out.len();
+                        parts.push(out);
+                    }
+                    None => {
+                        self.read_file = true;
+                        break;
+                    }
+                },
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Ok(Growth::Copied { .. }) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.read_file = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            self.writer_left();
+        }
+        match parts.as_slice() {
+            [one] => one.clone(),
+            _ => Bytes::from(parts.concat()),
+        }
+    }
+
+    /// The log's writer is gone: what it wrote last is in the file, and the job's end
+    /// is near.
+    fn writer_left(&mut self) {
+        self.feed = None;
+        self.writer_gone = true;
+        self.read_file = true;
+        self.check_end = true;
+    }
+
+    /// Takes the feed of the job's log, if it runs here now and one is to be followed.
+    fn take_feed(&mut self) -> bool {
+        if !self.follow {
+            return false;
+        }
+        self.feed = self.service.job_log(self.id).map(|log| log.feed().1);
+        self.feed.is_some()
     }
 
     /// A `queued: REASON` line when the job's reason to wait changed since the last.
@@ -183,6 +297,10 @@ impl Reader {
 struct Cursor {
     path: PathBuf,
     file: Option<tokio::fs::File>,
+    /// Bytes of the file taken so far, from the file or from the feed.
+    taken: u64,
+    /// The file's read position is not `taken` (bytes came from the feed).
+    moved: bool,
     /// Lines still to skip (the request's `from`).
     skip: usize,
     /// The start of a line whose end has not been read yet.
@@ -192,24 +310,72 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(path: PathBuf, skip: usize) -> Self {
+        Self {
+            path,
+            file: None,
+            taken: 0,
+            moved: false,
+            skip,
+            partial: Vec::new(),
+            overlong: false,
+        }
+    }
+
     /// The complete lines of the next chunk of the file (possibly none), or `None` at
     /// its end (or while it does not exist).
-    async fn next_lines(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    async fn next_lines(&mut self) -> std::io::Result<Option<Bytes>> {
         let file = match &mut self.file {
             Some(file) => file,
             None => match tokio::fs::File::open(&self.path).await {
-                Ok(file) => self.file.insert(file),
+                Ok(file) => {
+                    self.moved = self.taken > 0;
+                    self.file.insert(file)
+                }
                 Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(err) => return Err(err),
             },
         };
+        if self.moved {
+            file.seek(SeekFrom::Start(self.taken)).await?;
+            self.moved = false;
+        }
         let mut chunk = vec![0; CHUNK];
         let read = file.read(&mut chunk).await?;
         if read == 0 {
             return Ok(None);
         }
+        Ok(Some(Bytes::from(self.take(&chunk[..read], false))))
+    }
+
+    /// Lines the writer wrote at byte `at` of the file: those not taken yet, or `None`
+    /// when bytes before `at` were not taken (they are read from the file).
+    fn fed(&mut self, at: u64, text: &Bytes) -> Option<Bytes> {
+        let end = at + text.len() as u64;
+        if end <= self.taken {
+            return Some(Bytes::new());
+        }
+        let from = usize::try_from(self.taken.checked_sub(at)?).ok()?;
+        self.moved = true;
+        if from == 0
+            && self.skip == 0
+            && self.partial.is_empty()
+            && !self.overlong
+            && text.len() <= MAX_LINE
+        {
+            // The usual case: one whole line, handed on as the writer's own bytes.
+            self.taken = end;
+            return Some(text.clone());
+        }
+        Some(Bytes::from(self.take(&text[from..], true)))
+    }
+
+    /// The complete lines `bytes` (the next bytes of the file) finish; `trusted` when
+    /// they come from the writer, whose lines need no check.
+    fn take(&mut self, bytes: &[u8], trusted: bool) -> Vec<u8> {
+        self.taken += bytes.len() as u64;
         let mut out = Vec::new();
-        for piece in chunk[..read].split_inclusive(|b| *b == b'\n') {
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
             let Some(end) = piece.strip_suffix(b"\n") else {
                 // A line continued in the next chunk.
                 if self.overlong || self.partial.len() + piece.len() > MAX_LINE {
@@ -231,7 +397,7 @@ impl Cursor {
             } else if !self.overlong
                 && whole.len() <= MAX_LINE
                 // A line cut short by a crash of the writer is not sent.
-                && serde_json::from_slice::<LogLine>(whole).is_ok()
+                && (trusted || serde_json::from_slice::<LogLine>(whole).is_ok())
             {
                 out.extend_from_slice(whole);
                 out.push(b'\n');
@@ -239,7 +405,7 @@ impl Cursor {
             self.partial.clear();
             self.overlong = false;
         }
-        Ok(Some(out))
+        out
     }
 }
 
@@ -260,13 +426,7 @@ mod tests {
     async fn a_cursor_reads_only_what_was_added_and_whole_lines_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.log");
-        let mut cursor = Cursor {
-            path: path.clone(),
-            file: None,
-            skip: 1,
-            partial: Vec::new(),
-            overlong: false,
-        };
+        let mut cursor = Cursor::new(path.clone(), 1);
         assert_eq!(all(&mut cursor).await, "", "no file yet");
         let log = JobLog::open(&path, 1 << 20).unwrap();
         for i in 0..3000 {
@@ -288,5 +448,47 @@ mod tests {
         let text = all(&mut cursor).await;
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains("\"whole\""));
+    }
+
+    #[tokio::test]
+    async fn a_cursor_takes_the_writers_lines_where_the_file_left_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        let log = JobLog::open(&path, 1 << 20).unwrap();
+        log.line(Level::Info, None, "first");
+        let (size, _feed) = log.feed();
+        // Half of the next line is in the file when the follower reads it.
+        let second = serde_json::to_vec(&LogLine::now(Level::Info, None, "second")).unwrap();
+        use std::io::Write;
+        let mut raw = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        raw.write_all(&second[..10]).unwrap();
+        let mut cursor = Cursor::new(path.clone(), 0);
+        let text = all(&mut cursor).await;
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(cursor.taken, size + 10);
+        // The writer's bytes from where the file left off; what was read is not sent
+        // twice, and a whole line is handed on as it was written.
+        let written = |at: u64, text: &[u8]| {
+            let mut line = text.to_vec();
+            line.push(b'\n');
+            (at, Bytes::from(line))
+        };
+        let (at, whole) = written(size, &second);
+        assert_eq!(cursor.fed(at, &whole).unwrap(), &whole[..]);
+        let (at, again) = written(size, &second);
+        assert!(cursor.fed(at, &again).unwrap().is_empty(), "already taken");
+        let next_at = size + whole.len() as u64;
+        let (_, third) = written(next_at, b"{}");
+        let fast = cursor.fed(next_at, &third).unwrap();
+        assert_eq!(fast.as_ptr(), third.as_ptr(), "the writer's own bytes");
+        // A write past what was taken: the gap is read from the file.
+        assert!(cursor.fed(next_at + 100, &third).is_none());
+        // A line the request skips is not sent from the feed either.
+        let mut skipping = Cursor::new(path.clone(), 5);
+        skipping.taken = next_at;
+        assert!(skipping.fed(next_at, &third).unwrap().is_empty());
     }
 }

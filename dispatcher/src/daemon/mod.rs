@@ -101,19 +101,22 @@ pub struct Shared {
     pub coordination: Coordination,
     /// Wakes the scheduler.
     pub wake: Notify,
-    /// Signalled whenever a job ends (finished or canceled): wakes log followers.
-    pub job_ended: Notify,
+    /// Counts the jobs that ended (finished or canceled): log followers wait on it, and
+    /// a counter, unlike a notification, cannot be missed between two looks.
+    job_ends: watch::Sender<u64>,
     /// Cancel switches of the jobs running now.
     running: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// Queued jobs as validated, by id: the lab does not change while the daemon runs,
     /// so a queued job is validated once, not on every scheduling pass (which would
     /// make a long queue cost its length on every submission).
-    validated: Mutex<HashMap<u64, job_schemas::Job>>,
-    /// The size of each running job's log, changed as it grows: what followers of the
-    /// log wait on.
-    log_sizes: Mutex<HashMap<u64, watch::Receiver<u64>>>,
+    validated: Mutex<HashMap<u64, Arc<QueuedJob>>>,
+    /// One copy of each set of needs the queued jobs have: jobs that need the same
+    /// devices share it, and the scheduler works out their reason to wait once.
+    needs: Mutex<HashMap<Vec<scheduler::Need>, Arc<[scheduler::Need]>>>,
+    /// Each running job's log: followers take its feed of writes.
+    logs: Mutex<HashMap<u64, JobLog>>,
     /// Why each queued job waits, as the last scheduling pass saw it.
-    waiting: Mutex<HashMap<u64, String>>,
+    waiting: Mutex<HashMap<u64, Arc<str>>>,
     /// Counts the passes that changed a reason in `waiting`: what followers of a queued
     /// job's log wait on.
     waiting_changed: watch::Sender<u64>,
@@ -172,19 +175,63 @@ impl Shared {
         Ok(reloaded)
     }
 
-    /// Remembers a queued job as validated at submission.
-    pub fn remember_validated(&self, id: u64, job: job_schemas::Job) {
-        self.validated.lock().insert(id, job);
+    /// Remembers a queued job as validated at submission; `checks`: the device it is
+    /// the health check of.
+    pub fn remember_validated(&self, id: u64, job: job_schemas::Job, checks: Option<&str>) {
+        let queued_job = self.queued_job(job, checks);
+        self.validated.lock().insert(id, Arc::new(queued_job));
     }
 
-    /// The growth signal of job `id`'s log while the job runs here.
-    pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
-        self.log_sizes.lock().get(&id).cloned()
+    /// Forgets queued job `id` (it was canceled before it ran).
+    pub fn forget_validated(&self, id: u64) {
+        self.validated.lock().remove(&id);
+    }
+
+    /// `job` ready for the scheduler; `checks`: the device it is the health check of,
+    /// the only one it may run on.
+    fn queued_job(&self, job: Job, checks: Option<&str>) -> QueuedJob {
+        let mut needs = scheduler::needs(&job);
+        if let (Some(device), [need]) = (checks, needs.as_mut_slice()) {
+            need.hostname = Some(device.to_string());
+        }
+        let mut known = self.needs.lock();
+        if known.len() >= 1024 {
+            // Sets no queued job has any more go.
+            known.retain(|_, shared| Arc::strong_count(shared) > 1);
+        }
+        let needs = known
+            .entry(needs)
+            .or_insert_with_key(|needs| needs.as_slice().into())
+            .clone();
+        QueuedJob {
+            job,
+            needs,
+            checks: checks.map(str::to_string),
+        }
+    }
+
+    /// Job `id`'s log while the job runs here.
+    pub fn job_log(&self, id: u64) -> Option<JobLog> {
+        self.logs.lock().get(&id).cloned()
+    }
+
+    /// Changes whenever a job ends.
+    pub fn job_ends(&self) -> watch::Receiver<u64> {
+        self.job_ends.subscribe()
+    }
+
+    /// Tells the followers of every log that a job ended.
+    pub fn job_ended(&self) {
+        self.job_ends
+            .send_modify(|ends| *ends = ends.wrapping_add(1));
     }
 
     /// Why queued job `id` waits, as the last scheduling pass saw it.
     pub fn waiting_for(&self, id: u64) -> Option<String> {
-        self.waiting.lock().get(&id).cloned()
+        self.waiting
+            .lock()
+            .get(&id)
+            .map(|reason| reason.to_string())
     }
 
     /// Changes whenever a queued job's reason to wait does.
@@ -193,8 +240,8 @@ impl Shared {
     }
 
     /// The reasons of a pass replace the last pass's; followers are told of a change.
-    fn set_waiting(&self, reasons: Vec<(u64, String)>) {
-        let reasons: HashMap<u64, String> = reasons.into_iter().collect();
+    fn set_waiting(&self, reasons: Vec<(u64, Arc<str>)>) {
+        let reasons: HashMap<u64, Arc<str>> = reasons.into_iter().collect();
         let mut waiting = self.waiting.lock();
         if *waiting == reasons {
             return;
@@ -214,6 +261,16 @@ impl Shared {
         let switch = self.running.lock().get(&job_id).cloned();
         switch.is_some_and(|switch| switch.send(true).is_ok())
     }
+}
+
+/// A queued job as validated, with the devices it needs: a pass over a long queue
+/// neither validates its jobs again nor works out their needs again.
+#[derive(Clone)]
+pub struct QueuedJob {
+    job: Job,
+    needs: Arc<[scheduler::Need]>,
+    /// The device it is the health check of.
+    checks: Option<String>,
 }
 
 /// A started daemon.
@@ -317,10 +374,11 @@ impl Daemon {
             store,
             coordination,
             wake: Notify::new(),
-            job_ended: Notify::new(),
+            job_ends: watch::Sender::new(0),
             running: Mutex::default(),
             validated: Mutex::default(),
-            log_sizes: Mutex::default(),
+            needs: Mutex::default(),
+            logs: Mutex::default(),
             waiting: Mutex::default(),
             waiting_changed: watch::channel(0).0,
             metrics: metrics::LabMetrics::new(embedded_coordinator),
@@ -509,6 +567,7 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
         }
         // A task of its own, so a panic in a pass is logged and the next pass runs.
         let pass = shared.clone();
+        let began = tokio::time::Instant::now();
         let next_check = match tokio::spawn(async move { schedule_once(&pass).await }).await {
             Ok(Ok(next_check)) => next_check,
             Ok(Err(err)) => {
@@ -520,6 +579,17 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
                 None
             }
         };
+        let took = began.elapsed();
+        tracing::debug!(took_ms = took.as_secs_f64() * 1e3, "scheduling pass");
+        // A pass costs time in proportion to the queue. Under a stream of submissions
+        // each would wake the next pass at once, and passes back to back would take a
+        // core from the API; so the next starts no sooner than this one took (the
+        // scheduler keeps at most half a core busy), taking every wake that came
+        // meanwhile at once. With a short queue that is a millisecond or less.
+        tokio::select! {
+            () = tokio::time::sleep(took) => {}
+            _ = stopped.changed() => return,
+        }
         // Woken by a change; or when a device's periodic health check falls due,
         // which no event announces.
         let due = async {
@@ -564,25 +634,30 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
     let _no_reload = shared.reloading.lock().await;
     let next_check = health::queue_due_checks(shared).await?;
     let queued = shared.store.queue().await?;
-    let mut known = std::mem::take(&mut *shared.validated.lock());
-    let mut jobs = HashMap::new();
-    let mut requests = Vec::new();
-    for record in queued {
-        let validated = match known.remove(&record.id) {
-            Some(job) => Ok(job),
-            // Queued before this daemon started: read and validated once.
-            None => match shared.store.job(record.id).await? {
-                Some(stored) => {
-                    let state = shared.lab();
-                    tokio::task::spawn_blocking(move || {
-                        validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
-                            .map(|v| v.job)
-                    })
-                    .await?
-                }
-                None => continue,
-            },
+    // Jobs validated at submission are looked up in place (cheap clones of shared
+    // parts); those queued before this daemon started are validated once, here.
+    let now = now_secs();
+    let mut requests = Vec::with_capacity(queued.len());
+    let mut unknown = Vec::new();
+    {
+        let known = shared.validated.lock();
+        for record in queued {
+            match known.get(&record.id) {
+                Some(queued_job) => requests.push(request_of(&record, queued_job, now)),
+                None => unknown.push(record),
+            }
+        }
+    }
+    for record in unknown {
+        let Some(stored) = shared.store.job(record.id).await? else {
+            continue;
         };
+        let state = shared.lab();
+        let validated = tokio::task::spawn_blocking(move || {
+            validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
+                .map(|v| v.job)
+        })
+        .await?;
         let job = match validated {
             Ok(job) => job,
             Err(report) => {
@@ -596,27 +671,17 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
                 continue;
             }
         };
-        let mut needs = scheduler::needs(&job);
-        if let (Some(device), [need]) = (&record.health_check_of, needs.as_mut_slice()) {
-            // A health check runs on the device it checks, and nowhere else.
-            need.hostname = Some(device.clone());
-        }
-        requests.push(Request {
-            job_id: record.id,
-            priority: record.priority,
-            waited: Duration::from_secs(
-                u64::try_from(now_secs() - record.submitted_at).unwrap_or(0),
-            ),
-            needs,
-            health_check: record.health_check_of.is_some(),
-        });
-        jobs.insert(record.id, (job, record.health_check_of));
+        let queued_job = shared.queued_job(job, record.health_check_of.as_deref());
+        requests.push(request_of(&record, &queued_job, now));
+        shared
+            .validated
+            .lock()
+            .insert(record.id, Arc::new(queued_job));
     }
     if requests.is_empty() {
         shared.set_waiting(Vec::new());
         return Ok(next_check);
     }
-    let waited: HashMap<u64, Duration> = requests.iter().map(|r| (r.job_id, r.waited)).collect();
     let lab_now = shared.lab();
     let devices: Vec<_> = shared
         .store
@@ -642,15 +707,25 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
             view
         })
         .collect();
-    let plan = tokio::task::spawn_blocking(move || {
-        scheduler::plan_explained(&requests, &devices, scheduler::Policy::default())
+    let (plan, waited) = tokio::task::spawn_blocking(move || {
+        let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+        let assigned: HashMap<u64, ()> = plan.assignments.iter().map(|a| (a.job_id, ())).collect();
+        let waited: HashMap<u64, Duration> = requests
+            .iter()
+            .filter(|r| assigned.contains_key(&r.job_id))
+            .map(|r| (r.job_id, r.waited))
+            .collect();
+        (plan, waited)
     })
     .await?;
     shared.set_waiting(plan.waiting);
     for assignment in plan.assignments {
-        let Some((job, health_check_of)) = jobs.remove(&assignment.job_id) else {
+        // The reload lock held by this pass keeps every planned job in the map.
+        let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
             continue;
         };
+        let QueuedJob { job, checks, .. } = Arc::unwrap_or_clone(queued_job);
+        let health_check_of = checks;
         shared
             .store
             .reserve(assignment.job_id, &assignment.devices)
@@ -674,12 +749,18 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
             cancel,
         ));
     }
-    // Still queued: remembered for the next pass.
-    shared
-        .validated
-        .lock()
-        .extend(jobs.into_iter().map(|(id, (job, _))| (id, job)));
     Ok(next_check)
+}
+
+/// What the scheduler needs of queued job `record`, `now` (seconds since the epoch).
+fn request_of(record: &store::Queued, queued_job: &QueuedJob, now: i64) -> Request {
+    Request {
+        job_id: record.id,
+        priority: record.priority,
+        waited: Duration::from_secs(u64::try_from(now - record.submitted_at).unwrap_or(0)),
+        needs: queued_job.needs.clone(),
+        health_check: record.health_check_of.is_some(),
+    }
 }
 
 /// A job given its devices, about to run.
@@ -779,8 +860,8 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
     }
     shared.running.lock().remove(&job_id);
-    shared.log_sizes.lock().remove(&job_id);
-    shared.job_ended.notify_waiters();
+    shared.logs.lock().remove(&job_id);
+    shared.job_ended();
     shared.wake.notify_one();
     drop(cancel);
 }
@@ -803,7 +884,7 @@ async fn run_job_inner(
         .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;
     let log = JobLog::open(&job_dir.join("job.log"), shared.config.max_log_bytes)
         .map_err(|e| infra(format!("cannot open the job log: {e}")))?;
-    shared.log_sizes.lock().insert(job_id, log.subscribe());
+    shared.logs.lock().insert(job_id, log.clone());
     log.line(
         Level::Info,
         None,

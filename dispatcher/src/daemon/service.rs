@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::{DaemonConfig, Shared};
 use job_schemas::{Diagnostic, Report};
@@ -353,7 +353,7 @@ impl Dispatcher {
                 submitter,
             })
             .await?;
-        self.shared.remember_validated(id, job);
+        self.shared.remember_validated(id, job, None);
         self.shared.wake.notify_one();
         Ok(Submitted {
             id,
@@ -500,8 +500,10 @@ impl Dispatcher {
             self.shared.cancel_running(id);
         }
         if state.is_finished() {
-            // A queued job ends here, not in a job task: its followers are told now.
-            self.shared.job_ended.notify_waiters();
+            // A queued job ends here, not in a job task: its followers are told now,
+            // and the scheduler's copy of it goes.
+            self.shared.forget_validated(id);
+            self.shared.job_ended();
         }
         self.shared.wake.notify_one();
         Ok(Canceled { id, state })
@@ -518,14 +520,14 @@ impl Dispatcher {
         Ok(self.shared.config.job_dir(id).join("job.log"))
     }
 
-    /// The growth signal of job `id`'s log while the job runs here.
-    pub fn log_size(&self, id: u64) -> Option<watch::Receiver<u64>> {
-        self.shared.log_size(id)
+    /// Job `id`'s log while the job runs here: followers take its feed of writes.
+    pub fn job_log(&self, id: u64) -> Option<runner::joblog::JobLog> {
+        self.shared.job_log(id)
     }
 
-    /// Signalled whenever a job ends.
-    pub fn job_ended(&self) -> &Notify {
-        &self.shared.job_ended
+    /// Changes whenever a job ends.
+    pub fn job_ends(&self) -> watch::Receiver<u64> {
+        self.shared.job_ends()
     }
 
     /// Node `node`'s console log of job `id`, as far as it got now.
