@@ -779,20 +779,14 @@ fn check_deploy_target(
     let param_at = |key: &str| format!("{at}/parameters/{key}");
     for key in ["login_prompt", "password_prompt", "test_image_prompt"] {
         if let Some(pattern) = params.get(key).and_then(Value::as_str)
-            && let Err(err) = regex_syntax::Parser::new().parse(pattern)
+            && let Err(err) = prompt_compiles(pattern)
         {
             out.push(
                 Diagnostic::error(
                     param_at(key),
                     format!("{key} is not a valid regular expression"),
                 )
-                .found(
-                    err.to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
+                .found(err.lines().last().unwrap_or_default().to_string()),
             );
         }
     }
@@ -1201,14 +1195,14 @@ fn check_vms(job: &Value, ctx: &ValidationContext, out: &mut Vec<Diagnostic>) {
             );
         }
         if let Some(prompt) = vm.get("shell_prompt").and_then(Value::as_str)
-            && let Err(err) = regex_syntax::Parser::new().parse(prompt)
+            && let Err(err) = prompt_compiles(prompt)
         {
             out.push(
                 Diagnostic::error(
                     format!("{at}/shell_prompt"),
                     "shell_prompt is not a valid regular expression",
                 )
-                .found(first_line(&err.to_string())),
+                .found(first_line(&err)),
             );
         }
     }
@@ -1236,4 +1230,58 @@ fn first_line(text: &str) -> String {
         .unwrap_or(text)
         .trim()
         .to_string()
+}
+
+/// Whether `pattern` compiles as the runner will compile it (`regex`, within its size
+/// limit), and the error when it does not. Remembered per short pattern: a lab's jobs
+/// use a few prompts over and over, and compiling one builds its automata (a tenth of
+/// the daemon's time under a stream of submissions when done for every job).
+fn prompt_compiles(pattern: &str) -> Result<(), String> {
+    type Seen = std::sync::Mutex<std::collections::HashMap<String, Result<(), String>>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    /// Longer patterns are compiled each time (no job's prompt is long; a hostile
+    /// job's must not fill the memory).
+    const REMEMBERED_LEN: usize = 256;
+    const REMEMBERED: usize = 1024;
+    let seen = SEEN.get_or_init(Seen::default);
+    let lock = || {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(known) = lock().get(pattern) {
+        return known.clone();
+    }
+    let compiled = regex::Regex::new(pattern)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    if pattern.len() <= REMEMBERED_LEN {
+        let mut seen = lock();
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(pattern.to_string(), compiled.clone());
+    }
+    compiled
+}
+
+#[cfg(test)]
+mod prompt_tests {
+    use super::prompt_compiles;
+
+    #[test]
+    fn a_prompt_is_refused_as_the_runner_would_refuse_it_and_each_answer_is_kept() {
+        assert_eq!(prompt_compiles("root@debian:~# "), Ok(()));
+        assert_eq!(prompt_compiles("root@debian:~# "), Ok(()), "remembered");
+        let unclosed = prompt_compiles("(unclosed").unwrap_err();
+        assert!(unclosed.contains("unclosed group"), "{unclosed}");
+        assert_eq!(
+            prompt_compiles("(unclosed"),
+            Err(unclosed),
+            "remembered too"
+        );
+        // Well formed, but past the size limit the runner compiles with: refused at
+        // validation, not halfway through a job.
+        let huge = prompt_compiles("a{100000000}").unwrap_err();
+        assert!(huge.contains("size limit"), "{huge}");
+    }
 }

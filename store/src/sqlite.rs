@@ -173,7 +173,14 @@ fn spawn_committer(db: Arc<Db>) -> Result<std::sync::mpsc::Sender<Submission>, S
                         Err(_) => break,
                     }
                 }
-                db.submit_group(group);
+                // A panic answers the group's submitters (their answers are dropped:
+                // "the committer stopped") and the next group is stored as usual.
+                let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    db.submit_group(group)
+                }));
+                if stored.is_err() {
+                    tracing::error!("storing a group of new jobs panicked; they were not stored");
+                }
             }
         })
         .map_err(|e| StoreError::Unavailable(format!("cannot start the committer: {e}")))?;
@@ -445,8 +452,13 @@ impl Db {
                         savepoint.commit()?;
                         ids.push(Ok(id));
                     }
-                    // Dropped: rolled back.
-                    Err(fail) => ids.push(Err(fail)),
+                    // This job's own fault (a value out of range, a job it names that
+                    // does not exist): the savepoint, dropped, rolls it back alone.
+                    Err(fail @ Fail::Store(_)) => ids.push(Err(fail)),
+                    // The database's (disk full, I/O): SQLite may have rolled back the
+                    // whole transaction already, so nothing of the group is kept and
+                    // every submitter is told.
+                    Err(fail) => return Err(fail),
                 }
             }
             tx.commit()?;
@@ -591,7 +603,9 @@ impl Db {
              AND (?3 IS NULL OR instr(device_types, ?3) > 0)
              AND (?4 IS NULL OR name LIKE ?4 ESCAPE '\\' OR id = ?5)";
         let params = params![filter.state, filter.health, device_type, text, id];
-        let conn = self.read();
+        let mut conn = self.read();
+        // One snapshot for the total and the page, so they agree.
+        let conn = conn.transaction()?;
         let total: u64 = conn.query_row(
             &format!("SELECT count(*) FROM jobs WHERE {conditions}"),
             params,

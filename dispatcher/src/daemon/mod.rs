@@ -560,6 +560,9 @@ async fn quit_local_vms(job_dir: &std::path::Path) {
     }
 }
 
+/// The longest a scheduling pass waits after the last one (see `schedule_forever`).
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
 async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     loop {
         if *stopped.borrow() {
@@ -583,11 +586,12 @@ async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool
         tracing::debug!(took_ms = took.as_secs_f64() * 1e3, "scheduling pass");
         // A pass costs time in proportion to the queue. Under a stream of submissions
         // each would wake the next pass at once, and passes back to back would take a
-        // core from the API; so the next starts no sooner than this one took (the
-        // scheduler keeps at most half a core busy), taking every wake that came
+        // core from the API; so the next starts no sooner than this one took (at most
+        // MAX_PAUSE: a pass that waited long, as the first after a restart validating
+        // the whole queue, does not hold back the next), taking every wake that came
         // meanwhile at once. With a short queue that is a millisecond or less.
         tokio::select! {
-            () = tokio::time::sleep(took) => {}
+            () = tokio::time::sleep(took.min(MAX_PAUSE)) => {}
             _ = stopped.changed() => return,
         }
         // Woken by a change; or when a device's periodic health check falls due,
@@ -640,12 +644,22 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
     let mut requests = Vec::with_capacity(queued.len());
     let mut unknown = Vec::new();
     {
-        let known = shared.validated.lock();
+        let mut known = shared.validated.lock();
+        let newest = queued.last().map_or(0, |r| r.id);
         for record in queued {
             match known.get(&record.id) {
                 Some(queued_job) => requests.push(request_of(&record, queued_job, now)),
                 None => unknown.push(record),
             }
+        }
+        if known.len() > requests.len() {
+            // A job that left the queue without this daemon's scheduler (a cancel, or a
+            // start by a pass that validated it before its submission remembered it)
+            // is forgotten. Ids only grow: one newer than the queue read is a job
+            // submitted since, kept.
+            let queued: std::collections::HashSet<u64> =
+                requests.iter().map(|r| r.job_id).collect();
+            known.retain(|id, _| *id > newest || queued.contains(id));
         }
     }
     for record in unknown {
@@ -720,7 +734,8 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
     .await?;
     shared.set_waiting(plan.waiting);
     for assignment in plan.assignments {
-        // The reload lock held by this pass keeps every planned job in the map.
+        // Every planned job is in the map (reloads wait for the pass), unless it was
+        // canceled meanwhile: then it is not started.
         let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
             continue;
         };
@@ -860,7 +875,9 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         Err(err) => tracing::error!(job = job_id, %err, "cannot record the job's end"),
     }
     shared.running.lock().remove(&job_id);
-    shared.logs.lock().remove(&job_id);
+    // Dropped after the lock is let go: the last handle of a log appends its kept tail.
+    let log = shared.logs.lock().remove(&job_id);
+    drop(log);
     shared.job_ended();
     shared.wake.notify_one();
     drop(cancel);
