@@ -1,5 +1,6 @@
-//! The SQLite backend of [`Store`]: one database file in WAL mode, one connection
-//! behind a mutex, and every call run on tokio's blocking pool.
+//! The SQLite backend of [`Store`]: one database file in WAL mode; a connection for
+//! writes and a few read-only ones beside it; new jobs stored by a thread of their own
+//! in group commits, every other call run on tokio's blocking pool.
 //!
 //! Job and device states are stored as the JSON their serde derives produce, so they
 //! round-trip exactly; the plain `state`/`health` columns beside them exist for queries
