@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::lab::Lab;
@@ -23,19 +22,7 @@ fn paced_job() -> String {
     let step = format!(
         "i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo \"{MARK}$i\"; sleep 0.0{PACE_MS}; done"
     );
-    json!({
-        "job_name": "a log followed by many",
-        "device_type": "ssh-host",
-        "timeout": 600,
-        "actions": [{
-            "command": "lava_test_shell",
-            "parameters": {"testdef_repos": [{"inline": {
-                "metadata": {"name": "paced", "format": "Lava-Test Test Definition 1.0"},
-                "run": {"steps": [step]}
-            }}]}
-        }]
-    })
-    .to_string()
+    system_tests::shell_job("a log followed by many", "ssh-host", &[&step]).to_string()
 }
 
 /// What one run with some followers measured.
@@ -98,7 +85,7 @@ async fn measure(lab: &Lab, followers: usize) -> Result<Measured, String> {
     // Held in the queue until every follower is connected: the device is put in
     // maintenance, the job submitted, the followers attached, the device let go.
     let device = "ssh-host-01";
-    lab.set_health(device, "maintenance")?;
+    lab.api.set_health(device, "maintenance")?;
     let id = lab.api.submit(&paced_job())?;
     let url = format!("{}/api/v1/jobs/{id}/log?follow=1", lab.api.url());
     let connected = Arc::new(Barrier::new(followers + 2));
@@ -121,7 +108,7 @@ async fn measure(lab: &Lab, followers: usize) -> Result<Measured, String> {
         Some(pid),
     ));
     connected.wait().await;
-    lab.set_health(device, "good")?;
+    lab.api.set_health(device, "good")?;
     let clocked = clock.await.map_err(|e| e.to_string())??;
     let mut complete = 0;
     for task in tasks {

@@ -56,16 +56,6 @@ impl Lab {
         self.daemon.pid()
     }
 
-    /// Sets `device`'s health through the API (an admin's act).
-    pub fn set_health(&self, device: &str, health: &str) -> Result<(), String> {
-        let body = serde_json::json!({"health": health, "reason": "benchmark"}).to_string();
-        let path = format!("/api/v1/devices/{device}/health");
-        match self.api.request("PUT", &path, body.as_bytes())? {
-            (200, _) => Ok(()),
-            (status, answer) => Err(format!("PUT {path}: HTTP {status}: {answer}")),
-        }
-    }
-
     /// The daemon's resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
         self.daemon.try_status_kb("VmRSS").unwrap_or(0)

@@ -50,6 +50,22 @@ pub const SEED_JOB: &str = "seed-vm-group.json";
 /// Where the steps of the seed job's host test shell are (a JSON pointer).
 pub const SEED_HOST_STEPS: &str = "/actions/2/parameters/testdef_repos/0/inline/run/steps";
 
+/// A single-device job on `device_type` whose one inline test shell runs `steps`.
+pub fn shell_job(name: &str, device_type: &str, steps: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "job_name": name,
+        "device_type": device_type,
+        "timeout": 300,
+        "actions": [{
+            "command": "lava_test_shell",
+            "parameters": {"testdef_repos": [{"inline": {
+                "metadata": {"name": "health", "format": "Lava-Test Test Definition 1.0"},
+                "run": {"steps": steps}
+            }}]}
+        }]
+    })
+}
+
 /// The job `name` of `tests/jobs/e2e/` with this machine's test images filled in
 /// (`@GUEST_KERNEL@`, `@GUEST_INITRD@`, `@GUEST_DISK@`) and its host a device of
 /// `host_type` (`@HOST_TYPE@`, in the jobs that have one).

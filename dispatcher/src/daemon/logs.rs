@@ -181,21 +181,18 @@ impl Reader {
                 }
             };
             tokio::select! {
-                growth = fed => match growth {
-                    Ok(Growth::Lines { at, text }) => match self.cursor.fed(at, &text) {
-                        Some(out) if !out.is_empty() => {
-                            let out = self.gather(out).await;
-                            return Some((Ok(out), self));
-                        }
-                        Some(_) => {}
-                        // Bytes before these were not handed over: in the file.
-                        None => self.read_file = true,
-                    },
-                    Ok(Growth::Copied { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.read_file = true;
+                said = fed => {
+                    let said = said.map_err(|e| match e {
+                        broadcast::error::RecvError::Lagged(_) => FeedEnd::Lagged,
+                        broadcast::error::RecvError::Closed => FeedEnd::Closed,
+                    });
+                    if let Some(out) = self.take_fed(said)
+                        && !out.is_empty()
+                    {
+                        let out = self.gather(out).await;
+                        return Some((Ok(out), self));
                     }
-                    Err(broadcast::error::RecvError::Closed) => self.writer_left(),
-                },
+                }
                 () = ended => self.check_end = true,
                 () = waiting => {}
                 () = tick => {
@@ -216,39 +213,43 @@ impl Reader {
         tokio::time::sleep(BATCH).await;
         let mut size = first.len();
         let mut parts = vec![first];
-        let mut closed = false;
-        while let Some(feed) = self.feed.as_mut() {
-            if size >= CHUNK {
+        while size < CHUNK {
+            let said = match self.feed.as_mut().map(broadcast::Receiver::try_recv) {
+                None | Some(Err(broadcast::error::TryRecvError::Empty)) => break,
+                Some(Ok(growth)) => Ok(growth),
+                Some(Err(broadcast::error::TryRecvError::Lagged(_))) => Err(FeedEnd::Lagged),
+                Some(Err(broadcast::error::TryRecvError::Closed)) => Err(FeedEnd::Closed),
+            };
+            let Some(out) = self.take_fed(said) else {
                 break;
-            }
-            match feed.try_recv() {
-                Ok(Growth::Lines { at, text }) => match self.cursor.fed(at, &text) {
-                    Some(out) => {
-                        size += out.len();
-                        parts.push(out);
-                    }
-                    None => {
-                        self.read_file = true;
-                        break;
-                    }
-                },
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Ok(Growth::Copied { .. }) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.read_file = true;
-                    break;
-                }
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        if closed {
-            self.writer_left();
+            };
+            size += out.len();
+            parts.push(out);
         }
         match parts.as_slice() {
             [one] => one.clone(),
             _ => Bytes::from(parts.concat()),
+        }
+    }
+
+    /// What the feed said, taken: the lines to send (possibly none), or `None` when the
+    /// follower turns to the file (bytes before these were not handed over, the kept
+    /// tail was copied in, it fell behind) or the writer left.
+    fn take_fed(&mut self, said: Result<Growth, FeedEnd>) -> Option<Bytes> {
+        match said {
+            Ok(Growth::Lines { at, text }) => {
+                let out = self.cursor.fed(at, &text);
+                self.read_file |= out.is_none();
+                out
+            }
+            Ok(Growth::Copied { .. }) | Err(FeedEnd::Lagged) => {
+                self.read_file = true;
+                None
+            }
+            Err(FeedEnd::Closed) => {
+                self.writer_left();
+                None
+            }
         }
     }
 
@@ -291,6 +292,14 @@ impl Reader {
         // A job that is gone, or a database that fails, ends the follow.
         state.ok().flatten().is_none_or(|s| s.is_finished())
     }
+}
+
+/// Why a feed said no more lines.
+enum FeedEnd {
+    /// The follower fell behind: what it missed is in the file.
+    Lagged,
+    /// The writer is gone.
+    Closed,
 }
 
 /// A place in a log file and the line being read there.

@@ -27,7 +27,7 @@ pub mod notify;
 pub mod service;
 mod sessions;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -657,8 +657,7 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
             // start by a pass that validated it before its submission remembered it)
             // is forgotten. Ids only grow: one newer than the queue read is a job
             // submitted since, kept.
-            let queued: std::collections::HashSet<u64> =
-                requests.iter().map(|r| r.job_id).collect();
+            let queued: HashSet<u64> = requests.iter().map(|r| r.job_id).collect();
             known.retain(|id, _| *id > newest || queued.contains(id));
         }
     }
@@ -723,10 +722,10 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
         .collect();
     let (plan, waited) = tokio::task::spawn_blocking(move || {
         let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
-        let assigned: HashMap<u64, ()> = plan.assignments.iter().map(|a| (a.job_id, ())).collect();
+        let assigned: HashSet<u64> = plan.assignments.iter().map(|a| a.job_id).collect();
         let waited: HashMap<u64, Duration> = requests
             .iter()
-            .filter(|r| assigned.contains_key(&r.job_id))
+            .filter(|r| assigned.contains(&r.job_id))
             .map(|r| (r.job_id, r.waited))
             .collect();
         (plan, waited)
@@ -739,8 +738,11 @@ async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassE
         let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
             continue;
         };
-        let QueuedJob { job, checks, .. } = Arc::unwrap_or_clone(queued_job);
-        let health_check_of = checks;
+        let QueuedJob {
+            job,
+            checks: health_check_of,
+            ..
+        } = Arc::unwrap_or_clone(queued_job);
         shared
             .store
             .reserve(assignment.job_id, &assignment.devices)

@@ -6,25 +6,11 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use system_tests::{ApiClient, Browser, SshLab, device_types_dir, kvm_devices, test_images};
+use system_tests::{
+    ApiClient, Browser, SshLab, device_types_dir, kvm_devices, shell_job, test_images,
+};
 
 use crate::CLIENT_TESTING;
-
-/// A single-device job on `device_type` whose one test shell runs `steps`.
-pub(crate) fn shell_job(name: &str, device_type: &str, steps: &[&str]) -> Value {
-    json!({
-        "job_name": name,
-        "device_type": device_type,
-        "timeout": 300,
-        "actions": [{
-            "command": "lava_test_shell",
-            "parameters": {"testdef_repos": [{"inline": {
-                "metadata": {"name": "health", "format": "Lava-Test Test Definition 1.0"},
-                "run": {"steps": steps}
-            }}]}
-        }]
-    })
-}
 
 /// The shipped device types, plus, for each `(name, steps)`, an ssh-host type `name`
 /// whose health check runs `steps` (the job file beside the type's file).

@@ -194,14 +194,9 @@ fn notify_addresses_are_mailed_through_the_labs_relay() {
     // A job that ends incomplete mails both lists, a message each (in the addresses'
     // order); its messages are the next the relay gets (so the complete job's was its
     // only one: bob got none).
-    let mut broken: Value = serde_json::from_str(&quick_job(
-        "broken",
-        json!({"notify": ["alice@example.org"], "notify_on_incomplete": ["bob@example.org"]}),
-    ))
-    .unwrap();
-    broken["actions"] = json!([{"command": "lava_test_shell", "parameters": {"testdef_repos": [
-        {"inline": {"metadata": {"name": "broken", "format": "Lava-Test Test Definition 1.0"},
-                    "run": {"steps": ["lava-test-raise broken"]}}}]}}]);
+    let mut broken = system_tests::shell_job("broken", "ssh-host", &["lava-test-raise broken"]);
+    broken["notify"] = json!(["alice@example.org"]);
+    broken["notify_on_incomplete"] = json!(["bob@example.org"]);
     let incomplete = api.submit(&broken.to_string()).unwrap();
     api.follow_log(incomplete).unwrap();
     assert_eq!(api.job_state(incomplete).unwrap()["health"], "incomplete");

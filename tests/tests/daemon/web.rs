@@ -8,7 +8,7 @@ use system_tests::{ApiClient, Browser, SshLab};
 
 /// A single-device job on the lab's ssh-host whose one test shell runs `steps`.
 fn shell_job(name: &str, steps: &[&str]) -> String {
-    crate::health::shell_job(name, "ssh-host", steps).to_string()
+    system_tests::shell_job(name, "ssh-host", steps).to_string()
 }
 
 /// Submits `job` and follows it to its end; its id and its view.
