@@ -207,6 +207,19 @@ pub fn plan_explained(queue: &[Request], devices: &[DeviceView], policy: Policy)
     }
 }
 
+/// Whether a device is left, after `assignments`, that a job other than a health check
+/// could take. When none is, a job submitted later can only wait, whatever it needs,
+/// until something frees a device: and why it waits depends only on the devices.
+pub fn any_left_for_jobs(devices: &[DeviceView], assignments: &[Assignment]) -> bool {
+    let given: BTreeSet<&str> = assignments
+        .iter()
+        .flat_map(|a| a.devices.iter().map(String::as_str))
+        .collect();
+    devices.iter().any(|d| {
+        schedulable(d.state, d.health) && !d.awaiting_check && !given.contains(d.hostname.as_str())
+    })
+}
+
 /// Whether `device` could serve `request` now, were nobody else asking.
 fn usable_by(request: &Request, device: &DeviceView) -> bool {
     schedulable(device.state, device.health) && (request.health_check || !device.awaiting_check)
@@ -669,6 +682,45 @@ mod tests {
         assert_eq!(
             shortfall(&[by_name("panda01", None)], &devices).as_deref(),
             Some("the job needs 1 device(s) of any device type named \"panda01\"; the lab has 0")
+        );
+    }
+
+    #[test]
+    fn when_no_device_is_left_a_later_job_waits_for_the_same_reason_alone_or_in_the_queue() {
+        let mut devices = [
+            device("kvm-01", "kvm", &[]),
+            device("kvm-02", "kvm", &[]),
+            device("panda-01", "panda", &[]),
+            device("panda-02", "panda", &[]),
+        ];
+        devices[0].state = DeviceState::Running(7);
+        devices[1].awaiting_check = true;
+        devices[3].health = DeviceHealth::Maintenance;
+        // Job 2 has starved: it holds every kvm it could use.
+        let queue = [
+            request(1, 50, 40, vec![need("panda", &[])]),
+            request(2, 50, 60, vec![need("kvm", &[])]),
+        ];
+        let first = plan_explained(&queue, &devices, Policy::default());
+        assert_eq!(first.assignments.len(), 1);
+        assert!(!any_left_for_jobs(&devices, &first.assignments));
+        // Had panda-01 been left free, a later job could have taken it.
+        assert!(any_left_for_jobs(&devices, &[]));
+        // The next pass sees panda-01 reserved; jobs 3 and 4 are new.
+        devices[2].state = DeviceState::Reserved(1);
+        let new = [
+            request(3, 90, 0, vec![need("kvm", &[])]),
+            request(4, 10, 0, vec![need("panda", &[])]),
+        ];
+        let alone = plan_explained(&new, &devices, Policy::default());
+        let mut whole = vec![queue[1].clone()];
+        whole.extend(new.iter().cloned());
+        let in_queue = plan_explained(&whole, &devices, Policy::default());
+        assert!(alone.assignments.is_empty() && in_queue.assignments.is_empty());
+        assert_eq!(alone.waiting.as_slice(), &in_queue.waiting[1..]);
+        assert_eq!(
+            &*alone.waiting[0].1,
+            "waiting for a free kvm: kvm-01 runs job 7, kvm-02 awaits its health check"
         );
     }
 }

@@ -12,6 +12,10 @@
 //! submitted: queued jobs stay queued, and jobs that were running end `incomplete`
 //! ("dispatcher restarted"), their devices back in the pool.
 //!
+//! `schedule.rs` is that loop: a pass reads the whole queue, except when only jobs
+//! were submitted since a pass that left no device free (then those jobs can only
+//! wait, and their reasons are worked out alone).
+//!
 //! `service.rs` is what clients can ask of the daemon (typed requests and answers);
 //! `api.rs` is the HTTP API over it. The store is an `Arc<dyn store::Store>` (SQLite
 //! by default), whose calls keep their blocking work off the async threads.
@@ -24,10 +28,11 @@ mod logs;
 mod mail;
 mod metrics;
 pub mod notify;
+mod schedule;
 pub mod service;
 mod sessions;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,15 +41,15 @@ use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use job_schemas::Job;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::DaemonConfig;
 use lab::Lab;
 use runner::joblog::{JobLog, Level};
-use runner::validation::{self, JobPolicy};
+use runner::validation::JobPolicy;
 use runner::{self, Coordination, RunSettings};
-use scheduler::{self, Request};
+
 use states::{ErrorClass, Outcome};
 use store::{SqliteStore, Store, StoreError};
 
@@ -99,8 +104,8 @@ pub struct Shared {
     reloading: tokio::sync::Mutex<()>,
     pub store: Arc<dyn Store>,
     pub coordination: Coordination,
-    /// Wakes the scheduler.
-    pub wake: Notify,
+    /// Wakes the scheduler, saying whether only submissions happened since its last pass.
+    pub wake: schedule::Wake,
     /// Counts the jobs that ended (finished or canceled): log followers wait on it, and
     /// a counter, unlike a notification, cannot be missed between two looks.
     job_ends: watch::Sender<u64>,
@@ -171,7 +176,7 @@ impl Shared {
             errors = reloaded.errors,
             "lab files reloaded"
         );
-        self.wake.notify_one();
+        self.wake.changed();
         Ok(reloaded)
     }
 
@@ -252,6 +257,20 @@ impl Shared {
             }
         }
         *waiting = reasons;
+        drop(waiting);
+        self.waiting_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Reasons of jobs new to the queue, added to the last pass's.
+    fn add_waiting(&self, reasons: Vec<(u64, Arc<str>)>) {
+        if reasons.is_empty() {
+            return;
+        }
+        let mut waiting = self.waiting.lock();
+        for (job, reason) in reasons {
+            tracing::debug!(job, %reason, "job waits");
+            waiting.insert(job, reason);
+        }
         drop(waiting);
         self.waiting_changed.send_modify(|n| *n += 1);
     }
@@ -373,7 +392,7 @@ impl Daemon {
             reloading: tokio::sync::Mutex::new(()),
             store,
             coordination,
-            wake: Notify::new(),
+            wake: schedule::Wake::default(),
             job_ends: watch::Sender::new(0),
             running: Mutex::default(),
             validated: Mutex::default(),
@@ -394,7 +413,7 @@ impl Daemon {
             max_connections / 2,
         );
         let server = tokio::spawn(http::serve(listener, router, limits, stopped.clone()));
-        let scheduler = tokio::spawn(schedule_forever(shared.clone(), stopped));
+        let scheduler = tokio::spawn(schedule::schedule_forever(shared.clone(), stopped));
         tracing::info!(%addr, "dispatcher daemon listening");
         Ok(Daemon {
             addr,
@@ -560,224 +579,11 @@ async fn quit_local_vms(job_dir: &std::path::Path) {
     }
 }
 
-/// The longest a scheduling pass waits after the last one (see `schedule_forever`).
-const MAX_PAUSE: Duration = Duration::from_millis(100);
-
-async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    loop {
-        if *stopped.borrow() {
-            return;
-        }
-        // A task of its own, so a panic in a pass is logged and the next pass runs.
-        let pass = shared.clone();
-        let began = tokio::time::Instant::now();
-        let next_check = match tokio::spawn(async move { schedule_once(&pass).await }).await {
-            Ok(Ok(next_check)) => next_check,
-            Ok(Err(err)) => {
-                tracing::error!(%err, "scheduling failed");
-                None
-            }
-            Err(err) => {
-                tracing::error!(%err, "the scheduling pass panicked");
-                None
-            }
-        };
-        let took = began.elapsed();
-        tracing::debug!(took_ms = took.as_secs_f64() * 1e3, "scheduling pass");
-        // A pass costs time in proportion to the queue. Under a stream of submissions
-        // each would wake the next pass at once, and passes back to back would take a
-        // core from the API; so the next starts no sooner than this one took (at most
-        // MAX_PAUSE: a pass that waited long, as the first after a restart validating
-        // the whole queue, does not hold back the next), taking every wake that came
-        // meanwhile at once. With a short queue that is a millisecond or less.
-        tokio::select! {
-            () = tokio::time::sleep(took.min(MAX_PAUSE)) => {}
-            _ = stopped.changed() => return,
-        }
-        // Woken by a change; or when a device's periodic health check falls due,
-        // which no event announces.
-        let due = async {
-            match next_check {
-                Some(at) => {
-                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(wait).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = shared.wake.notified() => {}
-            () = due => {}
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Why a scheduling pass stopped short.
-#[derive(Debug, thiserror::Error)]
-enum PassError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Validation or planning on the blocking pool died (a panic).
-    #[error("validation or planning panicked: {0}")]
-    Panicked(#[from] tokio::task::JoinError),
-}
-
-/// One scheduling pass: the health checks that are due are queued, then every job that
-/// can get all its devices now starts. Store calls are async; validating a job queued
-/// before a restart and planning cost CPU, so they run on the blocking pool. Returns
-/// when the next periodic health check falls due, if one will.
-async fn schedule_once(shared: &Arc<Shared>) -> Result<Option<SystemTime>, PassError> {
-    let _no_reload = shared.reloading.lock().await;
-    let next_check = health::queue_due_checks(shared).await?;
-    let queued = shared.store.queue().await?;
-    // Jobs validated at submission are looked up in place (cheap clones of shared
-    // parts); those queued before this daemon started are validated once, here.
-    let now = now_secs();
-    let mut requests = Vec::with_capacity(queued.len());
-    let mut unknown = Vec::new();
-    {
-        let mut known = shared.validated.lock();
-        let newest = queued.last().map_or(0, |r| r.id);
-        for record in queued {
-            match known.get(&record.id) {
-                Some(queued_job) => requests.push(request_of(&record, queued_job, now)),
-                None => unknown.push(record),
-            }
-        }
-        if known.len() > requests.len() {
-            // A job that left the queue without this daemon's scheduler (a cancel, or a
-            // start by a pass that validated it before its submission remembered it)
-            // is forgotten. Ids only grow: one newer than the queue read is a job
-            // submitted since, kept.
-            let queued: HashSet<u64> = requests.iter().map(|r| r.job_id).collect();
-            known.retain(|id, _| *id > newest || queued.contains(id));
-        }
-    }
-    for record in unknown {
-        let Some(stored) = shared.store.job(record.id).await? else {
-            continue;
-        };
-        let state = shared.lab();
-        let validated = tokio::task::spawn_blocking(move || {
-            validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
-                .map(|v| v.job)
-        })
-        .await?;
-        let job = match validated {
-            Ok(job) => job,
-            Err(report) => {
-                // The lab changed under a queued job: it can never run as written.
-                let message = format!(
-                    "the job no longer fits the lab:\n{}",
-                    report.render(&format!("job {}", record.id))
-                );
-                shared.store.cancel(record.id).await?;
-                tracing::warn!(job = record.id, %message, "queued job dropped");
-                continue;
-            }
-        };
-        let queued_job = shared.queued_job(job, record.health_check_of.as_deref());
-        requests.push(request_of(&record, &queued_job, now));
-        shared
-            .validated
-            .lock()
-            .insert(record.id, Arc::new(queued_job));
-    }
-    if requests.is_empty() {
-        shared.set_waiting(Vec::new());
-        return Ok(next_check);
-    }
-    let lab_now = shared.lab();
-    let devices: Vec<_> = shared
-        .store
-        .devices()
-        .await?
-        .into_iter()
-        .map(|d| {
-            let tags = lab_now
-                .lab
-                .devices
-                .get(&d.hostname)
-                .map(|device| device.tags.iter().cloned().collect())
-                .unwrap_or_default();
-            let checked = health::check_of(&lab_now.lab, &d.hostname).is_some();
-            let refused = lab_now.lab.refused_devices.contains_key(&d.hostname);
-            let mut view = d.into_view(tags, checked);
-            if refused {
-                // Retired by the sync, but only until its file is fixed: a job waiting
-                // for it is told it is offline.
-                view.state = states::DeviceState::Offline;
-                view.health = states::DeviceHealth::Unknown;
-            }
-            view
-        })
-        .collect();
-    let (plan, waited) = tokio::task::spawn_blocking(move || {
-        let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
-        let assigned: HashSet<u64> = plan.assignments.iter().map(|a| a.job_id).collect();
-        let waited: HashMap<u64, Duration> = requests
-            .iter()
-            .filter(|r| assigned.contains(&r.job_id))
-            .map(|r| (r.job_id, r.waited))
-            .collect();
-        (plan, waited)
-    })
-    .await?;
-    shared.set_waiting(plan.waiting);
-    for assignment in plan.assignments {
-        // Every planned job is in the map (reloads wait for the pass), unless it was
-        // canceled meanwhile: then it is not started.
-        let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
-            continue;
-        };
-        let QueuedJob {
-            job,
-            checks: health_check_of,
-            ..
-        } = Arc::unwrap_or_clone(queued_job);
-        shared
-            .store
-            .reserve(assignment.job_id, &assignment.devices)
-            .await?;
-        let device_types = service::device_types_of(&job, &lab_now.lab);
-        shared.metrics.job_started(
-            &device_types,
-            waited.get(&assignment.job_id).copied().unwrap_or_default(),
-        );
-        let (switch, cancel) = watch::channel(false);
-        shared.running.lock().insert(assignment.job_id, switch);
-        tokio::spawn(run_job(
-            shared.clone(),
-            Started {
-                id: assignment.job_id,
-                job,
-                devices: assignment.devices,
-                device_types,
-                health_check_of,
-            },
-            cancel,
-        ));
-    }
-    Ok(next_check)
-}
-
-/// What the scheduler needs of queued job `record`, `now` (seconds since the epoch).
-fn request_of(record: &store::Queued, queued_job: &QueuedJob, now: i64) -> Request {
-    Request {
-        job_id: record.id,
-        priority: record.priority,
-        waited: Duration::from_secs(u64::try_from(now - record.submitted_at).unwrap_or(0)),
-        needs: queued_job.needs.clone(),
-        health_check: record.health_check_of.is_some(),
-    }
 }
 
 /// A job given its devices, about to run.
@@ -881,7 +687,7 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     let log = shared.logs.lock().remove(&job_id);
     drop(log);
     shared.job_ended();
-    shared.wake.notify_one();
+    shared.wake.changed();
     drop(cancel);
 }
 

@@ -354,7 +354,7 @@ impl Dispatcher {
             })
             .await?;
         self.shared.remember_validated(id, job, None);
-        self.shared.wake.notify_one();
+        self.shared.wake.submitted(id);
         Ok(Submitted {
             id,
             nodes,
@@ -505,7 +505,7 @@ impl Dispatcher {
             self.shared.forget_validated(id);
             self.shared.job_ended();
         }
-        self.shared.wake.notify_one();
+        self.shared.wake.changed();
         Ok(Canceled { id, state })
     }
 
@@ -625,7 +625,7 @@ impl Dispatcher {
             .set_device_health(&hostname, health, &reason)
             .await?;
         tracing::info!(device = %hostname, ?health, %reason, "device health set by an admin");
-        self.shared.wake.notify_one();
+        self.shared.wake.changed();
         Ok(HealthSet {
             hostname,
             health,

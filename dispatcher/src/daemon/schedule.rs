@@ -1,0 +1,399 @@
+//! The scheduling loop: when something changes, a pass asks [`scheduler::plan`] which
+//! queued jobs get which devices, reserves them and starts the jobs; and [`Wake`], which
+//! tells the loop whether only submissions happened since its last pass.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use scheduler::Request;
+use store::StoreError;
+use tokio::sync::{Notify, watch};
+
+use super::{LabState, QueuedJob, Shared, Started, health, now_secs, run_job, service};
+use runner::validation;
+
+/// Wakes the scheduler and keeps what it was woken for.
+#[derive(Debug)]
+pub struct Wake {
+    notify: Notify,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Something other than a submission happened: a job ended or was canceled, a
+    /// device's health was set, the lab was reloaded, a health check fell due.
+    changed: bool,
+    /// Jobs submitted since the last pass.
+    submitted: Vec<u64>,
+}
+
+/// What a pass has to look at.
+#[derive(Debug)]
+pub enum Work {
+    Everything,
+    /// Only these jobs were submitted.
+    Submitted(Vec<u64>),
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            // The first pass looks at everything.
+            pending: Mutex::new(Pending {
+                changed: true,
+                submitted: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Wake {
+    /// Something that can free a device or change the queue other than by adding to
+    /// it: the next pass looks at everything.
+    pub fn changed(&self) {
+        self.pending.lock().changed = true;
+        self.notify.notify_one();
+    }
+
+    /// Job `id` was queued.
+    pub fn submitted(&self, id: u64) {
+        self.pending.lock().submitted.push(id);
+        self.notify.notify_one();
+    }
+
+    async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// What happened since the last take.
+    fn take(&self) -> Work {
+        let mut pending = self.pending.lock();
+        let submitted = std::mem::take(&mut pending.submitted);
+        if std::mem::take(&mut pending.changed) {
+            Work::Everything
+        } else {
+            Work::Submitted(submitted)
+        }
+    }
+}
+
+/// The longest a scheduling pass waits after the last one (see `schedule_forever`).
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
+pub(super) async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    // What the last pass left: the first pass looks at everything.
+    let mut outlook = Outlook {
+        next_check: None,
+        all_taken: false,
+    };
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        // A task of its own, so a panic in a pass is logged and the next pass runs.
+        let pass = shared.clone();
+        let began = tokio::time::Instant::now();
+        let work = shared.wake.take();
+        let last = outlook;
+        outlook = match tokio::spawn(async move { schedule_once(&pass, work, last).await }).await {
+            Ok(Ok(outlook)) => outlook,
+            Ok(Err(err)) => {
+                tracing::error!(%err, "scheduling failed");
+                shared.wake.changed();
+                Outlook::default()
+            }
+            Err(err) => {
+                tracing::error!(%err, "the scheduling pass panicked");
+                shared.wake.changed();
+                Outlook::default()
+            }
+        };
+        let took = began.elapsed();
+        tracing::debug!(took_ms = took.as_secs_f64() * 1e3, "scheduling pass");
+        // A pass costs time in proportion to the queue. Under a stream of submissions
+        // each would wake the next pass at once, and passes back to back would take a
+        // core from the API; so the next starts no sooner than this one took (at most
+        // MAX_PAUSE: a pass that waited long, as the first after a restart validating
+        // the whole queue, does not hold back the next), taking every wake that came
+        // meanwhile at once. With a short queue that is a millisecond or less.
+        tokio::select! {
+            () = tokio::time::sleep(took.min(MAX_PAUSE)) => {}
+            _ = stopped.changed() => return,
+        }
+        // Woken by a change; or when a device's periodic health check falls due,
+        // which no event announces.
+        let due = async {
+            match outlook.next_check {
+                Some(at) => {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = due => shared.wake.changed(),
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// What a pass leaves for the next.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outlook {
+    /// When the next periodic health check falls due, if one will.
+    next_check: Option<SystemTime>,
+    /// No device was left that a submitted job could take.
+    all_taken: bool,
+}
+
+/// One scheduling pass: over the whole queue, unless only jobs were submitted since a
+/// pass that left every device taken (then over those jobs alone: under a stream of
+/// submissions to a busy lab, a long queue is not read for each).
+async fn schedule_once(
+    shared: &Arc<Shared>,
+    work: Work,
+    last: Outlook,
+) -> Result<Outlook, PassError> {
+    let _no_reload = shared.reloading.lock().await;
+    if let (Work::Submitted(ids), true) = (work, last.all_taken)
+        && fresh_pass(shared, ids).await?
+    {
+        return Ok(last);
+    }
+    full_pass(shared).await
+}
+
+/// Why a scheduling pass stopped short.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Validation or planning on the blocking pool died (a panic).
+    #[error("validation or planning panicked: {0}")]
+    Panicked(#[from] tokio::task::JoinError),
+}
+
+/// A pass over the whole queue: the health checks that are due are queued, then every
+/// job that can get all its devices now starts. Store calls are async; validating a job
+/// queued before a restart and planning cost CPU, so they run on the blocking pool.
+async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
+    let next_check = health::queue_due_checks(shared).await?;
+    let queued = shared.store.queue().await?;
+    // Jobs validated at submission are looked up in place (cheap clones of shared
+    // parts); those queued before this daemon started are validated once, here.
+    let now = now_secs();
+    let mut requests = Vec::with_capacity(queued.len());
+    let mut unknown = Vec::new();
+    {
+        let mut known = shared.validated.lock();
+        let newest = queued.last().map_or(0, |r| r.id);
+        for record in queued {
+            match known.get(&record.id) {
+                Some(queued_job) => requests.push(request_of(&record, queued_job, now)),
+                None => unknown.push(record),
+            }
+        }
+        if known.len() > requests.len() {
+            // A job that left the queue without this daemon's scheduler (a cancel, or a
+            // start by a pass that validated it before its submission remembered it)
+            // is forgotten. Ids only grow: one newer than the queue read is a job
+            // submitted since, kept.
+            let queued: HashSet<u64> = requests.iter().map(|r| r.job_id).collect();
+            known.retain(|id, _| *id > newest || queued.contains(id));
+        }
+    }
+    for record in unknown {
+        let Some(stored) = shared.store.job(record.id).await? else {
+            continue;
+        };
+        let state = shared.lab();
+        let validated = tokio::task::spawn_blocking(move || {
+            validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
+                .map(|v| v.job)
+        })
+        .await?;
+        let job = match validated {
+            Ok(job) => job,
+            Err(report) => {
+                // The lab changed under a queued job: it can never run as written.
+                let message = format!(
+                    "the job no longer fits the lab:\n{}",
+                    report.render(&format!("job {}", record.id))
+                );
+                shared.store.cancel(record.id).await?;
+                tracing::warn!(job = record.id, %message, "queued job dropped");
+                continue;
+            }
+        };
+        let queued_job = shared.queued_job(job, record.health_check_of.as_deref());
+        requests.push(request_of(&record, &queued_job, now));
+        shared
+            .validated
+            .lock()
+            .insert(record.id, Arc::new(queued_job));
+    }
+    let lab_now = shared.lab();
+    if requests.is_empty() {
+        shared.set_waiting(Vec::new());
+        return Ok(Outlook {
+            next_check,
+            all_taken: false,
+        });
+    }
+    let devices = device_views(shared, &lab_now).await?;
+    let (plan, waited, all_taken) = tokio::task::spawn_blocking(move || {
+        let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+        let assigned: HashSet<u64> = plan.assignments.iter().map(|a| a.job_id).collect();
+        let waited: HashMap<u64, Duration> = requests
+            .iter()
+            .filter(|r| assigned.contains(&r.job_id))
+            .map(|r| (r.job_id, r.waited))
+            .collect();
+        let all_taken = !scheduler::any_left_for_jobs(&devices, &plan.assignments);
+        (plan, waited, all_taken)
+    })
+    .await?;
+    shared.set_waiting(plan.waiting);
+    for assignment in plan.assignments {
+        // Every planned job is in the map (reloads wait for the pass), unless it was
+        // canceled meanwhile: then it is not started.
+        let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
+            continue;
+        };
+        let QueuedJob {
+            job,
+            checks: health_check_of,
+            ..
+        } = Arc::unwrap_or_clone(queued_job);
+        shared
+            .store
+            .reserve(assignment.job_id, &assignment.devices)
+            .await?;
+        let device_types = service::device_types_of(&job, &lab_now.lab);
+        shared.metrics.job_started(
+            &device_types,
+            waited.get(&assignment.job_id).copied().unwrap_or_default(),
+        );
+        let (switch, cancel) = watch::channel(false);
+        shared.running.lock().insert(assignment.job_id, switch);
+        tokio::spawn(run_job(
+            shared.clone(),
+            Started {
+                id: assignment.job_id,
+                job,
+                devices: assignment.devices,
+                device_types,
+                health_check_of,
+            },
+            cancel,
+        ));
+    }
+    Ok(Outlook {
+        next_check,
+        all_taken,
+    })
+}
+
+/// A pass over jobs submitted since the last, when that pass left no device a job could
+/// take: nothing has freed one since (that would have been a change), so these jobs
+/// can only wait, and only their reasons are new. Their reasons do not depend on the
+/// rest of the queue (no device is free to be given or held), so the queue is not read.
+/// `false` when a device turned out free after all: the caller makes a full pass.
+async fn fresh_pass(shared: &Arc<Shared>, submitted: Vec<u64>) -> Result<bool, PassError> {
+    let requests: Vec<Request> = {
+        let known = shared.validated.lock();
+        submitted
+            .iter()
+            .filter_map(|id| known.get(id).map(|queued_job| (*id, queued_job)))
+            .map(|(job_id, queued_job)| Request {
+                job_id,
+                priority: queued_job.job.priority.value(),
+                waited: Duration::ZERO,
+                needs: queued_job.needs.clone(),
+                health_check: queued_job.checks.is_some(),
+            })
+            .collect()
+    };
+    if requests.is_empty() {
+        return Ok(true);
+    }
+    let devices = device_views(shared, &shared.lab()).await?;
+    let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+    if !plan.assignments.is_empty() {
+        return Ok(false);
+    }
+    shared.add_waiting(plan.waiting);
+    Ok(true)
+}
+
+/// The store's devices as the scheduler sees them, with their tags and health checks
+/// from the lab files.
+async fn device_views(
+    shared: &Shared,
+    lab_now: &LabState,
+) -> Result<Vec<scheduler::DeviceView>, StoreError> {
+    Ok(shared
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| {
+            let tags = lab_now
+                .lab
+                .devices
+                .get(&d.hostname)
+                .map(|device| device.tags.iter().cloned().collect())
+                .unwrap_or_default();
+            let checked = health::check_of(&lab_now.lab, &d.hostname).is_some();
+            let refused = lab_now.lab.refused_devices.contains_key(&d.hostname);
+            let mut view = d.into_view(tags, checked);
+            if refused {
+                // Retired by the sync, but only until its file is fixed: a job waiting
+                // for it is told it is offline.
+                view.state = states::DeviceState::Offline;
+                view.health = states::DeviceHealth::Unknown;
+            }
+            view
+        })
+        .collect())
+}
+
+/// What the scheduler needs of queued job `record`, `now` (seconds since the epoch).
+fn request_of(record: &store::Queued, queued_job: &QueuedJob, now: i64) -> Request {
+    Request {
+        job_id: record.id,
+        priority: record.priority,
+        waited: Duration::from_secs(u64::try_from(now - record.submitted_at).unwrap_or(0)),
+        needs: queued_job.needs.clone(),
+        health_check: record.health_check_of.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_submissions_since_the_last_pass_are_a_pass_over_them_alone() {
+        let wake = Wake::default();
+        // The first pass looks at everything.
+        assert!(matches!(wake.take(), Work::Everything));
+        wake.submitted(4);
+        wake.submitted(5);
+        assert!(matches!(wake.take(), Work::Submitted(ids) if ids == [4, 5]));
+        assert!(matches!(wake.take(), Work::Submitted(ids) if ids.is_empty()));
+        // Any other change makes the next pass a whole one, and takes the submissions
+        // with it.
+        wake.submitted(6);
+        wake.changed();
+        wake.submitted(7);
+        assert!(matches!(wake.take(), Work::Everything));
+        assert!(matches!(wake.take(), Work::Submitted(ids) if ids.is_empty()));
+    }
+}
