@@ -320,6 +320,15 @@ async fn fresh_pass(shared: &Arc<Shared>, submitted: Vec<u64>) -> Result<bool, P
             })
             .collect()
     };
+    // A full pass may have read a job from the queue and started it before its
+    // submission remembered it (and told of it): a job that runs does not wait.
+    let requests: Vec<Request> = {
+        let running = shared.running.lock();
+        requests
+            .into_iter()
+            .filter(|r| !running.contains_key(&r.job_id))
+            .collect()
+    };
     if requests.is_empty() {
         return Ok(true);
     }
