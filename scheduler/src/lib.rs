@@ -215,14 +215,20 @@ pub fn any_left_for_jobs(devices: &[DeviceView], assignments: &[Assignment]) -> 
         .iter()
         .flat_map(|a| a.devices.iter().map(String::as_str))
         .collect();
-    devices.iter().any(|d| {
-        schedulable(d.state, d.health) && !d.awaiting_check && !given.contains(d.hostname.as_str())
-    })
+    devices
+        .iter()
+        .any(|d| usable(false, d) && !given.contains(d.hostname.as_str()))
 }
 
 /// Whether `device` could serve `request` now, were nobody else asking.
 fn usable_by(request: &Request, device: &DeviceView) -> bool {
-    schedulable(device.state, device.health) && (request.health_check || !device.awaiting_check)
+    usable(request.health_check, device)
+}
+
+/// Whether `device` could serve a job now (a health check when `health_check`), were
+/// nobody else asking.
+fn usable(health_check: bool, device: &DeviceView) -> bool {
+    schedulable(device.state, device.health) && (health_check || !device.awaiting_check)
 }
 
 /// Each need of `needs` once, with how many of it there are.

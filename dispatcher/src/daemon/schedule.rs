@@ -86,10 +86,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     // What the last pass left: the first pass looks at everything.
-    let mut outlook = Outlook {
-        next_check: None,
-        all_taken: false,
-    };
+    let mut outlook = Outlook::default();
     loop {
         if *stopped.borrow() {
             return;
@@ -238,7 +235,6 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
             .lock()
             .insert(record.id, Arc::new(queued_job));
     }
-    let lab_now = shared.lab();
     if requests.is_empty() {
         shared.set_waiting(Vec::new());
         return Ok(Outlook {
@@ -246,6 +242,7 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
             all_taken: false,
         });
     }
+    let lab_now = shared.lab();
     let devices = device_views(shared, &lab_now).await?;
     let (plan, waited, all_taken) = tokio::task::spawn_blocking(move || {
         let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
@@ -305,28 +302,21 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
 /// can only wait, and only their reasons are new. Their reasons do not depend on the
 /// rest of the queue (no device is free to be given or held), so the queue is not read.
 /// `false` when a device turned out free after all: the caller makes a full pass.
-async fn fresh_pass(shared: &Arc<Shared>, submitted: Vec<u64>) -> Result<bool, PassError> {
+async fn fresh_pass(shared: &Arc<Shared>, mut submitted: Vec<u64>) -> Result<bool, PassError> {
+    // A full pass may have read a job from the queue and started it before its
+    // submission remembered it (and told of it): a job that runs does not wait.
+    {
+        let running = shared.running.lock();
+        submitted.retain(|id| !running.contains_key(id));
+    }
     let requests: Vec<Request> = {
         let known = shared.validated.lock();
         submitted
             .iter()
-            .filter_map(|id| known.get(id).map(|queued_job| (*id, queued_job)))
-            .map(|(job_id, queued_job)| Request {
-                job_id,
-                priority: queued_job.job.priority.value(),
-                waited: Duration::ZERO,
-                needs: queued_job.needs.clone(),
-                health_check: queued_job.checks.is_some(),
+            .filter_map(|id| {
+                let queued_job = known.get(id)?;
+                Some(queued_job.request(*id, queued_job.job.priority.value(), Duration::ZERO))
             })
-            .collect()
-    };
-    // A full pass may have read a job from the queue and started it before its
-    // submission remembered it (and told of it): a job that runs does not wait.
-    let requests: Vec<Request> = {
-        let running = shared.running.lock();
-        requests
-            .into_iter()
-            .filter(|r| !running.contains_key(&r.job_id))
             .collect()
     };
     if requests.is_empty() {
@@ -375,12 +365,20 @@ async fn device_views(
 
 /// What the scheduler needs of queued job `record`, `now` (seconds since the epoch).
 fn request_of(record: &store::Queued, queued_job: &QueuedJob, now: i64) -> Request {
-    Request {
-        job_id: record.id,
-        priority: record.priority,
-        waited: Duration::from_secs(u64::try_from(now - record.submitted_at).unwrap_or(0)),
-        needs: queued_job.needs.clone(),
-        health_check: record.health_check_of.is_some(),
+    let waited = Duration::from_secs(u64::try_from(now - record.submitted_at).unwrap_or(0));
+    queued_job.request(record.id, record.priority, waited)
+}
+
+impl QueuedJob {
+    /// The job as the scheduler sees it (it is job `job_id`).
+    fn request(&self, job_id: u64, priority: u8, waited: Duration) -> Request {
+        Request {
+            job_id,
+            priority,
+            waited,
+            needs: self.needs.clone(),
+            health_check: self.checks.is_some(),
+        }
     }
 }
 
