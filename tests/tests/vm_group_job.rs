@@ -1,4 +1,5 @@
-//! Whole vm_group jobs through `dispatcher run`, on real qemu: an `ssh-host` device
+//! Whole vm_group jobs through `dispatcher run` (and a device_group of every kind of
+//! device through `dispatcher serve`), on real qemu: an `ssh-host` device
 //! (sshd in a network namespace), the guest image deployed to it, VMs launched there,
 //! test shells in host and guests talking through the coordinator, results read back,
 //! and nothing left running.
@@ -10,8 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use system_tests::{
-    GitDaemon, SEED_JOB, SshHost, binary, debian_image, e2e_job, free_port, kvm_devices,
-    parse_junit, parse_tap, static_node_agent, test_images,
+    Daemon, GitDaemon, SEED_JOB, SshHost, binary, create_token, daemon_config, debian_image,
+    e2e_job, free_port, kvm_devices, parse_junit, parse_tap, static_node_agent, test_images,
 };
 
 /// A job from `tests/jobs/e2e/`, with the test images filled in, written into `dir`.
@@ -468,22 +469,33 @@ fn a_device_group_of_two_kvm_devices_runs_here() {
     assert_nothing_runs_from(&only_job_dir(&state), "a VM of the job still runs");
 }
 
-/// A device_group of every kind of device at once: an ssh-host (sshd in a network
-/// namespace), a qemu-host (its host-device VM booted here) and a kvm device (a VM
-/// here). Test shells on the hosts run over SSH with the node agent, the VM's on its
-/// console with the shell helpers; all three send, wait and sync through the job's
-/// coordinator group, and each host is cleaned and shut down afterwards.
+/// A device_group of every kind of device at once, scheduled by the daemon: an
+/// ssh-host (sshd in a network namespace), a qemu-host (its host-device VM booted
+/// here) and a kvm device (a VM here). `dispatcher serve` reserves the three together;
+/// test shells on the hosts run over SSH with the node agent, the VM's on its console
+/// with the shell helpers; all three send, wait (each checks what the others sent) and
+/// sync through the job's coordinator group, and each host is cleaned and shut down
+/// afterwards.
 #[test]
-fn a_device_group_of_an_ssh_host_a_qemu_host_and_a_kvm_device_runs() {
+fn a_device_group_of_an_ssh_host_a_qemu_host_and_a_kvm_device_runs_under_the_daemon() {
     let images = test_images();
     let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
     let dir = tempfile::tempdir().unwrap();
-    let job = job("device-group-every-kind.json", "kvm", dir.path());
+    let job = e2e_job("device-group-every-kind.json", "kvm");
     host.device_file(dir.path(), "ssh-host-01", true);
     qemu_host_device(dir.path());
     let devices = kvm_devices(dir.path(), &["kvm-01"]);
-    let state = dir.path().join("state");
-    let (report, status) = dispatcher_run(&job, &devices, &state, &host.scratch());
+    let config = daemon_config(dir.path(), &devices, &host, "");
+    let token = create_token(&config, &["ci"]);
+    let daemon = Daemon::start(&config);
+    let api = daemon.api(&token);
+    let id = api.submit(&job).unwrap();
+    let end = api
+        .wait_for_state(id, "finished", std::time::Duration::from_secs(900))
+        .unwrap();
+    let results = daemon.cli(&token, &["results", &id.to_string(), "--format", "json"]);
+    let results: Value = serde_json::from_slice(&results.stdout).unwrap();
+    let report = &results["results"];
     let mut expected = Vec::new();
     for (role, others) in [
         ("ssh", ["qemuhost", "guest"]),
@@ -500,12 +512,26 @@ fn a_device_group_of_an_ssh_host_a_qemu_host_and_a_kvm_device_runs() {
         }
     }
     assert_passed(
-        &report,
+        report,
         &expected.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    assert_eq!(report["health"], "complete", "{report:#}");
-    assert_eq!(status, 0);
+    assert_eq!(end["health"], "complete", "{end:#}\n{results:#}");
+    // The daemon gave the job one device of each kind.
+    let summary = api.job(id).unwrap();
+    let mut given: Vec<&str> = summary["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    given.sort_unstable();
+    assert_eq!(
+        given,
+        ["kvm-01", "qemu-host-01", "ssh-host-01"],
+        "{summary:#}"
+    );
     // Each host's node ran where it should: the qemu-host's shell in its own VM.
+    let state = dir.path().join("state");
     let log = std::fs::read_to_string(only_job_dir(&state).join("job.log")).unwrap();
     assert!(
         log.contains("bringing up qemu-host-01 (qemu-host)"),
