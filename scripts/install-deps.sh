@@ -30,6 +30,7 @@ PACKAGES=(
     binutils         # build-deb.sh strips the binaries it packs
     systemd          # the package test: systemd-analyze verify of the unit
     man-db           # the package test: the installed manual pages are found (man -w)
+    postgresql       # several workers on one database: tests start throwaway servers (initdb, postgres, psql)
 )
 # QEMU runs the test VMs (TCG; see scripts/build-images.sh). Installed as a pair, in a
 # step of its own: machines may carry a backports qemu-utils (qemu-img 10.x) that
@@ -62,6 +63,10 @@ if [ "${#missing[@]}" -gt 0 ] || [ "$qemu_missing" = 1 ]; then
     apt-get update -qq
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
+    # The tests make their own PostgreSQL clusters: the package's default one would
+    # only be a server left running.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
     echo "installing: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use dispatcher::daemon::{Daemon, DaemonConfig};
-use store::{SqliteStore, Store, TokenScope};
+use store::TokenScope;
 
 use crate::out::{errln, errprint};
 use crate::{exit, out};
@@ -137,7 +137,7 @@ pub fn token_create(config: &Path, name: &str, read_only: bool) -> u8 {
         }
     };
     let created = runtime.block_on(async {
-        let store = SqliteStore::open(&config.database()).await?;
+        let store = dispatcher::daemon::database::open(&config).await?;
         store.create_token(name, scope).await
     });
     match created {

@@ -81,6 +81,18 @@ pub fn validate_job(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validat
 /// every `http(s)://` address (and `localhost`) is one the policy lets it reach, and
 /// the lab has devices enough to ever run the job.
 pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validated, Report> {
+    validate_for_run_with(text, lab, policy, &[])
+}
+
+/// [`validate_for_run`] in a lab that has `others` besides the devices of `lab`'s files:
+/// the devices of the other workers sharing its database, which count when deciding
+/// whether some set of devices could ever run the job.
+pub fn validate_for_run_with(
+    text: &str,
+    lab: &Lab,
+    policy: &JobPolicy,
+    others: &[DeviceView],
+) -> Result<Validated, Report> {
     let validated = validate_job(text, lab, policy)?;
     let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let mut problems: Vec<Diagnostic> = job_urls(&value)
@@ -117,7 +129,9 @@ pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Val
         };
         Some(Diagnostic::error(pointer, refused).found(text))
     }));
-    if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &views(lab)) {
+    let mut capacity = views(lab);
+    capacity.extend(others.iter().cloned());
+    if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &capacity) {
         problems.push(
             Diagnostic::error(topology_pointer(&validated.job), shortfall)
                 .hint("no set of this lab's devices could ever run this job"),

@@ -17,6 +17,8 @@
 //! writes; within the daemon, calls take turns on one connection, each a short
 //! transaction.
 
+mod encode;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use scheduler::DeviceView;
 use states::{DeviceHealth, DeviceState, IllegalTransition, JobState, Outcome};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The message of jobs that were cut short by a dispatcher restart.
@@ -102,12 +105,25 @@ pub trait Store: Send + Sync {
     /// and its devices are freed; queued jobs stay queued. Returns the ids it ended.
     async fn recover_after_restart(&self) -> Result<Vec<u64>, StoreError>;
 
-    /// Makes the devices match the lab files (`(hostname, device type)` pairs): new
-    /// devices come in idle with unknown health; known ones keep their state and
-    /// health; devices gone from the lab are retired (and offline once no job holds
-    /// them). A device that comes back after being retired this way is idle with
-    /// unknown health again.
-    async fn sync_devices(&self, devices: Vec<(String, String)>) -> Result<(), StoreError>;
+    /// Makes this worker's devices match its lab files: new devices come in idle with
+    /// unknown health; known ones keep their state and health (their type and tags
+    /// follow the files); devices gone from the files are retired (and offline once no
+    /// job holds them). A device that comes back after being retired this way is idle
+    /// with unknown health again. A device another worker owns is refused.
+    async fn sync_devices(&self, devices: Vec<LabDevice>) -> Result<(), StoreError>;
+
+    /// The worker this store speaks for, when several share the database (`None`:
+    /// the one daemon of a SQLite file, which owns every device).
+    fn worker(&self) -> Option<&str> {
+        None
+    }
+
+    /// Changes other workers made, as they commit them (`None`: no one else writes
+    /// to this database). Best effort: a notice can be lost, and
+    /// [`Change::Reconnected`] says some may have been.
+    async fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
 
     /// Every device, by hostname.
     async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
@@ -180,6 +196,10 @@ pub enum Conflict {
     },
     #[error("a token named {0} already exists")]
     DuplicateToken(String),
+    /// Two workers' lab files name one device: each device has one worker, which
+    /// drives it.
+    #[error("device {hostname} belongs to worker {worker}")]
+    DeviceOfAnotherWorker { hostname: String, worker: String },
 }
 
 /// What a [`StoreError::Invalid`] refused.
@@ -336,11 +356,35 @@ pub struct Queued {
     pub health_check_of: Option<String>,
 }
 
-/// A device as stored (its tags live in the lab files, not here).
+/// A device as a worker's lab files describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabDevice {
+    pub hostname: String,
+    pub device_type: String,
+    pub tags: Vec<String>,
+}
+
+/// What another worker did, as its notice says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Worker `worker` changed something (`what`: "submitted 12", "finished 12",
+    /// "devices"...).
+    Notified { worker: String, what: String },
+    /// The notices' connection came back after breaking: what happened meanwhile was
+    /// not told.
+    Reconnected,
+}
+
+/// A device as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceRecord {
     pub hostname: String,
     pub device_type: String,
+    /// Its tags, as its lab file gives them.
+    pub tags: Vec<String>,
+    /// The worker that owns it, when several share the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     pub state: DeviceState,
     pub health: DeviceHealth,
     /// When its last health check ended (unix seconds).

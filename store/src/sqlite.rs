@@ -13,14 +13,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
+use crate::encode::{
+    HEALTH_HISTORY_LIMIT, JOB_HEALTH_NAMES, NEW_IN_THE_LAB, enum_of, enum_text, job_sets_health,
+    name_list, names_of, new_secret, sha256_hex,
+};
 use crate::{
     Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobCounts,
-    JobFilter, JobPage, JobRecord, JobSummary, Member, Missing, NewJob, Queued, RESTART_MESSAGE,
-    Store, StoreError, TokenScope,
+    JobFilter, JobPage, JobRecord, JobSummary, LabDevice, Member, Missing, NewJob, Queued,
+    RESTART_MESSAGE, Store, StoreError, TokenScope,
 };
 use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
 
@@ -99,24 +101,9 @@ const MIGRATIONS: &[&str] = &[
     // in the table those columns sit behind the definition, in its overflow pages, so
     // counting read every job's definition.
     "CREATE INDEX jobs_state_health ON jobs (state, health);",
+    // 8: a device's tags as its lab file gives them (a name list, see migration 6).
+    "ALTER TABLE devices ADD COLUMN tags TEXT;",
 ];
-
-/// Names as one space-delimited column value: ` a b ` (see migration 6).
-fn name_list(names: &[String]) -> String {
-    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
-    names.sort_unstable();
-    names.dedup();
-    format!(" {} ", names.join(" "))
-}
-
-/// A [`name_list`] column read back (NULL: none known).
-fn names_of(column: Option<String>) -> Vec<String> {
-    column
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
 
 /// The default [`Store`]: a SQLite file. Needs a tokio runtime (its calls run on the
 /// runtime's blocking pool).
@@ -270,7 +257,7 @@ impl Store for SqliteStore {
         self.call(Db::recover_after_restart).await
     }
 
-    async fn sync_devices(&self, devices: Vec<(String, String)>) -> Result<(), StoreError> {
+    async fn sync_devices(&self, devices: Vec<LabDevice>) -> Result<(), StoreError> {
         self.call(move |db| db.sync_devices(&devices)).await
     }
 
@@ -582,7 +569,7 @@ impl Db {
         if let Some(health) = filter
             .health
             .as_deref()
-            .filter(|h| !["complete", "incomplete", "canceled"].contains(h))
+            .filter(|h| !JOB_HEALTH_NAMES.contains(h))
         {
             return Err(StoreError::Invalid(Invalid::JobHealth(health.to_string())).into());
         }
@@ -741,21 +728,16 @@ impl Db {
                 )?;
             }
             if let Some(change) = health {
-                let hostnames: Vec<(String, String)> = {
+                let hostnames: Vec<(String, DeviceHealth)> = {
                     let mut stmt =
                         tx.prepare("SELECT hostname, health FROM devices WHERE job_id = ?1")?;
-                    let rows = stmt.query_map([job_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                    let rows =
+                        stmt.query_map([job_id], |row| Ok((row.get(0)?, enum_column(row, 1)?)))?;
                     rows.collect::<Result<_, _>>()?
                 };
                 let new = enum_text(&change.health)?;
                 for (hostname, old) in hostnames {
-                    // An admin's word (maintenance, retired) stands; a health check's
-                    // verdict is recorded even when it says what was known.
-                    let admins = [DeviceHealth::Maintenance, DeviceHealth::Retired]
-                        .iter()
-                        .map(enum_text)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if admins.contains(&old) || (old == new && checked.is_none()) {
+                    if !job_sets_health(old, change.health, checked.is_some()) {
                         continue;
                     }
                     tx.execute(
@@ -801,7 +783,7 @@ impl Db {
         })
     }
 
-    fn sync_devices(&self, devices: &[(String, String)]) -> Result<(), Fail> {
+    fn sync_devices(&self, devices: &[LabDevice]) -> Result<(), Fail> {
         let idle = serde_json::to_string(&DeviceState::Idle)?;
         let offline = serde_json::to_string(&DeviceState::Offline)?;
         let unknown = enum_text(&DeviceHealth::Unknown)?;
@@ -812,19 +794,21 @@ impl Db {
                 [],
             )?;
             tx.execute("DELETE FROM temp.lab", [])?;
-            for (hostname, device_type) in devices {
+            for device in devices {
+                let hostname = &device.hostname;
+                let tags = name_list(&device.tags);
                 tx.execute("INSERT OR IGNORE INTO temp.lab VALUES (?1)", [hostname])?;
                 let added = tx.execute(
-                    "INSERT OR IGNORE INTO devices (hostname, device_type, state, health)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![hostname, device_type, idle, unknown],
+                    "INSERT OR IGNORE INTO devices (hostname, device_type, state, health, tags)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![hostname, device.device_type, idle, unknown, tags],
                 )?;
                 if added > 0 {
-                    record_health(tx, hostname, DeviceHealth::Unknown, None, "new in the lab")?;
+                    record_health(tx, hostname, DeviceHealth::Unknown, None, NEW_IN_THE_LAB)?;
                 } else {
                     tx.execute(
-                        "UPDATE devices SET device_type = ?2 WHERE hostname = ?1",
-                        params![hostname, device_type],
+                        "UPDATE devices SET device_type = ?2, tags = ?3 WHERE hostname = ?1",
+                        params![hostname, device.device_type, tags],
                     )?;
                 }
             }
@@ -900,7 +884,7 @@ impl Db {
     }
 
     fn create_token(&self, name: &str, scope: TokenScope) -> Result<String, Fail> {
-        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let secret = new_secret();
         let inserted = self.lock().execute(
             "INSERT INTO tokens (name, sha256, created_at, read_only) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -1119,7 +1103,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 const DEVICE_COLUMNS: &str = "SELECT hostname, device_type, state, health, last_check_at,
-    jobs_since_check FROM devices";
+    jobs_since_check, tags FROM devices";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     Ok(DeviceRecord {
@@ -1129,13 +1113,15 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         health: enum_column(row, 3)?,
         last_check_at: row.get(4)?,
         jobs_since_check: row.get(5)?,
+        tags: names_of(row.get(6)?),
+        worker: None,
     })
 }
 
 /// A unit enum stored as its bare serde name ("good"), read back as a JSON string.
 fn enum_column<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
-    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| conversion_error(idx, e))
+    enum_of(&text).map_err(|e| conversion_error(idx, e))
 }
 
 fn json_column<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
@@ -1151,18 +1137,6 @@ fn conversion_error(idx: usize, e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
 }
 
-/// A unit enum's serde name ("incomplete"), the same text the API shows.
-fn enum_text<T: Serialize>(value: &T) -> Result<String, Fail> {
-    Ok(serde_json::to_string(value)?.trim_matches('"').to_string())
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// The most lines of a device's health history one read returns (the newest).
-const HEALTH_HISTORY_LIMIT: i64 = 200;
-
 /// Unix seconds now (0 on a clock set before 1970 rather than failing a write).
 fn now() -> i64 {
     SystemTime::now()
@@ -1176,8 +1150,6 @@ mod tests {
     //! connections only to look at the file itself.
 
     use super::*;
-    use serde_json::json;
-    use states::Health;
 
     async fn open(path: &Path) -> Arc<dyn Store> {
         Arc::new(SqliteStore::open(path).await.unwrap())
@@ -1208,10 +1180,14 @@ mod tests {
         }
     }
 
-    fn lab(names: &[&str]) -> Vec<(String, String)> {
+    fn lab(names: &[&str]) -> Vec<LabDevice> {
         names
             .iter()
-            .map(|n| (n.to_string(), "kvm".to_string()))
+            .map(|n| LabDevice {
+                hostname: n.to_string(),
+                device_type: "kvm".to_string(),
+                tags: vec![format!("tag-of-{n}")],
+            })
             .collect()
     }
 
@@ -1219,24 +1195,8 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
-    async fn device_state(store: &dyn Store, hostname: &str) -> DeviceState {
-        device(store, hostname).await.state
-    }
-
     async fn summary(store: &dyn Store, id: u64) -> JobSummary {
         store.job(id).await.unwrap().unwrap().summary
-    }
-
-    async fn job_state(store: &dyn Store, id: u64) -> JobState {
-        summary(store, id).await.state
-    }
-
-    async fn device(store: &dyn Store, hostname: &str) -> DeviceRecord {
-        let devices = store.devices().await.unwrap();
-        devices
-            .into_iter()
-            .find(|d| d.hostname == hostname)
-            .unwrap()
     }
 
     async fn token_name(store: &dyn Store, token: &str) -> Option<String> {
@@ -1320,258 +1280,6 @@ mod tests {
             .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 199);
-    }
-
-    #[tokio::test]
-    async fn a_job_lives_through_its_states_and_frees_its_devices() {
-        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02"]).await;
-        let definition = r#"{"job_name": "boot", "priority": "high"}"#;
-        let id = store
-            .submit(new_job(Some("boot"), definition, 100))
-            .await
-            .unwrap();
-        let job = store.job(id).await.unwrap().unwrap();
-        assert_eq!(job.summary.state, JobState::Submitted);
-        assert_eq!(job.definition, definition, "the definition is kept as is");
-        assert_eq!((job.summary.priority, job.summary.started_at), (100, None));
-
-        store
-            .reserve(id, &hosts(&["kvm-01", "kvm-02"]))
-            .await
-            .unwrap();
-        assert_eq!(job_state(&*store, id).await, JobState::Scheduled);
-        assert_eq!(
-            device_state(&*store, "kvm-02").await,
-            DeviceState::Reserved(id)
-        );
-
-        store.start(id).await.unwrap();
-        assert_eq!(job_state(&*store, id).await, JobState::Running);
-        assert_eq!(
-            device_state(&*store, "kvm-01").await,
-            DeviceState::Running(id)
-        );
-        assert!(summary(&*store, id).await.started_at.is_some());
-
-        let results = json!({"lava": {"boot": "pass"}});
-        let outcome = Outcome::incomplete(ErrorClass::Test, "lava-test-raise");
-        let end = store
-            .finish(id, outcome.clone(), Some(results.clone()), None)
-            .await
-            .unwrap();
-        assert_eq!(end, JobState::Finished(outcome));
-        let job = store.job(id).await.unwrap().unwrap();
-        assert_eq!(job.summary.state, end, "the outcome round-trips exactly");
-        assert_eq!(job.results, Some(results));
-        assert!(job.summary.ended_at.is_some());
-        assert_eq!(device_state(&*store, "kvm-01").await, DeviceState::Idle);
-        assert_eq!(device_state(&*store, "kvm-02").await, DeviceState::Idle);
-
-        let second = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        let all: Vec<u64> = store
-            .jobs(None)
-            .await
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect();
-        assert_eq!(all, [second, id], "newest first");
-        let finished = store.jobs(Some("finished")).await.unwrap();
-        assert_eq!(finished.len(), 1);
-        assert_eq!(finished[0].id, id);
-        assert!(matches!(
-            store.jobs(Some("done")).await,
-            Err(StoreError::Invalid(Invalid::JobState(_)))
-        ));
-    }
-
-    #[tokio::test]
-    async fn canceling_a_scheduled_job_frees_its_devices() {
-        let (_dir, _path, store) = temp_store(&["kvm-01"]).await;
-        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(id, &hosts(&["kvm-01"])).await.unwrap();
-        let state = store.cancel(id).await.unwrap();
-        assert!(matches!(
-            state,
-            JobState::Finished(Outcome {
-                health: Health::Canceled,
-                ..
-            })
-        ));
-        assert_eq!(device_state(&*store, "kvm-01").await, DeviceState::Idle);
-    }
-
-    #[tokio::test]
-    async fn listings_filter_page_and_count_in_the_database() {
-        let (_dir, _path, store) = temp_store(&["kvm-01", "ssh-01"]).await;
-        let submit = |name: &str, types: &[&str]| NewJob {
-            device_types: types.iter().map(|t| t.to_string()).collect(),
-            submitter: Some("ci".into()),
-            ..new_job(Some(name), "{}", 50)
-        };
-        let boot = store.submit(submit("boot 50%", &["kvm"])).await.unwrap();
-        let smoke = store
-            .submit(submit("smoke_test", &["kvm", "ssh-host"]))
-            .await
-            .unwrap();
-        let ssh = store
-            .submit(submit("Ssh only", &["ssh-host"]))
-            .await
-            .unwrap();
-        store.reserve(boot, &["kvm-01".to_string()]).await.unwrap();
-        store.start(boot).await.unwrap();
-        store
-            .finish(boot, Outcome::complete(), None, None)
-            .await
-            .unwrap();
-        let page = |filter: JobFilter| {
-            let store = store.clone();
-            async move {
-                let page = store
-                    .job_page(&JobFilter {
-                        limit: if filter.limit == 0 { 100 } else { filter.limit },
-                        ..filter
-                    })
-                    .await
-                    .unwrap();
-                (
-                    page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-                    page.total,
-                )
-            }
-        };
-        let kvm = |t: &str| JobFilter {
-            device_type: Some(t.into()),
-            ..JobFilter::default()
-        };
-        assert_eq!(page(kvm("kvm")).await, (vec![smoke, boot], 2));
-        assert_eq!(page(kvm("ssh")).await, (vec![], 0), "whole names only");
-        assert_eq!(page(kvm("KVM")).await, (vec![], 0), "as named");
-        assert_eq!(page(kvm("ssh_host")).await, (vec![], 0), "_ is no wildcard");
-        let text = |t: &str| JobFilter {
-            text: Some(t.into()),
-            ..JobFilter::default()
-        };
-        assert_eq!(page(text("ssh")).await, (vec![ssh], 1), "any case");
-        assert_eq!(page(text("50%")).await, (vec![boot], 1));
-        assert_eq!(page(text("%")).await, (vec![boot], 1), "% is no wildcard");
-        assert_eq!(
-            page(text("e_t")).await,
-            (vec![smoke], 1),
-            "_ is no wildcard"
-        );
-        assert_eq!(page(text(&smoke.to_string())).await.0, vec![smoke]);
-        let complete = JobFilter {
-            health: Some("complete".into()),
-            ..JobFilter::default()
-        };
-        assert_eq!(page(complete).await, (vec![boot], 1));
-        let second_page = JobFilter {
-            limit: 1,
-            offset: 1,
-            ..JobFilter::default()
-        };
-        assert_eq!(
-            page(second_page).await,
-            (vec![smoke], 3),
-            "the total of all pages"
-        );
-        let listed = store.job(boot).await.unwrap().unwrap().summary;
-        assert_eq!(listed.devices, ["kvm-01"]);
-        assert_eq!(listed.device_types, ["kvm"]);
-        assert_eq!(listed.submitter.as_deref(), Some("ci"));
-        assert!(matches!(
-            store
-                .job_page(&JobFilter {
-                    health: Some("green".into()),
-                    ..JobFilter::default()
-                })
-                .await,
-            Err(StoreError::Invalid(Invalid::JobHealth(_)))
-        ));
-        let counts = store.job_counts().await.unwrap();
-        assert_eq!(counts.by_state.get("submitted"), Some(&2));
-        assert_eq!(counts.by_state.get("finished"), Some(&1));
-        assert_eq!(counts.finished_by_health.get("complete"), Some(&1));
-    }
-
-    #[tokio::test]
-    async fn an_illegal_transition_is_refused_and_changes_nothing() {
-        let (_dir, _path, store) = temp_store(&[]).await;
-        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        let before = store.job(id).await.unwrap().unwrap();
-
-        let err = store.start(id).await.unwrap_err();
-        let message = err.to_string();
-        assert!(
-            message.contains("submitted") && message.contains("Started"),
-            "{message}"
-        );
-        assert!(matches!(
-            store
-                .finish(id, Outcome::complete(), Some(json!({"x": 1})), None)
-                .await,
-            Err(StoreError::IllegalTransition { .. })
-        ));
-        assert_eq!(store.job(id).await.unwrap().unwrap(), before);
-        assert!(matches!(
-            store.start(id + 1).await,
-            Err(StoreError::NotFound(Missing::Job(_)))
-        ));
-    }
-
-    #[tokio::test]
-    async fn reserve_is_all_or_nothing() {
-        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02", "kvm-03", "kvm-04"]).await;
-        let first = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(first, &hosts(&["kvm-02"])).await.unwrap();
-        store
-            .set_device_health("kvm-04", DeviceHealth::Maintenance, "admin")
-            .await
-            .unwrap();
-
-        let second = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        for (asked, culprit, why) in [
-            (
-                &["kvm-01", "kvm-02", "kvm-03"][..],
-                "kvm-02",
-                "kvm-01 would be taken before the busy kvm-02 is reached",
-            ),
-            (&["kvm-01", "kvm-04"], "kvm-04", "maintenance is not free"),
-            (&["kvm-01", "kvm-01"], "kvm-01", "a device serves one node"),
-            (&["kvm-01", "kvm-99"], "kvm-99", "no such device"),
-        ] {
-            let err = store.reserve(second, &hosts(asked)).await.unwrap_err();
-            assert!(err.to_string().contains(culprit), "{why}: {err}");
-            // Everything rolled back.
-            assert_eq!(job_state(&*store, second).await, JobState::Submitted);
-            for (host, state) in [
-                ("kvm-01", DeviceState::Idle),
-                ("kvm-02", DeviceState::Reserved(first)),
-                ("kvm-03", DeviceState::Idle),
-            ] {
-                assert_eq!(device_state(&*store, host).await, state, "{why}");
-            }
-        }
-        assert!(matches!(
-            store.reserve(second, &hosts(&["kvm-99"])).await,
-            Err(StoreError::NotFound(Missing::Device(ref h))) if h == "kvm-99"
-        ));
-
-        // A job that is not queued cannot take devices either.
-        assert!(matches!(
-            store.reserve(first, &hosts(&["kvm-03"])).await,
-            Err(StoreError::IllegalTransition { .. })
-        ));
-        assert_eq!(device_state(&*store, "kvm-03").await, DeviceState::Idle);
-        store
-            .reserve(second, &hosts(&["kvm-01", "kvm-03"]))
-            .await
-            .unwrap();
-        assert_eq!(
-            device_state(&*store, "kvm-03").await,
-            DeviceState::Reserved(second)
-        );
     }
 
     #[tokio::test]
@@ -1677,239 +1385,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_id_past_sqlite_integers_names_no_job() {
-        let (_dir, _path, store) = temp_store(&[]).await;
-        assert_eq!(store.job(u64::MAX).await.unwrap(), None);
-        assert_eq!(store.job_state(u64::MAX).await.unwrap(), None);
-        assert!(matches!(
-            store.cancel(u64::MAX).await,
-            Err(StoreError::NotFound(Missing::Job(u64::MAX)))
-        ));
-    }
-
-    #[tokio::test]
-    async fn recovery_after_restart_ends_active_jobs_and_keeps_the_queue() {
-        let (_dir, path, store) = temp_store(&["kvm-01", "kvm-02", "kvm-03", "kvm-04"]).await;
-        let running = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store
-            .reserve(running, &hosts(&["kvm-01", "kvm-02"]))
-            .await
-            .unwrap();
-        store.start(running).await.unwrap();
-        let scheduled = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(scheduled, &hosts(&["kvm-03"])).await.unwrap();
-        let canceling = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(canceling, &hosts(&["kvm-04"])).await.unwrap();
-        store.start(canceling).await.unwrap();
-        store.cancel(canceling).await.unwrap();
-        let done = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        let canceled = store.cancel(done).await.unwrap();
-        let queued = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        drop(store);
-
-        let store = open(&path).await;
-        let ended = store.recover_after_restart().await.unwrap();
-        assert_eq!(ended, [running, scheduled, canceling]);
-        let restarted = JobState::Finished(Outcome::incomplete(
-            ErrorClass::Infrastructure,
-            RESTART_MESSAGE,
-        ));
-        for id in [running, scheduled, canceling] {
-            assert_eq!(job_state(&*store, id).await, restarted);
-            assert!(summary(&*store, id).await.ended_at.is_some());
-        }
-        for device in store.devices().await.unwrap() {
-            assert_eq!(device.state, DeviceState::Idle, "{}", device.hostname);
-        }
-        assert_eq!(
-            job_state(&*store, done).await,
-            canceled,
-            "finished jobs are untouched"
-        );
-        assert_eq!(job_state(&*store, queued).await, JobState::Submitted);
-        assert!(store.recover_after_restart().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn syncing_devices_keeps_known_ones_and_retires_departed_ones() {
-        let (_dir, _path, store) = temp_store(&["a", "b", "c"]).await;
-        store
-            .set_device_health("a", DeviceHealth::Good, "admin")
-            .await
-            .unwrap();
-        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(id, &hosts(&["c"])).await.unwrap();
-
-        store.sync_devices(lab(&["a", "d"])).await.unwrap();
-        assert_eq!(
-            device(&*store, "a").await.health,
-            DeviceHealth::Good,
-            "kept"
-        );
-        assert_eq!(
-            (
-                device(&*store, "b").await.state,
-                device(&*store, "b").await.health
-            ),
-            (DeviceState::Offline, DeviceHealth::Retired)
-        );
-        // A departed device still holding a job keeps it until the job ends.
-        assert_eq!(device(&*store, "c").await.state, DeviceState::Reserved(id));
-        assert_eq!(device(&*store, "c").await.health, DeviceHealth::Retired);
-        assert_eq!(
-            (
-                device(&*store, "d").await.state,
-                device(&*store, "d").await.health
-            ),
-            (DeviceState::Idle, DeviceHealth::Unknown)
-        );
-        store.cancel(id).await.unwrap();
-        assert_eq!(device(&*store, "c").await.state, DeviceState::Offline);
-
-        store.sync_devices(lab(&["a", "b", "d"])).await.unwrap();
-        assert_eq!(
-            (
-                device(&*store, "b").await.state,
-                device(&*store, "b").await.health
-            ),
-            (DeviceState::Idle, DeviceHealth::Unknown),
-            "a device back in the lab is usable again"
-        );
-        assert!(matches!(
-            store.set_device_health("zz", DeviceHealth::Bad, "admin").await,
-            Err(StoreError::NotFound(Missing::Device(ref h))) if h == "zz"
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_jobs_end_sets_the_health_it_is_given_and_keeps_its_history() {
-        let (_dir, _path, store) = temp_store(&["kvm-01", "kvm-02"]).await;
-        store
-            .set_device_health("kvm-01", DeviceHealth::Good, "checked by hand")
-            .await
-            .unwrap();
-        let unknown = HealthChange {
-            health: DeviceHealth::Unknown,
-            reason: "job 1: host lost".into(),
-        };
-        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(id, &hosts(&["kvm-01"])).await.unwrap();
-        store.start(id).await.unwrap();
-        let outcome = Outcome::incomplete(ErrorClass::Infrastructure, "host lost");
-        store
-            .finish(id, outcome, None, Some(unknown.clone()))
-            .await
-            .unwrap();
-        let after = device(&*store, "kvm-01").await;
-        assert_eq!(
-            (after.state, after.health),
-            (DeviceState::Idle, DeviceHealth::Unknown)
-        );
-        assert_eq!((after.jobs_since_check, after.last_check_at), (1, None));
-        let history = store.health_history("kvm-01").await.unwrap();
-        let lines: Vec<(DeviceHealth, Option<u64>, &str)> = history
-            .iter()
-            .map(|e| (e.health, e.job, e.reason.as_str()))
-            .collect();
-        assert_eq!(
-            lines,
-            [
-                (DeviceHealth::Unknown, Some(id), "job 1: host lost"),
-                (DeviceHealth::Good, None, "checked by hand"),
-                (DeviceHealth::Unknown, None, "new in the lab"),
-            ]
-        );
-
-        // A health check job: the device is checked now, its count starts again.
-        let check = store
-            .submit(NewJob {
-                health_check_of: Some("kvm-01".into()),
-                ..new_job(None, "{}", 100)
-            })
-            .await
-            .unwrap();
-        let queued = store.queue().await.unwrap();
-        assert_eq!(queued[0].health_check_of.as_deref(), Some("kvm-01"));
-        store.reserve(check, &hosts(&["kvm-01"])).await.unwrap();
-        store.start(check).await.unwrap();
-        let good = HealthChange {
-            health: DeviceHealth::Good,
-            reason: "health check passed".into(),
-        };
-        store
-            .finish(check, Outcome::complete(), None, Some(good))
-            .await
-            .unwrap();
-        let checked = device(&*store, "kvm-01").await;
-        assert_eq!(checked.health, DeviceHealth::Good);
-        assert_eq!(checked.jobs_since_check, 0);
-        assert!(checked.last_check_at.is_some());
-        assert_eq!(
-            store
-                .job(check)
-                .await
-                .unwrap()
-                .unwrap()
-                .summary
-                .health_check_of
-                .as_deref(),
-            Some("kvm-01")
-        );
-
-        // A check that ended saying nothing (canceled) does not count as one.
-        let user = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        store.reserve(user, &hosts(&["kvm-01"])).await.unwrap();
-        store.start(user).await.unwrap();
-        store
-            .finish(user, Outcome::complete(), None, None)
-            .await
-            .unwrap();
-        let canceled = store
-            .submit(NewJob {
-                health_check_of: Some("kvm-01".into()),
-                ..new_job(None, "{}", 100)
-            })
-            .await
-            .unwrap();
-        store.reserve(canceled, &hosts(&["kvm-01"])).await.unwrap();
-        store.start(canceled).await.unwrap();
-        store
-            .finish(canceled, Outcome::canceled("by an admin"), None, None)
-            .await
-            .unwrap();
-        let after = device(&*store, "kvm-01").await;
-        assert_eq!(after.jobs_since_check, 1);
-        assert_eq!(after.last_check_at, checked.last_check_at);
-
-        // An admin's maintenance stands over a job's verdict.
-        store
-            .set_device_health("kvm-02", DeviceHealth::Maintenance, "new cable")
-            .await
-            .unwrap();
-        let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-        // Maintenance is not schedulable: reserve it as the store would refuse, so
-        // put it back to good for the reservation and to maintenance while it runs.
-        store
-            .set_device_health("kvm-02", DeviceHealth::Good, "x")
-            .await
-            .unwrap();
-        store.reserve(id, &hosts(&["kvm-02"])).await.unwrap();
-        store
-            .set_device_health("kvm-02", DeviceHealth::Maintenance, "new cable")
-            .await
-            .unwrap();
-        store.start(id).await.unwrap();
-        store
-            .finish(id, Outcome::complete(), None, Some(unknown))
-            .await
-            .unwrap();
-        assert_eq!(
-            device(&*store, "kvm-02").await.health,
-            DeviceHealth::Maintenance
-        );
-    }
-
-    #[tokio::test]
     async fn tokens_are_stored_only_as_hashes_each_with_its_scope() {
         let (_dir, path, store) = temp_store(&[]).await;
         let secret = store
@@ -1962,77 +1437,5 @@ mod tests {
             Err(StoreError::Conflict(Conflict::DuplicateToken(ref n))) if n == "ci"
         ));
         assert_eq!(token_name(&*store, &secret).await.as_deref(), Some("ci"));
-    }
-
-    #[tokio::test]
-    async fn out_of_range_values_are_refused() {
-        let (_dir, _path, store) = temp_store(&[]).await;
-        assert!(matches!(
-            store.submit(new_job(None, "{}", 101)).await,
-            Err(StoreError::Invalid(Invalid::Priority(101)))
-        ));
-        assert!(store.jobs(None).await.unwrap().is_empty(), "nothing stored");
-        for id in [1, u64::MAX] {
-            assert!(matches!(
-                store.set_members(id, Vec::new()).await,
-                Err(StoreError::NotFound(Missing::Job(got))) if got == id
-            ));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_listing_summarizes_without_definitions() {
-        let (_dir, _path, store) = temp_store(&[]).await;
-        let id = store
-            .submit(new_job(
-                Some("big"),
-                &format!("{{\"x\": \"{}\"}}", "a".repeat(1000)),
-                3,
-            ))
-            .await
-            .unwrap();
-        let record = store.job(id).await.unwrap().unwrap();
-        assert_eq!(
-            (record.summary.name.as_deref(), record.summary.priority),
-            (Some("big"), 3)
-        );
-        let listed = store.jobs(Some("submitted")).await.unwrap();
-        assert_eq!(listed, [record.summary]);
-        assert!(store.jobs(Some("running")).await.unwrap().is_empty());
-    }
-
-    /// Many callers at once, as the daemon's tasks are: each device goes to exactly one
-    /// job, and every job gets all of its devices or none.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_reservations_never_share_a_device() {
-        let (_dir, _path, store) = temp_store(&["a", "b", "c"]).await;
-        let mut tasks = Vec::new();
-        for pair in [["a", "b"], ["b", "c"], ["c", "a"], ["a", "b"]] {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = store.submit(new_job(None, "{}", 50)).await.unwrap();
-                store.reserve(id, &hosts(&pair)).await.map(|()| (id, pair))
-            }));
-        }
-        let mut won = Vec::new();
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(got) => won.push(got),
-                Err(err) => assert!(matches!(err, StoreError::Conflict(_)), "{err}"),
-            }
-        }
-        // Any two of the pairs share a device: exactly one job got its pair.
-        assert_eq!(won.len(), 1, "{won:?}");
-        let (id, pair) = won[0];
-        for host in ["a", "b", "c"] {
-            let expected = if pair.contains(&host) {
-                DeviceState::Reserved(id)
-            } else {
-                DeviceState::Idle
-            };
-            assert_eq!(device_state(&*store, host).await, expected, "{host}");
-        }
-        let queued = store.queue().await.unwrap();
-        assert_eq!(queued.len(), 3, "the losers stay queued: {queued:?}");
     }
 }

@@ -17,12 +17,14 @@
 mod api;
 mod browser;
 mod git_daemon;
+mod postgres;
 mod ssh_lab;
 mod terminal;
 
 pub use api::ApiClient;
 pub use browser::Browser;
 pub use git_daemon::GitDaemon;
+pub use postgres::PgCluster;
 pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
 pub use terminal::{TerminalRun, run_in_terminal, strip_escapes};
 

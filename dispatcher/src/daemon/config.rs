@@ -111,6 +111,15 @@ pub struct DaemonConfig {
     /// reached, 1 s, 2 s, 4 s... apart (at most a minute).
     #[serde(default = "default_callback_attempts")]
     pub callback_attempts: u32,
+    /// The PostgreSQL database several workers share (`postgres://USER@HOST/DB`; a
+    /// Unix socket with `?host=/run/postgresql`); unset: SQLite in the state directory,
+    /// for one machine.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// This worker's name among those sharing `database_url`, which owns the devices of
+    /// its lab files; unset: this machine's host name.
+    #[serde(default)]
+    pub worker_id: Option<String>,
     /// The SMTP relay (`host:port`, plain SMTP on the lab's network) that mails jobs'
     /// `notify` addresses; unset: this lab sends no mail (submission warns).
     #[serde(default)]
@@ -216,6 +225,18 @@ impl DaemonConfig {
 
     /// What the file's types alone cannot say.
     fn check(&self) -> Result<(), String> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err("database_url must be a postgres:// or postgresql:// URL".into());
+        }
+        if let Some(worker) = &self.worker_id
+            && (worker.is_empty() || worker.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "worker_id {worker:?} must be a non-empty name without spaces"
+            ));
+        }
         match (&self.coordinator_url, &self.coordinator_token_file) {
             (Some(_), None) => Err("coordinator_url needs coordinator_token_file".into()),
             (None, Some(_)) => Err("coordinator_token_file is set without coordinator_url".into()),
@@ -298,6 +319,17 @@ impl DaemonConfig {
         self.state_dir.join("dispatcher.db")
     }
 
+    /// This worker's name: `worker_id`, or else the machine's host name.
+    pub fn worker_name(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_string())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "worker".to_string())
+        })
+    }
+
     pub fn jobs_dir(&self) -> PathBuf {
         self.state_dir.join("jobs")
     }
@@ -319,6 +351,26 @@ mod tests {
         );
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         DaemonConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_database_is_a_postgres_url_and_a_worker_a_plain_name() {
+        let config = load("database_url = \"postgres://d@db/lava\"\nworker_id = \"rack-2\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.worker_name(), "rack-2");
+        for (extra, said) in [
+            (
+                "database_url = \"mysql://db/lava\"",
+                "postgres:// or postgresql://",
+            ),
+            ("worker_id = \"rack 2\"", "without spaces"),
+            ("worker_id = \"\"", "non-empty"),
+        ] {
+            let err = load(extra).err().unwrap_or_default();
+            assert!(err.contains(said), "{extra}: {err}");
+        }
+        let unnamed = load("").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!unnamed.worker_name().is_empty(), "the host name");
     }
 
     /// The configuration the package installs (and the README shows) loads, and so

@@ -13,7 +13,6 @@
 use std::time::{Duration, SystemTime};
 
 use lab::{HealthCheck, HealthFrequency};
-use runner::validation;
 use states::{DeviceHealth, DeviceState, ErrorClass, Health, Outcome};
 use store::{HealthChange, NewJob, StoreError};
 
@@ -138,11 +137,9 @@ pub async fn queue_due_checks(
         };
         let definition = check.definition.clone();
         let pass = state.clone();
-        let validated = tokio::task::spawn_blocking(move || {
-            validation::validate_for_run(&definition, &pass.lab, &pass.policy)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("validation did not complete: {e}")))?;
+        let validated = tokio::task::spawn_blocking(move || pass.validate_for_run(&definition))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("validation did not complete: {e}")))?;
         let hostname = record.hostname.clone();
         match validated {
             Ok(validated) => {
@@ -226,6 +223,8 @@ mod tests {
             health,
             last_check_at,
             jobs_since_check,
+            tags: Vec::new(),
+            worker: None,
         };
         let check = |every| HealthCheck {
             path: "kvm.health.json".into(),

@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod config;
+pub mod database;
 mod health;
 pub mod http;
 mod logs;
@@ -31,6 +32,7 @@ pub mod notify;
 mod schedule;
 pub mod service;
 mod sessions;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,7 +53,7 @@ use runner::validation::JobPolicy;
 use runner::{self, Coordination, RunSettings};
 
 use states::{ErrorClass, Outcome};
-use store::{SqliteStore, Store, StoreError};
+use store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -78,6 +80,19 @@ pub enum DaemonError {
 pub struct LabState {
     pub lab: Lab,
     pub policy: JobPolicy,
+    /// The devices of the other workers sharing the database, as if idle: with these
+    /// a job is possible even when this worker's devices could never run it.
+    pub others: Vec<scheduler::DeviceView>,
+}
+
+impl LabState {
+    /// [`validation::validate_for_run`] in the whole lab, other workers' devices too.
+    pub fn validate_for_run(
+        &self,
+        text: &str,
+    ) -> Result<job_schemas::Validated, job_schemas::Report> {
+        runner::validation::validate_for_run_with(text, &self.lab, &self.policy, &self.others)
+    }
 }
 
 /// What a reload of the lab files found.
@@ -162,6 +177,10 @@ impl Shared {
             Err(err) => return Err(StoreError::Unavailable(err.to_string())),
         };
         self.store.sync_devices(lab_devices(&state.lab)).await?;
+        let state = LabState {
+            others: other_workers_devices(&*self.store).await?,
+            ..state
+        };
         let reloaded = Reloaded {
             devices: state.lab.devices.keys().cloned().collect(),
             refused: state.lab.refused_devices.keys().cloned().collect(),
@@ -319,8 +338,12 @@ impl Daemon {
                 source,
             })?;
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database()).await?);
+        let store = database::open(&config).await?;
         store.sync_devices(lab_devices(&lab_state.lab)).await?;
+        let lab_state = LabState {
+            others: other_workers_devices(&*store).await?,
+            ..lab_state
+        };
         let cut_short = store.recover_after_restart().await?;
         for &job in &cut_short {
             tracing::warn!(
@@ -413,6 +436,13 @@ impl Daemon {
             max_connections / 2,
         );
         let server = tokio::spawn(http::serve(listener, router, limits, stopped.clone()));
+        if let Some(changes) = shared.store.subscribe().await {
+            tokio::spawn(workers::follow_other_workers(
+                shared.clone(),
+                changes,
+                stopped.clone(),
+            ));
+        }
         let scheduler = tokio::spawn(schedule::schedule_forever(shared.clone(), stopped));
         tracing::info!(%addr, "dispatcher daemon listening");
         Ok(Daemon {
@@ -489,15 +519,52 @@ fn load_lab(
         .filter_map(|d| d.ssh().and_then(|s| s.identity_file.clone()))
         .collect();
     let policy = config.job_policy(&device_keys);
-    Ok((LabState { lab, policy }, report))
+    let others = Vec::new();
+    Ok((
+        LabState {
+            lab,
+            policy,
+            others,
+        },
+        report,
+    ))
 }
 
-/// `(hostname, device type)` of every device in use: what the store is synced to.
-fn lab_devices(lab: &Lab) -> Vec<(String, String)> {
+/// Every device in use, as the lab files give it: what the store is synced to.
+fn lab_devices(lab: &Lab) -> Vec<store::LabDevice> {
     lab.devices
         .values()
-        .map(|d| (d.hostname.clone(), d.device_type.name.clone()))
+        .map(|d| store::LabDevice {
+            hostname: d.hostname.clone(),
+            device_type: d.device_type.name.clone(),
+            tags: d.tags.to_vec(),
+        })
         .collect()
+}
+
+/// The devices other workers sharing the store own, retired ones left out, as if
+/// idle: what could ever serve a job besides this worker's own.
+async fn other_workers_devices(
+    store: &dyn Store,
+) -> Result<Vec<scheduler::DeviceView>, StoreError> {
+    let Some(me) = store.worker() else {
+        return Ok(Vec::new());
+    };
+    Ok(store
+        .devices()
+        .await?
+        .into_iter()
+        .filter(|d| d.worker.as_deref() != Some(me))
+        .filter(|d| d.health != states::DeviceHealth::Retired)
+        .map(|d| scheduler::DeviceView {
+            hostname: d.hostname,
+            device_type: d.device_type,
+            tags: d.tags.into_iter().collect(),
+            state: states::DeviceState::Idle,
+            health: states::DeviceHealth::Good,
+            awaiting_check: false,
+        })
+        .collect())
 }
 
 /// Connects to the standalone coordinator the configuration names, and checks that it

@@ -12,7 +12,6 @@ use store::StoreError;
 use tokio::sync::{Notify, watch};
 
 use super::{LabState, QueuedJob, Shared, Started, health, now_secs, run_job, service};
-use runner::validation;
 
 /// Wakes the scheduler and keeps what it was woken for.
 #[derive(Debug)]
@@ -211,12 +210,21 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
         };
         let state = shared.lab();
         let validated = tokio::task::spawn_blocking(move || {
-            validation::validate_for_run(&stored.definition, &state.lab, &state.policy)
-                .map(|v| v.job)
+            state.validate_for_run(&stored.definition).map(|v| v.job)
         })
         .await?;
         let job = match validated {
             Ok(job) => job,
+            // Another worker's job: it was valid where it was submitted, and what this
+            // worker refuses (a file only that machine may read) is not its to judge.
+            Err(report) if shared.store.worker().is_some() => {
+                tracing::debug!(
+                    job = record.id,
+                    report = %report.render(&format!("job {}", record.id)),
+                    "a queued job this worker cannot run is left to the others"
+                );
+                continue;
+            }
             Err(report) => {
                 // The lab changed under a queued job: it can never run as written.
                 let message = format!(
@@ -244,8 +252,11 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
     }
     let lab_now = shared.lab();
     let devices = device_views(shared, &lab_now).await?;
+    let elsewhere_reason = elsewhere_reason(shared);
     let (plan, waited, all_taken) = tokio::task::spawn_blocking(move || {
-        let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+        let (requests, elsewhere) = split_elsewhere(requests, &devices, elsewhere_reason);
+        let mut plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+        plan.waiting.extend(elsewhere);
         let assigned: HashSet<u64> = plan.assignments.iter().map(|a| a.job_id).collect();
         let waited: HashMap<u64, Duration> = requests
             .iter()
@@ -268,10 +279,21 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
             checks: health_check_of,
             ..
         } = Arc::unwrap_or_clone(queued_job);
-        shared
+        match shared
             .store
             .reserve(assignment.job_id, &assignment.devices)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Another worker took the job first (or it was canceled meanwhile): its
+            // devices were not taken, and the next pass plans without it.
+            Err(err @ (StoreError::IllegalTransition { .. } | StoreError::Conflict(_))) => {
+                tracing::debug!(job = assignment.job_id, %err, "job not reserved here");
+                shared.wake.changed();
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        }
         let device_types = service::device_types_of(&job, &lab_now.lab);
         shared.metrics.job_started(
             &device_types,
@@ -323,12 +345,45 @@ async fn fresh_pass(shared: &Arc<Shared>, mut submitted: Vec<u64>) -> Result<boo
         return Ok(true);
     }
     let devices = device_views(shared, &shared.lab()).await?;
-    let plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
+    let (requests, elsewhere) = split_elsewhere(requests, &devices, elsewhere_reason(shared));
+    let mut plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
     if !plan.assignments.is_empty() {
         return Ok(false);
     }
+    plan.waiting.extend(elsewhere);
     shared.add_waiting(plan.waiting);
     Ok(true)
+}
+
+/// Why a job waits that no set of this worker's devices could ever serve, when other
+/// workers share the lab (`None`: this daemon has the whole lab).
+fn elsewhere_reason(shared: &Shared) -> Option<Arc<str>> {
+    let me = shared.store.worker()?;
+    Some(Arc::from(format!(
+        "waiting for another worker: no set of {me}'s devices serves it"
+    )))
+}
+
+/// `requests` parted into those this worker's `devices` could serve and, with
+/// `reason`, those left to the other workers: planned here, they would only be told
+/// this worker's lab has no such device. Without a reason (one daemon has the whole
+/// lab) every request is planned here.
+fn split_elsewhere(
+    requests: Vec<Request>,
+    devices: &[scheduler::DeviceView],
+    reason: Option<Arc<str>>,
+) -> (Vec<Request>, Vec<(u64, Arc<str>)>) {
+    let Some(reason) = reason else {
+        return (requests, Vec::new());
+    };
+    let (ours, theirs): (Vec<Request>, Vec<Request>) = requests
+        .into_iter()
+        .partition(|r| scheduler::shortfall(&r.needs, devices).is_none());
+    let theirs = theirs
+        .into_iter()
+        .map(|r| (r.job_id, reason.clone()))
+        .collect();
+    (ours, theirs)
 }
 
 /// The store's devices as the scheduler sees them, with their tags and health checks
@@ -337,11 +392,14 @@ async fn device_views(
     shared: &Shared,
     lab_now: &LabState,
 ) -> Result<Vec<scheduler::DeviceView>, StoreError> {
+    let me = shared.store.worker();
     Ok(shared
         .store
         .devices()
         .await?
         .into_iter()
+        // This worker's own: another worker's device is that worker's to give.
+        .filter(|d| d.worker.is_none() || d.worker.as_deref() == me)
         .map(|d| {
             let tags = lab_now
                 .lab

@@ -317,7 +317,7 @@ impl Dispatcher {
         let state = self.shared.lab();
         let lab = state.clone();
         let (validated, text) = off_thread(move || {
-            let validated = validation::validate_for_run(&text, &state.lab, &state.policy);
+            let validated = state.validate_for_run(&text);
             (validated, text)
         })
         .await?;

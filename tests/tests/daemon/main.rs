@@ -33,6 +33,8 @@ mod queue;
 mod restart;
 /// The web page in headless Chromium: sign-in, a job's page, the job list, devices.
 mod web;
+/// Several workers sharing one PostgreSQL database.
+mod workers;
 
 /// What a job's log says once its client VM's test shell runs.
 const CLIENT_TESTING: &str = "\"node\":\"client\",\"msg\":\"start: test\"";
