@@ -126,7 +126,7 @@ pub fn run(lab: &Lab, idle_rss_kib: u64) -> Result<Table, String> {
 
 /// `total` submissions of `job` shared among `clients`, each on its own thread: every
 /// submission's latency, and the wall time of them all.
-fn submit_from_all(
+pub(crate) fn submit_from_all(
     clients: &[ApiClient],
     job: &str,
     total: usize,

@@ -15,6 +15,7 @@ mod report;
 mod stats;
 mod throughput;
 mod transfer;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum What {
     Overhead,
     /// Submissions per second, latency, and the daemon's memory.
     Api,
+    /// Submissions per second and time to start: 1 worker on SQLite, 1 and 3 on PostgreSQL.
+    Workers,
     /// The daemon's CPU time with many followers of one running job's log.
     Follow {
         #[arg(default_value_t = 1000)]
@@ -102,6 +105,7 @@ fn run(what: What) -> Result<(), String> {
                 throughput::run(&runtime).map(|t| vec![t]),
                 transfer::run(&runtime, 512).map(|t| vec![t]),
                 lab_tables(&runtime),
+                workers::run().map(|t| vec![t]),
             ];
             let mut tables = Vec::new();
             for attempt in attempts {
@@ -113,6 +117,7 @@ fn run(what: What) -> Result<(), String> {
             tables
         }
         What::Barrier { nodes } => vec![barrier::run(&runtime, nodes)?],
+        What::Workers => vec![workers::run()?],
         What::Throughput => vec![throughput::run(&runtime)?],
         What::Transfer { mib } => vec![transfer::run(&runtime, *mib)?],
         What::Overhead => {

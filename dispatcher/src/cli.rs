@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// The workers sharing a daemon's database.
+    Workers {
+        #[command(subcommand)]
+        command: WorkersCommand,
+    },
     /// A daemon's jobs.
     Jobs {
         #[command(subcommand)]
@@ -300,6 +305,17 @@ enum JobsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum WorkersCommand {
+    /// Each worker: alive or lost, version, its last beat, its devices, its API.
+    List {
+        #[command(flatten)]
+        format: FormatArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DevicesCommand {
     /// Check device type files in DIR and device files in DIR/devices (or --devices).
     Check {
@@ -359,6 +375,9 @@ pub fn run(cli: Cli) -> u8 {
         Command::Devices {
             command: DevicesCommand::List { format, server },
         } => remote::simple(&server.into(), Simple::Devices, format.get()),
+        Command::Workers {
+            command: WorkersCommand::List { format, server },
+        } => remote::simple(&server.into(), Simple::Workers, format.get()),
         Command::Devices {
             command:
                 DevicesCommand::Show {

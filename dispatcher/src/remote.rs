@@ -422,6 +422,7 @@ pub fn definition(server: &Server, id: u64) -> u8 {
 /// The other requests: one call, its answer printed.
 pub enum Simple {
     Devices,
+    Workers,
     /// One device with its health history.
     Device(String),
     /// The lab files read again by the daemon.
@@ -441,6 +442,7 @@ pub fn simple(server: &Server, what: Simple, format: Format) -> u8 {
     block_on(async {
         let answer = match &what {
             Simple::Devices => server.get("devices").await?,
+            Simple::Workers => server.get("workers").await?,
             Simple::Reload => server.post("lab/reload", Vec::new()).await?,
             Simple::Device(name) => server.get(&format!("devices/{}", segment(name))).await?,
             Simple::SetHealth {
@@ -474,6 +476,7 @@ pub fn simple(server: &Server, what: Simple, format: Format) -> u8 {
         let paint = Paint::for_stdout();
         let text = match what {
             Simple::Devices => tables::devices(&answer, paint),
+            Simple::Workers => tables::workers(&answer, paint),
             Simple::Device(_) => tables::device(&answer, paint),
             Simple::Reload => {
                 let refused = answer["refused"].as_array().map_or(0, Vec::len);

@@ -46,6 +46,7 @@ pub fn serve(config: &Path) -> u8 {
             };
         let stop = crate::run::stop_signal();
         tokio::pin!(stop);
+        let mut fenced = false;
         loop {
             let hangup = async {
                 match hangups.as_mut() {
@@ -55,6 +56,10 @@ pub fn serve(config: &Path) -> u8 {
             };
             tokio::select! {
                 () = &mut stop => break,
+                () = daemon.shared.fenced.notified() => {
+                    fenced = true;
+                    break;
+                }
                 Some(()) = hangup => match daemon.shared.reload().await {
                     Ok(reloaded) => errln!(
                         "lab reloaded: {} device(s), {} refused",
@@ -65,9 +70,16 @@ pub fn serve(config: &Path) -> u8 {
                 },
             }
         }
-        errln!("shutting down: canceling running jobs, keeping queued ones");
+        if fenced {
+            errln!(
+                "error: this worker was declared lost by the others (its jobs were ended \
+                 meanwhile): stopping; started again, it rejoins"
+            );
+        } else {
+            errln!("shutting down: canceling running jobs, keeping queued ones");
+        }
         daemon.shutdown().await;
-        exit::OK
+        if fenced { exit::PROBLEMS } else { exit::OK }
     })
 }
 

@@ -296,6 +296,40 @@ pub fn devices(list: &Value, paint: Paint) -> String {
     table.render()
 }
 
+/// `GET /api/v1/workers` as a table.
+pub fn workers(list: &Value, paint: Paint) -> String {
+    let mut table = Table::new(&["WORKER", "STATE", "VERSION", "LAST BEAT", "DEVICES", "API"]);
+    for worker in list["workers"].as_array().into_iter().flatten() {
+        let devices: Vec<&str> = worker["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let state = text_of(&worker["state"]);
+        table.row(vec![
+            text_of(&worker["name"]),
+            if state == "alive" {
+                paint.good(&state)
+            } else {
+                paint.bad(&state)
+            },
+            text_of(&worker["version"]),
+            format!(
+                "{:.0} s ago",
+                worker["last_beat_secs"].as_f64().unwrap_or(0.0)
+            ),
+            if devices.is_empty() {
+                "-".into()
+            } else {
+                devices.join(",")
+            },
+            text_of(&worker["api_url"]),
+        ]);
+    }
+    table.render()
+}
+
 /// `GET /api/v1/devices/NAME`: fields, then the health history as a table.
 pub fn device(detail: &Value, paint: Paint) -> String {
     let mut text = String::new();

@@ -21,6 +21,8 @@ mod encode;
 mod postgres;
 mod sqlite;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +148,35 @@ pub trait Store: Send + Sync {
 
     /// The name and scope of the token `token`, or `None` if it is not one of ours.
     async fn token_scope(&self, token: &str) -> Result<Option<(String, TokenScope)>, StoreError>;
+
+    /// This worker joins the workers sharing the database (or comes back): it is
+    /// alive from now, under a new epoch that fences any earlier instance of it (whose
+    /// heartbeats are refused from now on), and its devices that went offline when it
+    /// was lost come back idle. Refused while another live worker runs a different
+    /// version or knows other device types. A store no other worker shares does nothing.
+    async fn join(&self, _worker: &WorkerInfo) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// This worker is alive, by the database's clock. [`Conflict::Fenced`] when it was
+    /// declared lost, or another instance of it joined, meanwhile: nothing it decided
+    /// while away may be written any more.
+    async fn beat(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Declares lost every live worker whose last beat is older than `silence`, by the
+    /// database's clock: the jobs on its devices end incomplete ("worker W lost", an
+    /// infrastructure error) and free their devices, and its devices go offline. Each
+    /// lost worker is declared by one caller only.
+    async fn reap_lost_workers(&self, _silence: Duration) -> Result<Vec<LostWorker>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Every worker that joined, by name; `None`: no other worker shares this store.
+    async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Why a store call failed, whatever the backend.
@@ -185,6 +216,47 @@ pub enum Missing {
     Device(String),
 }
 
+/// What a worker says of itself when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The dispatcher's version.
+    pub version: String,
+    /// The device types it knows, by name.
+    pub device_types: Vec<String>,
+    /// Where its API answers.
+    pub api_url: String,
+}
+
+/// A worker as the shared database knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct WorkerRecord {
+    pub name: String,
+    /// `alive`, or `lost` (its beats stopped; it is alive again once it rejoins).
+    pub state: String,
+    pub version: String,
+    pub api_url: String,
+    /// How many times it joined.
+    pub epoch: u64,
+    /// When it last joined (unix seconds).
+    pub joined_at: i64,
+    /// Seconds since its last beat, by the database's clock.
+    pub last_beat_secs: f64,
+    /// Its devices, by hostname.
+    pub devices: Vec<String>,
+}
+
+/// A worker declared lost, and the jobs that ended with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWorker {
+    pub name: String,
+    pub jobs: Vec<u64>,
+}
+
+/// The message of jobs that ended because the worker running them was lost.
+pub fn lost_message(worker: &str) -> String {
+    format!("worker {worker} lost")
+}
+
 /// What a [`StoreError::Conflict`] ran into.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Conflict {
@@ -200,6 +272,18 @@ pub enum Conflict {
     /// drives it.
     #[error("device {hostname} belongs to worker {worker}")]
     DeviceOfAnotherWorker { hostname: String, worker: String },
+    /// A worker that would join differs from a live one.
+    #[error(
+        "worker {worker} runs {theirs} and this one {ours}: workers of one database must agree"
+    )]
+    WorkerMismatch {
+        worker: String,
+        theirs: String,
+        ours: String,
+    },
+    /// This worker was declared lost, or joined again elsewhere, since it joined.
+    #[error("worker {0} was fenced: it was declared lost or joined again meanwhile")]
+    Fenced(String),
 }
 
 /// What a [`StoreError::Invalid`] refused.

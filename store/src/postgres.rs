@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,15 +32,16 @@ use crate::encode::{
 };
 use crate::{
     Change, Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobCounts,
-    JobFilter, JobPage, JobRecord, JobSummary, LabDevice, Member, Missing, NewJob, Queued,
-    RESTART_MESSAGE, Store, StoreError, TokenScope,
+    JobFilter, JobPage, JobRecord, JobSummary, LabDevice, LostWorker, Member, Missing, NewJob,
+    Queued, RESTART_MESSAGE, Store, StoreError, TokenScope, WorkerInfo, WorkerRecord, lost_message,
 };
 use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
 
 /// Schema migrations: `MIGRATIONS[n]` brings `dispatcher_schema.version` from `n` to
 /// `n + 1`. The first is the SQLite schema as of its seventh migration, with devices'
 /// owners and the database's clock.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE FUNCTION dispatcher_now() RETURNS BIGINT LANGUAGE SQL STABLE
         AS 'SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)';
     CREATE TABLE jobs (
@@ -93,10 +96,27 @@ const MIGRATIONS: &[&str] = &["
         job_id BIGINT,
         reason TEXT NOT NULL
     );
-    CREATE INDEX device_health_host ON device_health (hostname, id);"];
+    CREATE INDEX device_health_host ON device_health (hostname, id);",
+    // 2: the workers: each one's version and device types (workers of one database
+    // must agree), where its API answers, its epoch (one more at each join; a beat
+    // of an older epoch is refused) and its last beat by the database's clock.
+    "CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        version TEXT NOT NULL,
+        device_types TEXT NOT NULL,
+        api_url TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        joined_at BIGINT NOT NULL,
+        last_beat TIMESTAMPTZ NOT NULL
+    );",
+];
 
 /// The advisory lock migrations hold, so workers that start at once migrate once.
 const MIGRATION_LOCK: i64 = 0x6469_7370_6174_6368;
+
+/// The advisory lock joins hold, so workers joining at once compare with each other.
+const JOIN_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// Connections one worker keeps to the database at most.
 const POOL_SIZE: usize = 16;
@@ -109,6 +129,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The epoch this worker joined under (0: not joined), which its beats must match.
+    epoch: Arc<AtomicI64>,
     /// Where the pool connects, for the connection that listens for notices.
     config: tokio_postgres::Config,
     /// The worker this store speaks for: the owner of the devices it syncs.
@@ -153,6 +175,7 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}")))?;
         let store = PgStore {
             pool,
+            epoch: Arc::default(),
             config,
             worker: worker.to_string(),
         };
@@ -394,6 +417,7 @@ impl Store for PgStore {
     async fn reserve(&self, job: u64, hostnames: &[String]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
+        self.fence(&tx).await?;
         transition(&tx, job, JobEvent::Scheduled).await?;
         // Every device asked for, locked by hostname (the one order all workers lock
         // in), then checked in the order given: one listed twice is taken the first
@@ -456,6 +480,7 @@ impl Store for PgStore {
         let key = key(job).ok_or(StoreError::NotFound(Missing::Job(job)))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
+        self.fence(&tx).await?;
         // The job first, then its devices: the order every change locks in.
         let checked: Option<String> = tx
             .query_opt(
@@ -531,29 +556,10 @@ impl Store for PgStore {
     async fn recover_after_restart(&self) -> Result<Vec<u64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
+        self.fence(&tx).await?;
         // Only the jobs that held this worker's devices: the other workers' jobs run on.
-        let ids: Vec<i64> = tx
-            .query(
-                "SELECT id FROM jobs
-                 WHERE state IN ('scheduled', 'running', 'canceling')
-                   AND id IN (SELECT job_id FROM devices WHERE worker = $1)
-                 ORDER BY id FOR UPDATE",
-                &[&self.worker],
-            )
-            .await
-            .map_err(Fail::from)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
         // As in SQLite: a restart is no event of the job's own life.
-        let ended = JobState::Finished(Outcome::incomplete(
-            ErrorClass::Infrastructure,
-            RESTART_MESSAGE,
-        ));
-        for &id in &ids {
-            write_state(&tx, id, &ended).await?;
-            release_devices(&tx, id).await?;
-        }
+        let ids = end_jobs_of_worker(&tx, &self.worker, RESTART_MESSAGE).await?;
         if !ids.is_empty() {
             self.notify(&tx, "recovered").await?;
         }
@@ -577,6 +583,7 @@ impl Store for PgStore {
         let lab: Vec<&str> = sorted.iter().map(|d| d.hostname.as_str()).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
+        self.fence(&tx).await?;
         for device in &sorted {
             let (hostname, device_type) = (&device.hostname, &device.device_type);
             let tags = name_list(&device.tags);
@@ -735,6 +742,178 @@ impl Store for PgStore {
         Some(&self.worker)
     }
 
+    async fn join(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        let mut types = info.device_types.clone();
+        types.sort();
+        types.dedup();
+        let types = name_list(&types);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Fail::from)?;
+        // One join at a time: two workers joining at once compare with each other.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&JOIN_LOCK])
+            .await
+            .map_err(Fail::from)?;
+        let live = tx
+            .query(
+                "SELECT name, version, device_types FROM workers
+                 WHERE state = 'alive' AND name <> $1 ORDER BY name",
+                &[&self.worker],
+            )
+            .await
+            .map_err(Fail::from)?;
+        for row in &live {
+            let (name, version, theirs): (String, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            let mismatch = if version != info.version {
+                Some((
+                    format!("version {version}"),
+                    format!("version {}", info.version),
+                ))
+            } else if theirs != types {
+                Some((
+                    format!("device types{}", theirs.trim_end()),
+                    format!("device types{}", types.trim_end()),
+                ))
+            } else {
+                None
+            };
+            if let Some((theirs, ours)) = mismatch {
+                return Err(StoreError::Conflict(Conflict::WorkerMismatch {
+                    worker: name,
+                    theirs,
+                    ours,
+                }));
+            }
+        }
+        let epoch: i64 = tx
+            .query_one(
+                "INSERT INTO workers (name, state, version, device_types, api_url, epoch,
+                     joined_at, last_beat)
+                 VALUES ($1, 'alive', $2, $3, $4, 1, dispatcher_now(), clock_timestamp())
+                 ON CONFLICT (name) DO UPDATE SET state = 'alive', version = $2,
+                     device_types = $3, api_url = $4, epoch = workers.epoch + 1,
+                     joined_at = dispatcher_now(), last_beat = clock_timestamp()
+                 RETURNING epoch",
+                &[&self.worker, &info.version, &types, &info.api_url],
+            )
+            .await
+            .map_err(Fail::from)?
+            .get(0);
+        // Back from being lost: its devices are its to give again.
+        let offline = serde_json::to_string(&DeviceState::Offline).map_err(Fail::from)?;
+        let idle = serde_json::to_string(&DeviceState::Idle).map_err(Fail::from)?;
+        let retired = enum_text(&DeviceHealth::Retired).map_err(Fail::from)?;
+        tx.execute(
+            "UPDATE devices SET state = $2
+             WHERE worker = $1 AND state = $3 AND health <> $4 AND job_id IS NULL",
+            &[&self.worker, &idle, &offline, &retired],
+        )
+        .await
+        .map_err(Fail::from)?;
+        self.notify(&tx, "devices").await?;
+        tx.commit().await.map_err(Fail::from)?;
+        self.epoch.store(epoch, Ordering::SeqCst);
+        tracing::info!(worker = self.worker, epoch, "worker joined");
+        Ok(())
+    }
+
+    async fn beat(&self) -> Result<(), StoreError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE workers SET last_beat = clock_timestamp()
+                 WHERE name = $1 AND epoch = $2 AND state = 'alive'",
+            )
+            .await
+            .map_err(Fail::from)?;
+        let beaten = client
+            .execute(&statement, &[&self.worker, &epoch])
+            .await
+            .map_err(Fail::from)?;
+        if beaten == 0 {
+            return Err(StoreError::Conflict(Conflict::Fenced(self.worker.clone())));
+        }
+        Ok(())
+    }
+
+    async fn reap_lost_workers(&self, silence: Duration) -> Result<Vec<LostWorker>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Fail::from)?;
+        // SKIP LOCKED: a worker another caller is declaring lost is that caller's.
+        let silent: Vec<String> = tx
+            .query(
+                "SELECT name FROM workers
+                 WHERE state = 'alive' AND name <> $1
+                   AND clock_timestamp() - last_beat > make_interval(secs => $2)
+                 ORDER BY name FOR UPDATE SKIP LOCKED",
+                &[&self.worker, &silence.as_secs_f64()],
+            )
+            .await
+            .map_err(Fail::from)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let offline = serde_json::to_string(&DeviceState::Offline).map_err(Fail::from)?;
+        let mut lost = Vec::new();
+        for name in silent {
+            tx.execute(
+                "UPDATE workers SET state = 'lost' WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(Fail::from)?;
+            let ids = end_jobs_of_worker(&tx, &name, &lost_message(&name)).await?;
+            tx.execute(
+                "UPDATE devices SET state = $2 WHERE worker = $1",
+                &[&name, &offline],
+            )
+            .await
+            .map_err(Fail::from)?;
+            tracing::debug!(worker = name, jobs = ?ids, "worker declared lost");
+            lost.push(LostWorker {
+                name,
+                jobs: ids.into_iter().map(unsigned).collect(),
+            });
+        }
+        if !lost.is_empty() {
+            self.notify(&tx, "devices").await?;
+        }
+        tx.commit().await.map_err(Fail::from)?;
+        Ok(lost)
+    }
+
+    async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.name, w.state, w.version, w.api_url, w.epoch, w.joined_at,
+                     CAST(EXTRACT(EPOCH FROM clock_timestamp() - w.last_beat) AS DOUBLE PRECISION),
+                     coalesce(array_agg(d.hostname ORDER BY d.hostname)
+                         FILTER (WHERE d.hostname IS NOT NULL), '{}')
+                 FROM workers w LEFT JOIN devices d ON d.worker = w.name
+                   AND d.health <> 'retired'
+                 GROUP BY w.name ORDER BY w.name",
+                &[],
+            )
+            .await
+            .map_err(Fail::from)?;
+        Ok(Some(
+            rows.iter()
+                .map(|row| WorkerRecord {
+                    name: row.get(0),
+                    state: row.get(1),
+                    version: row.get(2),
+                    api_url: row.get(3),
+                    epoch: unsigned(row.get(4)),
+                    joined_at: row.get(5),
+                    last_beat_secs: row.get(6),
+                    devices: row.get(7),
+                })
+                .collect(),
+        ))
+    }
+
     async fn subscribe(&self) -> Option<mpsc::Receiver<Change>> {
         let (changes, receiver) = mpsc::channel(256);
         tokio::spawn(listen(self.config.clone(), self.worker.clone(), changes));
@@ -768,10 +947,36 @@ impl PgStore {
     async fn apply(&self, job: u64, event: JobEvent) -> Result<JobState, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
+        // A cancel is anyone's to ask; starting is the running worker's alone.
+        if event == JobEvent::Started {
+            self.fence(&tx).await?;
+        }
         let state = transition(&tx, job, event).await?;
         self.notify(&tx, &format!("{} {job}", state.name())).await?;
         tx.commit().await.map_err(Fail::from)?;
         Ok(state)
+    }
+
+    /// Refuses a change of this worker's jobs or devices once it is fenced: declared
+    /// lost, or joined again by another instance, since it joined. (A store that has
+    /// not joined, as in the store's own tests, is not fenced.) The worker's row is
+    /// locked to the end of `tx`, so it cannot be declared lost halfway through.
+    async fn fence(&self, tx: &Transaction<'_>) -> Result<(), Fail> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if epoch == 0 {
+            return Ok(());
+        }
+        let alive = tx
+            .query_opt(
+                "SELECT 1 FROM workers WHERE name = $1 AND epoch = $2 AND state = 'alive'
+                 FOR SHARE",
+                &[&self.worker, &epoch],
+            )
+            .await?;
+        match alive {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Conflict(Conflict::Fenced(self.worker.clone())).into()),
+        }
     }
 
     /// Tells the other workers, when `tx` commits, that this one changed `what`.
@@ -856,6 +1061,34 @@ async fn listen(config: tokio_postgres::Config, me: String, changes: mpsc::Sende
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_LISTEN_PAUSE);
     }
+}
+
+/// Ends every job that holds a device of worker `worker` (scheduled, running or being
+/// canceled) as incomplete with `message`, an infrastructure error, and frees its
+/// devices; returns their ids.
+async fn end_jobs_of_worker(
+    tx: &Transaction<'_>,
+    worker: &str,
+    message: &str,
+) -> Result<Vec<i64>, Fail> {
+    let ids: Vec<i64> = tx
+        .query(
+            "SELECT id FROM jobs
+             WHERE state IN ('scheduled', 'running', 'canceling')
+               AND id IN (SELECT job_id FROM devices WHERE worker = $1)
+             ORDER BY id FOR UPDATE",
+            &[&worker],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let ended = JobState::Finished(Outcome::incomplete(ErrorClass::Infrastructure, message));
+    for &id in &ids {
+        write_state(tx, id, &ended).await?;
+        release_devices(tx, id).await?;
+    }
+    Ok(ids)
 }
 
 /// Stores one new job in `tx`: its id. A resubmission is linked from the job it

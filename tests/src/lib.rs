@@ -20,6 +20,7 @@ mod git_daemon;
 mod postgres;
 mod ssh_lab;
 mod terminal;
+mod worker_lab;
 
 pub use api::ApiClient;
 pub use browser::Browser;
@@ -27,6 +28,7 @@ pub use git_daemon::GitDaemon;
 pub use postgres::PgCluster;
 pub use ssh_lab::{SshLab, TEST_MAX_JOB_BYTES};
 pub use terminal::{TerminalRun, run_in_terminal, strip_escapes};
+pub use worker_lab::{Database, WorkerLab};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,12 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failure report.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use states::{DeviceHealth, DeviceState, ErrorClass, Health, JobState, Outcome};
 use store::{
     Change, Conflict, DeviceRecord, HealthChange, Invalid, JobFilter, JobSummary, LabDevice,
     Missing, NewJob, PgStore, RESTART_MESSAGE, SqliteStore, Store, StoreError, TokenScope,
+    WorkerInfo,
 };
 use system_tests::PgCluster;
 
@@ -870,5 +872,137 @@ async fn a_worker_is_told_what_the_others_change() {
         heard.recv().await,
         Some(told("health a".into())),
         "worker 2's own changes are not told to it"
+    );
+}
+
+fn joining(types: &[&str]) -> WorkerInfo {
+    WorkerInfo {
+        version: "1.0".into(),
+        device_types: types.iter().map(|t| t.to_string()).collect(),
+        api_url: "http://127.0.0.1:1".into(),
+    }
+}
+
+/// A worker whose beats stop is declared lost by another, once: the jobs on its
+/// devices end naming it, its devices go offline, and the other workers' jobs run on.
+/// It is fenced until it joins again; then its devices are its to give again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_worker_is_declared_lost_once_and_fenced_until_it_joins_again() {
+    let server = PgCluster::start();
+    let url = server.create_database("lab");
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(PgStore::connect(&url, "worker-1").await.unwrap()),
+        Arc::new(PgStore::connect(&url, "worker-2").await.unwrap()),
+        Arc::new(PgStore::connect(&url, "worker-3").await.unwrap()),
+    ];
+    for (store, devices) in stores.iter().zip([["a"], ["x"], ["m"]]) {
+        store.join(&joining(&["kvm"])).await.unwrap();
+        store.sync_devices(lab(&devices)).await.unwrap();
+    }
+    let (one, two, three) = (&stores[0], &stores[1], &stores[2]);
+    let theirs = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    two.reserve(theirs, &hosts(&["x"])).await.unwrap();
+    two.start(theirs).await.unwrap();
+    let ours = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    one.reserve(ours, &hosts(&["a"])).await.unwrap();
+    one.start(ours).await.unwrap();
+
+    // Everyone beats but worker 2, until its silence is longer than the limit.
+    one.beat().await.unwrap();
+    three.beat().await.unwrap();
+    assert!(
+        one.reap_lost_workers(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an hour's silence is not reached"
+    );
+    let lost = one.reap_lost_workers(Duration::ZERO).await.unwrap();
+    // Worker 3 beat before and is silent now too: zero silence declares both.
+    let names: Vec<&str> = lost.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["worker-2", "worker-3"]);
+    assert_eq!(lost[0].jobs, [theirs]);
+    assert!(
+        one.reap_lost_workers(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a lost worker is declared once"
+    );
+    assert_eq!(
+        job_state(&**one, theirs).await,
+        JobState::Finished(Outcome::incomplete(
+            ErrorClass::Infrastructure,
+            store::lost_message("worker-2")
+        ))
+    );
+    assert_eq!(device_state(&**one, "x").await, DeviceState::Offline);
+    assert_eq!(job_state(&**one, ours).await, JobState::Running);
+
+    // Worker 2 comes back: what it would write is refused, its beat too.
+    let fenced = |err: StoreError| matches!(err, StoreError::Conflict(Conflict::Fenced(_)));
+    assert!(fenced(two.beat().await.unwrap_err()));
+    let outcome = Outcome::complete();
+    assert!(fenced(
+        two.finish(theirs, outcome, None, None).await.unwrap_err()
+    ));
+    let listed = one.workers().await.unwrap().unwrap();
+    let state_of = |name: &str| {
+        let w = listed.iter().find(|w| w.name == name).unwrap();
+        (w.state.clone(), w.epoch, w.devices.clone())
+    };
+    assert_eq!(
+        state_of("worker-2"),
+        ("lost".to_string(), 1, vec!["x".to_string()])
+    );
+    assert_eq!(state_of("worker-1").0, "alive");
+
+    // It joins again: a new epoch, its device idle; the old epoch stays fenced.
+    let again: Arc<dyn Store> = Arc::new(PgStore::connect(&url, "worker-2").await.unwrap());
+    again.join(&joining(&["kvm"])).await.unwrap();
+    assert_eq!(device_state(&**one, "x").await, DeviceState::Idle);
+    again.beat().await.unwrap();
+    assert!(fenced(two.beat().await.unwrap_err()));
+    let next = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    assert!(fenced(two.reserve(next, &hosts(&["x"])).await.unwrap_err()));
+    again.reserve(next, &hosts(&["x"])).await.unwrap();
+    let listed = one.workers().await.unwrap().unwrap();
+    let w2 = listed.iter().find(|w| w.name == "worker-2").unwrap();
+    assert_eq!((w2.state.as_str(), w2.epoch), ("alive", 2));
+}
+
+/// A worker of another version, or knowing other device types, may not join while
+/// a worker that differs is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_differs_from_a_live_one_may_not_join() {
+    let server = PgCluster::start();
+    let url = server.create_database("lab");
+    let one = PgStore::connect(&url, "worker-1").await.unwrap();
+    one.join(&joining(&["kvm", "ssh-host"])).await.unwrap();
+    let two = PgStore::connect(&url, "worker-2").await.unwrap();
+    let err = two.join(&joining(&["kvm"])).await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "worker worker-1 runs device types kvm ssh-host and this one device types kvm"
+        ),
+        "{err}"
+    );
+    let newer = WorkerInfo {
+        version: "2.0".into(),
+        ..joining(&["ssh-host", "kvm"])
+    };
+    let err = two.join(&newer).await.unwrap_err();
+    assert!(err.to_string().contains("version 1.0"), "{err}");
+    // The same, in another order, is the same.
+    two.join(&joining(&["ssh-host", "kvm"])).await.unwrap();
+    assert!(
+        SqliteStore::open(&tempfile::tempdir().unwrap().path().join("d.db"))
+            .await
+            .unwrap()
+            .workers()
+            .await
+            .unwrap()
+            .is_none(),
+        "one SQLite daemon is no shared lab"
     );
 }

@@ -58,6 +58,7 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/resubmit", post(resubmit))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/workers", get(workers))
         .route("/api/v1/devices/{hostname}", get(device))
         .route("/api/v1/lab/reload", post(reload))
         .route("/api/v1/devices/{hostname}/health", put(set_health))
@@ -638,6 +639,20 @@ async fn log(
         .map_err(|e| ServiceError::Internal(e.to_string()).into())
 }
 
+/// The workers of the lab.
+#[derive(Serialize, utoipa::ToSchema)]
+struct WorkerList {
+    workers: Vec<store::WorkerRecord>,
+}
+
+#[utoipa::path(get, path = "/api/v1/workers", tag = "devices",
+    summary = "The workers sharing the lab's database (one, with SQLite): state (alive or lost), version, where each API answers, seconds since each last beat, and each one's devices",
+    responses((status = 200, body = WorkerList)))]
+async fn workers(State(api): State<Arc<Api>>, _: CanRead) -> ApiResult {
+    let workers = api.service.workers().await?;
+    ok(WorkerList { workers })
+}
+
 /// The lab's devices.
 #[derive(Serialize, utoipa::ToSchema)]
 struct DeviceList {
@@ -901,7 +916,7 @@ fn stream_file(
     ),
     paths(
         submit, list_jobs, job, definition, log, results, console, attachment, cancel,
-        resubmit, devices, device, reload, set_health, device_types, openapi, session,
+        resubmit, devices, device, reload, set_health, device_types, workers, openapi, session,
         sign_in, sign_out, web_page, metrics, healthz
     ),
     modifiers(&Security),

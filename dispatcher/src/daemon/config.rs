@@ -120,6 +120,11 @@ pub struct DaemonConfig {
     /// its lab files; unset: this machine's host name.
     #[serde(default)]
     pub worker_id: Option<String>,
+    /// Seconds between a worker's heartbeats in the shared database; one silent for
+    /// three of them is declared lost by the others (its jobs end, its devices go
+    /// offline).
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
     /// The SMTP relay (`host:port`, plain SMTP on the lab's network) that mails jobs'
     /// `notify` addresses; unset: this lab sends no mail (submission warns).
     #[serde(default)]
@@ -127,6 +132,10 @@ pub struct DaemonConfig {
     /// The sender of that mail.
     #[serde(default = "default_mail_from")]
     pub mail_from: String,
+}
+
+fn default_heartbeat_secs() -> u64 {
+    5
 }
 
 fn default_callback_attempts() -> u32 {
@@ -229,6 +238,9 @@ impl DaemonConfig {
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err("database_url must be a postgres:// or postgresql:// URL".into());
+        }
+        if self.heartbeat_secs == 0 {
+            return Err("heartbeat_secs must be at least 1".into());
         }
         if let Some(worker) = &self.worker_id
             && (worker.is_empty() || worker.chars().any(|c| c.is_whitespace() || c.is_control()))

@@ -142,22 +142,19 @@ pub struct Shared {
     waiting_changed: watch::Sender<u64>,
     /// What `/metrics` shows.
     pub metrics: metrics::LabMetrics,
+    /// Told when this worker finds itself fenced (see `workers::beat`): the process
+    /// must stop.
+    pub fenced: tokio::sync::Notify,
+    /// Where this daemon's API answers.
+    pub api_url: String,
+    /// When this daemon started (unix seconds).
+    pub started_at: i64,
 }
 
 impl Shared {
     /// The lab now (a job holds the one it started with).
     pub fn lab(&self) -> Arc<LabState> {
         self.lab.read().clone()
-    }
-
-    /// A device's tags, as its lab file gives them (the store keeps state, not tags).
-    pub fn tags_of(&self, hostname: &str) -> Vec<String> {
-        self.lab()
-            .lab
-            .devices
-            .get(hostname)
-            .map(|d| d.tags.clone())
-            .unwrap_or_default()
     }
 
     /// Reads the lab files again and puts what they say in use without a restart: new
@@ -338,7 +335,27 @@ impl Daemon {
                 source,
             })?;
         }
+        // Listening first: a worker joins with the address its API answers at.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+            what: "listening socket".into(),
+            source,
+        })?;
         let store = database::open(&config).await?;
+        // Before its devices are touched: joining fences an earlier instance of this
+        // worker, and brings back its devices if the others declared it lost.
+        store
+            .join(&store::WorkerInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                device_types: lab_state.lab.device_types.keys().cloned().collect(),
+                api_url: format!("http://{addr}"),
+            })
+            .await?;
         store.sync_devices(lab_devices(&lab_state.lab)).await?;
         let lab_state = LabState {
             others: other_workers_devices(&*store).await?,
@@ -376,16 +393,6 @@ impl Daemon {
                 tokio::spawn(async move { coordination.close_group(&group).await });
             }
         }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| DaemonError::Io {
-                what: format!("cannot listen on {}", config.listen),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| DaemonError::Io {
-            what: "listening socket".into(),
-            source,
-        })?;
         hostctl::console::set_max_log_bytes(config.max_console_bytes);
         let fd_limit = http::raise_fd_limit();
         let max_connections = match config.max_connections {
@@ -424,6 +431,9 @@ impl Daemon {
             waiting: Mutex::default(),
             waiting_changed: watch::channel(0).0,
             metrics: metrics::LabMetrics::new(embedded_coordinator),
+            fenced: tokio::sync::Notify::new(),
+            api_url: format!("http://{addr}"),
+            started_at: now_secs(),
         });
         // Before the API answers: a device that needs its health check has it queued
         // ahead of any job a client could submit.
@@ -442,6 +452,7 @@ impl Daemon {
                 changes,
                 stopped.clone(),
             ));
+            tokio::spawn(workers::beat(shared.clone(), stopped.clone()));
         }
         let scheduler = tokio::spawn(schedule::schedule_forever(shared.clone(), stopped));
         tracing::info!(%addr, "dispatcher daemon listening");
@@ -709,10 +720,12 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         health_name.as_str().unwrap_or_default(),
         began.elapsed(),
     );
-    let finished = shared
-        .store
-        .finish(job_id, outcome, results, change.clone())
-        .await;
+    let finished = patiently("recording a job's end", || {
+        shared
+            .store
+            .finish(job_id, outcome.clone(), results.clone(), change.clone())
+    })
+    .await;
     match finished {
         Ok(state) => {
             notify::job_ended(&shared, job_id, &job);
@@ -758,6 +771,32 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     drop(cancel);
 }
 
+/// How long a job's start or end waits for a database that is away.
+const STORE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// `call`, again while the database is unavailable (restarting, or the network to it
+/// broken), 100 ms after the first try, doubling to 5 s between tries, for at most
+/// [`STORE_PATIENCE`]: a job's start and end must reach the database, not be lost to
+/// a moment's outage. Any other answer is returned at once.
+async fn patiently<T, F, Fut>(what: &str, mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(what, %why, "the database is away: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 async fn run_job_inner(
     shared: &Arc<Shared>,
     job_id: u64,
@@ -766,9 +805,7 @@ async fn run_job_inner(
     cancel: watch::Receiver<bool>,
 ) -> Result<runner::report::JobReport, Outcome> {
     let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
-    shared
-        .store
-        .start(job_id)
+    patiently("recording a job's start", || shared.store.start(job_id))
         .await
         .map_err(|e| infra(format!("cannot start: {e}")))?;
     let job_dir = shared.config.job_dir(job_id);
@@ -819,4 +856,37 @@ async fn run_job_inner(
     // as finished, which is when followers stop reading.
     log.finish();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_call_is_tried_again_while_the_database_is_away_and_only_then() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer = patiently("a test", || {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 | 1 => Err(StoreError::Unavailable("restarting".into())),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(2), "the third try answered");
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let answer: Result<(), StoreError> = patiently("a test", || {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(StoreError::Backend("no such column".into())) }
+        })
+        .await;
+        assert!(matches!(answer, Err(StoreError::Backend(_))));
+        assert_eq!(
+            tries.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a refusal is no outage: not tried again"
+        );
+    }
 }

@@ -83,9 +83,15 @@ impl Wake {
 /// The longest a scheduling pass waits after the last one (see `schedule_forever`).
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
+/// The longest wait after passes that failed (200 ms after the first, doubling).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 pub(super) async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     // What the last pass left: the first pass looks at everything.
     let mut outlook = Outlook::default();
+    // Passes that failed in a row: each waits longer before the next (a database
+    // that is away is not asked ten times a second).
+    let mut failures: u32 = 0;
     loop {
         if *stopped.borrow() {
             return;
@@ -96,18 +102,30 @@ pub(super) async fn schedule_forever(shared: Arc<Shared>, mut stopped: watch::Re
         let work = shared.wake.take();
         let last = outlook;
         outlook = match tokio::spawn(async move { schedule_once(&pass, work, last).await }).await {
-            Ok(Ok(outlook)) => outlook,
+            Ok(Ok(outlook)) => {
+                failures = 0;
+                outlook
+            }
             Ok(Err(err)) => {
                 tracing::error!(%err, "scheduling failed");
                 shared.wake.changed();
+                failures += 1;
                 Outlook::default()
             }
             Err(err) => {
                 tracing::error!(%err, "the scheduling pass panicked");
                 shared.wake.changed();
+                failures += 1;
                 Outlook::default()
             }
         };
+        if failures > 0 {
+            let backoff = (MAX_PAUSE * 2u32.saturating_pow(failures.min(6))).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stopped.changed() => return,
+            }
+        }
         let took = began.elapsed();
         tracing::debug!(took_ms = took.as_secs_f64() * 1e3, "scheduling pass");
         // A pass costs time in proportion to the queue. Under a stream of submissions

@@ -174,6 +174,9 @@ pub struct DeviceView {
     pub state: DeviceState,
     pub health: DeviceHealth,
     pub tags: Vec<String>,
+    /// The worker that owns it, when several share the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// Its file's errors, when it has any: the device is offline until they are fixed
     /// and the lab reloaded.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -587,6 +590,28 @@ impl Dispatcher {
         Ok(Console { file, length })
     }
 
+    /// The workers sharing the database; with a database of its own, this daemon alone.
+    pub async fn workers(&self) -> Result<Vec<store::WorkerRecord>, ServiceError> {
+        if let Some(workers) = self.shared.store.workers().await? {
+            return Ok(workers);
+        }
+        let devices = self.shared.store.devices().await?;
+        Ok(vec![store::WorkerRecord {
+            name: self.shared.config.worker_name(),
+            state: "alive".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api_url: self.shared.api_url.clone(),
+            epoch: 1,
+            joined_at: self.shared.started_at,
+            last_beat_secs: 0.0,
+            devices: devices
+                .into_iter()
+                .filter(|d| d.health != DeviceHealth::Retired)
+                .map(|d| d.hostname)
+                .collect(),
+        }])
+    }
+
     /// Every device, with its tags from the lab files.
     pub async fn devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
         let devices = self.shared.store.devices().await?;
@@ -601,6 +626,7 @@ impl Dispatcher {
                     state: DeviceState::Offline,
                     health: DeviceHealth::Unknown,
                     tags: Vec::new(),
+                    worker: self.shared.store.worker().map(str::to_string),
                     error: Some(refused.errors.clone()),
                 });
             }
@@ -681,7 +707,8 @@ impl Dispatcher {
             .get(&d.hostname)
             .map(|r| r.errors.clone());
         DeviceView {
-            tags: self.shared.tags_of(&d.hostname),
+            tags: d.tags,
+            worker: d.worker,
             hostname: d.hostname,
             device_type: d.device_type,
             state: d.state,

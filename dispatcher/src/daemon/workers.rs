@@ -1,12 +1,13 @@
 //! What a daemon does as one of several workers sharing a PostgreSQL database: it
 //! hears the others' changes (their notices wake its scheduler, and a change of their
 //! devices is read again), and since a notice can be lost it also looks at everything
-//! now and then on its own.
+//! now and then on its own; it beats, and declares lost the workers whose beats
+//! stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::Change;
+use store::{Change, Conflict, StoreError};
 use tokio::sync::{mpsc, watch};
 
 use super::{LabState, Shared, other_workers_devices};
@@ -56,4 +57,63 @@ async fn refresh_others(shared: &Shared) -> Result<(), store::StoreError> {
         others,
     });
     Ok(())
+}
+
+/// Beats every `heartbeat_secs` until the daemon stops, and after each beat declares
+/// lost the workers silent for three beats. A worker told it is fenced (the others
+/// declared it lost, or it joined again elsewhere) stops beating and says so through
+/// `Shared::fenced`: its jobs were ended meanwhile, and its process must stop.
+pub(super) async fn beat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let every = Duration::from_secs(shared.config.heartbeat_secs);
+    let silence = every * 3;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when this worker's beats have gone through without a break. Only a worker
+    // that has itself been beating for the whole silence declares others lost: after
+    // the database was away (a restart), every worker's beats stopped alike, and each
+    // gets the time to beat again before anyone is judged.
+    let mut beating_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        match shared.store.beat().await {
+            Ok(()) => {
+                beating_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Err(StoreError::Conflict(Conflict::Fenced(worker))) => {
+                tracing::error!(
+                    worker,
+                    "this worker was declared lost (or joined again elsewhere) while its \
+                     beats did not reach the database: its jobs were ended; it stops"
+                );
+                shared.fenced.notify_one();
+                return;
+            }
+            Err(err) => {
+                beating_since = None;
+                tracing::warn!(%err, "cannot beat: the database is away");
+                continue;
+            }
+        }
+        if beating_since.is_none_or(|since| since.elapsed() < silence) {
+            continue;
+        }
+        match shared.store.reap_lost_workers(silence).await {
+            Ok(lost) => {
+                for worker in &lost {
+                    tracing::warn!(
+                        worker = worker.name,
+                        jobs = ?worker.jobs,
+                        "worker lost: its jobs ended incomplete, its devices are offline"
+                    );
+                }
+                if !lost.is_empty() {
+                    shared.wake.changed();
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot look for lost workers"),
+        }
+    }
 }

@@ -2,80 +2,63 @@
 //! `dispatcher serve` of its own, owning the devices of its own lab files, all
 //! answering for the whole lab.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use system_tests::{
-    ApiClient, Daemon, PgCluster, SshHost, create_token, daemon_config, shell_job, test_images,
-};
+use std::process::Command;
 
-/// Workers `worker-1` ... each owning one ssh-host (`ssh-host-0N`), on one database.
-struct Workers {
-    daemons: Vec<Daemon>,
-    /// Each worker's directory: its configuration and state.
-    dirs: Vec<tempfile::TempDir>,
-    _hosts: Vec<SshHost>,
-    _server: PgCluster,
-    token: String,
+use system_tests::{ApiClient, Database, WorkerLab, binary, shell_job};
+
+/// `count` workers on one PostgreSQL database; the device of worker N has the tags
+/// `tags(N)`, and every configuration has the `extra` lines.
+fn shared_lab(count: usize, tags: impl Fn(usize) -> Vec<&'static str>, extra: &str) -> WorkerLab {
+    WorkerLab::start(
+        count,
+        Database::Postgres,
+        tags,
+        extra,
+        Box::new(|| Command::new(binary("dispatcher"))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Workers {
-    /// `count` workers; the device of worker N has the tags `tags(N)`.
-    fn start(count: usize, tags: impl Fn(usize) -> Vec<&'static str>) -> Self {
-        let server = PgCluster::start();
-        let url = server.create_database("lab");
-        let images = test_images();
-        let (mut hosts, mut dirs, mut configs) = (Vec::new(), Vec::new(), Vec::new());
-        for n in 1..=count {
-            let host = SshHost::start(Some((&images.lab_key, &images.lab_pubkey)));
-            let dir = tempfile::tempdir().unwrap();
-            let hostname = format!("ssh-host-{n:02}");
-            let devices = host.device_file(dir.path(), &hostname, false);
-            let file = devices.join(format!("{hostname}.toml"));
-            let text = std::fs::read_to_string(&file).unwrap();
-            let tags = tags(n)
-                .iter()
-                .map(|t| format!("\"{t}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            std::fs::write(
-                &file,
-                text.replacen(
-                    "device_type = \"ssh-host\"\n",
-                    &format!("device_type = \"ssh-host\"\ntags = [{tags}]\n"),
-                    1,
-                ),
-            )
-            .unwrap();
-            let extra = format!("database_url = \"{url}\"\nworker_id = \"worker-{n}\"\n");
-            configs.push(daemon_config(dir.path(), &devices, &host, &extra));
-            hosts.push(host);
-            dirs.push(dir);
-        }
-        // One token, made through one worker, for all: the database keeps it.
-        let token = create_token(&configs[0], &["ci"]);
-        let daemons = configs.iter().map(|c| Daemon::start(c)).collect();
-        Self {
-            daemons,
-            dirs,
-            _hosts: hosts,
-            _server: server,
-            token,
-        }
-    }
+trait Ran {
+    fn assert_ran_once_on_its_owner(&self, api: &ApiClient, id: u64) -> usize;
+}
 
-    fn api(&self, worker: usize) -> ApiClient {
-        self.daemons[worker].api(&self.token)
-    }
-
-    /// Worker `worker`'s directory of job `id`.
-    fn job_dir(&self, worker: usize, id: u64) -> PathBuf {
-        self.dirs[worker]
-            .path()
-            .join("state")
-            .join("jobs")
-            .join(id.to_string())
+impl Ran for WorkerLab {
+    /// Checks that job `id` ran once, on the worker owning the one device it got, and
+    /// on no other; returns that worker.
+    fn assert_ran_once_on_its_owner(&self, api: &ApiClient, id: u64) -> usize {
+        let job = api.job(id).unwrap();
+        let given: Vec<&str> = job["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(given.len(), 1, "job {id}: {job}");
+        let owner: usize = given[0]
+            .strip_prefix("ssh-host-0")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap()
+            - 1;
+        for worker in 0..self.dirs.len() {
+            assert_eq!(
+                self.job_dir(worker, id).exists(),
+                worker == owner,
+                "job {id} on {}: directory of worker {}",
+                given[0],
+                worker + 1
+            );
+        }
+        assert_eq!(
+            starts_in(&self.job_dir(owner, id).join("job.log")),
+            1,
+            "job {id} started once"
+        );
+        owner
     }
 }
 
@@ -106,7 +89,7 @@ fn starts_in(log: &Path) -> usize {
 /// a job for a tag no worker has is refused by any.
 #[test]
 fn jobs_submitted_to_any_worker_run_once_on_the_worker_that_owns_their_device() {
-    let workers = Workers::start(3, |n| if n == 3 { vec!["blue"] } else { vec![] });
+    let workers = shared_lab(3, |n| if n == 3 { vec!["blue"] } else { vec![] }, "");
     let apis: Vec<ApiClient> = (0..3).map(|w| workers.api(w)).collect();
     // The devices of all three, through any of them.
     let devices = apis[0].devices().unwrap();
@@ -145,42 +128,147 @@ fn jobs_submitted_to_any_worker_run_once_on_the_worker_that_owns_their_device() 
             .wait_for_state(id, "finished", Duration::from_secs(600))
             .unwrap();
         assert_eq!(end["health"], "complete", "job {id}: {end}");
-        let job = apis[(to + 1) % 3].job(id).unwrap();
-        let given: Vec<&str> = job["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(given.len(), 1, "job {id}: {job}");
-        let owner: usize = given[0]
-            .strip_prefix("ssh-host-0")
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap()
-            - 1;
+        let owner = workers.assert_ran_once_on_its_owner(&apis[(to + 1) % 3], id);
         if blue {
-            assert_eq!(owner, 2, "a blue job runs on the blue device: {job}");
+            assert_eq!(owner, 2, "a blue job runs on the blue device");
         }
-        // Run by the owner of its device, and by no other worker; started once.
-        for worker in 0..3 {
-            let dir = workers.job_dir(worker, id);
-            assert_eq!(
-                dir.exists(),
-                worker == owner,
-                "job {id} on {}: directory of worker {} ",
-                given[0],
-                worker + 1
-            );
-        }
-        assert_eq!(
-            starts_in(&workers.job_dir(owner, id).join("job.log")),
-            1,
-            "job {id} started once"
-        );
         ran_on[owner] += 1;
     }
     assert!(
         ran_on.iter().all(|&n| n > 0),
         "every worker ran jobs: {ran_on:?}"
     );
+}
+
+/// A worker SIGKILLed mid-job: the others declare it lost (it beats every second and
+/// is judged after three silent ones), its job ends incomplete naming it, its device
+/// goes offline, and another worker's job runs on untouched. Started again, it rejoins
+/// and runs jobs.
+#[test]
+fn a_killed_worker_is_declared_lost_and_rejoins_when_started_again() {
+    let mut workers = shared_lab(
+        3,
+        |n| match n {
+            1 => vec!["one"],
+            2 => vec!["two"],
+            _ => vec![],
+        },
+        "heartbeat_secs = 1\n",
+    );
+    let api = workers.api(0);
+    let gate = workers.dirs[0].path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut on_two = shell_job("on two", "ssh-host", &["sleep 600"]);
+    on_two["tags"] = serde_json::json!(["two"]);
+    let on_two = api.submit(&on_two.to_string()).unwrap();
+    let gated = format!("read line < {}", gate.display());
+    let mut on_one = shell_job(
+        "on one",
+        "ssh-host",
+        &[&gated, "lava-test-case after --result pass"],
+    );
+    on_one["tags"] = serde_json::json!(["one"]);
+    let on_one = api.submit(&on_one.to_string()).unwrap();
+    for id in [on_two, on_one] {
+        api.wait_for_state(id, "running", Duration::from_secs(120))
+            .unwrap();
+    }
+    workers.daemons.remove(1).kill();
+
+    let end = api
+        .wait_for_state(on_two, "finished", Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(end["health"], "incomplete", "{end}");
+    assert_eq!(
+        end["error"],
+        serde_json::json!(["infrastructure", "worker worker-2 lost"]),
+        "the job names the lost worker"
+    );
+    let devices = api.devices().unwrap();
+    let two = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["hostname"] == "ssh-host-02")
+        .unwrap();
+    assert_eq!(two["state"]["state"], "offline", "{two}");
+    let listed = workers.daemons[0].cli(&workers.token, &["workers", "list"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("worker-2"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("lost") && row.contains("ssh-host-02"),
+        "{table}"
+    );
+    // Worker 1's job ran on through all of it.
+    assert_eq!(api.job_state(on_one).unwrap()["state"], "running");
+    api.follow_until(on_one, "LAVA_SIGNAL_STARTRUN").unwrap();
+    std::fs::write(&gate, b"go\n").unwrap();
+    let end = api
+        .wait_for_state(on_one, "finished", Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(end["health"], "complete", "{end}");
+
+    // Worker 2 again: it rejoins, its device is back, and it runs jobs.
+    workers.restart(1).unwrap();
+    let again = api
+        .submit(&quick_job("after the restart", &["two"]))
+        .unwrap();
+    let end = api
+        .wait_for_state(again, "finished", Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(end["health"], "complete", "{end}");
+    assert!(workers.job_dir(1, again).exists());
+    let listed = workers.api(1).get_json("/api/v1/workers").unwrap();
+    let two = listed["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "worker-2")
+        .unwrap();
+    assert_eq!(
+        (two["state"].as_str(), two["epoch"].as_u64()),
+        (Some("alive"), Some(2))
+    );
+}
+
+/// PostgreSQL restarted while three workers run jobs: each worker gets through the
+/// outage (its calls tried again, its notices' connection made again, no worker
+/// declared lost for the silence all of them shared), and every job, submitted before
+/// or after, runs exactly once and completes.
+#[test]
+fn a_database_restart_under_load_loses_no_job_and_runs_none_twice() {
+    let mut workers = shared_lab(3, |_| vec![], "heartbeat_secs = 1\n");
+    let apis: Vec<ApiClient> = (0..3).map(|w| workers.api(w)).collect();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push((
+            apis[i % 3].submit(&quick_job("before", &[])).unwrap(),
+            i % 3,
+        ));
+    }
+    apis[0]
+        .wait_for_state(ids[0].0, "running", Duration::from_secs(120))
+        .unwrap();
+    workers.server.as_mut().unwrap().restart();
+    for i in 0..30 {
+        ids.push((apis[i % 3].submit(&quick_job("after", &[])).unwrap(), i % 3));
+    }
+    for &(id, to) in &ids {
+        let end = apis[to]
+            .wait_for_state(id, "finished", Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(end["health"], "complete", "job {id}: {end}");
+        workers.assert_ran_once_on_its_owner(&apis[(to + 1) % 3], id);
+    }
+    let listed = apis[0].get_json("/api/v1/workers").unwrap();
+    for worker in listed["workers"].as_array().unwrap() {
+        assert_eq!(
+            (worker["state"].as_str(), worker["epoch"].as_u64()),
+            (Some("alive"), Some(1)),
+            "no worker was declared lost: {worker}"
+        );
+    }
 }
