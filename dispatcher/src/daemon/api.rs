@@ -36,6 +36,8 @@ struct Api {
     streams: Arc<tokio::sync::Semaphore>,
     /// People signed in on the web page.
     sessions: Sessions,
+    /// Passes requests for a job's files on to the worker that ran it.
+    forward: super::forward::Forwarder,
 }
 
 /// The API's routes over `service`, with at most `max_streams` long-lived answers at
@@ -46,6 +48,7 @@ pub fn router(service: Dispatcher, max_streams: usize) -> Router {
         service,
         streams: Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
         sessions: Sessions::default(),
+        forward: super::forward::Forwarder::default(),
     });
     Router::new()
         .route("/api/v1/jobs", post(submit).get(list_jobs))
@@ -132,6 +135,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServiceError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Unreachable(_) => StatusCode::BAD_GATEWAY,
             ServiceError::Store(store) => match store {
                 StoreError::NotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict(_) | StoreError::IllegalTransition { .. } => {
@@ -616,8 +620,13 @@ async fn log(
     State(api): State<Arc<Api>>,
     JobId(id): JobId,
     Query(query): Query<LogQuery>,
+    uri: axum::extract::OriginalUri,
+    headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
+    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+        return Ok(api.forward.get(&worker, &uri, &headers).await?);
+    }
     let path = api.service.log_path(id).await?;
     let follow = query.follow == Some(1);
     let place = stream_place(&api)?;
@@ -837,8 +846,13 @@ async fn console(
     JobId(id): JobId,
     Path((_, node)): Path<(String, String)>,
     Query(query): Query<ConsoleQuery>,
+    uri: axum::extract::OriginalUri,
+    headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
+    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+        return Ok(api.forward.get(&worker, &uri, &headers).await?);
+    }
     let console = api.service.console(id, &node).await?;
     let download = (query.download == Some(1)).then(|| format!("job-{id}-{node}-console.log"));
     stream_file(
@@ -860,8 +874,13 @@ async fn attachment(
     State(api): State<Arc<Api>>,
     JobId(id): JobId,
     Path((_, file)): Path<(String, String)>,
+    uri: axum::extract::OriginalUri,
+    headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
+    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+        return Ok(api.forward.get(&worker, &uri, &headers).await?);
+    }
     let attachment = api.service.attachment(id, &file).await?;
     stream_file(&api, attachment, "application/octet-stream", Some(&file))
 }

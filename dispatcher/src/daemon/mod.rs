@@ -23,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod database;
+mod forward;
 mod health;
 pub mod http;
 mod logs;

@@ -73,6 +73,9 @@ pub enum ServiceError {
     /// Work on the blocking pool died before answering.
     #[error("{0}")]
     Internal(String),
+    /// What was asked is on another worker, which cannot be reached.
+    #[error("{0}")]
+    Unreachable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -515,6 +518,33 @@ impl Dispatcher {
     /// Job `id`'s state, or `None` when there is no such job.
     pub async fn job_state(&self, id: u64) -> Result<Option<JobState>, ServiceError> {
         Ok(self.shared.store.job_state(id).await?)
+    }
+
+    /// The API address of the worker that ran job `id`, when that is another worker
+    /// (its files are there); `None`: this one, or no worker yet (a queued job).
+    pub async fn ran_elsewhere(&self, id: u64) -> Result<Option<String>, ServiceError> {
+        let Some(me) = self.shared.store.worker() else {
+            return Ok(None);
+        };
+        let record = self.job_record(id).await?;
+        let Some(first) = record.summary.devices.first() else {
+            return Ok(None);
+        };
+        let devices = self.shared.store.devices().await?;
+        let owner = devices
+            .iter()
+            .find(|d| &d.hostname == first)
+            .and_then(|d| d.worker.clone());
+        let Some(owner) = owner.filter(|o| o != me) else {
+            return Ok(None);
+        };
+        let workers = self.shared.store.workers().await?.unwrap_or_default();
+        match workers.into_iter().find(|w| w.name == owner) {
+            Some(worker) if worker.state == "alive" => Ok(Some(worker.api_url)),
+            _ => Err(ServiceError::Unreachable(format!(
+                "job {id} ran on worker {owner}, which is lost: its files are there"
+            ))),
+        }
     }
 
     /// The file of job `id`'s log (it may not exist yet).

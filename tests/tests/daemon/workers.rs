@@ -138,6 +138,15 @@ fn jobs_submitted_to_any_worker_run_once_on_the_worker_that_owns_their_device() 
         ran_on.iter().all(|&n| n > 0),
         "every worker ran jobs: {ran_on:?}"
     );
+    // A job's log through every worker, whichever ran it, is the log its worker has.
+    for &(id, _, _) in submitted.iter().take(6) {
+        let owner = workers.assert_ran_once_on_its_owner(&apis[0], id);
+        let log = apis[owner].follow_log(id).unwrap();
+        assert!(!log.is_empty(), "job {id} has a log");
+        for api in &apis {
+            assert_eq!(api.follow_log(id).unwrap(), log, "job {id}'s log");
+        }
+    }
 }
 
 /// A worker SIGKILLed mid-job: the others declare it lost (it beats every second and
