@@ -223,43 +223,9 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
         }
     }
     for record in unknown {
-        let Some(stored) = shared.store.job(record.id).await? else {
-            continue;
-        };
-        let state = shared.lab();
-        let validated = tokio::task::spawn_blocking(move || {
-            state.validate_for_run(&stored.definition).map(|v| v.job)
-        })
-        .await?;
-        let job = match validated {
-            Ok(job) => job,
-            // Another worker's job: it was valid where it was submitted, and what this
-            // worker refuses (a file only that machine may read) is not its to judge.
-            Err(report) if shared.store.worker().is_some() => {
-                tracing::debug!(
-                    job = record.id,
-                    report = %report.render(&format!("job {}", record.id)),
-                    "a queued job this worker cannot run is left to the others"
-                );
-                continue;
-            }
-            Err(report) => {
-                // The lab changed under a queued job: it can never run as written.
-                let message = format!(
-                    "the job no longer fits the lab:\n{}",
-                    report.render(&format!("job {}", record.id))
-                );
-                shared.store.cancel(record.id).await?;
-                tracing::warn!(job = record.id, %message, "queued job dropped");
-                continue;
-            }
-        };
-        let queued_job = shared.queued_job(job, record.health_check_of.as_deref());
-        requests.push(request_of(&record, &queued_job, now));
-        shared
-            .validated
-            .lock()
-            .insert(record.id, Arc::new(queued_job));
+        if let Some(queued_job) = learn(shared, record.id).await? {
+            requests.push(request_of(&record, &queued_job, now));
+        }
     }
     if requests.is_empty() {
         shared.set_waiting(Vec::new());
@@ -337,6 +303,50 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
     })
 }
 
+/// Validates queued job `id`, which this daemon has not seen (queued before it
+/// started, or submitted to another worker), and keeps it validated; `None`: it is no
+/// longer queued, or it is not this daemon's to run.
+async fn learn(shared: &Arc<Shared>, id: u64) -> Result<Option<Arc<QueuedJob>>, PassError> {
+    let Some(stored) = shared.store.job(id).await? else {
+        return Ok(None);
+    };
+    if stored.summary.state != states::JobState::Submitted {
+        return Ok(None);
+    }
+    let health_check_of = stored.summary.health_check_of.clone();
+    let state = shared.lab();
+    let validated = tokio::task::spawn_blocking(move || {
+        state.validate_for_run(&stored.definition).map(|v| v.job)
+    })
+    .await?;
+    let job = match validated {
+        Ok(job) => job,
+        // Another worker's job: it was valid where it was submitted, and what this
+        // worker refuses (a file only that machine may read) is not its to judge.
+        Err(report) if shared.store.worker().is_some() => {
+            tracing::debug!(
+                job = id,
+                report = %report.render(&format!("job {id}")),
+                "a queued job this worker cannot run is left to the others"
+            );
+            return Ok(None);
+        }
+        Err(report) => {
+            // The lab changed under a queued job: it can never run as written.
+            let message = format!(
+                "the job no longer fits the lab:\n{}",
+                report.render(&format!("job {id}"))
+            );
+            shared.store.cancel(id).await?;
+            tracing::warn!(job = id, %message, "queued job dropped");
+            return Ok(None);
+        }
+    };
+    let queued_job = Arc::new(shared.queued_job(job, health_check_of.as_deref()));
+    shared.validated.lock().insert(id, queued_job.clone());
+    Ok(Some(queued_job))
+}
+
 /// A pass over jobs submitted since the last, when that pass left no device a job could
 /// take: nothing has freed one since (that would have been a change), so these jobs
 /// can only wait, and only their reasons are new. Their reasons do not depend on the
@@ -349,6 +359,8 @@ async fn fresh_pass(shared: &Arc<Shared>, mut submitted: Vec<u64>) -> Result<boo
         let running = shared.running.lock();
         submitted.retain(|id| !running.contains_key(id));
     }
+    // A job submitted to another worker is not known here: with no device of this
+    // worker free, it can only wait, and the next whole pass (a device freed) learns it.
     let requests: Vec<Request> = {
         let known = shared.validated.lock();
         submitted

@@ -37,7 +37,18 @@ pub(super) async fn follow_other_workers(
                 if devices_changed && let Err(err) = refresh_others(&shared).await {
                     tracing::warn!(%err, "cannot read the other workers' devices");
                 }
-                shared.wake.changed();
+                // A job submitted elsewhere is, here too, only one more job: a pass
+                // after a pass that left no device free looks at it alone.
+                let submitted = match &change {
+                    Change::Notified { what, .. } => what
+                        .strip_prefix("submitted ")
+                        .and_then(|id| id.parse::<u64>().ok()),
+                    Change::Reconnected => None,
+                };
+                match submitted {
+                    Some(id) => shared.wake.submitted(id),
+                    None => shared.wake.changed(),
+                }
             }
             _ = backstop.tick() => shared.wake.changed(),
             _ = stopped.changed() => return,
