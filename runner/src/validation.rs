@@ -85,13 +85,14 @@ pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Val
 }
 
 /// [`validate_for_run`] in a lab that has `others` besides the devices of `lab`'s files:
-/// the devices of the other workers sharing its database, which count when deciding
-/// whether some set of devices could ever run the job.
+/// each the devices of another worker sharing its database. A job runs on the devices
+/// of one worker, so it is possible when this worker's devices, or another worker's,
+/// could serve it.
 pub fn validate_for_run_with(
     text: &str,
     lab: &Lab,
     policy: &JobPolicy,
-    others: &[DeviceView],
+    others: &[Vec<DeviceView>],
 ) -> Result<Validated, Report> {
     let validated = validate_job(text, lab, policy)?;
     let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
@@ -129,9 +130,17 @@ pub fn validate_for_run_with(
         };
         Some(Diagnostic::error(pointer, refused).found(text))
     }));
-    let mut capacity = views(lab);
-    capacity.extend(others.iter().cloned());
-    if let Some(shortfall) = scheduler::shortfall(&scheduler::needs(&validated.job), &capacity) {
+    let needs = scheduler::needs(&validated.job);
+    let own = views(lab);
+    let serves = |devices: &[DeviceView]| scheduler::shortfall(&needs, devices).is_none();
+    if !serves(&own) && !others.iter().any(|theirs| serves(theirs)) {
+        let mut all = own;
+        all.extend(others.iter().flatten().cloned());
+        let shortfall = scheduler::shortfall(&needs, &all).unwrap_or_else(|| {
+            "no one worker has devices that serve every node at once, and a job runs on \
+             the devices of one worker"
+                .to_string()
+        });
         problems.push(
             Diagnostic::error(topology_pointer(&validated.job), shortfall)
                 .hint("no set of this lab's devices could ever run this job"),

@@ -165,12 +165,18 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// Declares lost every live worker whose last beat is older than `silence`, by the
-    /// database's clock: the jobs on its devices end incomplete ("worker W lost", an
-    /// infrastructure error) and free their devices, and its devices go offline. Each
-    /// lost worker is declared by one caller only.
-    async fn reap_lost_workers(&self, _silence: Duration) -> Result<Vec<LostWorker>, StoreError> {
+    /// Declares lost every live worker silent for more than `beats` of its own
+    /// heartbeats, by the database's clock: the jobs on its devices end incomplete
+    /// ("worker W lost", an infrastructure error) and free their devices, and its
+    /// devices go offline. Each lost worker is declared by one caller only.
+    async fn reap_lost_workers(&self, _beats: u32) -> Result<Vec<LostWorker>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// This worker stops (a graceful shutdown): it is neither alive nor lost, and may
+    /// join again at once.
+    async fn leave(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Every worker that joined, by name; `None`: no other worker shares this store.
@@ -225,13 +231,15 @@ pub struct WorkerInfo {
     pub device_types: Vec<String>,
     /// Where its API answers.
     pub api_url: String,
+    /// How often it beats: it is declared lost after three of these in silence.
+    pub heartbeat: Duration,
 }
 
 /// A worker as the shared database knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WorkerRecord {
     pub name: String,
-    /// `alive`, or `lost` (its beats stopped; it is alive again once it rejoins).
+    /// `alive`; `lost` (its beats stopped) or `left` (it stopped), until it joins again.
     pub state: String,
     pub version: String,
     pub api_url: String,
@@ -281,6 +289,11 @@ pub enum Conflict {
         theirs: String,
         ours: String,
     },
+    /// Another instance of this worker is alive.
+    #[error(
+        "worker {worker} is alive (it beat {millis} ms ago): another instance runs with this worker_id"
+    )]
+    WorkerAlive { worker: String, millis: u64 },
     /// This worker was declared lost, or joined again elsewhere, since it joined.
     #[error("worker {0} was fenced: it was declared lost or joined again meanwhile")]
     Fenced(String),

@@ -106,6 +106,7 @@ const MIGRATIONS: &[&str] = &[
         version TEXT NOT NULL,
         device_types TEXT NOT NULL,
         api_url TEXT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL,
         epoch BIGINT NOT NULL,
         joined_at BIGINT NOT NULL,
         last_beat TIMESTAMPTZ NOT NULL
@@ -424,7 +425,7 @@ impl Store for PgStore {
         // time and not free the second, and any refusal rolls the whole lot back.
         let rows = tx
             .query(
-                &format!("{DEVICE_COLUMNS} WHERE hostname = ANY($1) ORDER BY hostname FOR UPDATE"),
+                &format!("{DEVICE_COLUMNS} WHERE hostname = ANY($1) ORDER BY hostname COLLATE \"C\" FOR UPDATE"),
                 &[&hostnames],
             )
             .await
@@ -493,7 +494,7 @@ impl Store for PgStore {
         let devices = tx
             .query(
                 "SELECT hostname, health FROM devices WHERE job_id = $1
-                 ORDER BY hostname FOR UPDATE",
+                 ORDER BY hostname COLLATE \"C\" FOR UPDATE",
                 &[&key],
             )
             .await
@@ -599,19 +600,39 @@ impl Store for PgStore {
                 record_health(&tx, hostname, DeviceHealth::Unknown, None, NEW_IN_THE_LAB).await?;
                 continue;
             }
-            let owner: String = tx
+            let row = tx
                 .query_one(
-                    "SELECT worker FROM devices WHERE hostname = $1 FOR UPDATE",
+                    "SELECT worker, health, job_id IS NULL FROM devices WHERE hostname = $1
+                     FOR UPDATE",
                     &[hostname],
                 )
                 .await
-                .map_err(Fail::from)?
-                .get(0);
+                .map_err(Fail::from)?;
+            let (owner, health, free): (String, String, bool) =
+                (row.get(0), row.get(1), row.get(2));
             if owner != self.worker {
-                return Err(StoreError::Conflict(Conflict::DeviceOfAnotherWorker {
-                    hostname: hostname.clone(),
-                    worker: owner,
-                }));
+                // A device its worker's files dropped (retired, holding no job) may move
+                // to another worker: the board was moved to this one's machine.
+                if health != retired || !free {
+                    return Err(StoreError::Conflict(Conflict::DeviceOfAnotherWorker {
+                        hostname: hostname.clone(),
+                        worker: owner,
+                    }));
+                }
+                tx.execute(
+                    "UPDATE devices SET worker = $2, state = $3, health = $4 WHERE hostname = $1",
+                    &[hostname, &self.worker, &idle, &unknown],
+                )
+                .await
+                .map_err(Fail::from)?;
+                record_health(
+                    &tx,
+                    hostname,
+                    DeviceHealth::Unknown,
+                    None,
+                    &format!("moved from worker {owner}"),
+                )
+                .await?;
             }
             tx.execute(
                 "UPDATE devices SET device_type = $2, tags = $3 WHERE hostname = $1",
@@ -761,6 +782,24 @@ impl Store for PgStore {
             )
             .await
             .map_err(Fail::from)?;
+        // Another instance of this worker that still beats: two processes must not
+        // drive the same devices.
+        let same = tx
+            .query_opt(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp() - last_beat) * 1000 AS BIGINT)
+                 FROM workers WHERE name = $1 AND state = 'alive'
+                   AND clock_timestamp() - last_beat
+                       <= make_interval(secs => heartbeat_ms * 3 / 1000.0)",
+                &[&self.worker],
+            )
+            .await
+            .map_err(Fail::from)?;
+        if let Some(row) = same {
+            return Err(StoreError::Conflict(Conflict::WorkerAlive {
+                worker: self.worker.clone(),
+                millis: unsigned(row.get(0)),
+            }));
+        }
         for row in &live {
             let (name, version, theirs): (String, String, String) =
                 (row.get(0), row.get(1), row.get(2));
@@ -787,14 +826,21 @@ impl Store for PgStore {
         }
         let epoch: i64 = tx
             .query_one(
-                "INSERT INTO workers (name, state, version, device_types, api_url, epoch,
-                     joined_at, last_beat)
-                 VALUES ($1, 'alive', $2, $3, $4, 1, dispatcher_now(), clock_timestamp())
+                "INSERT INTO workers (name, state, version, device_types, api_url,
+                     heartbeat_ms, epoch, joined_at, last_beat)
+                 VALUES ($1, 'alive', $2, $3, $4, $5, 1, dispatcher_now(), clock_timestamp())
                  ON CONFLICT (name) DO UPDATE SET state = 'alive', version = $2,
-                     device_types = $3, api_url = $4, epoch = workers.epoch + 1,
-                     joined_at = dispatcher_now(), last_beat = clock_timestamp()
+                     device_types = $3, api_url = $4, heartbeat_ms = $5,
+                     epoch = workers.epoch + 1, joined_at = dispatcher_now(),
+                     last_beat = clock_timestamp()
                  RETURNING epoch",
-                &[&self.worker, &info.version, &types, &info.api_url],
+                &[
+                    &self.worker,
+                    &info.version,
+                    &types,
+                    &info.api_url,
+                    &i64::try_from(info.heartbeat.as_millis()).unwrap_or(i64::MAX),
+                ],
             )
             .await
             .map_err(Fail::from)?
@@ -837,7 +883,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn reap_lost_workers(&self, silence: Duration) -> Result<Vec<LostWorker>, StoreError> {
+    async fn reap_lost_workers(&self, beats: u32) -> Result<Vec<LostWorker>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
         // SKIP LOCKED: a worker another caller is declaring lost is that caller's.
@@ -845,9 +891,10 @@ impl Store for PgStore {
             .query(
                 "SELECT name FROM workers
                  WHERE state = 'alive' AND name <> $1
-                   AND clock_timestamp() - last_beat > make_interval(secs => $2)
+                   AND clock_timestamp() - last_beat
+                       > make_interval(secs => heartbeat_ms * $2::DOUBLE PRECISION / 1000.0)
                  ORDER BY name FOR UPDATE SKIP LOCKED",
-                &[&self.worker, &silence.as_secs_f64()],
+                &[&self.worker, &f64::from(beats)],
             )
             .await
             .map_err(Fail::from)?
@@ -881,6 +928,20 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(Fail::from)?;
         Ok(lost)
+    }
+
+    async fn leave(&self) -> Result<(), StoreError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE workers SET state = 'left' WHERE name = $1 AND epoch = $2",
+                &[&self.worker, &epoch],
+            )
+            .await
+            .map_err(Fail::from)?;
+        tracing::info!(worker = self.worker, "worker left");
+        Ok(())
     }
 
     async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
@@ -960,7 +1021,8 @@ impl PgStore {
     /// Refuses a change of this worker's jobs or devices once it is fenced: declared
     /// lost, or joined again by another instance, since it joined. (A store that has
     /// not joined, as in the store's own tests, is not fenced.) The worker's row is
-    /// locked to the end of `tx`, so it cannot be declared lost halfway through.
+    /// locked to the end of `tx` (`KEY SHARE`: its beats go on), so it cannot be
+    /// declared lost halfway through.
     async fn fence(&self, tx: &Transaction<'_>) -> Result<(), Fail> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         if epoch == 0 {
@@ -969,7 +1031,7 @@ impl PgStore {
         let alive = tx
             .query_opt(
                 "SELECT 1 FROM workers WHERE name = $1 AND epoch = $2 AND state = 'alive'
-                 FOR SHARE",
+                 FOR KEY SHARE",
                 &[&self.worker, &epoch],
             )
             .await?;
@@ -1029,7 +1091,14 @@ async fn listen(config: tokio_postgres::Config, me: String, changes: mpsc::Sende
                             driver.abort();
                             return;
                         }
-                        while let Some(payload) = noticed.recv().await {
+                        loop {
+                            // Until the daemon stops following (its receiver dropped):
+                            // then the connection goes at once, not at the next notice.
+                            let payload = tokio::select! {
+                                payload = noticed.recv() => payload,
+                                () = changes.closed() => None,
+                            };
+                            let Some(payload) = payload else { break };
                             let Some((worker, what)) = payload.split_once('\n') else {
                                 continue;
                             };
@@ -1365,8 +1434,8 @@ impl From<Fail> for StoreError {
             Fail::Sql(err) if err.as_db_error().is_some() => {
                 let said = err.as_db_error().map(ToString::to_string);
                 match err.code() {
-                    // The server is shutting down, or out of room or connections:
-                    // there, but not usable now.
+                    // The server is shutting down, or out of room or connections, or
+                    // this transaction crossed another: there, but not usable now.
                     Some(code)
                         if [
                             SqlState::ADMIN_SHUTDOWN,
@@ -1374,6 +1443,9 @@ impl From<Fail> for StoreError {
                             SqlState::CANNOT_CONNECT_NOW,
                             SqlState::TOO_MANY_CONNECTIONS,
                             SqlState::DISK_FULL,
+                            // Two transactions that crossed: trying again works.
+                            SqlState::T_R_DEADLOCK_DETECTED,
+                            SqlState::T_R_SERIALIZATION_FAILURE,
                         ]
                         .contains(code) =>
                     {

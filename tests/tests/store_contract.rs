@@ -782,6 +782,17 @@ async fn workers_share_jobs_and_tokens_and_each_keeps_its_own_devices() {
         "{err}"
     );
     assert_eq!(device_state(&*one, "x").await, DeviceState::Running(id));
+    // A device its worker dropped (retired, no job) may move to another worker.
+    one.sync_devices(lab(&["a", "b", "y"])).await.unwrap_err();
+    two.sync_devices(lab(&["x"])).await.unwrap();
+    one.sync_devices(lab(&["a", "b", "y"])).await.unwrap();
+    let moved = device(&*one, "y").await;
+    assert_eq!(
+        (moved.worker.as_deref(), moved.health, moved.state),
+        (Some("worker-1"), DeviceHealth::Unknown, DeviceState::Idle)
+    );
+    two.sync_devices(lab(&["x", "y"])).await.unwrap_err();
+    two.sync_devices(lab(&["x"])).await.unwrap();
 
     // Worker 2 restarts: the job that held its device ends, on both workers' devices;
     // a job on worker 1's devices alone runs on.
@@ -880,12 +891,15 @@ fn joining(types: &[&str]) -> WorkerInfo {
         version: "1.0".into(),
         device_types: types.iter().map(|t| t.to_string()).collect(),
         api_url: "http://127.0.0.1:1".into(),
+        heartbeat: Duration::from_secs(3600),
     }
 }
 
-/// A worker whose beats stop is declared lost by another, once: the jobs on its
-/// devices end naming it, its devices go offline, and the other workers' jobs run on.
-/// It is fenced until it joins again; then its devices are its to give again.
+/// A worker whose beats stop for three of its own heartbeats is declared lost by
+/// another, once: the jobs on its devices end naming it, its devices go offline, and
+/// the other workers' jobs run on. It is fenced until it joins again; then its devices
+/// are its to give again. Another instance of a live worker may not join; one that
+/// left may.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_worker_is_declared_lost_once_and_fenced_until_it_joins_again() {
     let server = PgCluster::start();
@@ -895,8 +909,18 @@ async fn a_silent_worker_is_declared_lost_once_and_fenced_until_it_joins_again()
         Arc::new(PgStore::connect(&url, "worker-2").await.unwrap()),
         Arc::new(PgStore::connect(&url, "worker-3").await.unwrap()),
     ];
-    for (store, devices) in stores.iter().zip([["a"], ["x"], ["m"]]) {
-        store.join(&joining(&["kvm"])).await.unwrap();
+    // Worker 2 beats every 0 s: any silence is three of its beats. The others beat
+    // hourly.
+    for (store, (devices, every)) in stores.iter().zip([
+        (["a"], Duration::from_secs(3600)),
+        (["x"], Duration::ZERO),
+        (["m"], Duration::from_secs(3600)),
+    ]) {
+        let info = WorkerInfo {
+            heartbeat: every,
+            ..joining(&["kvm"])
+        };
+        store.join(&info).await.unwrap();
         store.sync_devices(lab(&devices)).await.unwrap();
     }
     let (one, two, three) = (&stores[0], &stores[1], &stores[2]);
@@ -907,26 +931,12 @@ async fn a_silent_worker_is_declared_lost_once_and_fenced_until_it_joins_again()
     one.reserve(ours, &hosts(&["a"])).await.unwrap();
     one.start(ours).await.unwrap();
 
-    // Everyone beats but worker 2, until its silence is longer than the limit.
-    one.beat().await.unwrap();
-    three.beat().await.unwrap();
-    assert!(
-        one.reap_lost_workers(Duration::from_secs(3600))
-            .await
-            .unwrap()
-            .is_empty(),
-        "an hour's silence is not reached"
-    );
-    let lost = one.reap_lost_workers(Duration::ZERO).await.unwrap();
-    // Worker 3 beat before and is silent now too: zero silence declares both.
+    let lost = three.reap_lost_workers(3).await.unwrap();
     let names: Vec<&str> = lost.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["worker-2", "worker-3"]);
+    assert_eq!(names, ["worker-2"], "each by its own heartbeat");
     assert_eq!(lost[0].jobs, [theirs]);
     assert!(
-        one.reap_lost_workers(Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty(),
+        one.reap_lost_workers(3).await.unwrap().is_empty(),
         "a lost worker is declared once"
     );
     assert_eq!(
@@ -969,6 +979,17 @@ async fn a_silent_worker_is_declared_lost_once_and_fenced_until_it_joins_again()
     let listed = one.workers().await.unwrap().unwrap();
     let w2 = listed.iter().find(|w| w.name == "worker-2").unwrap();
     assert_eq!((w2.state.as_str(), w2.epoch), ("alive", 2));
+
+    // A second instance of worker 1, which beats: refused. Once it left: welcome.
+    let twin = PgStore::connect(&url, "worker-1").await.unwrap();
+    let err = twin.join(&joining(&["kvm"])).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(Conflict::WorkerAlive { worker, .. }) if worker == "worker-1"),
+        "{err}"
+    );
+    one.leave().await.unwrap();
+    twin.join(&joining(&["kvm"])).await.unwrap();
+    assert!(fenced(one.beat().await.unwrap_err()), "the one that left");
 }
 
 /// A worker of another version, or knowing other device types, may not join while

@@ -624,7 +624,9 @@ async fn log(
     headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
-    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+    if !super::forward::forwarded(&headers)
+        && let Some(worker) = api.service.ran_elsewhere(id).await?
+    {
         return Ok(api.forward.get(&worker, &uri, &headers).await?);
     }
     let path = api.service.log_path(id).await?;
@@ -850,7 +852,9 @@ async fn console(
     headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
-    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+    if !super::forward::forwarded(&headers)
+        && let Some(worker) = api.service.ran_elsewhere(id).await?
+    {
         return Ok(api.forward.get(&worker, &uri, &headers).await?);
     }
     let console = api.service.console(id, &node).await?;
@@ -878,7 +882,9 @@ async fn attachment(
     headers: HeaderMap,
     _: CanRead,
 ) -> ApiResult {
-    if let Some(worker) = api.service.ran_elsewhere(id).await? {
+    if !super::forward::forwarded(&headers)
+        && let Some(worker) = api.service.ran_elsewhere(id).await?
+    {
         return Ok(api.forward.get(&worker, &uri, &headers).await?);
     }
     let attachment = api.service.attachment(id, &file).await?;

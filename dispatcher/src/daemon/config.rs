@@ -115,11 +115,16 @@ pub struct DaemonConfig {
     /// Unix socket with `?host=/run/postgresql`); unset: SQLite in the state directory,
     /// for one machine.
     #[serde(default)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// This worker's name among those sharing `database_url`, which owns the devices of
     /// its lab files; unset: this machine's host name.
     #[serde(default)]
     pub worker_id: Option<String>,
+    /// The URL other workers reach this one's API at (for the files of the jobs it
+    /// ran); unset: `http://` and `listen`, which must then name an address (not
+    /// 0.0.0.0) when `database_url` is set.
+    #[serde(default)]
+    pub api_url: Option<String>,
     /// Seconds between a worker's heartbeats in the shared database; one silent for
     /// three of them is declared lost by the others (its jobs end, its devices go
     /// offline).
@@ -204,6 +209,17 @@ fn default_max_job_bytes() -> usize {
     1024 * 1024
 }
 
+/// `database_url`, which may carry the database's password: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -234,10 +250,20 @@ impl DaemonConfig {
 
     /// What the file's types alone cannot say.
     fn check(&self) -> Result<(), String> {
-        if let Some(url) = &self.database_url
+        if let Some(DatabaseUrl(url)) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err("database_url must be a postgres:// or postgresql:// URL".into());
+        }
+        if self.database_url.is_some()
+            && self.api_url.is_none()
+            && self.listen.ip().is_unspecified()
+        {
+            return Err(format!(
+                "listen = \"{}\" is no address other workers can reach: set api_url \
+                 (e.g. \"http://worker-1.lab:8079\")",
+                self.listen
+            ));
         }
         if self.heartbeat_secs == 0 {
             return Err("heartbeat_secs must be at least 1".into());
@@ -370,7 +396,17 @@ mod tests {
         let config = load("database_url = \"postgres://d@db/lava\"\nworker_id = \"rack-2\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.worker_name(), "rack-2");
+        let secret = load("database_url = \"postgres://d:hunter2@db/lava\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !format!("{secret:?}").contains("hunter2"),
+            "the password is never printed"
+        );
         for (extra, said) in [
+            (
+                "database_url = \"postgres://db/lava\"\nlisten = \"0.0.0.0:8079\"",
+                "set api_url",
+            ),
             (
                 "database_url = \"mysql://db/lava\"",
                 "postgres:// or postgresql://",

@@ -12,6 +12,15 @@ use futures::StreamExt as _;
 
 use super::service::ServiceError;
 
+/// The header a passed-on request carries: it is answered where it arrives, never
+/// passed on again (two workers that each think the other ran a job do not loop).
+pub const FORWARDED: &str = "x-lava-forwarded";
+
+/// Whether this request was passed on by another worker.
+pub fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
 /// How long connecting to the other worker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,7 +55,10 @@ impl Forwarder {
         headers: &HeaderMap,
     ) -> Result<Response, ServiceError> {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = self.client()?.get(format!("{api_url}{path}"));
+        let mut request = self
+            .client()?
+            .get(format!("{api_url}{path}"))
+            .header(FORWARDED, "1");
         if let Some(token) = headers.get(header::AUTHORIZATION) {
             request = request.header(header::AUTHORIZATION, token.clone());
         }

@@ -81,9 +81,9 @@ pub enum DaemonError {
 pub struct LabState {
     pub lab: Lab,
     pub policy: JobPolicy,
-    /// The devices of the other workers sharing the database, as if idle: with these
+    /// The devices of each other worker sharing the database, as if idle: with these
     /// a job is possible even when this worker's devices could never run it.
-    pub others: Vec<scheduler::DeviceView>,
+    pub others: Vec<Vec<scheduler::DeviceView>>,
 }
 
 impl LabState {
@@ -347,6 +347,10 @@ impl Daemon {
             what: "listening socket".into(),
             source,
         })?;
+        let api_url = config
+            .api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
         let store = database::open(&config).await?;
         // Before its devices are touched: joining fences an earlier instance of this
         // worker, and brings back its devices if the others declared it lost.
@@ -354,7 +358,8 @@ impl Daemon {
             .join(&store::WorkerInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 device_types: lab_state.lab.device_types.keys().cloned().collect(),
-                api_url: format!("http://{addr}"),
+                api_url: api_url.clone(),
+                heartbeat: Duration::from_secs(config.heartbeat_secs),
             })
             .await?;
         store.sync_devices(lab_devices(&lab_state.lab)).await?;
@@ -433,7 +438,7 @@ impl Daemon {
             waiting_changed: watch::channel(0).0,
             metrics: metrics::LabMetrics::new(embedded_coordinator),
             fenced: tokio::sync::Notify::new(),
-            api_url: format!("http://{addr}"),
+            api_url,
             started_at: now_secs(),
         });
         // Before the API answers: a device that needs its health check has it queued
@@ -486,6 +491,11 @@ impl Daemon {
         let _ = self.server.await;
         if let Some(coordinator) = self.coordinator {
             coordinator.shutdown().await;
+        }
+        // Its jobs ended: sharing a database, this worker leaves, so that it may join
+        // again at once (a restart) and the others do not declare it lost.
+        if let Err(err) = self.shared.store.leave().await {
+            tracing::warn!(%err, "cannot record that this worker leaves");
         }
     }
 }
@@ -554,29 +564,36 @@ fn lab_devices(lab: &Lab) -> Vec<store::LabDevice> {
         .collect()
 }
 
-/// The devices other workers sharing the store own, retired ones left out, as if
+/// The devices each other worker sharing the store owns, retired ones left out, as if
 /// idle: what could ever serve a job besides this worker's own.
 async fn other_workers_devices(
     store: &dyn Store,
-) -> Result<Vec<scheduler::DeviceView>, StoreError> {
+) -> Result<Vec<Vec<scheduler::DeviceView>>, StoreError> {
     let Some(me) = store.worker() else {
         return Ok(Vec::new());
     };
-    Ok(store
-        .devices()
-        .await?
-        .into_iter()
-        .filter(|d| d.worker.as_deref() != Some(me))
-        .filter(|d| d.health != states::DeviceHealth::Retired)
-        .map(|d| scheduler::DeviceView {
-            hostname: d.hostname,
-            device_type: d.device_type,
-            tags: d.tags.into_iter().collect(),
-            state: states::DeviceState::Idle,
-            health: states::DeviceHealth::Good,
-            awaiting_check: false,
-        })
-        .collect())
+    let mut by_worker: std::collections::BTreeMap<String, Vec<scheduler::DeviceView>> =
+        std::collections::BTreeMap::new();
+    for d in store.devices().await? {
+        let Some(worker) = d.worker.filter(|w| w != me) else {
+            continue;
+        };
+        if d.health == states::DeviceHealth::Retired {
+            continue;
+        }
+        by_worker
+            .entry(worker)
+            .or_default()
+            .push(scheduler::DeviceView {
+                hostname: d.hostname,
+                device_type: d.device_type,
+                tags: d.tags.into_iter().collect(),
+                state: states::DeviceState::Idle,
+                health: states::DeviceHealth::Good,
+                awaiting_check: false,
+            });
+    }
+    Ok(by_worker.into_values().collect())
 }
 
 /// Connects to the standalone coordinator the configuration names, and checks that it
@@ -806,9 +823,17 @@ async fn run_job_inner(
     cancel: watch::Receiver<bool>,
 ) -> Result<runner::report::JobReport, Outcome> {
     let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
-    patiently("recording a job's start", || shared.store.start(job_id))
-        .await
-        .map_err(|e| infra(format!("cannot start: {e}")))?;
+    match patiently("recording a job's start", || shared.store.start(job_id)).await {
+        Ok(()) => {}
+        // A try whose commit went through though its answer was lost (the connection
+        // broke): the job is running already.
+        Err(StoreError::IllegalTransition { .. })
+            if matches!(
+                shared.store.job_state(job_id).await,
+                Ok(Some(states::JobState::Running))
+            ) => {}
+        Err(e) => return Err(infra(format!("cannot start: {e}"))),
+    }
     let job_dir = shared.config.job_dir(job_id);
     std::fs::create_dir_all(&job_dir)
         .map_err(|e| infra(format!("cannot create {}: {e}", job_dir.display())))?;

@@ -271,7 +271,13 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
             Ok(()) => {}
             // Another worker took the job first (or it was canceled meanwhile): its
             // devices were not taken, and the next pass plans without it.
-            Err(err @ (StoreError::IllegalTransition { .. } | StoreError::Conflict(_))) => {
+            Err(
+                err @ (StoreError::IllegalTransition { .. }
+                | StoreError::Conflict(
+                    store::Conflict::DeviceNotFree { .. }
+                    | store::Conflict::DeviceOfAnotherWorker { .. },
+                )),
+            ) => {
                 tracing::debug!(job = assignment.job_id, %err, "job not reserved here");
                 shared.wake.changed();
                 continue;

@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::{LabState, Shared, other_workers_devices};
 
+/// How many of its own heartbeats a worker may miss before it is declared lost.
+const SILENT_BEATS: u32 = 3;
+
 /// How often a worker makes a whole scheduling pass though no notice came: the most a
 /// lost notice delays a job.
 const BACKSTOP: Duration = Duration::from_secs(15);
@@ -37,21 +40,42 @@ pub(super) async fn follow_other_workers(
                 if devices_changed && let Err(err) = refresh_others(&shared).await {
                     tracing::warn!(%err, "cannot read the other workers' devices");
                 }
-                // A job submitted elsewhere is, here too, only one more job: a pass
-                // after a pass that left no device free looks at it alone.
-                let submitted = match &change {
+                let job_of = |prefix: &str| match &change {
                     Change::Notified { what, .. } => what
-                        .strip_prefix("submitted ")
+                        .strip_prefix(prefix)
                         .and_then(|id| id.parse::<u64>().ok()),
                     Change::Reconnected => None,
                 };
-                match submitted {
+                // A cancel asked of another worker, for a job that runs here.
+                if let Some(id) = job_of("canceling ") {
+                    shared.cancel_running(id);
+                }
+                if matches!(change, Change::Reconnected) {
+                    cancel_asked_meanwhile(&shared).await;
+                }
+                // A job submitted elsewhere is, here too, only one more job: a pass
+                // after a pass that left no device free looks at it alone.
+                match job_of("submitted ") {
                     Some(id) => shared.wake.submitted(id),
                     None => shared.wake.changed(),
                 }
             }
-            _ = backstop.tick() => shared.wake.changed(),
+            _ = backstop.tick() => {
+                cancel_asked_meanwhile(&shared).await;
+                shared.wake.changed();
+            }
             _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Stops the jobs running here whose cancel another worker recorded while its notice
+/// was lost.
+async fn cancel_asked_meanwhile(shared: &Shared) {
+    let running: Vec<u64> = shared.running.lock().keys().copied().collect();
+    for id in running {
+        if let Ok(Some(states::JobState::Canceling)) = shared.store.job_state(id).await {
+            shared.cancel_running(id);
         }
     }
 }
@@ -76,7 +100,7 @@ async fn refresh_others(shared: &Shared) -> Result<(), store::StoreError> {
 /// `Shared::fenced`: its jobs were ended meanwhile, and its process must stop.
 pub(super) async fn beat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let every = Duration::from_secs(shared.config.heartbeat_secs);
-    let silence = every * 3;
+    let silence = every * SILENT_BEATS;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Since when this worker's beats have gone through without a break. Only a worker
@@ -111,7 +135,7 @@ pub(super) async fn beat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>
         if beating_since.is_none_or(|since| since.elapsed() < silence) {
             continue;
         }
-        match shared.store.reap_lost_workers(silence).await {
+        match shared.store.reap_lost_workers(SILENT_BEATS).await {
             Ok(lost) => {
                 for worker in &lost {
                     tracing::warn!(

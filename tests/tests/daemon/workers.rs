@@ -281,3 +281,24 @@ fn a_database_restart_under_load_loses_no_job_and_runs_none_twice() {
         );
     }
 }
+
+/// A cancel asked of one worker stops a job another worker runs (it hears of it).
+#[test]
+fn a_job_canceled_through_another_worker_stops() {
+    let workers = shared_lab(2, |n| if n == 2 { vec!["two"] } else { vec![] }, "");
+    let api = workers.api(0);
+    let mut job = shell_job("long", "ssh-host", &["sleep 600"]);
+    job["tags"] = serde_json::json!(["two"]);
+    let id = api.submit(&job.to_string()).unwrap();
+    api.wait_for_state(id, "running", Duration::from_secs(120))
+        .unwrap();
+    let (status, body) = api
+        .request("POST", &format!("/api/v1/jobs/{id}/cancel"), b"")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let end = api
+        .wait_for_state(id, "finished", Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(end["health"], "canceled", "{end}");
+    assert!(workers.job_dir(1, id).exists(), "worker 2 ran it");
+}
