@@ -182,13 +182,12 @@ pub fn views(lab: &Lab) -> Vec<DeviceView> {
         });
     lab.devices
         .values()
-        .map(|d| DeviceView {
-            hostname: d.hostname.clone(),
-            device_type: d.device_type.name.clone(),
-            tags: d.tags.iter().cloned().collect(),
-            state: DeviceState::Idle,
-            health: DeviceHealth::Good,
-            awaiting_check: false,
+        .map(|d| {
+            DeviceView::as_if_idle(
+                d.hostname.clone(),
+                d.device_type.name.clone(),
+                d.tags.iter().cloned(),
+            )
         })
         .chain(refused)
         .collect()

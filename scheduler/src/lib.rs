@@ -27,6 +27,25 @@ pub struct DeviceView {
     pub awaiting_check: bool,
 }
 
+impl DeviceView {
+    /// A device as if idle and good: what could ever serve a job, whatever it does now
+    /// (the checks at submission).
+    pub fn as_if_idle(
+        hostname: String,
+        device_type: String,
+        tags: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            hostname,
+            device_type,
+            tags: tags.into_iter().collect(),
+            state: DeviceState::Idle,
+            health: DeviceHealth::Good,
+            awaiting_check: false,
+        }
+    }
+}
+
 /// One device a job needs (one per node that runs on a device of its own).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Need {

@@ -541,15 +541,12 @@ fn load_lab(
         .filter_map(|d| d.ssh().and_then(|s| s.identity_file.clone()))
         .collect();
     let policy = config.job_policy(&device_keys);
-    let others = Vec::new();
-    Ok((
-        LabState {
-            lab,
-            policy,
-            others,
-        },
-        report,
-    ))
+    let state = LabState {
+        lab,
+        policy,
+        others: Vec::new(),
+    };
+    Ok((state, report))
 }
 
 /// Every device in use, as the lab files give it: what the store is synced to.
@@ -584,14 +581,11 @@ async fn other_workers_devices(
         by_worker
             .entry(worker)
             .or_default()
-            .push(scheduler::DeviceView {
-                hostname: d.hostname,
-                device_type: d.device_type,
-                tags: d.tags.into_iter().collect(),
-                state: states::DeviceState::Idle,
-                health: states::DeviceHealth::Good,
-                awaiting_check: false,
-            });
+            .push(scheduler::DeviceView::as_if_idle(
+                d.hostname,
+                d.device_type,
+                d.tags,
+            ));
     }
     Ok(by_worker.into_values().collect())
 }
