@@ -530,25 +530,25 @@ impl AdminClient {
     ) -> Result<(String, Vec<Credential>), ClientError> {
         let request = v1::CreateGroupRequest {
             group_id: group_id.to_string(),
-            nodes: nodes
-                .iter()
-                .map(|(node_id, role)| v1::NodeSpec {
-                    node_id: node_id.clone(),
-                    role: role.clone(),
-                })
-                .collect(),
+            nodes: node_specs(nodes),
         };
         let r = call!(&self.inner, None, create_group, request.clone()).await?;
-        let credentials = r
-            .nodes
-            .into_iter()
-            .map(|n| Credential {
-                node_id: n.node_id,
-                role: n.role,
-                token: n.token,
-            })
-            .collect();
-        Ok((r.group_id, credentials))
+        Ok((r.group_id, credentials_of(r.nodes)))
+    }
+
+    /// New tokens for `nodes` (id, role) of existing group `group_id`: for a
+    /// dispatcher that drives only some of its nodes.
+    pub async fn issue_tokens(
+        &mut self,
+        group_id: &str,
+        nodes: &[(String, String)],
+    ) -> Result<Vec<Credential>, ClientError> {
+        let request = v1::IssueTokensRequest {
+            group_id: group_id.to_string(),
+            nodes: node_specs(nodes),
+        };
+        let r = call!(&self.inner, None, issue_tokens, request.clone()).await?;
+        Ok(credentials_of(r.nodes))
     }
 
     pub async fn fail_node(
@@ -583,4 +583,25 @@ impl AdminClient {
         };
         Ok(call!(&self.inner, None, watch_group, request.clone()).await?)
     }
+}
+
+fn node_specs(nodes: &[(String, String)]) -> Vec<v1::NodeSpec> {
+    nodes
+        .iter()
+        .map(|(node_id, role)| v1::NodeSpec {
+            node_id: node_id.clone(),
+            role: role.clone(),
+        })
+        .collect()
+}
+
+fn credentials_of(nodes: Vec<v1::NodeCredential>) -> Vec<Credential> {
+    nodes
+        .into_iter()
+        .map(|n| Credential {
+            node_id: n.node_id,
+            role: n.role,
+            token: n.token,
+        })
+        .collect()
 }

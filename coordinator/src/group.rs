@@ -126,6 +126,11 @@ pub enum Change {
         node: String,
     },
     Closed,
+    /// A node was given a new token (its SHA-256, hex): the old one stops working.
+    Token {
+        node: String,
+        token_sha256: String,
+    },
     Sent {
         node: String,
         id: String,
@@ -288,6 +293,15 @@ impl Group {
                 self.closed = true;
                 Topic::Nodes
             }
+            Change::Token { node, token_sha256 } => {
+                let hash = hex::decode(&token_sha256)
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+                if let (Some(n), Some(hash)) = (self.node_mut(&node), hash) {
+                    n.token_hash = Some(hash);
+                }
+                return;
+            }
             Change::Sent { node, id, data } => {
                 self.messages
                     .entry(id.clone())
@@ -377,6 +391,19 @@ impl Group {
 
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.index.get(id).map(|i| &self.nodes[*i])
+    }
+
+    /// Gives node `id` a token whose SHA-256 is `hash` (the old one stops working).
+    pub fn set_token(&mut self, id: &str, hash: [u8; 32]) {
+        self.apply(Change::Token {
+            node: id.to_string(),
+            token_sha256: hex::encode(hash),
+        });
+    }
+
+    /// Made by a dispatcher, every member known from the start (not a legacy group).
+    pub fn is_fixed(&self) -> bool {
+        matches!(self.membership, Membership::Fixed)
     }
 
     fn node_mut(&mut self, id: &str) -> Option<&mut Node> {

@@ -134,6 +134,24 @@ pub fn status(error: CallError) -> Status {
     }
 }
 
+/// Nodes' new credentials, as the API answers them.
+fn credentials_of(
+    group_id: String,
+    credentials: Vec<crate::Credential>,
+) -> v1::CreateGroupResponse {
+    v1::CreateGroupResponse {
+        group_id,
+        nodes: credentials
+            .into_iter()
+            .map(|c| v1::NodeCredential {
+                node_id: c.node_id,
+                role: c.role,
+                token: c.token,
+            })
+            .collect(),
+    }
+}
+
 fn reply(senders: Senders) -> v1::MessageReply {
     v1::MessageReply {
         senders: senders
@@ -211,17 +229,23 @@ impl Coordinator for Service {
             .create_group(Some(r.group_id), nodes)
             .map_err(status)?;
         tracing::info!(group = %group_id, nodes = credentials.len(), "group created");
-        Ok(Response::new(v1::CreateGroupResponse {
-            group_id,
-            nodes: credentials
-                .into_iter()
-                .map(|c| v1::NodeCredential {
-                    node_id: c.node_id,
-                    role: c.role,
-                    token: c.token,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(credentials_of(group_id, credentials)))
+    }
+
+    async fn issue_tokens(
+        &self,
+        request: Request<v1::IssueTokensRequest>,
+    ) -> Result<Response<v1::CreateGroupResponse>, Status> {
+        self.admin(&request)?;
+        let r = request.into_inner();
+        let nodes: Vec<(String, String)> =
+            r.nodes.into_iter().map(|n| (n.node_id, n.role)).collect();
+        let credentials = self
+            .store
+            .issue_tokens(&r.group_id, &nodes)
+            .map_err(status)?;
+        tracing::info!(group = %r.group_id, nodes = credentials.len(), "tokens issued");
+        Ok(Response::new(credentials_of(r.group_id, credentials)))
     }
 
     async fn fail_node(

@@ -607,6 +607,44 @@ impl Store {
         Ok((group_id, credentials))
     }
 
+    /// New tokens for `nodes` (id, role) of dispatcher group `group_id`: a dispatcher
+    /// that drives only some of a group's nodes takes theirs here, whoever created the
+    /// group. Every node must be a member with that role, or nothing changes.
+    pub fn issue_tokens(
+        &self,
+        group_id: &str,
+        nodes: &[(String, String)],
+    ) -> Result<Vec<Credential>, CallError> {
+        let cell = self.group(group_id)?;
+        cell.update(|group| {
+            if !group.is_fixed() {
+                return Err(CallError::Invalid(format!(
+                    "group {group_id} was not made by a dispatcher"
+                )));
+            }
+            if let Some((id, role)) = nodes
+                .iter()
+                .find(|(id, role)| group.node(id).is_none_or(|n| &n.role != role))
+            {
+                return Err(CallError::Invalid(format!(
+                    "group {group_id} has no node {id:?} of role {role:?}"
+                )));
+            }
+            Ok(nodes
+                .iter()
+                .map(|(id, role)| {
+                    let token = auth::new_token();
+                    group.set_token(id, auth::hash(&token));
+                    Credential {
+                        node_id: id.clone(),
+                        role: role.clone(),
+                        token,
+                    }
+                })
+                .collect())
+        })
+    }
+
     /// How many groups exist now (for the dispatcher's metrics).
     pub fn group_count(&self) -> usize {
         self.groups.len()
@@ -827,6 +865,44 @@ mod tests {
         drop(waiting);
         drop(subscription);
         assert!(lock(&cell.topics).is_empty());
+    }
+
+    #[test]
+    fn new_tokens_replace_a_members_old_one_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Store::open("admin-token-for-tests", WaitLimits::default(), dir.path());
+        let store = open().unwrap();
+        let members = vec![
+            ("a".to_string(), "r".to_string()),
+            ("b".to_string(), "s".to_string()),
+        ];
+        let (_, created) = store.create_group(Some("g".into()), members).unwrap();
+        let old_b = created[1].token.clone();
+        // Only members, with their roles: nothing changes otherwise.
+        for wrong in [("b", "r"), ("c", "s")] {
+            let asked = [(wrong.0.to_string(), wrong.1.to_string())];
+            assert!(matches!(
+                store.issue_tokens("g", &asked),
+                Err(CallError::Invalid(_))
+            ));
+        }
+        assert!(store.authorize_node(Some(&old_b), "g", "b").is_ok());
+        let issued = store
+            .issue_tokens("g", &[("b".to_string(), "s".to_string())])
+            .unwrap();
+        assert_eq!(issued.len(), 1);
+        let new_b = issued[0].token.clone();
+        assert!(store.authorize_node(Some(&old_b), "g", "b").is_err());
+        assert!(store.authorize_node(Some(&new_b), "g", "b").is_ok());
+        assert!(
+            store
+                .authorize_node(Some(&created[0].token), "g", "a")
+                .is_ok()
+        );
+        drop(store);
+        let again = open().unwrap();
+        assert!(again.authorize_node(Some(&new_b), "g", "b").is_ok());
+        assert!(again.authorize_node(Some(&old_b), "g", "b").is_err());
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct GroupContext<'a> {
     pub group_id: String,
     /// `(node id, role)` of every node, in report order.
     pub members: Vec<(String, String)>,
+    /// Those of `members` this process drives: all, or its part of a job that runs
+    /// across several workers.
+    pub here: Vec<(String, String)>,
     clients: BTreeMap<String, NodeClient>,
     /// Reports of nodes whose pipeline ended, by node id.
     finished: Arc<Mutex<BTreeMap<String, NodeReport>>>,
@@ -89,10 +92,11 @@ impl<'a> GroupContext<'a> {
         log: &'a JobLog,
         coordination: &'a Coordination,
         members: Vec<(String, String)>,
+        here: Vec<(String, String)>,
     ) -> Result<GroupContext<'a>, Failure> {
         let group_id = coordination.group_id(settings.job_id);
         let credentials = coordination
-            .create_group(&group_id, &members)
+            .join_group(&group_id, &members, &here)
             .await
             .map_err(|e| Failure::infra("plan", format!("coordinator: {e}")))?;
         let mut clients = BTreeMap::new();
@@ -122,6 +126,7 @@ impl<'a> GroupContext<'a> {
             coordination,
             group_id,
             members,
+            here,
             clients,
             finished: Arc::default(),
             trees: Mutex::default(),
@@ -174,7 +179,7 @@ impl<'a> GroupContext<'a> {
     pub fn reports(&self, cut_short: Option<Failure>) -> Vec<NodeReport> {
         let finished = self.finished.lock().clone();
         let attachments = self.attachments.lock().clone();
-        self.members
+        self.here
             .iter()
             .map(|(node, role)| {
                 let mut report = finished.get(node).cloned().unwrap_or_else(|| {
@@ -237,7 +242,7 @@ impl<'a> GroupContext<'a> {
     pub fn fail_all(&self, blamed: &str, failure: &Failure) {
         self.log
             .line(Level::Error, Some(blamed), failure.message.as_str());
-        for (node, role) in &self.members {
+        for (node, role) in &self.here {
             self.record(failed_report(node, role, failure));
         }
     }

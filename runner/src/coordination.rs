@@ -46,33 +46,56 @@ impl Coordination {
         format!("{}job-{job_id}", self.group_prefix)
     }
 
-    /// Creates a group; returns every node's credentials.
-    pub async fn create_group(
+    /// Makes sure group `group_id` of `members` exists and returns the credentials of
+    /// `here`, the members this process drives: all of them, or its part of a job
+    /// that runs across several workers (whichever part comes first creates the
+    /// group; the others take new tokens for their nodes in it).
+    pub async fn join_group(
         &self,
         group_id: &str,
         members: &[(String, String)],
+        here: &[(String, String)],
     ) -> Result<Vec<Credential>, String> {
+        let keep = |credentials: Vec<Credential>| {
+            credentials
+                .into_iter()
+                .filter(|c| here.iter().any(|(id, _)| *id == c.node_id))
+                .collect::<Vec<_>>()
+        };
         match &self.admin {
-            Admin::Embedded(store) => store
-                .create_group(Some(group_id.to_string()), members.to_vec())
-                .map(|(_, credentials)| credentials)
-                .map_err(|e| e.to_string()),
+            Admin::Embedded(store) => {
+                match store.create_group(Some(group_id.to_string()), members.to_vec()) {
+                    Ok((_, credentials)) => Ok(keep(credentials)),
+                    Err(coordinator::store::CallError::Exists(_)) => store
+                        .issue_tokens(group_id, here)
+                        .map_err(|e| e.to_string()),
+                    Err(err) => Err(err.to_string()),
+                }
+            }
             Admin::Remote(client) => {
                 let mut client = client.clone();
-                let created = match client.create_group(group_id, members).await {
-                    // Ids are this dispatcher's own, so the group is one of its jobs'
-                    // from before a crash, or this one's whose answer a coordinator
-                    // restart lost: its tokens are gone either way, so it starts anew.
-                    Err(ClientError::Exists(_)) => {
+                match client.create_group(group_id, members).await {
+                    Ok((_, credentials)) => return Ok(keep(credentials)),
+                    Err(ClientError::Exists(_)) => {}
+                    Err(err) => return Err(err.to_string()),
+                }
+                // Another part's, or this one's whose answer a coordinator restart
+                // lost: either way it has these nodes, and they get new tokens.
+                match client.issue_tokens(group_id, here).await {
+                    Ok(credentials) => Ok(credentials),
+                    // Not these members: a group left over from a job of the same id
+                    // (a database started anew), replaced.
+                    Err(ClientError::Invalid(_)) => {
                         tracing::warn!(group = group_id, "replacing a stale coordinator group");
                         let _ = client.close_group(group_id).await;
-                        client.create_group(group_id, members).await
+                        client
+                            .create_group(group_id, members)
+                            .await
+                            .map(|(_, credentials)| keep(credentials))
+                            .map_err(|e| e.to_string())
                     }
-                    other => other,
-                };
-                created
-                    .map(|(_, credentials)| credentials)
-                    .map_err(|e| e.to_string())
+                    Err(err) => Err(err.to_string()),
+                }
             }
         }
     }

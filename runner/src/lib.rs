@@ -140,9 +140,27 @@ pub async fn run_job(
     settings: &RunSettings,
     log: &JobLog,
 ) -> JobReport {
+    let all: Vec<Option<&Device>> = devices.iter().map(Some).collect();
+    run_part(job, lab, &all, coordination, settings, log).await
+}
+
+/// Runs this worker's part of a `device_group` job whose devices several workers own:
+/// `devices` has one entry per node, in `Job::members` order, `None` for a node
+/// another worker drives. The nodes meet in one coordinator group, which this part
+/// joins and leaves open (the job's last part to end closes it); the report covers
+/// this part's nodes. With every device given, it is [`run_job`].
+pub async fn run_part(
+    job: &Job,
+    lab: &Lab,
+    devices: &[Option<&Device>],
+    coordination: &Coordination,
+    settings: &RunSettings,
+    log: &JobLog,
+) -> JobReport {
     let started = std::time::Instant::now();
+    let whole = devices.iter().all(Option::is_some);
     let nodes = match (&job.topology, devices.first()) {
-        (Topology::VmGroup(group), Some(host)) => {
+        (Topology::VmGroup(group), Some(Some(host))) if whole => {
             run_vm_group(job, group, lab, host, coordination, settings, log).await
         }
         (Topology::Single { .. } | Topology::DeviceGroup { .. }, _)
@@ -240,7 +258,10 @@ async fn run_vm_group(
         Ok(types) => types,
         Err(failure) => return fail_all_roles(job, failure),
     };
-    let ctx = match GroupContext::create(job, settings, log, coordination, plan.members()).await {
+    let members = plan.members();
+    let ctx = match GroupContext::create(job, settings, log, coordination, members.clone(), members)
+        .await
+    {
         Ok(ctx) => ctx,
         Err(failure) => return fail_all_roles(job, failure),
     };
@@ -276,30 +297,46 @@ async fn run_vm_group(
 /// A device_group (or single-device) job: a node per device.
 async fn run_device_group(
     job: &Job,
-    devices: &[Device],
+    devices: &[Option<&Device>],
     coordination: &Coordination,
     settings: &RunSettings,
     log: &JobLog,
 ) -> Vec<NodeReport> {
-    let members = job
+    let members: Vec<(String, String)> = job
         .members()
         .into_iter()
         .map(|m| (m.node, m.role))
         .collect();
-    let ctx = match GroupContext::create(job, settings, log, coordination, members).await {
+    let here: Vec<(String, String)> = members
+        .iter()
+        .zip(devices)
+        .filter(|(_, device)| device.is_some())
+        .map(|(member, _)| member.clone())
+        .collect();
+    let whole = here.len() == members.len();
+    let ctx = match GroupContext::create(job, settings, log, coordination, members, here).await {
         Ok(ctx) => ctx,
-        Err(failure) => return fail_all_roles(job, failure),
+        Err(failure) => {
+            return devices
+                .iter()
+                .zip(job.members())
+                .filter(|(device, _)| device.is_some())
+                .map(|(_, m)| failed_report(&m.node, &m.role, &failure))
+                .collect();
+        }
     };
     let group_nodes: Vec<device_group::DeviceNode> = ctx
         .members
         .iter()
         .zip(devices)
         .enumerate()
-        .map(|(index, ((id, role), device))| device_group::DeviceNode {
-            id: id.clone(),
-            role: role.clone(),
-            index: u8::try_from(index).unwrap_or(u8::MAX),
-            device,
+        .filter_map(|(index, ((id, role), device))| {
+            Some(device_group::DeviceNode {
+                id: id.clone(),
+                role: role.clone(),
+                index: u8::try_from(index).unwrap_or(u8::MAX),
+                device: (*device)?,
+            })
         })
         .collect();
     log.line(
@@ -316,9 +353,17 @@ async fn run_device_group(
         ),
     );
     let cut_short = device_group::run(&ctx, &group_nodes).await;
-    let reports = ctx.reports(cut_short);
-    ctx.close().await;
-    reports
+    // A part leaves the group to the job's last part: the others may still be in it,
+    // and are told at once that this part's nodes were cut short.
+    if whole {
+        ctx.close().await;
+    } else if let Some(failure) = &cut_short {
+        for (node, _) in &ctx.here {
+            ctx.coordination
+                .fail_node(&ctx.group_id, node, &failure.message);
+        }
+    }
+    ctx.reports(cut_short)
 }
 
 /// Every role failed with `failure` (no group could be formed).

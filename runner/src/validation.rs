@@ -81,18 +81,19 @@ pub fn validate_job(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validat
 /// every `http(s)://` address (and `localhost`) is one the policy lets it reach, and
 /// the lab has devices enough to ever run the job.
 pub fn validate_for_run(text: &str, lab: &Lab, policy: &JobPolicy) -> Result<Validated, Report> {
-    validate_for_run_with(text, lab, policy, &[])
+    validate_for_run_with(text, lab, policy, &[], false)
 }
 
 /// [`validate_for_run`] in a lab that has `others` besides the devices of `lab`'s files:
-/// each the devices of another worker sharing its database. A job runs on the devices
-/// of one worker, so it is possible when this worker's devices, or another worker's,
-/// could serve it.
+/// each the devices of another worker sharing its database. A job is possible when this
+/// worker's devices, or another worker's, could serve it; or, when jobs may `span`
+/// workers (they share a standalone coordinator), all of them together.
 pub fn validate_for_run_with(
     text: &str,
     lab: &Lab,
     policy: &JobPolicy,
     others: &[Vec<DeviceView>],
+    span: bool,
 ) -> Result<Validated, Report> {
     let validated = validate_job(text, lab, policy)?;
     let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
@@ -133,12 +134,15 @@ pub fn validate_for_run_with(
     let needs = scheduler::needs(&validated.job);
     let own = views(lab);
     let serves = |devices: &[DeviceView]| scheduler::shortfall(&needs, devices).is_none();
-    if !serves(&own) && !others.iter().any(|theirs| serves(theirs)) {
-        let mut all = own;
-        all.extend(others.iter().flatten().cloned());
+    let mut all = own.clone();
+    all.extend(others.iter().flatten().cloned());
+    let possible =
+        serves(&own) || others.iter().any(|theirs| serves(theirs)) || (span && serves(&all));
+    if !possible {
         let shortfall = scheduler::shortfall(&needs, &all).unwrap_or_else(|| {
             "no one worker has devices that serve every node at once, and a job runs on \
-             the devices of one worker"
+             the devices of one worker unless the workers share a standalone coordinator \
+             (coordinator_url)"
                 .to_string()
         });
         problems.push(

@@ -183,6 +183,14 @@ pub trait Store: Send + Sync {
     async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
         Ok(None)
     }
+
+    /// Jobs across several workers whose devices were reserved (by whichever worker
+    /// planned them) with a part for this worker that has not started: each is this
+    /// worker's to run, on its own devices. [`Store::start`] starts a part and
+    /// [`Store::finish`] ends it; the job ends with its last part.
+    async fn parts_to_start(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Why a store call failed, whatever the backend.
@@ -233,6 +241,36 @@ pub struct WorkerInfo {
     pub api_url: String,
     /// How often it beats: it is declared lost after three of these in silence.
     pub heartbeat: Duration,
+    /// The standalone coordinator its jobs' groups live in (its URL and group
+    /// prefix), `None` for one in its own process. Workers of one database must agree,
+    /// since a job across several workers meets in one group.
+    pub coordinator: Option<String>,
+}
+
+/// How one worker's part of a job across several workers ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartEnd {
+    pub outcome: Outcome,
+    pub results: Option<serde_json::Value>,
+}
+
+/// How the parts of a job across several workers, all ended (in the order the
+/// workers' names sort), make the job's end. The store keeps results as documents it
+/// does not read; the daemon, which knows their shape, says how they merge.
+pub type MergeParts = fn(Vec<PartEnd>) -> PartEnd;
+
+/// The merge a store uses unless told another: the first part that did not complete
+/// gives the outcome (all complete: complete), the first results stand.
+pub fn first_failed_part(parts: Vec<PartEnd>) -> PartEnd {
+    let outcome = parts
+        .iter()
+        .map(|p| p.outcome.clone())
+        .find(|o| o.error.is_some())
+        .unwrap_or_else(Outcome::complete);
+    PartEnd {
+        outcome,
+        results: parts.into_iter().find_map(|p| p.results),
+    }
 }
 
 /// A worker as the shared database knows it.
@@ -257,7 +295,11 @@ pub struct WorkerRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostWorker {
     pub name: String,
+    /// Jobs that ended (their last part, or all of them, was the lost worker's).
     pub jobs: Vec<u64>,
+    /// Jobs across several workers whose lost worker's part ended while other parts
+    /// still run: those parts' nodes must be told its nodes are gone.
+    pub parts: Vec<u64>,
 }
 
 /// The message of jobs that ended because the worker running them was lost.
@@ -276,6 +318,14 @@ pub enum Conflict {
     },
     #[error("a token named {0} already exists")]
     DuplicateToken(String),
+    /// A part of a job across several workers that may not start: the job is over
+    /// (or going), or the part ran already.
+    #[error("job {job} is {state}: the part of worker {worker} cannot start")]
+    PartOver {
+        job: u64,
+        worker: String,
+        state: String,
+    },
     /// Two workers' lab files name one device: each device has one worker, which
     /// drives it.
     #[error("device {hostname} belongs to worker {worker}")]
@@ -396,6 +446,10 @@ pub struct JobRecord {
     /// Automatic retries (after `infrastructure` failures) that led to this job.
     #[serde(skip)]
     pub auto_retries: u32,
+    /// The devices reserved for a job across several workers, one per node in the
+    /// order of its needs (which worker drives which node); empty otherwise.
+    #[serde(skip)]
+    pub assigned: Vec<String>,
 }
 
 /// A job without its definition and results: what a listing shows. Timestamps are

@@ -32,8 +32,9 @@ use crate::encode::{
 };
 use crate::{
     Change, Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobCounts,
-    JobFilter, JobPage, JobRecord, JobSummary, LabDevice, LostWorker, Member, Missing, NewJob,
-    Queued, RESTART_MESSAGE, Store, StoreError, TokenScope, WorkerInfo, WorkerRecord, lost_message,
+    JobFilter, JobPage, JobRecord, JobSummary, LabDevice, LostWorker, Member, MergeParts, Missing,
+    NewJob, PartEnd, Queued, RESTART_MESSAGE, Store, StoreError, TokenScope, WorkerInfo,
+    WorkerRecord, first_failed_part, lost_message,
 };
 use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
 
@@ -111,6 +112,19 @@ const MIGRATIONS: &[&str] = &[
         joined_at BIGINT NOT NULL,
         last_beat TIMESTAMPTZ NOT NULL
     );",
+    // 3: jobs across several workers: each worker's part (its nodes run on its own
+    // devices), how it ended; and the coordinator each worker's groups live in.
+    "ALTER TABLE workers ADD COLUMN coordinator TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN assigned TEXT;
+    CREATE TABLE job_parts (
+        job_id BIGINT NOT NULL REFERENCES jobs (id),
+        worker TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('scheduled', 'running', 'finished')),
+        outcome TEXT,
+        results TEXT,
+        PRIMARY KEY (job_id, worker)
+    );
+    CREATE INDEX job_parts_to_start ON job_parts (worker) WHERE state = 'scheduled';",
 ];
 
 /// The advisory lock migrations hold, so workers that start at once migrate once.
@@ -136,6 +150,8 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     /// The worker this store speaks for: the owner of the devices it syncs.
     worker: String,
+    /// How the parts of a job across several workers make its end.
+    merge: MergeParts,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -179,14 +195,95 @@ impl PgStore {
             epoch: Arc::default(),
             config,
             worker: worker.to_string(),
+            merge: first_failed_part,
         };
         store.migrate().await?;
         tracing::debug!(worker, "PostgreSQL store opened");
         Ok(store)
     }
 
+    /// Merges the parts of jobs across several workers with `merge` (the daemon's,
+    /// which knows what results hold) instead of [`first_failed_part`].
+    pub fn merging_parts_with(mut self, merge: MergeParts) -> Self {
+        self.merge = merge;
+        self
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Ends this worker's part of job `job` (whose row, part and devices `tx` holds):
+    /// its devices are free; the job ends when this was its last part running, with
+    /// every part's end merged. The job's state after.
+    #[allow(clippy::too_many_arguments)] // One transaction's pieces, passed on.
+    async fn finish_part(
+        &self,
+        tx: &Transaction<'_>,
+        job: u64,
+        key: i64,
+        part: &str,
+        current: JobState,
+        outcome: Outcome,
+        results: Option<serde_json::Value>,
+    ) -> Result<JobState, StoreError> {
+        if part == "finished" {
+            // A try whose commit went through though its answer was lost.
+            return Ok(current);
+        }
+        release_part_devices(tx, key, &self.worker).await?;
+        let results = results
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(Fail::from)?;
+        tx.execute(
+            "UPDATE job_parts SET state = 'finished', outcome = $3, results = $4
+             WHERE job_id = $1 AND worker = $2",
+            &[
+                &key,
+                &self.worker,
+                &serde_json::to_string(&outcome).map_err(Fail::from)?,
+                &results,
+            ],
+        )
+        .await
+        .map_err(Fail::from)?;
+        let Some(parts) = ended_parts(tx, key).await? else {
+            self.notify(tx, &format!("part {job}")).await?;
+            return Ok(current);
+        };
+        if matches!(current, JobState::Finished(_)) {
+            return Ok(current);
+        }
+        let merged = (self.merge)(parts);
+        self.end_job(tx, job, key, merged.outcome, merged.results)
+            .await
+    }
+
+    /// Ends job `job` (its row held by `tx`) with `outcome` and `results`, and says so.
+    async fn end_job(
+        &self,
+        tx: &Transaction<'_>,
+        job: u64,
+        key: i64,
+        outcome: Outcome,
+        results: Option<serde_json::Value>,
+    ) -> Result<JobState, StoreError> {
+        let state = transition(tx, job, JobEvent::Ended(outcome)).await?;
+        let results = results
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(Fail::from)?;
+        tx.execute(
+            "UPDATE jobs SET results = $2 WHERE id = $1",
+            &[&key, &results],
+        )
+        .await
+        .map_err(Fail::from)?;
+        self.notify(tx, &format!("finished {job}")).await?;
+        Ok(state)
     }
 
     /// Brings the schema up to [`MIGRATIONS`]`.len()` in one transaction, under an
@@ -255,7 +352,8 @@ impl Store for PgStore {
         let Some(key) = key(id) else { return Ok(None) };
         let client = self.client().await?;
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS}, definition, results, members, auto_retries FROM jobs
+            "SELECT {SUMMARY_COLUMNS}, definition, results, members, auto_retries, assigned
+             FROM jobs
              WHERE id = $1"
         );
         let row = client.query_opt(&sql, &[&key]).await.map_err(Fail::from)?;
@@ -461,6 +559,32 @@ impl Store for PgStore {
         )
         .await
         .map_err(Fail::from)?;
+        // Devices of several workers: each runs its part, on its own devices.
+        let owners: Vec<String> = tx
+            .query(
+                "SELECT DISTINCT worker FROM devices WHERE hostname = ANY($1)",
+                &[&hostnames],
+            )
+            .await
+            .map_err(Fail::from)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if owners.len() > 1 {
+            tx.execute(
+                "INSERT INTO job_parts (job_id, worker, state)
+                 SELECT $1, unnest($2::TEXT[]), 'scheduled'",
+                &[&key, &owners],
+            )
+            .await
+            .map_err(Fail::from)?;
+            tx.execute(
+                "UPDATE jobs SET assigned = $2 WHERE id = $1",
+                &[&key, &serde_json::to_string(hostnames).map_err(Fail::from)?],
+            )
+            .await
+            .map_err(Fail::from)?;
+        }
         self.notify(&tx, &format!("reserved {job}")).await?;
         tx.commit().await.map_err(Fail::from)?;
         tracing::info!(job, devices = ?hostnames, "devices reserved");
@@ -468,7 +592,41 @@ impl Store for PgStore {
     }
 
     async fn start(&self, job: u64) -> Result<(), StoreError> {
-        self.apply(job, JobEvent::Started).await.map(drop)
+        let key = key(job).ok_or(StoreError::NotFound(Missing::Job(job)))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Fail::from)?;
+        self.fence(&tx).await?;
+        // The job first, then its part: the order every change locks in.
+        let current = job_state_for_update(&tx, job, key).await?;
+        let Some(part) = part_state(&tx, key, &self.worker).await? else {
+            drop(tx);
+            return self.apply(job, JobEvent::Started).await.map(drop);
+        };
+        match (part.as_str(), &current) {
+            // A try whose commit went through though its answer was lost.
+            ("running", JobState::Running) => return Ok(()),
+            ("scheduled", JobState::Scheduled) => {
+                transition(&tx, job, JobEvent::Started).await?;
+            }
+            // Another worker's part started the job.
+            ("scheduled", JobState::Running) => {}
+            _ => {
+                return Err(StoreError::Conflict(Conflict::PartOver {
+                    job,
+                    worker: self.worker.clone(),
+                    state: current.name().to_string(),
+                }));
+            }
+        }
+        tx.execute(
+            "UPDATE job_parts SET state = 'running' WHERE job_id = $1 AND worker = $2",
+            &[&key, &self.worker],
+        )
+        .await
+        .map_err(Fail::from)?;
+        self.notify(&tx, &format!("running {job}")).await?;
+        tx.commit().await.map_err(Fail::from)?;
+        Ok(())
     }
 
     async fn finish(
@@ -482,76 +640,63 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
         self.fence(&tx).await?;
-        // The job first, then its devices: the order every change locks in.
+        // The job first, then its part, then its devices: the order every change
+        // locks in.
+        let current = job_state_for_update(&tx, job, key).await?;
         let checked: Option<String> = tx
-            .query_opt(
-                "SELECT health_check_of FROM jobs WHERE id = $1 FOR UPDATE",
-                &[&key],
-            )
+            .query_one("SELECT health_check_of FROM jobs WHERE id = $1", &[&key])
             .await
             .map_err(Fail::from)?
-            .and_then(|row| row.get(0));
-        let devices = tx
-            .query(
-                "SELECT hostname, health FROM devices WHERE job_id = $1
-                 ORDER BY hostname COLLATE \"C\" FOR UPDATE",
-                &[&key],
-            )
-            .await
-            .map_err(Fail::from)?;
-        // A check that said something (a canceled one did not) starts the count again.
-        if checked.is_some() && health.is_some() {
-            tx.execute(
-                "UPDATE devices SET last_check_at = dispatcher_now(), jobs_since_check = 0
-                 WHERE job_id = $1",
-                &[&key],
-            )
-            .await
-            .map_err(Fail::from)?;
-        } else if checked.is_none() {
-            tx.execute(
-                "UPDATE devices SET jobs_since_check = jobs_since_check + 1 WHERE job_id = $1",
-                &[&key],
-            )
-            .await
-            .map_err(Fail::from)?;
+            .get(0);
+        let part = part_state(&tx, key, &self.worker).await?;
+        // A part ends on this worker's devices only.
+        let mine = part.is_some().then_some(self.worker.as_str());
+        end_on_devices(&tx, key, mine, checked.is_some(), health.as_ref()).await?;
+        if let Some(part) = part {
+            let state = self
+                .finish_part(&tx, job, key, &part, current, outcome, results)
+                .await?;
+            tx.commit().await.map_err(Fail::from)?;
+            return Ok(state);
         }
-        if let Some(change) = &health {
-            let new = enum_text(&change.health).map_err(Fail::from)?;
-            for row in &devices {
-                let hostname: String = row.get(0);
-                let old: DeviceHealth = enum_column(row, 1)?;
-                if !job_sets_health(old, change.health, checked.is_some()) {
-                    continue;
-                }
-                tx.execute(
-                    "UPDATE devices SET health = $2 WHERE hostname = $1",
-                    &[&hostname, &new],
-                )
-                .await
-                .map_err(Fail::from)?;
-                record_health(&tx, &hostname, change.health, Some(key), &change.reason).await?;
-            }
-        }
-        let state = transition(&tx, job, JobEvent::Ended(outcome)).await?;
-        let results = results
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(Fail::from)?;
-        tx.execute(
-            "UPDATE jobs SET results = $2 WHERE id = $1",
-            &[&key, &results],
-        )
-        .await
-        .map_err(Fail::from)?;
-        self.notify(&tx, &format!("finished {job}")).await?;
+        let state = self.end_job(&tx, job, key, outcome, results).await?;
         tx.commit().await.map_err(Fail::from)?;
         Ok(state)
     }
 
     async fn cancel(&self, job: u64) -> Result<JobState, StoreError> {
-        self.apply(job, JobEvent::CancelRequested).await
+        let key = key(job).ok_or(StoreError::NotFound(Missing::Job(job)))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Fail::from)?;
+        let mut state = transition(&tx, job, JobEvent::CancelRequested).await?;
+        if state == JobState::Canceling {
+            // Parts of a job across several workers that have not started never will:
+            // they end now, and the job with them when no part runs any more.
+            let canceled = Outcome::canceled("canceled before it ran");
+            let unstarted: Vec<String> = tx
+                .query(
+                    "UPDATE job_parts SET state = 'finished', outcome = $2
+                     WHERE job_id = $1 AND state = 'scheduled' RETURNING worker",
+                    &[&key, &serde_json::to_string(&canceled).map_err(Fail::from)?],
+                )
+                .await
+                .map_err(Fail::from)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            for worker in &unstarted {
+                release_part_devices(&tx, key, worker).await?;
+            }
+            if !unstarted.is_empty()
+                && let Some(parts) = ended_parts(&tx, key).await?
+            {
+                let merged = (self.merge)(parts);
+                state = transition(&tx, job, JobEvent::Ended(merged.outcome)).await?;
+            }
+        }
+        self.notify(&tx, &format!("{} {job}", state.name())).await?;
+        tx.commit().await.map_err(Fail::from)?;
+        Ok(state)
     }
 
     async fn recover_after_restart(&self) -> Result<Vec<u64>, StoreError> {
@@ -560,7 +705,10 @@ impl Store for PgStore {
         self.fence(&tx).await?;
         // Only the jobs that held this worker's devices: the other workers' jobs run on.
         // As in SQLite: a restart is no event of the job's own life.
-        let ids = end_jobs_of_worker(&tx, &self.worker, RESTART_MESSAGE).await?;
+        let (mut ids, parts) =
+            end_jobs_of_worker(&tx, &self.worker, RESTART_MESSAGE, self.merge).await?;
+        // A part cut short is this worker's to clean up as much as a whole job.
+        ids.extend(parts);
         if !ids.is_empty() {
             self.notify(&tx, "recovered").await?;
         }
@@ -776,7 +924,7 @@ impl Store for PgStore {
             .map_err(Fail::from)?;
         let live = tx
             .query(
-                "SELECT name, version, device_types FROM workers
+                "SELECT name, version, device_types, coordinator FROM workers
                  WHERE state = 'alive' AND name <> $1 ORDER BY name",
                 &[&self.worker],
             )
@@ -801,8 +949,16 @@ impl Store for PgStore {
             }));
         }
         for row in &live {
-            let (name, version, theirs): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
+            let (name, version, theirs, coordinator): (String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let ours_coordinator = info.coordinator.as_deref().unwrap_or_default();
+            let described = |c: &str| {
+                if c.is_empty() {
+                    "a coordinator of its own".to_string()
+                } else {
+                    format!("coordinator {c}")
+                }
+            };
             let mismatch = if version != info.version {
                 Some((
                     format!("version {version}"),
@@ -813,6 +969,8 @@ impl Store for PgStore {
                     format!("device types{}", theirs.trim_end()),
                     format!("device types{}", types.trim_end()),
                 ))
+            } else if coordinator != ours_coordinator {
+                Some((described(&coordinator), described(ours_coordinator)))
             } else {
                 None
             };
@@ -827,10 +985,10 @@ impl Store for PgStore {
         let epoch: i64 = tx
             .query_one(
                 "INSERT INTO workers (name, state, version, device_types, api_url,
-                     heartbeat_ms, epoch, joined_at, last_beat)
-                 VALUES ($1, 'alive', $2, $3, $4, $5, 1, dispatcher_now(), clock_timestamp())
+                     heartbeat_ms, coordinator, epoch, joined_at, last_beat)
+                 VALUES ($1, 'alive', $2, $3, $4, $5, $6, 1, dispatcher_now(), clock_timestamp())
                  ON CONFLICT (name) DO UPDATE SET state = 'alive', version = $2,
-                     device_types = $3, api_url = $4, heartbeat_ms = $5,
+                     device_types = $3, api_url = $4, heartbeat_ms = $5, coordinator = $6,
                      epoch = workers.epoch + 1, joined_at = dispatcher_now(),
                      last_beat = clock_timestamp()
                  RETURNING epoch",
@@ -840,6 +998,7 @@ impl Store for PgStore {
                     &types,
                     &info.api_url,
                     &i64::try_from(info.heartbeat.as_millis()).unwrap_or(i64::MAX),
+                    &info.coordinator.clone().unwrap_or_default(),
                 ],
             )
             .await
@@ -910,7 +1069,8 @@ impl Store for PgStore {
             )
             .await
             .map_err(Fail::from)?;
-            let ids = end_jobs_of_worker(&tx, &name, &lost_message(&name)).await?;
+            let (ids, parts) =
+                end_jobs_of_worker(&tx, &name, &lost_message(&name), self.merge).await?;
             tx.execute(
                 "UPDATE devices SET state = $2 WHERE worker = $1",
                 &[&name, &offline],
@@ -921,6 +1081,7 @@ impl Store for PgStore {
             lost.push(LostWorker {
                 name,
                 jobs: ids.into_iter().map(unsigned).collect(),
+                parts: parts.into_iter().map(unsigned).collect(),
             });
         }
         if !lost.is_empty() {
@@ -973,6 +1134,21 @@ impl Store for PgStore {
                 })
                 .collect(),
         ))
+    }
+
+    async fn parts_to_start(&self) -> Result<Vec<u64>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT p.job_id FROM job_parts p JOIN jobs j ON j.id = p.job_id
+                 WHERE p.worker = $1 AND p.state = 'scheduled'
+                   AND j.state IN ('scheduled', 'running')
+                 ORDER BY p.job_id",
+                &[&self.worker],
+            )
+            .await
+            .map_err(Fail::from)?;
+        Ok(rows.iter().map(|row| unsigned(row.get(0))).collect())
     }
 
     async fn subscribe(&self) -> Option<mpsc::Receiver<Change>> {
@@ -1139,7 +1315,8 @@ async fn end_jobs_of_worker(
     tx: &Transaction<'_>,
     worker: &str,
     message: &str,
-) -> Result<Vec<i64>, Fail> {
+    merge: MergeParts,
+) -> Result<(Vec<i64>, Vec<i64>), Fail> {
     let ids: Vec<i64> = tx
         .query(
             "SELECT id FROM jobs
@@ -1152,12 +1329,47 @@ async fn end_jobs_of_worker(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let ended = JobState::Finished(Outcome::incomplete(ErrorClass::Infrastructure, message));
-    for &id in &ids {
-        write_state(tx, id, &ended).await?;
-        release_devices(tx, id).await?;
+    let cut_short = Outcome::incomplete(ErrorClass::Infrastructure, message);
+    let (mut ended, mut parts) = (Vec::new(), Vec::new());
+    for id in ids {
+        let Some(part) = part_state(tx, id, worker).await? else {
+            write_state(tx, id, &JobState::Finished(cut_short.clone())).await?;
+            release_devices(tx, id).await?;
+            ended.push(id);
+            continue;
+        };
+        // A part of a job across several workers: it ends, and the job with it only
+        // when it was the last part running.
+        if part != "finished" {
+            release_part_devices(tx, id, worker).await?;
+            tx.execute(
+                "UPDATE job_parts SET state = 'finished', outcome = $3
+                 WHERE job_id = $1 AND worker = $2",
+                &[&id, &worker, &serde_json::to_string(&cut_short)?],
+            )
+            .await?;
+        }
+        match ended_parts(tx, id).await? {
+            Some(all) => {
+                let merged = merge(all);
+                write_state(tx, id, &JobState::Finished(merged.outcome)).await?;
+                let results = merged
+                    .results
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?;
+                tx.execute(
+                    "UPDATE jobs SET results = $2 WHERE id = $1",
+                    &[&id, &results],
+                )
+                .await?;
+                release_devices(tx, id).await?;
+                ended.push(id);
+            }
+            None => parts.push(id),
+        }
     }
-    Ok(ids)
+    Ok((ended, parts))
 }
 
 /// Stores one new job in `tx`: its id. A resubmission is linked from the job it
@@ -1275,18 +1487,137 @@ async fn write_state(tx: &Transaction<'_>, key: i64, state: &JobState) -> Result
 
 /// The devices of job `key` become idle, or offline if they were retired meanwhile.
 async fn release_devices(tx: &Transaction<'_>, key: i64) -> Result<(), Fail> {
+    release(tx, key, None).await
+}
+
+/// Frees worker `worker`'s devices held by job `key` (the end of its part).
+async fn release_part_devices(tx: &Transaction<'_>, key: i64, worker: &str) -> Result<(), Fail> {
+    release(tx, key, Some(worker)).await
+}
+
+/// The devices of job `key` (`worker`'s only, when given) become idle, or offline if
+/// they were retired meanwhile.
+async fn release(tx: &Transaction<'_>, key: i64, worker: Option<&str>) -> Result<(), Fail> {
     tx.execute(
         "UPDATE devices SET job_id = NULL,
-             state = CASE WHEN health = $2 THEN $3 ELSE $4 END
-         WHERE job_id = $1",
+             state = CASE WHEN health = $3 THEN $4 ELSE $5 END
+         WHERE job_id = $1 AND ($2::TEXT IS NULL OR worker = $2)",
         &[
             &key,
+            &worker,
             &enum_text(&DeviceHealth::Retired)?,
             &serde_json::to_string(&DeviceState::Offline)?,
             &serde_json::to_string(&DeviceState::Idle)?,
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Job `id`'s state, its row locked to the end of `tx`.
+async fn job_state_for_update(tx: &Transaction<'_>, id: u64, key: i64) -> Result<JobState, Fail> {
+    let row = tx
+        .query_opt(
+            "SELECT state_json FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await?
+        .ok_or(Fail::Store(StoreError::NotFound(Missing::Job(id))))?;
+    json(&row, 0)
+}
+
+/// The state of `worker`'s part of job `key`, its row locked to the end of `tx`;
+/// `None`: the job is not one across several workers, or has no part of `worker`'s.
+async fn part_state(tx: &Transaction<'_>, key: i64, worker: &str) -> Result<Option<String>, Fail> {
+    Ok(tx
+        .query_opt(
+            "SELECT state FROM job_parts WHERE job_id = $1 AND worker = $2 FOR UPDATE",
+            &[&key, &worker],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// Every part of job `key` as it ended, in the order of the workers' names; `None`
+/// while a part has not ended.
+async fn ended_parts(tx: &Transaction<'_>, key: i64) -> Result<Option<Vec<PartEnd>>, Fail> {
+    let rows = tx
+        .query(
+            "SELECT state, outcome, results FROM job_parts WHERE job_id = $1
+             ORDER BY worker COLLATE \"C\"",
+            &[&key],
+        )
+        .await?;
+    let mut parts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.get::<_, String>(0) != "finished" {
+            return Ok(None);
+        }
+        let outcome: Option<String> = row.get(1);
+        let results: Option<String> = row.get(2);
+        parts.push(PartEnd {
+            outcome: outcome
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?
+                .unwrap_or_else(Outcome::complete),
+            results: results.as_deref().map(serde_json::from_str).transpose()?,
+        });
+    }
+    Ok(Some(parts))
+}
+
+/// What a job's end does to the devices it held (only `worker`'s, for a part of a job
+/// across several workers): a health check that said something starts their count of
+/// jobs since a check again (any other job adds one), and `health` is recorded on
+/// each whose health a job may set.
+async fn end_on_devices(
+    tx: &Transaction<'_>,
+    key: i64,
+    worker: Option<&str>,
+    checked: bool,
+    health: Option<&HealthChange>,
+) -> Result<(), Fail> {
+    let devices = tx
+        .query(
+            "SELECT hostname, health FROM devices
+             WHERE job_id = $1 AND ($2::TEXT IS NULL OR worker = $2)
+             ORDER BY hostname COLLATE \"C\" FOR UPDATE",
+            &[&key, &worker],
+        )
+        .await?;
+    // A check that said something (a canceled one did not) starts the count again.
+    if checked && health.is_some() {
+        tx.execute(
+            "UPDATE devices SET last_check_at = dispatcher_now(), jobs_since_check = 0
+             WHERE job_id = $1 AND ($2::TEXT IS NULL OR worker = $2)",
+            &[&key, &worker],
+        )
+        .await?;
+    } else if !checked {
+        tx.execute(
+            "UPDATE devices SET jobs_since_check = jobs_since_check + 1
+             WHERE job_id = $1 AND ($2::TEXT IS NULL OR worker = $2)",
+            &[&key, &worker],
+        )
+        .await?;
+    }
+    if let Some(change) = health {
+        let new = enum_text(&change.health)?;
+        for row in &devices {
+            let hostname: String = row.get(0);
+            let old: DeviceHealth = enum_column(row, 1)?;
+            if !job_sets_health(old, change.health, checked) {
+                continue;
+            }
+            tx.execute(
+                "UPDATE devices SET health = $2 WHERE hostname = $1",
+                &[&hostname, &new],
+            )
+            .await?;
+            record_health(tx, &hostname, change.health, Some(key), &change.reason).await?;
+        }
+    }
     Ok(())
 }
 
@@ -1368,6 +1699,11 @@ fn job_from_row(row: &Row) -> Result<JobRecord, Fail> {
             .map(serde_json::from_str)
             .transpose()?,
         auto_retries: u32::try_from(row.get::<_, i32>(SUMMARY_COUNT + 3)).unwrap_or(0),
+        assigned: row
+            .get::<_, Option<&str>>(SUMMARY_COUNT + 4)
+            .map(serde_json::from_str)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 

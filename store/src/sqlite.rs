@@ -1099,6 +1099,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
             .map(|text| parse_json(SUMMARY_COUNT + 2, &text))
             .transpose()?,
         auto_retries: row.get(SUMMARY_COUNT + 3)?,
+        // One worker runs every job whole.
+        assigned: Vec::new(),
     })
 }
 

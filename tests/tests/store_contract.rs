@@ -794,8 +794,9 @@ async fn workers_share_jobs_and_tokens_and_each_keeps_its_own_devices() {
     two.sync_devices(lab(&["x", "y"])).await.unwrap_err();
     two.sync_devices(lab(&["x"])).await.unwrap();
 
-    // Worker 2 restarts: the job that held its device ends, on both workers' devices;
-    // a job on worker 1's devices alone runs on.
+    // Worker 2 restarts: its part of the job on both workers' devices ends, freeing its
+    // device, and the job ends with worker 1's part, naming the restart; a job on
+    // worker 1's devices alone runs on.
     let own = one.submit(new_job(Some("own"), "{}", 50)).await.unwrap();
     one.sync_devices(lab(&["a", "b"])).await.unwrap();
     one.reserve(own, &hosts(&["b"])).await.unwrap();
@@ -803,6 +804,12 @@ async fn workers_share_jobs_and_tokens_and_each_keeps_its_own_devices() {
     drop(two);
     let two = worker(&url, "worker-2", &["x", "y"]).await;
     assert_eq!(two.recover_after_restart().await.unwrap(), [id]);
+    assert_eq!(job_state(&*one, id).await, JobState::Running);
+    assert_eq!(device_state(&*one, "x").await, DeviceState::Idle);
+    assert_eq!(device_state(&*one, "a").await, DeviceState::Running(id));
+    one.finish(id, Outcome::complete(), None, None)
+        .await
+        .unwrap();
     assert_eq!(
         job_state(&*one, id).await,
         JobState::Finished(Outcome::incomplete(
@@ -811,9 +818,107 @@ async fn workers_share_jobs_and_tokens_and_each_keeps_its_own_devices() {
         ))
     );
     assert_eq!(device_state(&*one, "a").await, DeviceState::Idle);
-    assert_eq!(device_state(&*one, "x").await, DeviceState::Idle);
     assert_eq!(job_state(&*one, own).await, JobState::Running);
     assert_eq!(device_state(&*one, "b").await, DeviceState::Running(own));
+}
+
+/// A job on the devices of two workers runs in two parts: each worker starts its own
+/// (the job runs from the first), the end of each frees that worker's devices, and the
+/// job ends with the last, every part's end merged. A part that has not started when
+/// the job is canceled never will; a lost worker's part ends naming it, and the job
+/// ends with the other part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_across_workers_runs_in_parts_and_ends_with_the_last() {
+    let server = PgCluster::start();
+    let url = server.create_database("lab");
+    let one = worker(&url, "worker-1", &["a"]).await;
+    let two = worker(&url, "worker-2", &["x"]).await;
+    let id = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    // Planned by either, in the order of the job's nodes.
+    two.reserve(id, &hosts(&["x", "a"])).await.unwrap();
+    assert_eq!(one.job(id).await.unwrap().unwrap().assigned, ["x", "a"]);
+    assert_eq!(one.parts_to_start().await.unwrap(), [id]);
+    assert_eq!(two.parts_to_start().await.unwrap(), [id]);
+    one.start(id).await.unwrap();
+    one.start(id).await.unwrap();
+    assert_eq!(job_state(&*two, id).await, JobState::Running);
+    assert!(one.parts_to_start().await.unwrap().is_empty());
+    two.start(id).await.unwrap();
+    let first = serde_json::json!({"part": "worker-1"});
+    let state = one
+        .finish(id, Outcome::complete(), Some(first.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Running, "worker 2's part runs on");
+    assert_eq!(device_state(&*one, "a").await, DeviceState::Idle);
+    assert_eq!(device_state(&*one, "x").await, DeviceState::Running(id));
+    let failed = Outcome::incomplete(ErrorClass::Test, "x broke");
+    let state = two
+        .finish(
+            id,
+            failed.clone(),
+            Some(serde_json::json!({"part": "worker-2"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Finished(failed));
+    assert_eq!(device_state(&*one, "x").await, DeviceState::Idle);
+    assert_eq!(one.job(id).await.unwrap().unwrap().results, Some(first));
+
+    // Canceled while worker 1's part runs and before worker 2's starts.
+    let canceled = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    one.reserve(canceled, &hosts(&["a", "x"])).await.unwrap();
+    one.start(canceled).await.unwrap();
+    assert_eq!(two.cancel(canceled).await.unwrap(), JobState::Canceling);
+    assert!(two.parts_to_start().await.unwrap().is_empty());
+    assert_eq!(device_state(&*one, "x").await, DeviceState::Idle);
+    let err = two.start(canceled).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::PartOver { .. })),
+        "{err}"
+    );
+    one.finish(canceled, Outcome::complete(), None, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        job_state(&*one, canceled).await,
+        JobState::Finished(Outcome {
+            health: Health::Canceled,
+            ..
+        })
+    ));
+
+    // Worker 2 lost while both parts run.
+    let info = |every| WorkerInfo {
+        heartbeat: every,
+        ..joining(&["kvm"])
+    };
+    one.join(&info(Duration::from_secs(3600))).await.unwrap();
+    two.join(&info(Duration::ZERO)).await.unwrap();
+    let cut = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    one.reserve(cut, &hosts(&["a", "x"])).await.unwrap();
+    one.start(cut).await.unwrap();
+    two.start(cut).await.unwrap();
+    let lost = one.reap_lost_workers(3).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        (lost[0].jobs.as_slice(), lost[0].parts.as_slice()),
+        (&[][..], &[cut][..])
+    );
+    assert_eq!(job_state(&*one, cut).await, JobState::Running);
+    assert_eq!(device_state(&*one, "x").await, DeviceState::Offline);
+    one.finish(cut, Outcome::complete(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        job_state(&*one, cut).await,
+        JobState::Finished(Outcome::incomplete(
+            ErrorClass::Infrastructure,
+            store::lost_message("worker-2")
+        ))
+    );
+    assert_eq!(device_state(&*one, "a").await, DeviceState::Idle);
 }
 
 /// Workers that start together on a new database make its tables once.
@@ -892,6 +997,7 @@ fn joining(types: &[&str]) -> WorkerInfo {
         device_types: types.iter().map(|t| t.to_string()).collect(),
         api_url: "http://127.0.0.1:1".into(),
         heartbeat: Duration::from_secs(3600),
+        coordinator: None,
     }
 }
 

@@ -48,7 +48,8 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub coordinator_ca: Option<PathBuf>,
     /// What this dispatcher's group ids start with on a standalone coordinator, which
-    /// several dispatchers may share; unset: this machine's host name and a dash.
+    /// several dispatchers may share; unset: this machine's host name and a dash, or
+    /// `lab-` for workers sharing a database (which must all have the same).
     #[serde(default)]
     pub coordinator_group_prefix: Option<String>,
     /// Largest number of nodes (host, VMs, devices) in one job.

@@ -11,7 +11,11 @@ use super::config::DaemonConfig;
 /// The store `config` names, opened (and its schema brought up to date).
 pub async fn open(config: &DaemonConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.database_url {
-        Some(url) => Arc::new(PgStore::connect(&url.0, &config.worker_name()).await?),
+        Some(url) => Arc::new(
+            PgStore::connect(&url.0, &config.worker_name())
+                .await?
+                .merging_parts_with(super::parts::merge),
+        ),
         None => Arc::new(SqliteStore::open(&config.database()).await?),
     })
 }

@@ -30,6 +30,7 @@ mod logs;
 mod mail;
 mod metrics;
 pub mod notify;
+mod parts;
 mod schedule;
 pub mod service;
 mod sessions;
@@ -84,6 +85,9 @@ pub struct LabState {
     /// The devices of each other worker sharing the database, as if idle: with these
     /// a job is possible even when this worker's devices could never run it.
     pub others: Vec<Vec<scheduler::DeviceView>>,
+    /// A job may run on several workers' devices together (see `parts`): workers share
+    /// the database and a standalone coordinator.
+    pub span: bool,
 }
 
 impl LabState {
@@ -92,7 +96,13 @@ impl LabState {
         &self,
         text: &str,
     ) -> Result<job_schemas::Validated, job_schemas::Report> {
-        runner::validation::validate_for_run_with(text, &self.lab, &self.policy, &self.others)
+        runner::validation::validate_for_run_with(
+            text,
+            &self.lab,
+            &self.policy,
+            &self.others,
+            self.span,
+        )
     }
 }
 
@@ -351,30 +361,6 @@ impl Daemon {
             .api_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let store = database::open(&config).await?;
-        // Before its devices are touched: joining fences an earlier instance of this
-        // worker, and brings back its devices if the others declared it lost.
-        store
-            .join(&store::WorkerInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                device_types: lab_state.lab.device_types.keys().cloned().collect(),
-                api_url: api_url.clone(),
-                heartbeat: Duration::from_secs(config.heartbeat_secs),
-            })
-            .await?;
-        store.sync_devices(lab_devices(&lab_state.lab)).await?;
-        let lab_state = LabState {
-            others: other_workers_devices(&*store).await?,
-            ..lab_state
-        };
-        let cut_short = store.recover_after_restart().await?;
-        for &job in &cut_short {
-            tracing::warn!(
-                job,
-                "ended as incomplete: the dispatcher restarted while it ran"
-            );
-            quit_local_vms(&config.job_dir(job)).await;
-        }
         let (coordination, coordinator) = match &config.coordinator_url {
             Some(url) => (standalone_coordinator(&config, url).await?, None),
             None => {
@@ -391,12 +377,60 @@ impl Daemon {
                 (coordination, Some(coordinator))
             }
         };
+        let store = database::open(&config).await?;
+        // Before its devices are touched: joining fences an earlier instance of this
+        // worker, and brings back its devices if the others declared it lost.
+        store
+            .join(&store::WorkerInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                device_types: lab_state.lab.device_types.keys().cloned().collect(),
+                api_url: api_url.clone(),
+                heartbeat: Duration::from_secs(config.heartbeat_secs),
+                coordinator: match &coordination.admin {
+                    runner::coordination::Admin::Remote(_) => Some(format!(
+                        "{} (groups {}job-N)",
+                        coordination.target.url, coordination.group_prefix
+                    )),
+                    runner::coordination::Admin::Embedded(_) => None,
+                },
+            })
+            .await?;
+        store.sync_devices(lab_devices(&lab_state.lab)).await?;
+        let lab_state = LabState {
+            others: other_workers_devices(&*store).await?,
+            ..lab_state
+        };
+        let cut_short = store.recover_after_restart().await?;
+        for &job in &cut_short {
+            tracing::warn!(
+                job,
+                "ended as incomplete: the dispatcher restarted while it ran"
+            );
+            quit_local_vms(&config.job_dir(job)).await;
+        }
         // A standalone coordinator outlived the jobs a crash cut short: end their groups
         // (in the background: a coordinator that is away must not hold up the start).
+        // A part of a job whose other parts run on only fails its nodes there.
         if matches!(coordination.admin, runner::coordination::Admin::Remote(_)) {
+            let mine: std::collections::HashSet<String> =
+                lab_state.lab.devices.keys().cloned().collect();
             for job in cut_short {
                 let (coordination, group) = (coordination.clone(), coordination.group_id(job));
-                tokio::spawn(async move { coordination.close_group(&group).await });
+                let ours = store
+                    .job(job)
+                    .await?
+                    .filter(|r| !r.summary.state.is_finished())
+                    .map(|record| parts::nodes_on(&record, &mine));
+                tokio::spawn(async move {
+                    match ours {
+                        Some(nodes) => {
+                            for node in nodes {
+                                coordination.fail_node(&group, &node, store::RESTART_MESSAGE);
+                            }
+                        }
+                        None => coordination.close_group(&group).await,
+                    }
+                });
             }
         }
         hostctl::console::set_max_log_bytes(config.max_console_bytes);
@@ -545,6 +579,7 @@ fn load_lab(
         lab,
         policy,
         others: Vec::new(),
+        span: config.database_url.is_some() && config.coordinator_url.is_some(),
     };
     Ok((state, report))
 }
@@ -624,6 +659,9 @@ async fn standalone_coordinator(
             tracing::info!(url, "using the standalone coordinator");
             let group_prefix = match &config.coordinator_group_prefix {
                 Some(prefix) => prefix.clone(),
+                // Workers of one database share their groups (a job across workers
+                // meets in one): the same prefix on every machine.
+                None if config.database_url.is_some() => "lab-".to_string(),
                 None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|name| format!("{}-", name.trim()))
                     .unwrap_or_default(),
@@ -685,6 +723,9 @@ struct Started {
     device_types: Vec<String>,
     /// The device it is the health check of.
     health_check_of: Option<String>,
+    /// This worker's part of a job across several workers: it runs the nodes on its
+    /// own devices among `devices` (one per node, in the job's order).
+    part: bool,
 }
 
 /// Runs one job on its reserved devices and records how it ended, with what that
@@ -696,6 +737,7 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         devices,
         device_types,
         health_check_of,
+        part,
     } = started;
     let began = std::time::Instant::now();
     tracing::info!(
@@ -707,7 +749,7 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     // `cancel` is held until the end is recorded: graceful shutdown waits for every
     // job's receiver to close, and must not stop the runtime (cancelling the pending
     // store call) between the job's cleanup and its record.
-    let outcome = run_job_inner(&shared, job_id, &job, &devices, cancel.clone()).await;
+    let outcome = run_job_inner(&shared, job_id, &job, &devices, part, cancel.clone()).await;
     let (outcome, results, failed_cases) = match outcome {
         Ok(report) => {
             if let Err(err) = runner::write_results(&shared.config.job_dir(job_id), &report) {
@@ -739,7 +781,14 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     })
     .await;
     match finished {
+        // This part ended; other workers' parts of the job run on.
+        Ok(state) if part && !matches!(state, states::JobState::Finished(_)) => {
+            tracing::info!(job = job_id, ?health, %state, "this worker's part ended");
+        }
         Ok(state) => {
+            if part {
+                parts::after_part(&shared, job_id, &state).await;
+            }
             notify::job_ended(&shared, job_id, &job);
             if retry {
                 let service = service::Dispatcher::new(shared.clone());
@@ -814,6 +863,7 @@ async fn run_job_inner(
     job_id: u64,
     job: &Job,
     devices: &[String],
+    part: bool,
     cancel: watch::Receiver<bool>,
 ) -> Result<runner::report::JobReport, Outcome> {
     let infra = |message: String| Outcome::incomplete(ErrorClass::Infrastructure, message);
@@ -841,15 +891,13 @@ async fn run_job_inner(
     );
     // The lab as it is now, kept to the job's end whatever a reload does meanwhile.
     let state = shared.lab();
-    let devices: Vec<_> = devices
+    // A part's nodes on other workers' devices are theirs: `None` here.
+    let devices: Vec<Option<_>> = devices
         .iter()
-        .map(|d| {
-            state
-                .lab
-                .devices
-                .get(d)
-                .cloned()
-                .ok_or_else(|| infra(format!("device {d} left the lab")))
+        .map(|d| match state.lab.devices.get(d) {
+            Some(device) => Ok(Some(device.clone())),
+            None if part => Ok(None),
+            None => Err(infra(format!("device {d} left the lab"))),
         })
         .collect::<Result<_, _>>()?;
     let settings = RunSettings {
@@ -863,15 +911,30 @@ async fn run_job_inner(
         host_dir: shared.config.host_dir.clone(),
         cancel,
     };
-    let report = runner::run_job(
-        job,
-        &state.lab,
-        &devices,
-        &shared.coordination,
-        &settings,
-        &log,
-    )
-    .await;
+    let report = if part {
+        let devices: Vec<Option<&lab::device::Device>> =
+            devices.iter().map(Option::as_ref).collect();
+        runner::run_part(
+            job,
+            &state.lab,
+            &devices,
+            &shared.coordination,
+            &settings,
+            &log,
+        )
+        .await
+    } else {
+        let whole: Vec<lab::device::Device> = devices.into_iter().flatten().collect();
+        runner::run_job(
+            job,
+            &state.lab,
+            &whole,
+            &shared.coordination,
+            &settings,
+            &log,
+        )
+        .await
+    };
     // The log's kept tail (past half its limit) is in it before the job is recorded
     // as finished, which is when followers stop reading.
     log.finish();

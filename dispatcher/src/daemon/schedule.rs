@@ -235,29 +235,54 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
         });
     }
     let lab_now = shared.lab();
-    let devices = device_views(shared, &lab_now).await?;
+    let devices = device_views(shared, &lab_now, Whose::Mine).await?;
+    // With jobs across workers, the others' devices as they are now: what a job no one
+    // worker serves may be given.
+    let theirs = if lab_now.span {
+        device_views(shared, &lab_now, Whose::Others).await?
+    } else {
+        Vec::new()
+    };
     let elsewhere_reason = elsewhere_reason(shared);
+    let others = lab_now.others.clone();
     let (plan, waited, all_taken) = tokio::task::spawn_blocking(move || {
         let (requests, elsewhere) = split_elsewhere(requests, &devices, elsewhere_reason);
         let mut plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
-        plan.waiting.extend(elsewhere);
-        let assigned: HashSet<u64> = plan.assignments.iter().map(|a| a.job_id).collect();
+        let all_taken = !scheduler::any_left_for_jobs(&devices, &plan.assignments);
+        let (across, elsewhere) = across_workers(elsewhere, &others, !theirs.is_empty());
+        plan.waiting
+            .extend(elsewhere.into_iter().map(|(r, reason)| (r.job_id, reason)));
+        let mut assignments: Vec<(scheduler::Assignment, bool)> =
+            plan.assignments.into_iter().map(|a| (a, false)).collect();
+        if !across.is_empty() {
+            let all = whole_lab(devices, theirs, &assignments);
+            let spanning = scheduler::plan_explained(&across, &all, scheduler::Policy::default());
+            plan.waiting.extend(spanning.waiting);
+            assignments.extend(spanning.assignments.into_iter().map(|a| (a, true)));
+        }
+        let assigned: HashSet<u64> = assignments.iter().map(|(a, _)| a.job_id).collect();
         let waited: HashMap<u64, Duration> = requests
             .iter()
+            .chain(&across)
             .filter(|r| assigned.contains(&r.job_id))
             .map(|r| (r.job_id, r.waited))
             .collect();
-        let all_taken = !scheduler::any_left_for_jobs(&devices, &plan.assignments);
-        (plan, waited, all_taken)
+        plan.assignments = Vec::new();
+        (Planned { plan, assignments }, waited, all_taken)
     })
     .await?;
+    let Planned { plan, assignments } = plan;
     shared.set_waiting(plan.waiting);
-    for assignment in plan.assignments {
+    for (assignment, across) in assignments {
         // Every planned job is in the map (reloads wait for the pass), unless it was
         // canceled meanwhile: then it is not started.
         let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
             continue;
         };
+        // Not started twice: a part may have been started from a notice meanwhile.
+        if shared.running.lock().contains_key(&assignment.job_id) {
+            continue;
+        }
         let QueuedJob {
             job,
             checks: health_check_of,
@@ -284,6 +309,17 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
             }
             Err(err) => return Err(err.into()),
         }
+        // Across workers: each runs its own part; this one has none, or runs its own.
+        if across
+            && !assignment
+                .devices
+                .iter()
+                .any(|d| lab_now.lab.devices.contains_key(d))
+        {
+            tracing::info!(job = assignment.job_id, devices = ?assignment.devices,
+                "job across workers reserved: their parts start there");
+            continue;
+        }
         let device_types = service::device_types_of(&job, &lab_now.lab);
         shared.metrics.job_started(
             &device_types,
@@ -299,6 +335,7 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
                 devices: assignment.devices,
                 device_types,
                 health_check_of,
+                part: across,
             },
             cancel,
         ));
@@ -380,13 +417,20 @@ async fn fresh_pass(shared: &Arc<Shared>, mut submitted: Vec<u64>) -> Result<boo
     if requests.is_empty() {
         return Ok(true);
     }
-    let devices = device_views(shared, &shared.lab()).await?;
+    let lab_now = shared.lab();
+    let devices = device_views(shared, &lab_now, Whose::Mine).await?;
     let (requests, elsewhere) = split_elsewhere(requests, &devices, elsewhere_reason(shared));
     let mut plan = scheduler::plan_explained(&requests, &devices, scheduler::Policy::default());
     if !plan.assignments.is_empty() {
         return Ok(false);
     }
-    plan.waiting.extend(elsewhere);
+    let (across, elsewhere) = across_workers(elsewhere, &lab_now.others, lab_now.span);
+    if !across.is_empty() {
+        // Other workers' devices may be free: a whole pass plans these.
+        return Ok(false);
+    }
+    plan.waiting
+        .extend(elsewhere.into_iter().map(|(r, reason)| (r.job_id, reason)));
     shared.add_waiting(plan.waiting);
     Ok(true)
 }
@@ -408,35 +452,97 @@ fn split_elsewhere(
     requests: Vec<Request>,
     devices: &[scheduler::DeviceView],
     reason: Option<Arc<str>>,
-) -> (Vec<Request>, Vec<(u64, Arc<str>)>) {
+) -> (Vec<Request>, Vec<(Request, Arc<str>)>) {
     let Some(reason) = reason else {
         return (requests, Vec::new());
     };
     let (ours, theirs): (Vec<Request>, Vec<Request>) = requests
         .into_iter()
         .partition(|r| scheduler::shortfall(&r.needs, devices).is_none());
-    let theirs = theirs
-        .into_iter()
-        .map(|r| (r.job_id, reason.clone()))
-        .collect();
+    let theirs = theirs.into_iter().map(|r| (r, reason.clone())).collect();
     (ours, theirs)
 }
 
+/// What one scheduling pass gives: each job's devices, and whether it runs across
+/// workers (planned over every worker's devices).
+struct Planned {
+    plan: scheduler::Plan,
+    assignments: Vec<(scheduler::Assignment, bool)>,
+}
+
+/// The jobs left to other workers parted into those no one worker could ever serve,
+/// planned here over every worker's devices when jobs may run across workers (`span`),
+/// and those one other worker serves, which wait for it.
+fn across_workers(
+    elsewhere: Vec<(Request, Arc<str>)>,
+    others: &[Vec<scheduler::DeviceView>],
+    span: bool,
+) -> (Vec<Request>, Vec<(Request, Arc<str>)>) {
+    if !span {
+        return (Vec::new(), elsewhere);
+    }
+    let (across, theirs): (Vec<_>, Vec<_>) = elsewhere.into_iter().partition(|(r, _)| {
+        !others
+            .iter()
+            .any(|devices| scheduler::shortfall(&r.needs, devices).is_none())
+    });
+    (across.into_iter().map(|(r, _)| r).collect(), theirs)
+}
+
+/// Every worker's devices as they are now, this worker's `mine` taken by the jobs
+/// `assigned` this pass.
+fn whole_lab(
+    mut mine: Vec<scheduler::DeviceView>,
+    theirs: Vec<scheduler::DeviceView>,
+    assigned: &[(scheduler::Assignment, bool)],
+) -> Vec<scheduler::DeviceView> {
+    for (assignment, _) in assigned {
+        for device in mine
+            .iter_mut()
+            .filter(|d| assignment.devices.contains(&d.hostname))
+        {
+            device.state = states::DeviceState::Reserved(assignment.job_id);
+        }
+    }
+    mine.extend(theirs);
+    mine
+}
+
+/// Which workers' devices [`device_views`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    /// This worker's own, which it gives to jobs it runs whole.
+    Mine,
+    /// The other workers', given here only to jobs across workers.
+    Others,
+}
+
 /// The store's devices as the scheduler sees them, with their tags and health checks
-/// from the lab files.
+/// from the lab files (another worker's: its tags as stored, the health check of its
+/// type, since workers of one database agree on types).
 async fn device_views(
     shared: &Shared,
     lab_now: &LabState,
+    whose: Whose,
 ) -> Result<Vec<scheduler::DeviceView>, StoreError> {
     let me = shared.store.worker();
+    let mine = |d: &store::DeviceRecord| d.worker.is_none() || d.worker.as_deref() == me;
     Ok(shared
         .store
         .devices()
         .await?
         .into_iter()
-        // This worker's own: another worker's device is that worker's to give.
-        .filter(|d| d.worker.is_none() || d.worker.as_deref() == me)
+        .filter(|d| mine(d) == (whose == Whose::Mine))
         .map(|d| {
+            if whose == Whose::Others {
+                let checked = lab_now
+                    .lab
+                    .device_types
+                    .get(&d.device_type)
+                    .is_some_and(|t| t.health_check.is_some());
+                let tags = d.tags.iter().cloned().collect();
+                return d.into_view(tags, checked);
+            }
             let tags = lab_now
                 .lab
                 .devices

@@ -10,7 +10,7 @@ use std::time::Duration;
 use store::{Change, Conflict, StoreError};
 use tokio::sync::{mpsc, watch};
 
-use super::{LabState, Shared, other_workers_devices};
+use super::{LabState, Shared, other_workers_devices, parts};
 
 /// How many of its own heartbeats a worker may miss before it is declared lost.
 const SILENT_BEATS: u32 = 3;
@@ -53,6 +53,11 @@ pub(super) async fn follow_other_workers(
                 if matches!(change, Change::Reconnected) {
                     cancel_asked_meanwhile(&shared).await;
                 }
+                // Devices reserved by another worker for a job across workers, some of
+                // them this worker's: its part starts.
+                if job_of("reserved ").is_some() || matches!(change, Change::Reconnected) {
+                    start_parts(&shared).await;
+                }
                 // A job submitted elsewhere is, here too, only one more job: a pass
                 // after a pass that left no device free looks at it alone.
                 match job_of("submitted ") {
@@ -62,10 +67,18 @@ pub(super) async fn follow_other_workers(
             }
             _ = backstop.tick() => {
                 cancel_asked_meanwhile(&shared).await;
+                start_parts(&shared).await;
                 shared.wake.changed();
             }
             _ = stopped.changed() => return,
         }
+    }
+}
+
+/// Starts this worker's parts of jobs across workers that wait for it.
+async fn start_parts(shared: &Arc<Shared>) {
+    if let Err(err) = parts::start_waiting(shared).await {
+        tracing::warn!(%err, "cannot start this worker's parts of jobs");
     }
 }
 
@@ -90,6 +103,7 @@ async fn refresh_others(shared: &Shared) -> Result<(), store::StoreError> {
         lab: now.lab.clone(),
         policy: now.policy.clone(),
         others,
+        span: now.span,
     });
     Ok(())
 }
@@ -141,8 +155,10 @@ pub(super) async fn beat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>
                     tracing::warn!(
                         worker = worker.name,
                         jobs = ?worker.jobs,
+                        parts = ?worker.parts,
                         "worker lost: its jobs ended incomplete, its devices are offline"
                     );
+                    parts::release_lost(&shared, worker).await;
                 }
                 if !lost.is_empty() {
                     shared.wake.changed();

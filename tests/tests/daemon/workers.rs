@@ -302,3 +302,173 @@ fn a_job_canceled_through_another_worker_stops() {
     assert_eq!(end["health"], "canceled", "{end}");
     assert!(workers.job_dir(1, id).exists(), "worker 2 ran it");
 }
+
+/// A `device_group` job across workers: `role` nodes, each on a device tagged like
+/// its role (only worker N's device has tag `role`), each running `steps`.
+fn across_workers_job(name: &str, roles: &[(&str, &[&str])]) -> String {
+    let group: Vec<Value> = roles
+        .iter()
+        .map(|(role, _)| {
+            serde_json::json!({"role": role, "count": 1, "device_type": "ssh-host", "tags": [role]})
+        })
+        .collect();
+    let actions: Vec<Value> = roles
+        .iter()
+        .map(|(role, steps)| {
+            serde_json::json!({
+                "command": "lava_test_shell",
+                "parameters": {"role": role, "testdef_repos": [{"inline": {
+                    "metadata": {"name": "across", "format": "Lava-Test Test Definition 1.0"},
+                    "run": {"steps": steps}
+                }}]}
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "job_name": name,
+        // Far more than the job needs: a job that ends by its timeout fails the test.
+        "timeout": 120,
+        "device_group": group,
+        "actions": actions,
+    })
+    .to_string()
+}
+
+/// The test cases of job `id` as `node.case result` lines, sorted (the MultiNode
+/// calls' own cases left out).
+fn cases_of(api: &ApiClient, id: u64) -> Vec<String> {
+    let results = api.get_json(&format!("/api/v1/jobs/{id}/results")).unwrap();
+    let mut cases: Vec<String> = results["results"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{results}"))
+        .iter()
+        .flat_map(|node| {
+            node["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|case| {
+                    !case["case"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("multinode-"))
+                })
+                .map(move |case| {
+                    format!(
+                        "{}.{} {}",
+                        node["node"].as_str().unwrap_or("?"),
+                        case["case"].as_str().unwrap_or("?"),
+                        case["result"].as_str().unwrap_or("?")
+                    )
+                })
+        })
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// A `device_group` whose two nodes are on the devices of two workers, submitted to a
+/// third that owns neither: each worker drives its own node and both meet in one group
+/// of the standalone coordinator they share (`lava-send`, `lava-sync`, `lava-wait`);
+/// the job's results hold both nodes. Then a second such job whose node on worker 2
+/// is still running when worker 2 is killed: the node on worker 1, blocked in
+/// `lava-sync`, is released at once with the reason naming the lost worker, and the job
+/// ends incomplete, "worker worker-2 lost".
+#[test]
+fn a_device_group_across_two_workers_meets_in_one_group_and_a_lost_worker_releases_it() {
+    let coordinator = system_tests::CoordinatorProcess::start();
+    let extra = format!(
+        "heartbeat_secs = 1\ncoordinator_url = \"{}\"\ncoordinator_token_file = \"{}\"\n",
+        coordinator.grpc,
+        coordinator.token_file.display()
+    );
+    let mut workers = shared_lab(
+        3,
+        |n| match n {
+            1 => vec!["a"],
+            2 => vec!["b"],
+            _ => vec![],
+        },
+        &extra,
+    );
+    let api = workers.api(2);
+    let cache = "\"${LAVA_MULTI_NODE_CACHE:-/tmp/lava_multi_node_cache.txt}\"";
+    let a_reads = format!("lava-test-case read-b --shell grep -qx 'b:value=2' {cache}");
+    let b_reads = format!("lava-test-case read-a --shell grep -qx 'a:value=1' {cache}");
+    let met = api
+        .submit(&across_workers_job(
+            "across workers",
+            &[
+                (
+                    "a",
+                    &[
+                        "lava-send from-a value=1",
+                        "lava-sync met",
+                        "lava-wait from-b",
+                        &a_reads,
+                    ],
+                ),
+                (
+                    "b",
+                    &[
+                        "lava-send from-b value=2",
+                        "lava-sync met",
+                        "lava-wait from-a",
+                        &b_reads,
+                    ],
+                ),
+            ],
+        ))
+        .unwrap();
+    let end = api
+        .wait_for_state(met, "finished", Duration::from_secs(300))
+        .unwrap();
+    assert_eq!(end["health"], "complete", "{end}");
+    let job = workers.api(0).job(met).unwrap();
+    assert_eq!(
+        job["devices"],
+        serde_json::json!(["ssh-host-01", "ssh-host-02"]),
+        "{job}"
+    );
+    assert_eq!(cases_of(&api, met), ["a.read-b pass", "b.read-a pass"]);
+    for (worker, ran) in [(0, true), (1, true), (2, false)] {
+        assert_eq!(
+            workers.job_dir(worker, met).exists(),
+            ran,
+            "job {met}: directory of worker {}",
+            worker + 1
+        );
+    }
+
+    // Worker 2 lost while its node runs and worker 1's waits for it.
+    let gate = workers.dirs[1].path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let b_blocks = format!("read line < {}", gate.display());
+    let lost = api
+        .submit(&across_workers_job(
+            "across workers, one lost",
+            &[
+                (
+                    "a",
+                    &["lava-sync lost", "lava-test-case released --result pass"],
+                ),
+                ("b", &[&b_blocks]),
+            ],
+        ))
+        .unwrap();
+    // Followed once it runs: through worker 3, a queued job's log shows only its wait.
+    api.wait_for_state(lost, "running", Duration::from_secs(120))
+        .unwrap();
+    api.follow_until(lost, "lava-sync 'lost' waits for 1: b")
+        .unwrap();
+    workers.daemons.remove(1).kill();
+    let end = api
+        .wait_for_state(lost, "finished", Duration::from_secs(300))
+        .unwrap();
+    assert_eq!(end["health"], "incomplete", "{end}");
+    assert_eq!(
+        end["error"],
+        serde_json::json!(["infrastructure", "worker worker-2 lost"]),
+        "the job names the lost worker"
+    );
+    assert_eq!(cases_of(&api, lost), ["a.released pass"]);
+}
