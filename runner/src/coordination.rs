@@ -47,9 +47,10 @@ impl Coordination {
     }
 
     /// Makes sure group `group_id` of `members` exists and returns the credentials of
-    /// `here`, the members this process drives: all of them, or its part of a job
-    /// that runs across several workers (whichever part comes first creates the
-    /// group; the others take new tokens for their nodes in it).
+    /// `here`, the members this process drives: all of them (a stale group of that id
+    /// is replaced), or its part of a job that runs across several workers (whichever
+    /// part comes first creates the group; the others take new tokens for their nodes
+    /// in it; none: the group is only made to exist).
     pub async fn join_group(
         &self,
         group_id: &str,
@@ -79,23 +80,26 @@ impl Coordination {
                     Err(ClientError::Exists(_)) => {}
                     Err(err) => return Err(err.to_string()),
                 }
-                // Another part's, or this one's whose answer a coordinator restart
-                // lost: either way it has these nodes, and they get new tokens.
-                match client.issue_tokens(group_id, here).await {
-                    Ok(credentials) => Ok(credentials),
-                    // Not these members: a group left over from a job of the same id
-                    // (a database started anew), replaced.
-                    Err(ClientError::Invalid(_)) => {
-                        tracing::warn!(group = group_id, "replacing a stale coordinator group");
-                        let _ = client.close_group(group_id).await;
-                        client
-                            .create_group(group_id, members)
-                            .await
-                            .map(|(_, credentials)| keep(credentials))
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(err) => Err(err.to_string()),
+                // A part of a job across workers: the group is another part's (or this
+                // one's whose answer a coordinator restart lost), and its nodes get new
+                // tokens in it.
+                if here.len() < members.len() {
+                    return client
+                        .issue_tokens(group_id, here)
+                        .await
+                        .map_err(|e| e.to_string());
                 }
+                // A whole job: ids are this dispatcher's own, so the group is one of its
+                // jobs' from before a crash (or a database started anew), or this one's
+                // whose answer a coordinator restart lost: its tokens are gone either
+                // way, so it starts anew.
+                tracing::warn!(group = group_id, "replacing a stale coordinator group");
+                let _ = client.close_group(group_id).await;
+                client
+                    .create_group(group_id, members)
+                    .await
+                    .map(|(_, credentials)| keep(credentials))
+                    .map_err(|e| e.to_string())
             }
         }
     }

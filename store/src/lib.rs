@@ -184,6 +184,25 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
+    /// [`Store::finish`] of this worker's part of a job across several workers: its
+    /// devices only; the job ends when this was its last part running, with every
+    /// part's end merged, and `ended_job` says whether this call ended it (not when
+    /// another part, a cancel or a lost worker ended it before). A job of one worker:
+    /// `finish`.
+    async fn finish_part(
+        &self,
+        job: u64,
+        outcome: Outcome,
+        results: Option<serde_json::Value>,
+        health: Option<HealthChange>,
+    ) -> Result<PartFinished, StoreError> {
+        let state = self.finish(job, outcome, results, health).await?;
+        Ok(PartFinished {
+            ended_job: state.is_finished(),
+            state,
+        })
+    }
+
     /// Jobs across several workers whose devices were reserved (by whichever worker
     /// planned them) with a part for this worker that has not started: each is this
     /// worker's to run, on its own devices. [`Store::start`] starts a part and
@@ -245,6 +264,15 @@ pub struct WorkerInfo {
     /// prefix), `None` for one in its own process. Workers of one database must agree,
     /// since a job across several workers meets in one group.
     pub coordinator: Option<String>,
+}
+
+/// What [`Store::finish_part`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartFinished {
+    /// The job's state after.
+    pub state: JobState,
+    /// This part's end ended the job.
+    pub ended_job: bool,
 }
 
 /// How one worker's part of a job across several workers ended.

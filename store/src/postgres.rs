@@ -33,8 +33,8 @@ use crate::encode::{
 use crate::{
     Change, Conflict, DeviceRecord, HealthChange, HealthEvent, Invalid, JOB_STATE_NAMES, JobCounts,
     JobFilter, JobPage, JobRecord, JobSummary, LabDevice, LostWorker, Member, MergeParts, Missing,
-    NewJob, PartEnd, Queued, RESTART_MESSAGE, Store, StoreError, TokenScope, WorkerInfo,
-    WorkerRecord, first_failed_part, lost_message,
+    NewJob, PartEnd, PartFinished, Queued, RESTART_MESSAGE, Store, StoreError, TokenScope,
+    WorkerInfo, WorkerRecord, first_failed_part, lost_message,
 };
 use states::{DeviceHealth, DeviceState, ErrorClass, JobEvent, JobState, Outcome, schedulable};
 
@@ -215,9 +215,9 @@ impl PgStore {
 
     /// Ends this worker's part of job `job` (whose row, part and devices `tx` holds):
     /// its devices are free; the job ends when this was its last part running, with
-    /// every part's end merged. The job's state after.
+    /// every part's end merged.
     #[allow(clippy::too_many_arguments)] // One transaction's pieces, passed on.
-    async fn finish_part(
+    async fn end_part(
         &self,
         tx: &Transaction<'_>,
         job: u64,
@@ -226,10 +226,14 @@ impl PgStore {
         current: JobState,
         outcome: Outcome,
         results: Option<serde_json::Value>,
-    ) -> Result<JobState, StoreError> {
+    ) -> Result<PartFinished, StoreError> {
+        let unchanged = |state| PartFinished {
+            state,
+            ended_job: false,
+        };
         if part == "finished" {
             // A try whose commit went through though its answer was lost.
-            return Ok(current);
+            return Ok(unchanged(current));
         }
         release_part_devices(tx, key, &self.worker).await?;
         let results = results
@@ -251,14 +255,18 @@ impl PgStore {
         .map_err(Fail::from)?;
         let Some(parts) = ended_parts(tx, key).await? else {
             self.notify(tx, &format!("part {job}")).await?;
-            return Ok(current);
+            return Ok(unchanged(current));
         };
         if matches!(current, JobState::Finished(_)) {
-            return Ok(current);
+            return Ok(unchanged(current));
         }
         let merged = (self.merge)(parts);
-        self.end_job(tx, job, key, merged.outcome, merged.results)
-            .await
+        Ok(PartFinished {
+            state: self
+                .end_job(tx, job, key, merged.outcome, merged.results)
+                .await?,
+            ended_job: true,
+        })
     }
 
     /// Ends job `job` (its row held by `tx`) with `outcome` and `results`, and says so.
@@ -636,6 +644,18 @@ impl Store for PgStore {
         results: Option<serde_json::Value>,
         health: Option<HealthChange>,
     ) -> Result<JobState, StoreError> {
+        self.finish_part(job, outcome, results, health)
+            .await
+            .map(|ended| ended.state)
+    }
+
+    async fn finish_part(
+        &self,
+        job: u64,
+        outcome: Outcome,
+        results: Option<serde_json::Value>,
+        health: Option<HealthChange>,
+    ) -> Result<PartFinished, StoreError> {
         let key = key(job).ok_or(StoreError::NotFound(Missing::Job(job)))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
@@ -653,22 +673,25 @@ impl Store for PgStore {
         let mine = part.is_some().then_some(self.worker.as_str());
         end_on_devices(&tx, key, mine, checked.is_some(), health.as_ref()).await?;
         if let Some(part) = part {
-            let state = self
-                .finish_part(&tx, job, key, &part, current, outcome, results)
+            let ended = self
+                .end_part(&tx, job, key, &part, current, outcome, results)
                 .await?;
             tx.commit().await.map_err(Fail::from)?;
-            return Ok(state);
+            return Ok(ended);
         }
         let state = self.end_job(&tx, job, key, outcome, results).await?;
         tx.commit().await.map_err(Fail::from)?;
-        Ok(state)
+        Ok(PartFinished {
+            ended_job: true,
+            state,
+        })
     }
 
     async fn cancel(&self, job: u64) -> Result<JobState, StoreError> {
         let key = key(job).ok_or(StoreError::NotFound(Missing::Job(job)))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
-        let mut state = transition(&tx, job, JobEvent::CancelRequested).await?;
+        let state = transition(&tx, job, JobEvent::CancelRequested).await?;
         if state == JobState::Canceling {
             // Parts of a job across several workers that have not started never will:
             // they end now, and the job with them when no part runs any more.
@@ -691,7 +714,11 @@ impl Store for PgStore {
                 && let Some(parts) = ended_parts(&tx, key).await?
             {
                 let merged = (self.merge)(parts);
-                state = transition(&tx, job, JobEvent::Ended(merged.outcome)).await?;
+                let state = self
+                    .end_job(&tx, job, key, merged.outcome, merged.results)
+                    .await?;
+                tx.commit().await.map_err(Fail::from)?;
+                return Ok(state);
             }
         }
         self.notify(&tx, &format!("{} {job}", state.name())).await?;
@@ -1093,14 +1120,33 @@ impl Store for PgStore {
 
     async fn leave(&self) -> Result<(), StoreError> {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let client = self.client().await?;
-        client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(Fail::from)?;
+        let left = tx
             .execute(
                 "UPDATE workers SET state = 'left' WHERE name = $1 AND epoch = $2",
                 &[&self.worker, &epoch],
             )
             .await
             .map_err(Fail::from)?;
+        if left > 0 {
+            // Nothing may wait for a worker that is gone: what still holds its devices
+            // (a part of a job across workers it had not started) ends, and its devices
+            // are offline until it joins again.
+            let message = format!("worker {} stopped", self.worker);
+            end_jobs_of_worker(&tx, &self.worker, &message, self.merge).await?;
+            tx.execute(
+                "UPDATE devices SET state = $2 WHERE worker = $1",
+                &[
+                    &self.worker,
+                    &serde_json::to_string(&DeviceState::Offline).map_err(Fail::from)?,
+                ],
+            )
+            .await
+            .map_err(Fail::from)?;
+            self.notify(&tx, "devices").await?;
+        }
+        tx.commit().await.map_err(Fail::from)?;
         tracing::info!(worker = self.worker, "worker left");
         Ok(())
     }

@@ -919,6 +919,31 @@ async fn a_job_across_workers_runs_in_parts_and_ends_with_the_last() {
         ))
     );
     assert_eq!(device_state(&*one, "a").await, DeviceState::Idle);
+
+    // Worker 3 stops (a graceful stop) before starting its part: the part ends naming
+    // it, and its device is offline until it joins again.
+    let three = worker(&url, "worker-3", &["m"]).await;
+    three.join(&info(Duration::from_secs(3600))).await.unwrap();
+    let left = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    one.reserve(left, &hosts(&["a", "m"])).await.unwrap();
+    one.start(left).await.unwrap();
+    three.leave().await.unwrap();
+    assert_eq!(device_state(&*one, "m").await, DeviceState::Offline);
+    assert_eq!(job_state(&*one, left).await, JobState::Running);
+    let ended = one
+        .finish_part(left, Outcome::complete(), None, None)
+        .await
+        .unwrap();
+    assert!(ended.ended_job);
+    assert_eq!(
+        ended.state,
+        JobState::Finished(Outcome::incomplete(
+            ErrorClass::Infrastructure,
+            "worker worker-3 stopped"
+        ))
+    );
+    three.join(&info(Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(device_state(&*one, "m").await, DeviceState::Idle);
 }
 
 /// Workers that start together on a new database make its tables once.

@@ -49,7 +49,8 @@ pub struct DaemonConfig {
     pub coordinator_ca: Option<PathBuf>,
     /// What this dispatcher's group ids start with on a standalone coordinator, which
     /// several dispatchers may share; unset: this machine's host name and a dash, or
-    /// `lab-` for workers sharing a database (which must all have the same).
+    /// for workers sharing a database (which must all have the same) its name and a
+    /// dash.
     #[serde(default)]
     pub coordinator_group_prefix: Option<String>,
     /// Largest number of nodes (host, VMs, devices) in one job.
@@ -214,6 +215,21 @@ fn default_max_job_bytes() -> usize {
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The database's name (the URL's path), `lab` when it names none.
+    pub fn name(&self) -> String {
+        url::Url::parse(&self.0)
+            .ok()
+            .and_then(|u| {
+                u.path_segments()?
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "lab".to_string())
+    }
+}
 
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -397,6 +413,11 @@ mod tests {
         let config = load("database_url = \"postgres://d@db/lava\"\nworker_id = \"rack-2\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.worker_name(), "rack-2");
+        // Its name starts the groups of a standalone coordinator the workers share.
+        let name = |url: &str| DatabaseUrl(url.to_string()).name();
+        assert_eq!(name("postgres://d@db/lava"), "lava");
+        assert_eq!(name("postgres://d@db/lava?host=/run/postgresql"), "lava");
+        assert_eq!(name("postgres://d@db"), "lab");
         let secret = load("database_url = \"postgres://d:hunter2@db/lava\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(

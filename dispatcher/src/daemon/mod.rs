@@ -416,17 +416,22 @@ impl Daemon {
                 lab_state.lab.devices.keys().cloned().collect();
             for job in cut_short {
                 let (coordination, group) = (coordination.clone(), coordination.group_id(job));
-                let ours = store
+                let running = store
                     .job(job)
                     .await?
-                    .filter(|r| !r.summary.state.is_finished())
-                    .map(|record| parts::nodes_on(&record, &mine));
+                    .filter(|r| !r.summary.state.is_finished());
+                let mine = mine.clone();
                 tokio::spawn(async move {
-                    match ours {
-                        Some(nodes) => {
-                            for node in nodes {
-                                coordination.fail_node(&group, &node, store::RESTART_MESSAGE);
-                            }
+                    match running {
+                        Some(record) => {
+                            let nodes = parts::nodes_on(&record, &mine);
+                            parts::fail_in_group(
+                                &coordination,
+                                &record,
+                                &nodes,
+                                store::RESTART_MESSAGE,
+                            )
+                            .await;
                         }
                         None => coordination.close_group(&group).await,
                     }
@@ -660,8 +665,9 @@ async fn standalone_coordinator(
             let group_prefix = match &config.coordinator_group_prefix {
                 Some(prefix) => prefix.clone(),
                 // Workers of one database share their groups (a job across workers
-                // meets in one): the same prefix on every machine.
-                None if config.database_url.is_some() => "lab-".to_string(),
+                // meets in one): the same prefix on every machine, the database's name
+                // (labs of other databases on the same coordinator have their own).
+                None if let Some(url) = &config.database_url => format!("{}-", url.name()),
                 None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|name| format!("{}-", name.trim()))
                     .unwrap_or_default(),
@@ -761,13 +767,14 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
         }
         Err(outcome) => (outcome, None, Vec::new()),
     };
+    if part && results.is_none() {
+        // This part never ran its nodes (it could not start): the other parts' nodes
+        // must not wait for them.
+        let reason = outcome.error.as_ref().map_or("", |(_, m)| m.as_str());
+        parts::fail_nodes_of(&shared, job_id, reason).await;
+    }
     let change = health::after_job(job_id, health_check_of.is_some(), &outcome, &failed_cases);
-    let (health, class) = (
-        outcome.health,
-        outcome.error.as_ref().map(|(class, _)| *class),
-    );
-    let retry =
-        health_check_of.is_none() && notify::retries(class, 0, shared.config.retry_infrastructure);
+    let health = outcome.health;
     let health_name = serde_json::to_value(health).unwrap_or_default();
     shared.metrics.job_ended(
         &device_types,
@@ -777,18 +784,28 @@ async fn run_job(shared: Arc<Shared>, started: Started, cancel: watch::Receiver<
     let finished = patiently("recording a job's end", || {
         shared
             .store
-            .finish(job_id, outcome.clone(), results.clone(), change.clone())
+            .finish_part(job_id, outcome.clone(), results.clone(), change.clone())
     })
     .await;
     match finished {
-        // This part ended; other workers' parts of the job run on.
-        Ok(state) if part && !matches!(state, states::JobState::Finished(_)) => {
-            tracing::info!(job = job_id, ?health, %state, "this worker's part ended");
+        // This part ended; other workers' parts of the job run on, or one of them (a
+        // cancel, a lost worker) ended the job before.
+        Ok(ended) if !ended.ended_job => {
+            tracing::info!(job = job_id, ?health, state = %ended.state, "this worker's part ended");
         }
-        Ok(state) => {
+        Ok(store::PartFinished { state, .. }) => {
             if part {
                 parts::after_part(&shared, job_id, &state).await;
             }
+            // The job's own end decides (a job being canceled ends canceled, a job
+            // across workers as its parts together did).
+            let class = match &state {
+                states::JobState::Finished(end) => end.error.as_ref().map(|(class, _)| *class),
+                _ => None,
+            };
+            let retry = health_check_of.is_none()
+                && notify::retries(class, 0, shared.config.retry_infrastructure);
+            let class = outcome.error.as_ref().map(|(class, _)| *class);
             notify::job_ended(&shared, job_id, &job);
             if retry {
                 let service = service::Dispatcher::new(shared.clone());
@@ -892,12 +909,20 @@ async fn run_job_inner(
     // The lab as it is now, kept to the job's end whatever a reload does meanwhile.
     let state = shared.lab();
     // A part's nodes on other workers' devices are theirs: `None` here.
+    let mine = match (part, shared.store.worker()) {
+        (true, Some(me)) => Some(
+            parts::devices_of(shared, me)
+                .await
+                .map_err(|e| infra(format!("cannot read the devices: {e}")))?,
+        ),
+        _ => None,
+    };
     let devices: Vec<Option<_>> = devices
         .iter()
-        .map(|d| match state.lab.devices.get(d) {
-            Some(device) => Ok(Some(device.clone())),
-            None if part => Ok(None),
-            None => Err(infra(format!("device {d} left the lab"))),
+        .map(|d| match (state.lab.devices.get(d), &mine) {
+            (_, Some(mine)) if !mine.contains(d) => Ok(None),
+            (Some(device), _) => Ok(Some(device.clone())),
+            (None, _) => Err(infra(format!("device {d} left the lab"))),
         })
         .collect::<Result<_, _>>()?;
     let settings = RunSettings {

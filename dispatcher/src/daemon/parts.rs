@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use runner::coordination::Coordination;
 use runner::report::{JobReport, NodeReport};
 use store::{JobRecord, LostWorker, PartEnd, StoreError};
 use tokio::sync::watch;
@@ -65,6 +66,69 @@ pub fn nodes_on(record: &JobRecord, devices: &HashSet<String>) -> Vec<String> {
         .collect()
 }
 
+/// Fails `nodes` of job `record` in its coordinator group, naming `reason`, so the
+/// other parts' MultiNode calls that wait for them return at once. The group is made
+/// first when no part has made it yet: a part that joins it later finds them failed.
+pub async fn fail_in_group(
+    coordination: &Coordination,
+    record: &JobRecord,
+    nodes: &[String],
+    reason: &str,
+) {
+    if nodes.is_empty() || record.summary.state.is_finished() {
+        return;
+    }
+    let members: Vec<(String, String)> = record
+        .members
+        .iter()
+        .flatten()
+        .map(|m| (m.node.clone(), m.role.clone()))
+        .collect();
+    let group = coordination.group_id(record.summary.id);
+    if let Err(err) = coordination.join_group(&group, &members, &[]).await {
+        tracing::warn!(group, %err, "cannot reach the job's coordinator group");
+    }
+    for node in nodes {
+        tracing::warn!(group, node, reason, "node of a job across workers failed");
+        coordination.fail_node(&group, node, reason);
+    }
+}
+
+/// The devices worker `worker` owns, by the database.
+pub(super) async fn devices_of(
+    shared: &Shared,
+    worker: &str,
+) -> Result<HashSet<String>, StoreError> {
+    Ok(shared
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .filter(|d| d.worker.as_deref() == Some(worker))
+        .map(|d| d.hostname)
+        .collect())
+}
+
+/// Fails this worker's nodes of job `id` in its group (see [`fail_in_group`]): its
+/// part ended without running them.
+pub async fn fail_nodes_of(shared: &Shared, id: u64, reason: &str) {
+    let Some(me) = shared.store.worker() else {
+        return;
+    };
+    let found = async {
+        let record = shared.store.job(id).await?;
+        let mine = devices_of(shared, me).await?;
+        Ok::<_, StoreError>(record.map(|r| (nodes_on(&r, &mine), r)))
+    };
+    match found.await {
+        Ok(Some((nodes, record))) => {
+            fail_in_group(&shared.coordination, &record, &nodes, reason).await;
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(job = id, %err, "cannot read the job's part"),
+    }
+}
+
 /// Starts this worker's parts of jobs across workers that another worker reserved
 /// (or this one, before a restart). Called on every notice of a reservation and on the
 /// backstop pass, so a lost notice only delays a part.
@@ -92,9 +156,12 @@ pub async fn start_waiting(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     report.render(&format!("job {id}"))
                 );
                 tracing::warn!(job = id, %message, "part refused");
+                fail_nodes_of(shared, id, &message).await;
                 let outcome = states::Outcome::incomplete(states::ErrorClass::Job, message);
-                let state = shared.store.finish(id, outcome, None, None).await?;
-                after_part(shared, id, &state).await;
+                let ended = shared.store.finish_part(id, outcome, None, None).await?;
+                if ended.ended_job {
+                    after_part(shared, id, &ended.state).await;
+                }
                 continue;
             }
             Err(err) => {
@@ -154,12 +221,8 @@ pub async fn release_lost(shared: &Shared, lost: &LostWorker) {
     if lost.parts.is_empty() {
         return;
     }
-    let theirs: HashSet<String> = match shared.store.devices().await {
-        Ok(devices) => devices
-            .into_iter()
-            .filter(|d| d.worker.as_deref() == Some(lost.name.as_str()))
-            .map(|d| d.hostname)
-            .collect(),
+    let theirs = match devices_of(shared, &lost.name).await {
+        Ok(devices) => devices,
         Err(err) => {
             tracing::warn!(%err, "cannot read the lost worker's devices");
             return;
@@ -175,16 +238,8 @@ pub async fn release_lost(shared: &Shared, lost: &LostWorker) {
                 continue;
             }
         };
-        let group = shared.coordination.group_id(id);
-        for node in nodes_on(&record, &theirs) {
-            tracing::warn!(
-                job = id,
-                node,
-                worker = lost.name,
-                "node lost with its worker"
-            );
-            shared.coordination.fail_node(&group, &node, &reason);
-        }
+        let nodes = nodes_on(&record, &theirs);
+        fail_in_group(&shared.coordination, &record, &nodes, &reason).await;
     }
 }
 

@@ -279,8 +279,13 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
         let Some(queued_job) = shared.validated.lock().remove(&assignment.job_id) else {
             continue;
         };
-        // Not started twice: a part may have been started from a notice meanwhile.
-        if shared.running.lock().contains_key(&assignment.job_id) {
+        // Planned across workers over devices whose owners this worker knew from an
+        // earlier read: one worker alone may serve it after all, and is left to.
+        if across && owners(shared, &assignment.devices).await? < 2 {
+            tracing::debug!(
+                job = assignment.job_id,
+                "left to the one worker owning its devices"
+            );
             continue;
         }
         let QueuedJob {
@@ -320,13 +325,21 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
                 "job across workers reserved: their parts start there");
             continue;
         }
+        let (switch, cancel) = watch::channel(false);
+        {
+            let mut running = shared.running.lock();
+            // Once only: this worker's part of a job across workers may have been
+            // started from the reservation's notice meanwhile.
+            if running.contains_key(&assignment.job_id) {
+                continue;
+            }
+            running.insert(assignment.job_id, switch);
+        }
         let device_types = service::device_types_of(&job, &lab_now.lab);
         shared.metrics.job_started(
             &device_types,
             waited.get(&assignment.job_id).copied().unwrap_or_default(),
         );
-        let (switch, cancel) = watch::channel(false);
-        shared.running.lock().insert(assignment.job_id, switch);
         tokio::spawn(run_job(
             shared.clone(),
             Started {
@@ -506,6 +519,19 @@ fn whole_lab(
     }
     mine.extend(theirs);
     mine
+}
+
+/// How many workers own `devices`.
+async fn owners(shared: &Shared, devices: &[String]) -> Result<usize, StoreError> {
+    let owners: HashSet<Option<String>> = shared
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .filter(|d| devices.contains(&d.hostname))
+        .map(|d| d.worker)
+        .collect();
+    Ok(owners.len())
 }
 
 /// Which workers' devices [`device_views`] gives.

@@ -507,9 +507,14 @@ impl Dispatcher {
         }
         if state.is_finished() {
             // A queued job ends here, not in a job task: its followers are told now,
-            // and the scheduler's copy of it goes.
+            // and the scheduler's copy of it goes. So does a job across workers whose
+            // parts had all ended but those that never started: its group is closed.
             self.shared.forget_validated(id);
             self.shared.job_ended();
+            if !self.job_record(id).await?.assigned.is_empty() {
+                let group = self.shared.coordination.group_id(id);
+                self.shared.coordination.close_group(&group).await;
+            }
         }
         self.shared.wake.changed();
         Ok(Canceled { id, state })

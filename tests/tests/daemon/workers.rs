@@ -372,7 +372,7 @@ fn cases_of(api: &ApiClient, id: u64) -> Vec<String> {
 /// the job's results hold both nodes. Then a second such job whose node on worker 2
 /// is still running when worker 2 is killed: the node on worker 1, blocked in
 /// `lava-sync`, is released at once with the reason naming the lost worker, and the job
-/// ends incomplete, "worker worker-2 lost".
+/// ends incomplete, "worker worker-2 lost"; the devices page shows worker 2 lost.
 #[test]
 fn a_device_group_across_two_workers_meets_in_one_group_and_a_lost_worker_releases_it() {
     let coordinator = system_tests::CoordinatorProcess::start();
@@ -471,4 +471,35 @@ fn a_device_group_across_two_workers_meets_in_one_group_and_a_lost_worker_releas
         "the job names the lost worker"
     );
     assert_eq!(cases_of(&api, lost), ["a.released pass"]);
+    // Node a's log says why its lava-sync returned.
+    api.follow_until(lost, "worker worker-2 lost").unwrap();
+
+    // The devices page, through any worker, shows every worker: worker 2 lost, with its
+    // device.
+    let mut browser = system_tests::Browser::start();
+    let third = &workers.daemons[1].url;
+    browser.sign_in(third, api.token());
+    browser.show(
+        &format!("{third}/#/devices"),
+        "#workers tr[data-worker=\"worker-2\"]",
+        "lost",
+        "web-workers.png",
+    );
+    let mut row = |worker: &str| {
+        browser.eval(&format!(
+            "document.querySelector('#workers tr[data-worker=\"{worker}\"]').textContent"
+        ))
+    };
+    let two = row("worker-2");
+    assert!(
+        two.as_str()
+            .is_some_and(|t| t.contains("lost") && t.contains("ssh-host-02")),
+        "{two}"
+    );
+    let one = row("worker-1");
+    assert!(
+        one.as_str()
+            .is_some_and(|t| t.contains("alive") && t.contains("ssh-host-01")),
+        "{one}"
+    );
 }
