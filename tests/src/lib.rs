@@ -459,7 +459,18 @@ impl SshHost {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // A /24 of its own per host, from the pid and a counter: tests may run at once.
-        let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 250 + 1;
+        // One this machine has already (a host a killed test process left) is passed
+        // over: its routes would lead to that host's sshd.
+        let taken = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let first = pid.wrapping_mul(7).wrapping_add(n * 13);
+        let subnet = (0..250)
+            .map(|step| (first.wrapping_add(step * 97)) % 250 + 1)
+            .find(|s| !taken.contains(&format!(" 10.213.{s}.")))
+            .unwrap_or_else(|| panic!("every 10.213.N.0/24 is in use on this machine"));
         let netns = format!("lava-t{pid}-{n}");
         let veth = format!("lvt{}x{n}", pid % 100_000);
         let (host_ip, device_ip) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
