@@ -17,7 +17,18 @@ step() {
 }
 
 build_log=$(mktemp)
-trap 'rm -f "$build_log"' EXIT
+building=
+# However this script ends, the build in the background ends with it (its own process
+# group, cargo and rustc included), and a failure shows the build's log.
+finish() {
+    local status=$?
+    if [ -n "$building" ]; then
+        kill -- "-$building" 2>/dev/null || true
+        if [ "$status" != 0 ]; then cat "$build_log"; fi
+    fi
+    rm -f "$build_log"
+}
+trap finish EXIT
 build() {
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -25,7 +36,8 @@ build() {
     # The node agent the tests install on hosts and in the guest image.
     bash scripts/build-node-agent-static.sh >/dev/null
 }
-step build >"$build_log" 2>&1 &
+export -f step build
+setsid bash -euo pipefail -c 'step build' >"$build_log" 2>&1 &
 building=$!
 
 # System packages the tests need; see scripts/install-deps.sh for the list and why.
@@ -41,10 +53,10 @@ step bash scripts/build-debian-image.sh >/dev/null
 shellcheck -s sh node-agent/lava-helpers.sh
 
 if ! wait "$building"; then
-    cat "$build_log"
-    echo "test.sh: formatting, lints or the build failed (above)" >&2
+    echo "test.sh: formatting, lints or the build failed (its log follows)" >&2
     exit 1
 fi
+building=
 cat "$build_log"
 step cargo test --workspace --locked
 echo "test.sh: all in $((SECONDS - began)) s" >&2

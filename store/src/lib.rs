@@ -174,9 +174,15 @@ pub trait Store: Send + Sync {
     }
 
     /// This worker stops (a graceful shutdown): it is neither alive nor lost, and may
-    /// join again at once.
-    async fn leave(&self) -> Result<(), StoreError> {
-        Ok(())
+    /// join again at once. What still held its devices (a part of a job across workers
+    /// it had not started) ends as a lost worker's would: returned so, for the daemon
+    /// to tell the other parts.
+    async fn leave(&self) -> Result<LostWorker, StoreError> {
+        Ok(LostWorker {
+            name: self.worker().unwrap_or_default().to_string(),
+            jobs: Vec::new(),
+            parts: Vec::new(),
+        })
     }
 
     /// Every worker that joined, by name; `None`: no other worker shares this store.
@@ -346,6 +352,9 @@ pub enum Conflict {
     },
     #[error("a token named {0} already exists")]
     DuplicateToken(String),
+    /// A device asked for belongs to a worker that is not alive (it left, or was lost).
+    #[error("worker {0} is not alive: its devices cannot be given")]
+    WorkerGone(String),
     /// A part of a job across several workers that may not start: the job is over
     /// (or going), or the part ran already.
     #[error("job {job} is {state}: the part of worker {worker} cannot start")]

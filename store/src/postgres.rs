@@ -526,6 +526,23 @@ impl Store for PgStore {
         let tx = client.transaction().await.map_err(Fail::from)?;
         self.fence(&tx).await?;
         transition(&tx, job, JobEvent::Scheduled).await?;
+        // The devices' workers, each live (SHARE: a worker leaving meanwhile waits, and
+        // then ends what this gave it; or this waits, and sees it gone).
+        let gone: Option<String> = tx
+            .query(
+                "SELECT name, state FROM workers
+                 WHERE name IN (SELECT worker FROM devices WHERE hostname = ANY($1))
+                 ORDER BY name COLLATE \"C\" FOR SHARE",
+                &[&hostnames],
+            )
+            .await
+            .map_err(Fail::from)?
+            .iter()
+            .find(|row| row.get::<_, String>(1) != "alive")
+            .map(|row| row.get(0));
+        if let Some(worker) = gone {
+            return Err(StoreError::Conflict(Conflict::WorkerGone(worker)));
+        }
         // Every device asked for, locked by hostname (the one order all workers lock
         // in), then checked in the order given: one listed twice is taken the first
         // time and not free the second, and any refusal rolls the whole lot back.
@@ -1118,7 +1135,7 @@ impl Store for PgStore {
         Ok(lost)
     }
 
-    async fn leave(&self) -> Result<(), StoreError> {
+    async fn leave(&self) -> Result<LostWorker, StoreError> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(Fail::from)?;
@@ -1129,12 +1146,19 @@ impl Store for PgStore {
             )
             .await
             .map_err(Fail::from)?;
+        let mut ended = LostWorker {
+            name: self.worker.clone(),
+            jobs: Vec::new(),
+            parts: Vec::new(),
+        };
         if left > 0 {
             // Nothing may wait for a worker that is gone: what still holds its devices
             // (a part of a job across workers it had not started) ends, and its devices
             // are offline until it joins again.
             let message = format!("worker {} stopped", self.worker);
-            end_jobs_of_worker(&tx, &self.worker, &message, self.merge).await?;
+            let (jobs, parts) = end_jobs_of_worker(&tx, &self.worker, &message, self.merge).await?;
+            ended.jobs = jobs.into_iter().map(unsigned).collect();
+            ended.parts = parts.into_iter().map(unsigned).collect();
             tx.execute(
                 "UPDATE devices SET state = $2 WHERE worker = $1",
                 &[
@@ -1148,7 +1172,7 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(Fail::from)?;
         tracing::info!(worker = self.worker, "worker left");
-        Ok(())
+        Ok(ended)
     }
 
     async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {

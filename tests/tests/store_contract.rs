@@ -927,8 +927,19 @@ async fn a_job_across_workers_runs_in_parts_and_ends_with_the_last() {
     let left = one.submit(new_job(None, "{}", 50)).await.unwrap();
     one.reserve(left, &hosts(&["a", "m"])).await.unwrap();
     one.start(left).await.unwrap();
-    three.leave().await.unwrap();
+    let left_parts = three.leave().await.unwrap();
+    assert_eq!(
+        (left_parts.jobs.as_slice(), left_parts.parts.as_slice()),
+        (&[][..], &[left][..])
+    );
     assert_eq!(device_state(&*one, "m").await, DeviceState::Offline);
+    // Nothing more is given to a worker that left.
+    let later = one.submit(new_job(None, "{}", 50)).await.unwrap();
+    let err = one.reserve(later, &hosts(&["m"])).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(Conflict::WorkerGone(w)) if w == "worker-3"),
+        "{err}"
+    );
     assert_eq!(job_state(&*one, left).await, JobState::Running);
     let ended = one
         .finish_part(left, Outcome::complete(), None, None)

@@ -533,8 +533,13 @@ impl Daemon {
         }
         // Its jobs ended: sharing a database, this worker leaves, so that it may join
         // again at once (a restart) and the others do not declare it lost.
-        if let Err(err) = self.shared.store.leave().await {
-            tracing::warn!(%err, "cannot record that this worker leaves");
+        match self.shared.store.leave().await {
+            // The parts it had not started ended: the other parts are told.
+            Ok(left) => {
+                let reason = format!("worker {} stopped", left.name);
+                parts::release_lost(&self.shared, &left, &reason).await;
+            }
+            Err(err) => tracing::warn!(%err, "cannot record that this worker leaves"),
         }
     }
 }

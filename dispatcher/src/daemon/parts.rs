@@ -207,7 +207,7 @@ pub async fn after_part(shared: &Shared, id: u64, state: &states::JobState) {
 /// A worker was declared lost: the nodes it drove in jobs whose other parts run on are
 /// failed in their groups, naming it, so the peers' MultiNode calls return at once;
 /// the groups of the jobs that ended with it are closed.
-pub async fn release_lost(shared: &Shared, lost: &LostWorker) {
+pub async fn release_lost(shared: &Shared, lost: &LostWorker, reason: &str) {
     if !matches!(
         shared.coordination.admin,
         runner::coordination::Admin::Remote(_)
@@ -228,7 +228,6 @@ pub async fn release_lost(shared: &Shared, lost: &LostWorker) {
             return;
         }
     };
-    let reason = store::lost_message(&lost.name);
     for &id in &lost.parts {
         let record = match shared.store.job(id).await {
             Ok(Some(record)) => record,
@@ -239,7 +238,7 @@ pub async fn release_lost(shared: &Shared, lost: &LostWorker) {
             }
         };
         let nodes = nodes_on(&record, &theirs);
-        fail_in_group(&shared.coordination, &record, &nodes, &reason).await;
+        fail_in_group(&shared.coordination, &record, &nodes, reason).await;
     }
 }
 

@@ -305,7 +305,8 @@ async fn full_pass(shared: &Arc<Shared>) -> Result<Outlook, PassError> {
                 err @ (StoreError::IllegalTransition { .. }
                 | StoreError::Conflict(
                     store::Conflict::DeviceNotFree { .. }
-                    | store::Conflict::DeviceOfAnotherWorker { .. },
+                    | store::Conflict::DeviceOfAnotherWorker { .. }
+                    | store::Conflict::WorkerGone(_),
                 )),
             ) => {
                 tracing::debug!(job = assignment.job_id, %err, "job not reserved here");

@@ -158,7 +158,7 @@ pub(super) async fn beat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>
                         parts = ?worker.parts,
                         "worker lost: its jobs ended incomplete, its devices are offline"
                     );
-                    parts::release_lost(&shared, worker).await;
+                    parts::release_lost(&shared, worker, &store::lost_message(&worker.name)).await;
                 }
                 if !lost.is_empty() {
                     shared.wake.changed();
