@@ -235,24 +235,7 @@ impl PgStore {
             // A try whose commit went through though its answer was lost.
             return Ok(unchanged(current));
         }
-        release_part_devices(tx, key, &self.worker).await?;
-        let results = results
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(Fail::from)?;
-        tx.execute(
-            "UPDATE job_parts SET state = 'finished', outcome = $3, results = $4
-             WHERE job_id = $1 AND worker = $2",
-            &[
-                &key,
-                &self.worker,
-                &serde_json::to_string(&outcome).map_err(Fail::from)?,
-                &results,
-            ],
-        )
-        .await
-        .map_err(Fail::from)?;
+        close_part(tx, key, &self.worker, &outcome, results.as_ref()).await?;
         let Some(parts) = ended_parts(tx, key).await? else {
             self.notify(tx, &format!("part {job}")).await?;
             return Ok(unchanged(current));
@@ -279,17 +262,7 @@ impl PgStore {
         results: Option<serde_json::Value>,
     ) -> Result<JobState, StoreError> {
         let state = transition(tx, job, JobEvent::Ended(outcome)).await?;
-        let results = results
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(Fail::from)?;
-        tx.execute(
-            "UPDATE jobs SET results = $2 WHERE id = $1",
-            &[&key, &results],
-        )
-        .await
-        .map_err(Fail::from)?;
+        write_results(tx, key, results.as_ref()).await?;
         self.notify(tx, &format!("finished {job}")).await?;
         Ok(state)
     }
@@ -1411,28 +1384,13 @@ async fn end_jobs_of_worker(
         // A part of a job across several workers: it ends, and the job with it only
         // when it was the last part running.
         if part != "finished" {
-            release_part_devices(tx, id, worker).await?;
-            tx.execute(
-                "UPDATE job_parts SET state = 'finished', outcome = $3
-                 WHERE job_id = $1 AND worker = $2",
-                &[&id, &worker, &serde_json::to_string(&cut_short)?],
-            )
-            .await?;
+            close_part(tx, id, worker, &cut_short, None).await?;
         }
         match ended_parts(tx, id).await? {
             Some(all) => {
                 let merged = merge(all);
                 write_state(tx, id, &JobState::Finished(merged.outcome)).await?;
-                let results = merged
-                    .results
-                    .as_ref()
-                    .map(serde_json::to_string)
-                    .transpose()?;
-                tx.execute(
-                    "UPDATE jobs SET results = $2 WHERE id = $1",
-                    &[&id, &results],
-                )
-                .await?;
+                write_results(tx, id, merged.results.as_ref()).await?;
                 release_devices(tx, id).await?;
                 ended.push(id);
             }
@@ -1579,6 +1537,41 @@ async fn release(tx: &Transaction<'_>, key: i64, worker: Option<&str>) -> Result
             &serde_json::to_string(&DeviceState::Offline)?,
             &serde_json::to_string(&DeviceState::Idle)?,
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Job `key`'s results, as the document given.
+async fn write_results(
+    tx: &Transaction<'_>,
+    key: i64,
+    results: Option<&serde_json::Value>,
+) -> Result<(), Fail> {
+    let results = results.map(serde_json::to_string).transpose()?;
+    tx.execute(
+        "UPDATE jobs SET results = $2 WHERE id = $1",
+        &[&key, &results],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `worker`'s part of job `key` ends with `outcome` (and its report, `results`): its
+/// devices are freed.
+async fn close_part(
+    tx: &Transaction<'_>,
+    key: i64,
+    worker: &str,
+    outcome: &Outcome,
+    results: Option<&serde_json::Value>,
+) -> Result<(), Fail> {
+    release_part_devices(tx, key, worker).await?;
+    let results = results.map(serde_json::to_string).transpose()?;
+    tx.execute(
+        "UPDATE job_parts SET state = 'finished', outcome = $3, results = $4
+         WHERE job_id = $1 AND worker = $2",
+        &[&key, &worker, &serde_json::to_string(outcome)?, &results],
     )
     .await?;
     Ok(())
